@@ -1,0 +1,23 @@
+// Embedding lookup, RMSNorm and the gated activation.
+#pragma once
+
+#include "tensor/tensor.h"
+
+namespace pdserve::ops {
+
+// out[i, :] = table[ids[i], :] as f32. ids: [n] i32, each in [0, table.rows()) (checked by the
+// caller; an out-of-range id throws std::out_of_range). out: [n, hidden] f32.
+void embedding(const Tensor& ids, const Weight& table, Tensor& out);
+
+// HF DeepseekV3RMSNorm in f32: y = x * rsqrt(mean(x^2) + eps) * weight. x, out: [m, d] f32 (out
+// may alias x; rows of x may be strided: x.strides()[0] >= d, last dim contiguous).
+// weight: [d], any floating dtype.
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out);
+
+// out = silu(gate) * up, elementwise; all [m, n] f32 contiguous (out may alias gate).
+void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
+
+// y += x elementwise (same shape, f32 contiguous).
+void add_inplace(Tensor& y, const Tensor& x);
+
+}  // namespace pdserve::ops
