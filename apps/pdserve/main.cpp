@@ -1,1 +1,26 @@
-int main() { return 0; }
+// pdserve: one binary, SGLang-compatible subcommands. This file only picks the subcommand; each
+// module registers its own flags and runs its own command.
+#include <cstdio>
+#include <functional>
+#include <map>
+
+#include <CLI/CLI.hpp>
+
+#include "model/generate.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"pdserve: PD-disaggregated DeepSeek-V3 serving"};
+  app.require_subcommand(1);
+  std::map<std::string, std::function<int()>> commands;
+  commands["generate"] = pdserve::model::add_generate_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "Run with --help for usage.\n");
+    return 2;
+  }
+  for (auto* sub : app.get_subcommands()) return commands.at(sub->get_name())();
+  return 2;
+}

@@ -17,6 +17,7 @@ struct FP8QuantConfig {
   int64_t block_rows = 128;  // weight_block_size[0]
   int64_t block_cols = 128;  // weight_block_size[1]
   std::string activation_scheme = "dynamic";
+  std::string scale_fmt = "float";  // "ue8m0" (V3.1): activation scales rounded up to powers of two
 };
 
 struct ModelConfig {
@@ -63,8 +64,11 @@ struct ModelConfig {
   float softmax_scale() const;
 };
 
-// Parses a config.json text. Errors name the field: "config.json: field 'hidden_size' must be a
-// positive integer". `source` is used in messages (usually the file path).
+// Parses a config.json text. Errors are one line naming the source and the field:
+// "models/x/config.json: field 'hidden_size' must be a positive integer (got -3)". Codes: kCorrupt
+// for text that is not a JSON object, kUnsupported for valid values this build cannot run (rope
+// type, quant method, topk_method, ...), kInvalidArgument for missing/ill-typed/inconsistent fields.
+// `source` is used in messages (usually the file path).
 Result<ModelConfig> parse_model_config(const std::string& json_text, const std::string& source);
 // Reads and parses DIR/config.json (or a config file path).
 Result<ModelConfig> load_model_config(const std::filesystem::path& path);

@@ -14,11 +14,15 @@ namespace pdserve::model {
 
 struct TensorInfo {
   std::string name;
-  DType dtype;
+  DType dtype = DType::kF32;  // meaningful only when loadable()
+  std::string dtype_name;     // as written in the header: "BF16", "F8_E4M3", "F64", ...
   Shape shape;
   std::filesystem::path file;
   size_t data_begin = 0;  // relative to the file's data buffer
   size_t data_end = 0;
+
+  // False for safetensors dtypes pdserve has no DType for (F64, BOOL, U8, ...).
+  bool loadable() const { return dtype_from_safetensors(dtype_name).has_value(); }
 };
 
 // One mmap'ed .safetensors file with a validated header: 8-byte length within the file and the
@@ -48,8 +52,9 @@ class SafetensorsFile {
 };
 
 // All tensors of a checkpoint folder: model.safetensors.index.json if present (every listed shard
-// must exist and hold the tensors the index assigns to it; a tensor in two shards is an error),
-// else all *.safetensors files in the folder.
+// must exist and hold the tensors the index assigns to it; tensors a shard holds but the index does
+// not list are ignored), else all *.safetensors files in the folder (a tensor in two files is an
+// error). A path to a single .safetensors file opens just that file.
 class Checkpoint {
  public:
   static Result<Checkpoint> open(const std::filesystem::path& dir);

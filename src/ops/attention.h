@@ -45,4 +45,9 @@ void mla_decode(const Tensor& q, const Tensor& pool, const std::vector<std::vect
                 const std::vector<int64_t>& seq_lens, const Tensor& w_uk, const Tensor& w_uv,
                 const MlaDims& d, float scale, Tensor& out);
 
+// Splits kv_b [H * (nope + v), kv_lora_rank] (any Weight dtype, fp8 dequantized with its block
+// scales) into the per-head absorption matrices mla_decode takes: w_uk [H, nope, kv_lora_rank] and
+// w_uv [H, v, kv_lora_rank], both f32 contiguous and preallocated by the caller.
+void split_kv_b(const Weight& kv_b, const MlaDims& d, Tensor& w_uk, Tensor& w_uv);
+
 }  // namespace pdserve::ops

@@ -1,0 +1,78 @@
+// The DeepSeek-V3 forward pass on the CPU reference backend (f32 compute on stored weights).
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "model/config.h"
+#include "model/kv_pool.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+
+namespace pdserve::model {
+
+enum class LoadFormat { kAuto, kDummy };
+Result<LoadFormat> parse_load_format(const std::string& s);  // "auto" | "safetensors" | "dummy"
+
+struct LoadOptions {
+  LoadFormat format = LoadFormat::kAuto;
+  uint64_t dummy_seed = 0;
+};
+
+// One sequence in a batch: its new tokens and where its cache lives.
+struct SequenceInput {
+  std::vector<int32_t> tokens;       // new tokens, at positions prefix_len .. prefix_len+n-1
+  int64_t prefix_len = 0;            // tokens already in the cache
+  std::vector<int32_t> page_table;   // must cover prefix_len + tokens.size() tokens
+};
+
+// Experts chosen per MoE layer for every new token of the batch (batch order), each row sorted.
+struct RoutingTrace {
+  std::map<int64_t, std::vector<std::vector<int32_t>>> experts;
+};
+
+struct ForwardOptions {
+  bool all_logits = false;         // logits of every new token instead of each sequence's last
+  bool force_absorbed = false;     // use the absorbed MLA form for prefill too (tests)
+  RoutingTrace* routing = nullptr;
+};
+
+class DeepseekV3Model {
+ public:
+  // Loads config.json from `dir` and weights as `opts` says. kAuto reads safetensors and fails with
+  // a hint when there are none.
+  static Result<std::unique_ptr<DeepseekV3Model>> load(const std::filesystem::path& dir, const LoadOptions& opts);
+  static std::unique_ptr<DeepseekV3Model> from_weights(ModelConfig cfg, ModelWeights w);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ModelWeights& weights() const { return w_; }
+
+  // A pool sized for `max_tokens` tokens of cache over all layers.
+  std::unique_ptr<LatentKvPool> make_kv_pool(int64_t max_tokens, int64_t page_size) const;
+
+  // Runs new tokens of several sequences as one batch, writes their latents into the cache and
+  // returns f32 logits: [num_sequences, vocab] (last token of each), or [total_new_tokens, vocab]
+  // with all_logits. Sequences with one new token and a prefix use the absorbed decode form;
+  // others the expanded prefill form. Errors for ids out of range or uncovered page tables.
+  Result<Tensor> forward(const std::vector<SequenceInput>& batch, LatentKvPool& pool,
+                         const ForwardOptions& opts = {}) const;
+
+ private:
+  DeepseekV3Model(ModelConfig cfg, ModelWeights w) : cfg_(std::move(cfg)), w_(std::move(w)) {}
+  Tensor attention(int64_t layer, const Tensor& x, const std::vector<SequenceInput>& batch,
+                   const Tensor& positions, LatentKvPool& pool, const ForwardOptions& opts) const;
+  Tensor mlp(const MlpWeights& m, const Tensor& x) const;
+  Tensor moe(int64_t layer, const Tensor& x, RoutingTrace* trace) const;
+
+  ModelConfig cfg_;
+  ModelWeights w_;
+  ops::RopeTable rope_;
+  float softmax_scale_ = 1.0f;
+};
+
+}  // namespace pdserve::model
