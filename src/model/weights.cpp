@@ -4,6 +4,7 @@
 #include <set>
 
 #include "base/logging.h"
+#include "ops/attention.h"
 
 namespace pdserve::model {
 namespace {
@@ -100,19 +101,62 @@ Result<AttentionWeights> bind_attention(Binder& b, const std::string& p, const M
   return a;
 }
 
+void put(std::map<std::string, Tensor>& out, const std::string& name, const Weight& w) {
+  out[name] = w.weight;
+  if (w.is_block_fp8()) out[name + "_scale_inv"] = w.scale_inv;
+}
+
+void put_mlp(std::map<std::string, Tensor>& out, const std::string& p, const MlpWeights& m) {
+  put(out, p + "gate_proj.weight", m.gate_proj);
+  put(out, p + "up_proj.weight", m.up_proj);
+  put(out, p + "down_proj.weight", m.down_proj);
+}
+
 }  // namespace
 
+std::map<std::string, Tensor> checkpoint_tensors(const ModelConfig& c, const ModelWeights& w) {
+  std::map<std::string, Tensor> out;
+  put(out, "model.embed_tokens.weight", w.embed_tokens);
+  out["model.norm.weight"] = w.norm;
+  put(out, "lm_head.weight", w.lm_head);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const auto& layer = w.layers[static_cast<size_t>(l)];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    out[p + "input_layernorm.weight"] = layer.input_layernorm;
+    out[p + "post_attention_layernorm.weight"] = layer.post_attention_layernorm;
+    const auto& a = layer.attn;
+    const std::string ap = p + "self_attn.";
+    if (c.q_lora_rank) {
+      put(out, ap + "q_a_proj.weight", a.q_a_proj);
+      out[ap + "q_a_layernorm.weight"] = a.q_a_layernorm;
+      put(out, ap + "q_b_proj.weight", a.q_b_proj);
+    } else {
+      put(out, ap + "q_proj.weight", a.q_proj);
+    }
+    put(out, ap + "kv_a_proj_with_mqa.weight", a.kv_a_proj_with_mqa);
+    out[ap + "kv_a_layernorm.weight"] = a.kv_a_layernorm;
+    put(out, ap + "kv_b_proj.weight", a.kv_b_proj);
+    put(out, ap + "o_proj.weight", a.o_proj);
+    if (!layer.is_moe) {
+      put_mlp(out, p + "mlp.", layer.dense);
+      continue;
+    }
+    put(out, p + "mlp.gate.weight", layer.moe.router);
+    out[p + "mlp.gate.e_score_correction_bias"] = layer.moe.correction_bias;
+    for (size_t e = 0; e < layer.moe.experts.size(); ++e)
+      put_mlp(out, p + "mlp.experts." + std::to_string(e) + ".", layer.moe.experts[e]);
+    if (c.n_shared_experts > 0) put_mlp(out, p + "mlp.shared_experts.", layer.moe.shared);
+  }
+  return out;
+}
+
 void derive_absorbed_weights(const ModelConfig& c, ModelWeights& w) {
-  const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
+  const ops::MlaDims d = c.mla_dims();
   for (auto& layer : w.layers) {
     auto& a = layer.attn;
-    a.w_uk = Tensor::empty({H, dn, r}, DType::kF32);
-    a.w_uv = Tensor::empty({H, dv, r}, DType::kF32);
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t row = h * (dn + dv);
-      a.kv_b_proj.dequantize_rows(row, row + dn, a.w_uk.data<float>() + h * dn * r);
-      a.kv_b_proj.dequantize_rows(row + dn, row + dn + dv, a.w_uv.data<float>() + h * dv * r);
-    }
+    a.w_uk = Tensor::empty({d.num_heads, d.qk_nope_head_dim, d.kv_lora_rank}, DType::kF32);
+    a.w_uv = Tensor::empty({d.num_heads, d.v_head_dim, d.kv_lora_rank}, DType::kF32);
+    ops::split_kv_b(a.kv_b_proj, d, a.w_uk, a.w_uv);
   }
 }
 

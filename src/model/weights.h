@@ -2,6 +2,8 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "base/status.h"
@@ -59,6 +61,10 @@ struct ModelWeights {
 // shape [ceil(out/128), ceil(in/128)]. MTP layers (model.layers.{num_hidden_layers}+) are skipped
 // with a log line. Errors name the folder, the tensor and the problem.
 Result<ModelWeights> load_checkpoint_weights(const Checkpoint& ckpt, const ModelConfig& cfg);
+
+// The tensors of `w` under their checkpoint names (fp8 weights with their "_scale_inv"), e.g. to
+// write a dummy model to disk as a real checkpoint.
+std::map<std::string, Tensor> checkpoint_tensors(const ModelConfig& cfg, const ModelWeights& w);
 
 // Derives w_uk / w_uv from kv_b_proj for every layer (shared by checkpoint and dummy loading).
 void derive_absorbed_weights(const ModelConfig& cfg, ModelWeights& w);
