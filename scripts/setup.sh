@@ -7,6 +7,7 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
   libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev
+  libboost1.81-dev libpcre2-dev
 )
 
 missing=()
