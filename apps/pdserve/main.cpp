@@ -7,12 +7,16 @@
 #include <CLI/CLI.hpp>
 
 #include "model/generate.h"
+#include "server/model_server.h"
+#include "tokenizer/tokenize_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"pdserve: PD-disaggregated DeepSeek-V3 serving"};
   app.require_subcommand(1);
   std::map<std::string, std::function<int()>> commands;
   commands["generate"] = pdserve::model::add_generate_command(app);
+  commands["tokenize"] = pdserve::tokenizer::add_tokenize_command(app);
+  commands["serve"] = pdserve::server::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,159 @@
+// One scheduler per DP rank: continuous batching over a model runner and a paged KV cache, as
+// SGLang's Scheduler does (waiting queue → prefill/extend batches with chunked prefill → decode
+// batches; admission by projected KV use; retraction when KV runs out; stop conditions; control
+// commands; SGLang's log lines).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cache/kv_cache_manager.h"
+#include "scheduler/model_runner.h"
+#include "scheduler/request.h"
+
+namespace pdserve::scheduler {
+
+// Decodes ids to text for stop-string checks; supplied by the server (the tokenizer sits above the
+// scheduler in the module order).
+class TextDecoder {
+ public:
+  virtual ~TextDecoder() = default;
+  virtual std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const = 0;
+};
+
+struct SchedulerConfig {
+  int dp_rank = 0;
+  int dp_size = 1;
+  int64_t max_running_requests = 256;
+  int64_t chunked_prefill_size = 8192;   // tokens per prefill chunk; <= 0 disables chunking
+  int64_t max_prefill_tokens = 16384;    // new tokens in one prefill batch
+  bool disable_radix_cache = false;
+  std::string schedule_policy = "fcfs";  // fcfs | lpm (longest prefix match first)
+  int64_t decode_log_interval = 40;
+  int64_t context_length = 4096;
+  int64_t eos_token_id = 1;
+  uint64_t random_seed = 0;
+  // Fraction of a running request's remaining max_new_tokens assumed still to come when admitting
+  // new requests (SGLang's new_token_ratio: starts high, decays per decode step, jumps on retract).
+  double init_new_token_ratio = 0.7;
+  double min_new_token_ratio = 0.1;
+  double new_token_ratio_decay = 0.001;
+  bool log_stats = true;
+};
+
+using OutputSink = std::function<void(RequestOutput&&)>;
+
+struct SchedulerStats {
+  int64_t num_running = 0, num_waiting = 0, num_tokens = 0, num_retracted_total = 0;
+  int64_t max_total_num_tokens = 0;
+  double token_usage = 0, last_gen_throughput = 0, cache_hit_rate = 0, new_token_ratio = 0;
+  int64_t prompt_tokens_total = 0, generation_tokens_total = 0, cached_tokens_total = 0;
+  int64_t num_requests_total = 0, num_aborted_total = 0, forward_ct = 0;
+  cache::KvAccounting kv;
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerConfig cfg, std::shared_ptr<ModelRunner> runner, std::shared_ptr<const TextDecoder> decoder,
+            OutputSink sink);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Runs the event loop on its own thread until stop(). Without start(), tests drive step().
+  void start();
+  // Stops the loop; requests still queued or running are finished with an abort (`reason`).
+  void stop(const std::string& reason = "server shutting down");
+
+  // Thread-safe entry points (queued to the loop).
+  void submit(GenerateInput in);
+  // Aborts requests whose rid starts with `rid_prefix` (SGLang's prefix match), or all.
+  void abort(const std::string& rid_prefix, bool abort_all, const std::string& message = "aborted by client");
+  // Control commands, answered by the loop: flush_cache, slow_down, get_load, internal_state.
+  std::future<nlohmann::json> control(const std::string& command, nlohmann::json args = {});
+
+  // One iteration: take inbox, maybe sleep (slow_down), run one prefill or decode batch. Returns
+  // true if it did any work. Only for tests, when the thread is not started.
+  bool step();
+
+  SchedulerStats stats() const;
+  const SchedulerConfig& config() const { return cfg_; }
+  int64_t max_total_num_tokens() const { return cache_->accounting().total * runner_->page_size(); }
+  // Verifies page ownership (free + in requests + cached == total) page by page. For tests.
+  Status audit_kv() const { return cache_->audit(); }
+
+ private:
+  struct Abort {
+    std::string rid_prefix;
+    bool all;
+    std::string message;
+  };
+  struct Control {
+    std::string command;
+    nlohmann::json args;
+    std::promise<nlohmann::json> reply;
+  };
+  using Message = std::variant<GenerateInput, Abort, Control>;
+
+  void loop();
+  void drain_inbox(bool wait);
+  void handle(GenerateInput&& in);
+  void handle(Abort&& a);
+  void handle(Control&& c);
+  bool run_prefill();
+  bool run_decode();
+  void retract_for_decode();
+  void process_logits(const std::vector<Request*>& reqs, const Tensor& logits, const std::vector<int64_t>& rows,
+                      bool is_prefill);
+  bool check_finished(Request& r);
+  void finish(Request* r, FinishReason reason, bool cache_kv);
+  void emit(Request& r, bool finished, std::optional<FinishReason> reason);
+  void log_prefill(int64_t new_seqs, int64_t new_tokens, int64_t cached_tokens);
+  void log_decode();
+  void update_stats();
+  int64_t reserved_future_tokens() const;
+
+  SchedulerConfig cfg_;
+  std::shared_ptr<ModelRunner> runner_;
+  std::shared_ptr<const TextDecoder> decoder_;
+  OutputSink sink_;
+  std::unique_ptr<cache::KvCacheManager> cache_;
+
+  mutable std::mutex inbox_mu_;
+  std::condition_variable inbox_cv_;
+  std::vector<Message> inbox_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  std::string stop_reason_;
+
+  // Loop-thread state.
+  std::list<std::unique_ptr<Request>> waiting_;
+  std::vector<std::unique_ptr<Request>> running_;
+  std::unique_ptr<Request> chunked_owner_;  // a request mid-way through chunked prefill
+  std::optional<double> forward_sleep_s_;
+  double new_token_ratio_;
+  int64_t decode_steps_since_log_ = 0;
+  int64_t generated_since_log_ = 0;
+  std::chrono::steady_clock::time_point last_log_time_;
+  std::vector<float> sample_scratch_;
+
+  mutable std::mutex stats_mu_;
+  SchedulerStats stats_;
+};
+
+}  // namespace pdserve::scheduler

@@ -1,0 +1,191 @@
+#include "server/model_server.h"
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "base/logging.h"
+#include "http/client.h"
+#include "http/signals.h"
+#include "scheduler/model_runner.h"
+
+namespace pdserve::server {
+
+namespace {
+
+// The tokenizer as the scheduler's stop-string decoder.
+class TokenizerTextDecoder final : public scheduler::TextDecoder {
+ public:
+  explicit TokenizerTextDecoder(std::shared_ptr<const tokenizer::Tokenizer> t) : tok_(std::move(t)) {}
+  std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
+    std::vector<int32_t> known;
+    for (int32_t id : ids)
+      if (tok_->token_bytes(id)) known.push_back(id);
+    auto s = tok_->decode(known, skip_special_tokens);
+    return s ? *s : std::string();
+  }
+
+ private:
+  std::shared_ptr<const tokenizer::Tokenizer> tok_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
+  auto s = std::unique_ptr<ModelServer>(new ModelServer());
+  PDSERVE_ASSIGN_OR_RETURN(s->config_, model::load_model_config(args.model_path));
+  const auto tok_dir = tokenizer::resolve_tokenizer_dir(args.model_path, args.tokenizer_path);
+  auto tok = tokenizer::Tokenizer::load(tok_dir);
+  if (!tok)
+    return Error(tok.error().code(), tok.error().message() +
+                                         " (the DeepSeek-V3 tokenizer files are installed by scripts/setup.sh; or pass --tokenizer-path)");
+  s->tokenizer_ = *tok;
+  PDSERVE_ASSIGN_OR_RETURN(model::LoadFormat format, model::parse_load_format(args.load_format));
+  PDSERVE_ASSIGN_OR_RETURN(auto model, model::DeepseekV3Model::load(args.model_path,
+                                                                     model::LoadOptions{format, static_cast<uint64_t>(args.dummy_seed)}));
+  s->model_ = std::move(model);
+  const auto& c = s->config_;
+  const int64_t bytes_per_token = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4;
+  PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, bytes_per_token));
+  if (args.context_length > c.max_position_embeddings)
+    log::warning("--context-length {} is longer than the model's max_position_embeddings {}", args.context_length,
+                 c.max_position_embeddings);
+  log::info("Load weight end. type=DeepseekV3ForCausalLM, dtype={}, device=cpu", c.quantization ? "fp8_e4m3" : "bfloat16");
+  log::info("KV Cache is allocated. #tokens: {}, KV size: {:.2f} GB", args.max_total_tokens,
+            static_cast<double>(args.max_total_tokens * bytes_per_token) / 1e9);
+  s->args_ = std::move(args);
+  const auto& a = s->args_;
+
+  auto decoder = std::make_shared<TokenizerTextDecoder>(s->tokenizer_);
+  scheduler::SchedulerConfig sc;
+  sc.max_running_requests = a.max_running_requests;
+  sc.chunked_prefill_size = a.chunked_prefill_size;
+  sc.max_prefill_tokens = a.max_prefill_tokens;
+  sc.disable_radix_cache = a.disable_radix_cache;
+  sc.schedule_policy = a.schedule_policy;
+  sc.decode_log_interval = a.decode_log_interval;
+  sc.context_length = a.context_length;
+  sc.eos_token_id = s->tokenizer_->eos_id() >= 0 ? s->tokenizer_->eos_id() : c.eos_token_id;
+  sc.random_seed = a.random_seed;
+  auto runner = std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
+  ModelServer* self = s.get();
+  s->schedulers_.push_back(std::make_unique<scheduler::Scheduler>(
+      sc, runner, decoder, [self](scheduler::RequestOutput&& out) { self->tm_->on_output(std::move(out)); }));
+  log::info("max_total_num_tokens={}, chunked_prefill_size={}, max_prefill_tokens={}, max_running_requests={}, context_len={}",
+            s->schedulers_[0]->max_total_num_tokens(), a.chunked_prefill_size, a.max_prefill_tokens,
+            a.max_running_requests, a.context_length);
+  std::vector<scheduler::Scheduler*> raw;
+  std::vector<const scheduler::Scheduler*> craw;
+  for (auto& sch : s->schedulers_) {
+    raw.push_back(sch.get());
+    craw.push_back(sch.get());
+  }
+  s->tm_ = std::make_unique<TokenizerManager>(s->tokenizer_, raw, a.served_model_name, a.context_length);
+  if (a.enable_metrics) {
+    s->metrics_ = std::make_unique<Metrics>(a.served_model_name, craw);
+    s->tm_->set_metrics(s->metrics_.get());
+  }
+  http::ServerOptions ho;
+  ho.host = a.host;
+  ho.port = static_cast<uint16_t>(a.port);
+  ho.io_threads = 2;
+  ho.max_body_bytes = static_cast<size_t>(a.max_body_bytes);
+  ho.error_body = [](int status, std::string_view msg) { return error_body(status, std::string(msg)).dump(); };
+  s->http_ = std::make_unique<http::Server>(ho);
+  s->register_routes();
+  return s;
+}
+
+ModelServer::~ModelServer() { shutdown(); }
+
+Status ModelServer::start() {
+  for (auto& s : schedulers_) s->start();
+  PDSERVE_RETURN_IF_ERROR(http_->start());
+  if (!args_.skip_server_warmup) {
+    // As SGLang: one real request through the HTTP front before declaring readiness.
+    http::Client client;
+    const std::string url = "http://" + std::string(args_.host == "0.0.0.0" ? "127.0.0.1" : args_.host == "::" ? "[::1]" : args_.host) +
+                            ":" + std::to_string(port()) + "/generate";
+    http::Headers h{{"Content-Type", "application/json"}};
+    if (!args_.api_key.empty()) h.add("Authorization", "Bearer " + args_.api_key);
+    const std::string body = R"({"input_ids": [0, 1, 2, 3], "sampling_params": {"max_new_tokens": 8, "temperature": 0}})";
+    auto r = client.request("POST", url, body, h, std::chrono::seconds(600));
+    if (!r || r->status != 200)
+      return make_error(ErrorCode::kInternal, "warmup request failed: {}", r ? r->body : r.error().message());
+  }
+  ready_ = true;
+  log::info("The server is fired up and ready to roll!");
+  return ok_status();
+}
+
+void ModelServer::wait() { http_->wait(); }
+
+void ModelServer::shutdown() {
+  if (shutting_down_.exchange(true)) return;
+  ready_ = false;
+  // Abort everything first so each client gets a final answer, then close the connections.
+  for (auto& s : schedulers_) s->stop("server shutting down");
+  if (http_) http_->stop(std::chrono::milliseconds(3000));
+}
+
+std::vector<nlohmann::json> ModelServer::fan_out(const std::string& command, const nlohmann::json& args) {
+  std::vector<std::future<nlohmann::json>> futures;
+  for (auto& s : schedulers_) futures.push_back(s->control(command, args));
+  std::vector<nlohmann::json> out;
+  for (auto& f : futures) out.push_back(f.get());
+  return out;
+}
+
+nlohmann::json ModelServer::model_info() const {
+  return {{"model_path", args_.model_path},
+          {"tokenizer_path", args_.tokenizer_path.empty() ? args_.model_path : args_.tokenizer_path},
+          {"is_generation", true},
+          {"preferred_sampling_params", nullptr},
+          {"weight_version", "default"},
+          {"has_image_understanding", false},
+          {"has_audio_understanding", false},
+          {"model_type", "deepseek_v3"},
+          {"architectures", {"DeepseekV3ForCausalLM"}}};
+}
+
+nlohmann::json ModelServer::server_info() {
+  nlohmann::json j = args_.to_json();
+  j["max_total_num_tokens"] = schedulers_[0]->max_total_num_tokens();
+  j["max_req_input_len"] = args_.context_length - 1;
+  j["internal_states"] = fan_out("internal_state", {});
+  j["version"] = "pdserve 0.1.0";
+  return j;
+}
+
+std::function<int()> add_serve_command(CLI::App& root) {
+  auto args = std::make_shared<ServerArgs>();
+  CLI::App* app = root.add_subcommand("serve", "Run a model server with SGLang's HTTP API");
+  add_server_flags(*app, *args);
+  return [args] {
+    try {
+      log::init(args->log_level);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 2;
+    }
+    auto server = ModelServer::create(*args);
+    if (!server) {
+      std::fprintf(stderr, "error: %s\n", server.error().message().c_str());
+      return 1;
+    }
+    ModelServer* s = server->get();
+    http::SignalWatcher watcher([s](int signo) {
+      log::info("Received {}, shutting down", signo == SIGTERM ? "SIGTERM" : "SIGINT");
+      s->shutdown();
+    });
+    if (auto st = s->start(); !st) {
+      std::fprintf(stderr, "error: %s\n", st.error().message().c_str());
+      s->shutdown();
+      return 1;
+    }
+    s->wait();
+    return 0;
+  };
+}
+
+}  // namespace pdserve::server

@@ -1,0 +1,65 @@
+// `pdserve serve`: the model server process (SGLang's launch_server): model + tokenizer +
+// schedulers + tokenizer manager + HTTP routes, with warmup, readiness and graceful shutdown.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "http/server.h"
+#include "model/deepseek_v3.h"
+#include "scheduler/scheduler.h"
+#include "server/metrics.h"
+#include "server/server_args.h"
+#include "server/tokenizer_manager.h"
+#include "tokenizer/tokenizer.h"
+
+namespace pdserve::server {
+
+class ModelServer {
+ public:
+  // Loads everything and binds the port (args.port 0 = ephemeral); does not serve yet.
+  static Result<std::unique_ptr<ModelServer>> create(ServerArgs args);
+  ~ModelServer();
+
+  // Starts schedulers and HTTP, runs the warmup request, logs "The server is fired up and ready to
+  // roll!". Returns once serving.
+  Status start();
+  // Blocks until shutdown() completed.
+  void wait();
+  // Graceful: stop accepting, abort queued and running requests with finish reason
+  // abort("server shutting down"), let their answers reach the clients, stop. Idempotent.
+  void shutdown();
+
+  uint16_t port() const { return http_->port(); }
+  const ServerArgs& args() const { return args_; }
+
+ private:
+  ModelServer() = default;
+  void register_routes();
+  void register_control_routes();
+  void register_openai_routes();
+  nlohmann::json server_info();
+  nlohmann::json model_info() const;
+  // Sends a control command to every scheduler and collects the replies (one per DP rank).
+  std::vector<nlohmann::json> fan_out(const std::string& command, const nlohmann::json& args);
+
+  ServerArgs args_;
+  model::ModelConfig config_;
+  std::shared_ptr<const model::DeepseekV3Model> model_;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
+  std::vector<std::unique_ptr<scheduler::Scheduler>> schedulers_;
+  std::unique_ptr<TokenizerManager> tm_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<http::Server> http_;
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> shutting_down_{false};
+};
+
+// Registers `serve`; the returned callback runs it (exit code).
+std::function<int()> add_serve_command(CLI::App& root);
+
+}  // namespace pdserve::server

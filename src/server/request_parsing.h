@@ -1,0 +1,65 @@
+// HTTP JSON bodies -> validated requests. Every error is a one-line message naming the field as the
+// client wrote it; the routes answer it with HTTP 400.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/status.h"
+#include "scheduler/request.h"
+#include "tokenizer/tokenizer.h"
+
+namespace pdserve::server {
+
+// One prompt of a request (a batch has several; `n` > 1 is expanded by the caller).
+struct PromptItem {
+  std::optional<std::string> text;        // text to tokenize, or
+  std::vector<int32_t> input_ids;         // ids as given
+  std::string rid;                        // "" = generate one
+  scheduler::SamplingParams sampling;
+  bool return_logprob = false;
+  int64_t logprob_start_len = -1;
+  int64_t top_logprobs_num = 0;
+};
+
+struct GenerateRequestBody {
+  std::vector<PromptItem> items;
+  bool is_batch = false;  // the client sent lists: answer with a list
+  bool stream = false;
+  bool return_text_in_logprobs = false;
+};
+
+struct ParseLimits {
+  int64_t vocab_size = 0;
+  int64_t max_batch = 1024;  // prompts per request (after n expansion)
+};
+
+// SGLang's /generate (GenerateReqInput).
+Result<GenerateRequestBody> parse_generate(const nlohmann::json& body, const ParseLimits& limits);
+// A sampling_params object; `where` prefixes field names in errors ("sampling_params").
+Result<scheduler::SamplingParams> parse_sampling_params(const nlohmann::json& obj, const std::string& where);
+
+// OpenAI /v1/completions and /v1/chat/completions, mapped onto the same items.
+struct OpenAIRequest {
+  std::string model;
+  std::vector<PromptItem> items;  // completions: one per prompt; chat: one
+  std::vector<tokenizer::ChatMessage> messages;  // chat only
+  bool chat = false;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool echo = false;           // completions: prepend the prompt text
+  int64_t n = 1;
+  bool logprobs = false;
+  int64_t top_logprobs = 0;
+  bool add_generation_prompt = true;
+};
+Result<OpenAIRequest> parse_openai_completion(const nlohmann::json& body, const ParseLimits& limits);
+Result<OpenAIRequest> parse_openai_chat(const nlohmann::json& body, const ParseLimits& limits);
+
+// Parses the body text: malformed JSON is an error with the byte position.
+Result<nlohmann::json> parse_json_body(const std::string& body);
+
+}  // namespace pdserve::server

@@ -1,0 +1,91 @@
+#include "server/server_args.h"
+
+#include <algorithm>
+
+namespace pdserve::server {
+
+void add_server_flags(CLI::App& app, ServerArgs& a) {
+  app.add_option("--model-path", a.model_path, "Model folder (config.json, safetensors, tokenizer)")->required();
+  app.add_option("--tokenizer-path", a.tokenizer_path, "Tokenizer folder (default: the model folder)");
+  app.add_option("--load-format", a.load_format, "auto | safetensors | dummy")->capture_default_str();
+  app.add_option("--host", a.host)->capture_default_str();
+  app.add_option("--port", a.port)->capture_default_str()->check(CLI::Range(0, 65535));
+  app.add_option("--served-model-name", a.served_model_name, "Model name in the OpenAI API (default: model path)");
+  app.add_option("--context-length", a.context_length, "Max prompt + output tokens (default: from config.json)");
+  app.add_option("--page-size", a.page_size, "Tokens per KV page (also the prefix-cache granularity)")->capture_default_str();
+  app.add_option("--max-running-requests", a.max_running_requests, "Max requests decoding at once");
+  app.add_option("--max-total-tokens", a.max_total_tokens, "KV cache capacity in tokens");
+  app.add_option("--max-prefill-tokens", a.max_prefill_tokens, "Max new tokens in one prefill batch")->capture_default_str();
+  app.add_option("--chunked-prefill-size", a.chunked_prefill_size, "Prefill chunk size in tokens (-1: no chunking)")
+      ->capture_default_str();
+  app.add_flag("--disable-radix-cache", a.disable_radix_cache, "Turn the prefix cache off");
+  app.add_option("--schedule-policy", a.schedule_policy)->capture_default_str()->check(CLI::IsMember({"fcfs", "lpm"}));
+  app.add_option("--decode-log-interval", a.decode_log_interval, "Log a Decode batch line every N decode steps")
+      ->capture_default_str();
+  app.add_option("--log-level", a.log_level)->capture_default_str()->check(
+      CLI::IsMember({"debug", "info", "warning", "error", "critical"}));
+  app.add_flag("--enable-metrics", a.enable_metrics, "Serve Prometheus metrics on /metrics");
+  app.add_option("--api-key", a.api_key, "Require 'Authorization: Bearer KEY' on every route but /health");
+  app.add_option("--mem-fraction-static", a.mem_fraction_static, "GPU memory fraction for weights + KV (GPU backend)");
+  app.add_option("--random-seed", a.random_seed)->capture_default_str();
+  app.add_option("--watchdog-timeout", a.watchdog_timeout, "Seconds a batch may take before the server is declared hung")
+      ->capture_default_str();
+  app.add_flag("--skip-server-warmup", a.skip_server_warmup);
+  app.add_flag("--trust-remote-code", a.trust_remote_code, "Accepted for compatibility (pdserve runs no remote code)");
+  app.add_option("--dummy-seed", a.dummy_seed, "Seed of --load-format dummy weights")->capture_default_str();
+  app.add_option("--max-request-body-bytes", a.max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+}
+
+Status ServerArgs::resolve(int64_t model_context_length, int64_t bytes_per_token) {
+  auto bad = [](const std::string& m) { return Status(Error(ErrorCode::kInvalidArgument, m)); };
+  if (page_size <= 0) return bad("--page-size must be positive");
+  if (context_length < 0) return bad("--context-length must be positive");
+  if (context_length == 0) context_length = model_context_length;
+  if (max_total_tokens < 0) return bad("--max-total-tokens must be positive");
+  if (max_total_tokens == 0) {
+    // CPU backend: a 1 GiB budget for the latent cache, at most 131072 tokens.
+    max_total_tokens = std::clamp<int64_t>((int64_t{1} << 30) / std::max<int64_t>(bytes_per_token, 1), 1024, 131072);
+  }
+  max_total_tokens = max_total_tokens / page_size * page_size;  // as SGLang: whole pages
+  if (max_total_tokens < page_size) return bad("--max-total-tokens is smaller than one page");
+  if (max_running_requests < 0) return bad("--max-running-requests must be positive");
+  if (max_running_requests == 0) max_running_requests = std::clamp<int64_t>(max_total_tokens / 256, 16, 1024);
+  if (max_prefill_tokens <= 0) return bad("--max-prefill-tokens must be positive");
+  if (chunked_prefill_size == 0 || chunked_prefill_size < -1) return bad("--chunked-prefill-size must be positive or -1");
+  if (decode_log_interval <= 0) return bad("--decode-log-interval must be positive");
+  if (served_model_name.empty()) served_model_name = model_path;
+  return ok_status();
+}
+
+nlohmann::json ServerArgs::to_json() const {
+  return {{"model_path", model_path},
+          {"tokenizer_path", tokenizer_path},
+          {"load_format", load_format},
+          {"host", host},
+          {"port", port},
+          {"served_model_name", served_model_name},
+          {"context_length", context_length},
+          {"page_size", page_size},
+          {"max_running_requests", max_running_requests},
+          {"max_total_tokens", max_total_tokens},
+          {"max_prefill_tokens", max_prefill_tokens},
+          {"chunked_prefill_size", chunked_prefill_size},
+          {"disable_radix_cache", disable_radix_cache},
+          {"schedule_policy", schedule_policy},
+          {"decode_log_interval", decode_log_interval},
+          {"log_level", log_level},
+          {"enable_metrics", enable_metrics},
+          {"api_key", api_key.empty() ? nlohmann::json(nullptr) : nlohmann::json("<set>")},
+          {"mem_fraction_static", mem_fraction_static},
+          {"random_seed", random_seed},
+          {"watchdog_timeout", watchdog_timeout},
+          {"skip_server_warmup", skip_server_warmup},
+          {"trust_remote_code", trust_remote_code},
+          {"tp_size", 1},
+          {"dp_size", 1},
+          {"ep_size", 1},
+          {"disaggregation_mode", "null"},
+          {"device", "cpu"}};
+}
+
+}  // namespace pdserve::server
