@@ -169,7 +169,7 @@ void Scheduler::handle(Abort&& a) {
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     if (match(**it)) {
       if ((*it)->slot >= 0) cache_->retract(static_cast<int32_t>((*it)->slot));
-      emit(**it, true, abort_reason(a.message, 499));
+      emit(**it, true, abort_reason(a.message, 0));
       it = waiting_.erase(it);
       ++n;
     } else {
@@ -177,12 +177,12 @@ void Scheduler::handle(Abort&& a) {
     }
   }
   if (chunked_owner_ && match(*chunked_owner_)) {
-    finish(chunked_owner_.get(), abort_reason(a.message, 499), false);
+    finish(chunked_owner_.get(), abort_reason(a.message, 0), false);
     ++n;
   }
   for (size_t i = running_.size(); i-- > 0;)
     if (match(*running_[i])) {
-      finish(running_[i].get(), abort_reason(a.message, 499), false);
+      finish(running_[i].get(), abort_reason(a.message, 0), false);
       ++n;
     }
   std::lock_guard<std::mutex> lock(stats_mu_);
@@ -319,11 +319,9 @@ bool Scheduler::run_prefill() {
     std::vector<int32_t> tokens(static_cast<size_t>(r->total_tokens()));
     for (int64_t i = 0; i < r->total_tokens(); ++i) tokens[static_cast<size_t>(i)] = r->token_at(i);
     // admit() never matches the last token (logits need one computed token). Input logprobs need
-    // every position computed, so such requests skip the prefix cache: a one-token key matches
-    // nothing.
+    // every position computed, so such requests skip the prefix cache.
     const bool want_input_lp = r->in.return_logprob && r->in.logprob_start_len >= 0 && !r->input_logprobs_sent;
-    std::span<const int32_t> match_key(tokens.data(), want_input_lp ? 1 : tokens.size());
-    auto adm = cache_->admit(match_key);
+    auto adm = want_input_lp ? cache_->admit(tokens, 0) : cache_->admit(tokens);
     if (!adm) break;  // no request slot
     const int64_t extend = r->total_tokens() - adm->cached_tokens;
     const int64_t reserve = static_cast<int64_t>(
