@@ -51,7 +51,7 @@ struct SchedulerConfig {
   // Fraction of a running request's remaining max_new_tokens assumed still to come when admitting
   // new requests (SGLang's new_token_ratio: starts high, decays per decode step, jumps on retract).
   double init_new_token_ratio = 0.7;
-  double min_new_token_ratio = 0.1;
+  double min_new_token_ratio = 0.098;
   double new_token_ratio_decay = 0.001;
   bool log_stats = true;
 };

@@ -67,6 +67,11 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   sc.context_length = a.context_length;
   sc.eos_token_id = s->tokenizer_->eos_id() >= 0 ? s->tokenizer_->eos_id() : c.eos_token_id;
   sc.random_seed = a.random_seed;
+  // SGLang's new-token-ratio schedule: start at 0.7 x conservativeness, decay over 600 decode steps
+  // to 14% of that.
+  sc.init_new_token_ratio = std::min(0.7 * a.schedule_conservativeness, 1.0);
+  sc.min_new_token_ratio = std::min(sc.init_new_token_ratio * 0.14, 1.0);
+  sc.new_token_ratio_decay = (sc.init_new_token_ratio - sc.min_new_token_ratio) / 600.0;
   auto runner = std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
   ModelServer* self = s.get();
   s->schedulers_.push_back(std::make_unique<scheduler::Scheduler>(

@@ -11,6 +11,17 @@ namespace {
 
 Error bad(const std::string& msg) { return Error(ErrorCode::kInvalidArgument, msg); }
 
+// Messages name fields as the client wrote them: OpenAI's names, not SGLang's sampling_params.
+std::string openai_names(std::string m) {
+  for (auto [ours, theirs] : {std::pair{"sampling_params.max_new_tokens", "max_tokens"},
+                              std::pair{"sampling_params.sampling_seed", "seed"},
+                              std::pair{"sampling_params.min_new_tokens", "min_tokens"}, std::pair{"sampling_params.", ""}}) {
+    for (auto pos = m.find(ours); pos != std::string::npos; pos = m.find(ours))
+      m.replace(pos, std::string(ours).size(), theirs);
+  }
+  return m;
+}
+
 // Fields both APIs share, mapped onto SGLang's sampling parameters. `max_tokens_default` is
 // OpenAI's (16 for completions; chat has none: until the context is full).
 Status parse_common(const json& body, OpenAIRequest& out, scheduler::SamplingParams& sp, int64_t max_tokens_default,
@@ -40,19 +51,10 @@ Status parse_common(const json& body, OpenAIRequest& out, scheduler::SamplingPar
   } else {
     sampling["max_new_tokens"] = max_tokens_default > 0 ? json(max_tokens_default) : json(nullptr);
   }
-  auto parsed = parse_sampling_params(sampling, "request");
-  if (!parsed) {
-    // Report the OpenAI name of the field, not our internal one.
-    std::string m = parsed.error().message();
-    for (auto [ours, theirs] : {std::pair{"request.max_new_tokens", "max_tokens"}, std::pair{"request.sampling_seed", "seed"},
-                                std::pair{"request.min_new_tokens", "min_tokens"}, std::pair{"request.", ""}}) {
-      const auto pos = m.find(ours);
-      if (pos != std::string::npos) m.replace(pos, std::string(ours).size(), theirs);
-    }
-    return Status(bad(m));
-  }
+  auto parsed = parse_sampling_params(sampling, "sampling_params");
+  if (!parsed) return Status(bad(openai_names(parsed.error().message())));
   sp = *parsed;
-  PDSERVE_RETURN_IF_ERROR(sp.validate(vocab));
+  if (auto st = sp.validate(vocab); !st) return Status(bad(openai_names(st.error().message())));
   out.n = sp.n;
   if (body.contains("model")) {
     if (!body["model"].is_string()) return Status(bad("field 'model' must be a string"));

@@ -20,6 +20,8 @@ void add_server_flags(CLI::App& app, ServerArgs& a) {
       ->capture_default_str();
   app.add_flag("--disable-radix-cache", a.disable_radix_cache, "Turn the prefix cache off");
   app.add_option("--schedule-policy", a.schedule_policy)->capture_default_str()->check(CLI::IsMember({"fcfs", "lpm"}));
+  app.add_option("--schedule-conservativeness", a.schedule_conservativeness,
+                 "Lower admits more requests (and may retract later); higher is safer")->capture_default_str();
   app.add_option("--decode-log-interval", a.decode_log_interval, "Log a Decode batch line every N decode steps")
       ->capture_default_str();
   app.add_option("--log-level", a.log_level)->capture_default_str()->check(
@@ -52,6 +54,8 @@ Status ServerArgs::resolve(int64_t model_context_length, int64_t bytes_per_token
   if (max_running_requests == 0) max_running_requests = std::clamp<int64_t>(max_total_tokens / 256, 16, 1024);
   if (max_prefill_tokens <= 0) return bad("--max-prefill-tokens must be positive");
   if (chunked_prefill_size == 0 || chunked_prefill_size < -1) return bad("--chunked-prefill-size must be positive or -1");
+  if (!(schedule_conservativeness > 0 && schedule_conservativeness <= 100))
+    return bad("--schedule-conservativeness must be in (0, 100]");
   if (decode_log_interval <= 0) return bad("--decode-log-interval must be positive");
   if (served_model_name.empty()) served_model_name = model_path;
   return ok_status();
@@ -72,6 +76,7 @@ nlohmann::json ServerArgs::to_json() const {
           {"chunked_prefill_size", chunked_prefill_size},
           {"disable_radix_cache", disable_radix_cache},
           {"schedule_policy", schedule_policy},
+          {"schedule_conservativeness", schedule_conservativeness},
           {"decode_log_interval", decode_log_interval},
           {"log_level", log_level},
           {"enable_metrics", enable_metrics},

@@ -27,6 +27,7 @@ struct ServerArgs {
   int64_t chunked_prefill_size = 8192;  // -1 disables chunking
   bool disable_radix_cache = false;
   std::string schedule_policy = "fcfs";
+  double schedule_conservativeness = 1.0;  // scales the KV reserved for running requests' future tokens
   int64_t decode_log_interval = 40;
   std::string log_level = "info";
   bool enable_metrics = false;

@@ -1,0 +1,127 @@
+// A real `pdserve serve` process on loopback for end-to-end tests: started with a free port,
+// ready once /health answers 200, stopped with SIGTERM (its exit code is checked).
+#pragma once
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "http/client.h"
+
+namespace pdserve::test {
+
+inline int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream f(p);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+class ServerProcess {
+ public:
+  // Starts `pdserve serve` on models/tiny-deepseek-v3 with dummy weights plus `extra` flags.
+  explicit ServerProcess(std::vector<std::string> extra, const std::string& name) {
+    port_ = free_port();
+    log_path_ = std::filesystem::temp_directory_path() / ("pdserve_" + name + "_" + std::to_string(::getpid()) + ".log");
+    std::vector<std::string> args = {PDSERVE_BINARY, "serve", "--model-path",
+                                     std::string(PDSERVE_SOURCE_DIR) + "/models/tiny-deepseek-v3", "--load-format", "dummy",
+                                     "--port", std::to_string(port_), "--host", "127.0.0.1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Waits until /health is 200 (the server logged "fired up" after its warmup).
+  bool wait_ready(std::chrono::seconds limit = std::chrono::seconds(180)) {
+    http::Client c;
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return false;
+      }
+      auto r = c.get(url("/health"), std::chrono::milliseconds(2000));
+      if (r && r->status == 200) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
+  // SIGTERM, then the exit code (or 128 + signal; -1 if it did not exit in time).
+  int terminate(std::chrono::seconds limit = std::chrono::seconds(30)) {
+    ::kill(pid_, SIGTERM);
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
+  }
+
+  std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
+  std::string log() const { return read_file(log_path_); }
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  int port_ = 0;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::filesystem::path log_path_;
+};
+
+inline http::Headers json_headers(const std::string& api_key = "") {
+  http::Headers h{{"Content-Type", "application/json"}};
+  if (!api_key.empty()) h.add("Authorization", "Bearer " + api_key);
+  return h;
+}
+
+}  // namespace pdserve::test
