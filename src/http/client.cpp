@@ -1,0 +1,423 @@
+#include "http/client.h"
+
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <fmt/format.h>
+
+namespace pdserve::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+
+std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+
+bool is_token(std::string_view s) {
+  return !s.empty() && s.find_first_of(" \t\r\n:()<>@,;\\\"/[]?={}") == std::string_view::npos;
+}
+
+bool field_is_safe(std::string_view s) { return s.find_first_of("\r\n") == std::string_view::npos; }
+
+// The outcome of one attempt, before it becomes a Result: the raw error decides on a retry.
+struct Attempt {
+  boost::system::error_code ec;
+  std::string what;         // which step failed
+  bool got_response_bytes = false;
+  Response response;
+};
+
+}  // namespace
+
+struct Connection::Impl {
+  asio::any_io_executor executor;
+  ClientOptions options;
+  std::optional<beast::tcp_stream> stream;
+  beast::flat_buffer buffer;
+  std::string authority;
+  bool reusable = false;
+
+  void close() {
+    if (stream) {
+      boost::system::error_code ec;
+      stream->socket().shutdown(tcp::socket::shutdown_both, ec);
+      stream->socket().close(ec);
+      stream.reset();
+    }
+    buffer.clear();
+    authority.clear();
+    reusable = false;
+  }
+
+  // A pooled connection the server has since closed reads as EOF; finding that out now avoids
+  // sending a request into a dead socket.
+  bool still_alive() {
+    if (!stream || !reusable) return false;
+    char c;
+    ssize_t n = ::recv(stream->socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
+  void set_deadline(Clock::time_point deadline) {
+    if (deadline == Clock::time_point::max()) {
+      stream->expires_never();
+    } else {
+      stream->expires_at(deadline);
+    }
+  }
+
+  asio::awaitable<Attempt> connect(const Url& url, Clock::time_point deadline) {
+    close();
+    Attempt a;
+    std::vector<tcp::endpoint> endpoints;
+    boost::system::error_code ec;
+    auto address = asio::ip::make_address(url.host, ec);
+    if (!ec) {
+      endpoints.emplace_back(address, url.port);
+    } else {
+      tcp::resolver resolver(executor);
+      auto [rec, results] = co_await resolver.async_resolve(url.host, std::to_string(url.port), kNoThrow);
+      if (rec) {
+        a.ec = rec;
+        a.what = "resolve";
+        co_return a;
+      }
+      for (const auto& r : results) endpoints.push_back(r.endpoint());
+    }
+    stream.emplace(executor);
+    set_deadline(std::min(deadline, Clock::now() + options.connect_timeout));
+    // Tries each address in turn: "localhost" may resolve to ::1 first while the server
+    // listens on 127.0.0.1 only.
+    auto [cec, ep] = co_await stream->async_connect(endpoints, kNoThrow);
+    if (cec) {
+      a.ec = cec;
+      a.what = "connect";
+      close();
+      co_return a;
+    }
+    stream->socket().set_option(tcp::no_delay(true), ec);
+    authority = url.authority();
+    co_return a;
+  }
+
+  std::string serialize(const Url& url, const ClientRequest& req) const {
+    std::string h = fmt::format("{} {} HTTP/1.1\r\n", req.method, url.target);
+    if (!req.headers.contains("host")) h += fmt::format("Host: {}\r\n", url.authority());
+    if (!req.headers.contains("user-agent") && !options.user_agent.empty()) {
+      h += fmt::format("User-Agent: {}\r\n", options.user_agent);
+    }
+    bool needs_length = !req.body.empty() || req.method == "POST" || req.method == "PUT" ||
+                        req.method == "PATCH";
+    if (needs_length) h += fmt::format("Content-Length: {}\r\n", req.body.size());
+    for (const auto& [name, value] : req.headers) {
+      if (!is_token(name) || !field_is_safe(value) || iequals(name, "content-length") ||
+          iequals(name, "transfer-encoding")) {
+        continue;
+      }
+      h.append(name).append(": ").append(value).append("\r\n");
+    }
+    h += "\r\n";
+    return h;
+  }
+
+  static void copy_head(const bhttp::response_header<>& head, Response& out) {
+    out.status = static_cast<int>(head.result_int());
+    for (const auto& f : head) out.headers.add(std::string(sv(f.name_string())), std::string(sv(f.value())));
+  }
+
+  // Sends the request and reads the response; `callbacks` null means a plain request.
+  asio::awaitable<Attempt> exchange(const Url& url, const ClientRequest& req,
+                                    const StreamCallbacks* callbacks, Clock::time_point deadline) {
+    Attempt a;
+    reusable = false;
+    std::string head = serialize(url, req);
+    std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(req.body)};
+    set_deadline(deadline);
+    if (auto [ec, n] = co_await asio::async_write(*stream, out, kNoThrow); ec) {
+      a.ec = ec;
+      a.what = "send";
+      co_return a;
+    }
+    // An optional so that an interim 1xx response can be followed by a fresh parser.
+    std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
+    for (;;) {
+      parser.emplace();
+      parser->header_limit(1u << 20);
+      parser->body_limit(boost::none);  // limited below: by max_response_bytes unless streamed
+      if (req.method == "HEAD") parser->skip(true);
+      auto [ec, n] = co_await bhttp::async_read_header(*stream, buffer, *parser, kNoThrow);
+      a.got_response_bytes = a.got_response_bytes || parser->got_some() || n > 0;
+      if (ec) {
+        a.ec = ec;
+        a.what = "read response";
+        co_return a;
+      }
+      int status = static_cast<int>(parser->get().result_int());
+      if (status >= 200 || status == 101) break;
+    }
+    copy_head(parser->get(), a.response);
+    bool is_2xx = a.response.status >= 200 && a.response.status < 300;
+    bool streaming = callbacks != nullptr && is_2xx;
+    if (callbacks != nullptr && callbacks->on_head && !callbacks->on_head(a.response)) {
+      close();
+      co_return a;
+    }
+    SseParser sse;
+    bool stopped = false;
+    std::array<char, 16 * 1024> chunk;
+    while (!parser->is_done()) {
+      parser->get().body().data = chunk.data();
+      parser->get().body().size = chunk.size();
+      // read_some, not read: read() waits until the 16 KiB buffer is full, which would hold SSE
+      // events back until the end of a slow stream.
+      auto [ec, n] = co_await bhttp::async_read_some(*stream, buffer, *parser, kNoThrow);
+      if (ec == bhttp::error::need_buffer) ec = {};
+      if (ec) {
+        a.ec = ec;
+        a.what = "read body";
+        co_return a;
+      }
+      std::size_t got = chunk.size() - parser->get().body().size;
+      if (got == 0) continue;
+      std::string_view data(chunk.data(), got);
+      if (!streaming) {
+        if (a.response.body.size() + got > options.max_response_bytes) {
+          a.ec = bhttp::error::body_limit;
+          a.what = fmt::format("response body larger than {} bytes", options.max_response_bytes);
+          close();
+          co_return a;
+        }
+        a.response.body.append(data);
+        continue;
+      }
+      if (callbacks->on_data && !callbacks->on_data(data)) stopped = true;
+      if (!stopped && callbacks->on_event) {
+        bool fed = sse.feed(data, [&](const SseEvent& e) {
+          if (!stopped && !callbacks->on_event(e)) stopped = true;
+        });
+        if (!fed) {
+          a.ec = bhttp::error::body_limit;
+          a.what = "SSE event too large";
+          close();
+          co_return a;
+        }
+      }
+      if (stopped) {
+        close();
+        co_return a;
+      }
+    }
+    reusable = parser->keep_alive();
+    if (!reusable) close();
+    co_return a;
+  }
+
+  asio::awaitable<Result<Response>> run(ClientRequest req, const StreamCallbacks* callbacks) {
+    auto url = Url::parse(req.url);
+    if (!url) co_return url.error();
+    if (!is_token(req.method)) {
+      co_return make_error(ErrorCode::kInvalidArgument, "bad HTTP method '{}'", req.method);
+    }
+    Clock::time_point deadline =
+        req.timeout.count() > 0 ? Clock::now() + req.timeout : Clock::time_point::max();
+    Attempt a;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      bool reused = authority == url->authority() && still_alive();
+      if (!reused) {
+        a = co_await connect(*url, deadline);
+        if (a.ec) break;
+      }
+      a = co_await exchange(*url, req, callbacks, deadline);
+      if (!a.ec) co_return std::move(a.response);
+      close();
+      // The server may close an idle keep-alive connection just as we reuse it. Nothing of the
+      // response arrived, so the request was not processed: one retry on a fresh connection.
+      bool stale = a.ec == asio::error::eof || a.ec == asio::error::connection_reset ||
+                   a.ec == asio::error::broken_pipe || a.ec == bhttp::error::end_of_stream;
+      if (!(reused && stale && !a.got_response_bytes)) break;
+    }
+    if (a.ec == beast::error::timeout) {
+      co_return make_error(ErrorCode::kIo, "{} {}: timed out after {} ms ({})", req.method, req.url,
+                           req.timeout.count(), a.what);
+    }
+    co_return make_error(ErrorCode::kIo, "{} {}: {} failed: {}", req.method, req.url, a.what,
+                         a.ec.message());
+  }
+};
+
+Connection::Connection(asio::any_io_executor executor, ClientOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->executor = std::move(executor);
+  impl_->options = std::move(options);
+}
+Connection::~Connection() {
+  if (impl_) impl_->close();
+}
+Connection::Connection(Connection&&) noexcept = default;
+Connection& Connection::operator=(Connection&&) noexcept = default;
+
+asio::awaitable<Result<Response>> Connection::request(ClientRequest request) {
+  co_return co_await impl_->run(std::move(request), nullptr);
+}
+
+asio::awaitable<Result<Response>> Connection::stream(ClientRequest request, StreamCallbacks callbacks) {
+  co_return co_await impl_->run(std::move(request), &callbacks);
+}
+
+bool Connection::connected() const { return impl_->stream.has_value() && impl_->reusable; }
+const std::string& Connection::authority() const { return impl_->authority; }
+void Connection::close() { impl_->close(); }
+
+// ---------------------------------------------------------------------------------------------
+
+struct AsyncClient::Pool {
+  asio::any_io_executor executor;
+  ClientOptions options;
+  mutable std::mutex mu;
+  std::unordered_map<std::string, std::vector<std::unique_ptr<Connection>>> idle;
+
+  std::unique_ptr<Connection> acquire(const std::string& authority) {
+    {
+      std::lock_guard lock(mu);
+      auto it = idle.find(authority);
+      if (it != idle.end() && !it->second.empty()) {
+        auto c = std::move(it->second.back());
+        it->second.pop_back();
+        return c;
+      }
+    }
+    return std::make_unique<Connection>(executor, options);
+  }
+
+  void release(std::unique_ptr<Connection> c) {
+    if (!c->connected()) return;
+    std::lock_guard lock(mu);
+    auto& list = idle[c->authority()];
+    if (list.size() < options.max_idle_per_host) list.push_back(std::move(c));
+  }
+
+  // Runs one request on a pooled connection. `self` keeps the pool alive for the whole call.
+  static asio::awaitable<Result<Response>> run(std::shared_ptr<Pool> self, ClientRequest req,
+                                               const StreamCallbacks* callbacks) {
+    auto url = Url::parse(req.url);
+    if (!url) co_return url.error();
+    auto conn = self->acquire(url->authority());
+    // No co_await inside ?: — g++ 12 destroys temporaries of such expressions twice.
+    std::optional<Result<Response>> r;
+    if (callbacks) {
+      r.emplace(co_await conn->stream(std::move(req), *callbacks));
+    } else {
+      r.emplace(co_await conn->request(std::move(req)));
+    }
+    self->release(std::move(conn));
+    co_return std::move(*r);
+  }
+};
+
+AsyncClient::AsyncClient(asio::any_io_executor executor, ClientOptions options)
+    : pool_(std::make_shared<Pool>()) {
+  pool_->executor = std::move(executor);
+  pool_->options = std::move(options);
+}
+AsyncClient::~AsyncClient() = default;
+
+asio::awaitable<Result<Response>> AsyncClient::request(ClientRequest request) {
+  return Pool::run(pool_, std::move(request), nullptr);
+}
+
+asio::awaitable<Result<Response>> AsyncClient::stream(ClientRequest request, StreamCallbacks callbacks) {
+  // The callbacks must live in a frame of their own: the pool's coroutine only borrows them.
+  auto pool = pool_;
+  co_return co_await Pool::run(std::move(pool), std::move(request), &callbacks);
+}
+
+std::size_t AsyncClient::idle_connections() const {
+  std::lock_guard lock(pool_->mu);
+  std::size_t n = 0;
+  for (const auto& [k, v] : pool_->idle) n += v.size();
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Client::Impl {
+  asio::io_context io_context{1};
+  AsyncClient client;
+  explicit Impl(ClientOptions options) : client(io_context.get_executor(), std::move(options)) {}
+
+  Result<Response> run(ClientRequest req, const StreamCallbacks* callbacks) {
+    std::optional<Result<Response>> out;
+    asio::co_spawn(
+        io_context,
+        [&]() -> asio::awaitable<void> {
+          if (callbacks) {  // not ?: with co_await, see Pool::run
+            out.emplace(co_await client.stream(std::move(req), *callbacks));
+          } else {
+            out.emplace(co_await client.request(std::move(req)));
+          }
+        },
+        [&](std::exception_ptr e) {
+          if (!e) return;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& ex) {
+            out.emplace(make_error(ErrorCode::kInternal, "http client: {}", ex.what()));
+          }
+        });
+    io_context.restart();
+    io_context.run();
+    if (!out) return make_error(ErrorCode::kInternal, "http client: request did not complete");
+    return std::move(*out);
+  }
+};
+
+Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Client::~Client() = default;
+
+Result<Response> Client::request(std::string_view method, std::string_view url, std::string body,
+                                 Headers headers, std::chrono::milliseconds timeout) {
+  return impl_->run(ClientRequest{std::string(method), std::string(url), std::move(body),
+                                  std::move(headers), timeout},
+                    nullptr);
+}
+
+Result<Response> Client::request(ClientRequest request) { return impl_->run(std::move(request), nullptr); }
+
+Result<Response> Client::get(std::string_view url, std::chrono::milliseconds timeout) {
+  return request("GET", url, {}, {}, timeout);
+}
+
+Result<Response> Client::post_json(std::string_view url, std::string body,
+                                   std::chrono::milliseconds timeout) {
+  return request("POST", url, std::move(body), Headers{{"Content-Type", "application/json"}}, timeout);
+}
+
+Result<Response> Client::stream(ClientRequest request, StreamCallbacks callbacks) {
+  return impl_->run(std::move(request), &callbacks);
+}
+
+}  // namespace pdserve::http

@@ -1,0 +1,216 @@
+#include "http/exchange.h"
+
+#include <fmt/format.h>
+
+#include "base/logging.h"
+
+namespace pdserve::http::detail {
+
+namespace {
+
+// A CR or LF in a field would let a value inject headers (or a body) into the response.
+bool field_is_safe(std::string_view s) { return s.find_first_of("\r\n") == std::string_view::npos; }
+
+// 1xx, 204 and 304 responses never carry a body (RFC 9110 §6.4.1).
+bool status_allows_body(int status) { return !(status < 200 || status == 204 || status == 304); }
+
+}  // namespace
+
+std::string Exchange::make_head(int status, std::string_view content_type, const Headers& extra,
+                                bool chunked, std::size_t content_length) const {
+  std::string h = fmt::format("HTTP/1.1 {} {}\r\n", status, reason_phrase(status));
+  if (!content_type.empty() && field_is_safe(content_type)) {
+    h.append("Content-Type: ").append(content_type).append("\r\n");
+  }
+  if (status_allows_body(status)) {
+    if (chunked) {
+      if (chunked_) h.append("Transfer-Encoding: chunked\r\n");
+    } else {
+      h.append(fmt::format("Content-Length: {}\r\n", content_length));
+    }
+  }
+  if (!keep_alive_) h.append("Connection: close\r\n");
+  for (const auto& [name, value] : extra) {
+    if (name.empty() || !field_is_safe(name) || !field_is_safe(value) ||
+        name.find(':') != std::string::npos) {
+      log::warning("http: dropping unsafe response header '{}'", name);
+      continue;
+    }
+    // The framing fields are ours: a second Content-Length would corrupt the response.
+    if (iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
+        iequals(name, "connection")) {
+      continue;
+    }
+    h.append(name).append(": ").append(value).append("\r\n");
+  }
+  h.append("\r\n");
+  return h;
+}
+
+bool Exchange::push_locked(OutItem item, std::size_t payload_bytes) {
+  queued_.fetch_add(payload_bytes, std::memory_order_relaxed);
+  items_.push_back(std::move(item));
+  if (!wake_pending_) {
+    wake_pending_ = true;
+    wake_();
+  }
+  return true;
+}
+
+bool Exchange::respond(int status, std::string body, std::string_view content_type,
+                       const Headers& extra) {
+  std::lock_guard lock(mu_);
+  if (!attached_ || abort_ || state_ != State::kNone || status < 100 || status > 999) return false;
+  if (!status_allows_body(status)) body.clear();
+  state_ = State::kFull;
+  std::string head = make_head(status, content_type, extra, false, body.size());
+  if (head_only_) body.clear();
+  std::size_t n = body.size();
+  return push_locked(OutItem{OutItem::Kind::kFull, std::move(head), std::move(body)}, n);
+}
+
+bool Exchange::respond_error(int status, std::string_view message) {
+  return respond(status, (*error_body_)(status, message), "application/json", {});
+}
+
+bool Exchange::start_stream(int status, std::string_view content_type, const Headers& extra) {
+  std::lock_guard lock(mu_);
+  if (!attached_ || abort_ || state_ != State::kNone || !status_allows_body(status) || status > 999) {
+    return false;
+  }
+  state_ = State::kStreaming;
+  if (!chunked_) keep_alive_ = false;  // the end of a raw stream is the end of the connection
+  Headers fields = extra;
+  // Proxies (nginx) buffer responses unless told otherwise; SSE must reach the client per event.
+  if (!fields.contains("cache-control")) fields.add("Cache-Control", "no-cache");
+  OutItem item{OutItem::Kind::kHead, make_head(status, content_type, fields, true, 0), {}};
+  return push_locked(std::move(item), 0);
+}
+
+bool Exchange::send_chunk(std::string data) {
+  std::lock_guard lock(mu_);
+  if (!attached_ || abort_ || state_ != State::kStreaming) return false;
+  if (data.empty() || head_only_) return true;
+  if (queued_.load(std::memory_order_relaxed) + data.size() > max_queued_) {
+    // The client reads slower than we produce: closing is the only bound that cannot be
+    // defeated by a stalled reader; on_close tells the producer to stop.
+    abort_ = true;
+    // Always wake, even if a wake-up is pending: the connection may be stuck in a write and
+    // only this wake-up closes the socket under it.
+    wake_pending_ = true;
+    wake_();
+    return false;
+  }
+  std::size_t n = data.size();
+  OutItem item{OutItem::Kind::kChunk, chunked_ ? fmt::format("{:x}\r\n", n) : std::string(),
+               std::move(data), chunked_};
+  return push_locked(std::move(item), n);
+}
+
+bool Exchange::end_stream() {
+  std::lock_guard lock(mu_);
+  if (!attached_ || abort_ || state_ != State::kStreaming) return false;
+  state_ = State::kEnded;
+  return push_locked(OutItem{OutItem::Kind::kEnd, chunked_ && !head_only_ ? "0\r\n\r\n" : "", {}}, 0);
+}
+
+void Exchange::set_on_close(std::function<void()> callback) {
+  std::unique_lock lock(mu_);
+  if (completed_) return;
+  if (!attached_) {
+    // Already gone: run it now, so a handler that registers late still learns of it.
+    lock.unlock();
+    if (callback) callback();
+    return;
+  }
+  on_close_ = std::move(callback);
+}
+
+bool Exchange::is_open() const {
+  std::lock_guard lock(mu_);
+  return attached_ && !abort_ && !completed_;
+}
+
+bool Exchange::aborted() const {
+  std::lock_guard lock(mu_);
+  return abort_;
+}
+
+void Exchange::abandon() {
+  std::lock_guard lock(mu_);
+  if (!attached_) return;
+  if (state_ == State::kNone) {
+    std::string body = (*error_body_)(500, "the request handler did not produce a response");
+    std::size_t n = body.size();
+    state_ = State::kFull;
+    push_locked(OutItem{OutItem::Kind::kFull, make_head(500, "application/json", {}, false, n),
+                        std::move(body)},
+                n);
+  } else if (state_ == State::kStreaming) {
+    // Ending the stream cleanly would present a truncated stream as complete.
+    abort_ = true;
+    wake_pending_ = true;
+    wake_();  // unconditionally, see send_chunk
+  }
+}
+
+Exchange::Taken Exchange::take() {
+  std::lock_guard lock(mu_);
+  wake_pending_ = false;
+  Taken t;
+  t.items.swap(items_);
+  t.abort = abort_;
+  return t;
+}
+
+void Exchange::set_keep_alive(bool keep_alive) {
+  std::lock_guard lock(mu_);
+  keep_alive_ = keep_alive;
+}
+
+bool Exchange::keep_alive() const {
+  std::lock_guard lock(mu_);
+  return keep_alive_;
+}
+
+void Exchange::set_head_only(bool head_only) {
+  std::lock_guard lock(mu_);
+  head_only_ = head_only;
+}
+
+void Exchange::set_chunked(bool chunked) {
+  std::lock_guard lock(mu_);
+  chunked_ = chunked;
+}
+
+void Exchange::finish() {
+  std::lock_guard lock(mu_);
+  completed_ = true;
+  attached_ = false;
+  on_close_ = nullptr;  // may hold references the handler wants released
+  // wake_ holds a strand of the server's io_context; a Responder may outlive the Server, so the
+  // strand must be released while the io_context still exists.
+  wake_ = nullptr;
+}
+
+void Exchange::fail() {
+  std::function<void()> callback;
+  {
+    std::lock_guard lock(mu_);
+    if (!attached_) return;
+    attached_ = false;
+    callback.swap(on_close_);
+    wake_ = nullptr;  // see finish()
+    items_.clear();
+    queued_.store(0, std::memory_order_relaxed);
+  }
+  if (callback) {
+    try {
+      callback();
+    } catch (const std::exception& e) {
+      log::error("http: on_close callback threw: {}", e.what());
+    }
+  }
+}
+
+}  // namespace pdserve::http::detail

@@ -1,0 +1,117 @@
+// Internal: the state of one request/response, shared between the Responder handle (called from
+// any thread) and the connection's coroutine (on its strand).
+//
+// Why a mutex-protected queue and not a post() per call: the queue gives queued_bytes() and call
+// order for free, lets the connection write a burst of chunks in one writev, and means a Responder
+// never touches the io_context once its connection is gone (wake_ is only called while attached),
+// so a scheduler thread holding a Responder after the Server was destroyed is harmless.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "http/server.h"
+
+namespace pdserve::http::detail {
+
+// What the connection writes, in order. `head` is the serialized status line + fields (kFull,
+// kHead) or the chunk-size line (kChunk); `body` the payload.
+struct OutItem {
+  enum class Kind { kFull, kHead, kChunk, kEnd } kind;
+  std::string head;
+  std::string body;
+  bool crlf = false;  // a chunk's trailing CRLF (absent for HTTP/1.0 raw streaming)
+};
+
+class Exchange {
+ public:
+  Exchange(std::shared_ptr<const ErrorBodyFn> error_body, std::size_t max_queued_bytes,
+           std::function<void()> wake)
+      : error_body_(std::move(error_body)), max_queued_(max_queued_bytes), wake_(std::move(wake)) {}
+
+  // Responder side: any thread.
+  bool respond(int status, std::string body, std::string_view content_type, const Headers& extra);
+  bool respond_error(int status, std::string_view message);
+  bool start_stream(int status, std::string_view content_type, const Headers& extra);
+  bool send_chunk(std::string data);
+  bool end_stream();
+  void set_on_close(std::function<void()> callback);
+  bool is_open() const;
+  // Backpressure overflow or abandoned mid-stream: the connection must close now.
+  bool aborted() const;
+  std::size_t queued_bytes() const { return queued_.load(std::memory_order_relaxed); }
+  // Every Responder handle is gone.
+  void abandon();
+
+  // Connection side: its strand.
+  struct Taken {
+    std::vector<OutItem> items;
+    bool abort = false;  // close now: backpressure overflow, or abandoned mid-stream
+  };
+  Taken take();
+  void written(std::size_t payload_bytes) { queued_.fetch_sub(payload_bytes, std::memory_order_relaxed); }
+  // Whether the connection should stay open after the response (decided when the head is built).
+  void set_keep_alive(bool keep_alive);
+  // HTTP/1.0 clients do not know chunked encoding: their streams are sent raw and end by closing.
+  void set_chunked(bool chunked);
+  bool keep_alive() const;
+  // A HEAD request: the head is sent as for GET (same Content-Length), the body never is.
+  void set_head_only(bool head_only);
+  // The final item was written: the response is complete; on_close will never fire.
+  void finish();
+  // The connection ended before the response completed: fires on_close once.
+  void fail();
+
+ private:
+  enum class State { kNone, kFull, kStreaming, kEnded };
+  bool push_locked(OutItem item, std::size_t payload_bytes);
+  std::string make_head(int status, std::string_view content_type, const Headers& extra,
+                        bool chunked, std::size_t content_length) const;
+
+  const std::shared_ptr<const ErrorBodyFn> error_body_;
+  const std::size_t max_queued_;
+  mutable std::mutex mu_;
+  std::function<void()> wake_;  // posts a wake-up to the connection; called under mu_ while attached_
+  State state_ = State::kNone;
+  bool attached_ = true;   // the connection still serves this exchange
+  bool completed_ = false;
+  bool abort_ = false;
+  bool wake_pending_ = false;
+  bool keep_alive_ = true;
+  bool chunked_ = true;
+  bool head_only_ = false;
+  std::vector<OutItem> items_;
+  std::atomic<std::size_t> queued_{0};
+  std::function<void()> on_close_;
+};
+
+// The handle given to handlers. Its destruction (the last copy dropped) tells the exchange that
+// nobody will answer.
+class ConnectionResponder final : public Responder {
+ public:
+  explicit ConnectionResponder(std::shared_ptr<Exchange> exchange) : ex_(std::move(exchange)) {}
+  ~ConnectionResponder() override { ex_->abandon(); }
+
+  bool respond(int status, std::string body, std::string content_type, Headers extra) override {
+    return ex_->respond(status, std::move(body), content_type, extra);
+  }
+  bool respond_error(int status, std::string_view message) override { return ex_->respond_error(status, message); }
+  bool start_stream(int status, std::string content_type, Headers extra) override {
+    return ex_->start_stream(status, content_type, extra);
+  }
+  bool send_chunk(std::string data) override { return ex_->send_chunk(std::move(data)); }
+  bool end_stream() override { return ex_->end_stream(); }
+  void on_close(std::function<void()> callback) override { ex_->set_on_close(std::move(callback)); }
+  bool is_open() const override { return ex_->is_open(); }
+  std::size_t queued_bytes() const override { return ex_->queued_bytes(); }
+
+ private:
+  std::shared_ptr<Exchange> ex_;
+};
+
+}  // namespace pdserve::http::detail

@@ -1,0 +1,343 @@
+// The per-connection coroutine of http::Server.
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <fmt/format.h>
+
+#include "base/logging.h"
+#include "http/server_core.h"
+
+namespace pdserve::http::detail {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+constexpr std::string_view kCrlf = "\r\n";
+// How long we keep reading (and discarding) after an error response that closes the connection.
+constexpr std::chrono::milliseconds kLinger{1000};
+
+std::string format_endpoint(const tcp::endpoint& ep) {
+  if (ep.address().is_v6()) return fmt::format("[{}]:{}", ep.address().to_string(), ep.port());
+  return fmt::format("{}:{}", ep.address().to_string(), ep.port());
+}
+
+std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Query strings use form encoding: '+' is a space, %XX a byte. A malformed escape stays literal.
+std::string url_decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out.push_back(' ');
+    } else if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 &&
+               hex_value(s[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+void parse_target(Request& r) {
+  std::string_view t = r.target;
+  std::size_t q = t.find('?');
+  r.path.assign(t.substr(0, q));
+  if (q == std::string_view::npos) return;
+  std::string_view query = t.substr(q + 1);
+  while (!query.empty()) {
+    std::size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (pair.empty()) continue;
+    std::size_t eq = pair.find('=');
+    std::string key = url_decode(pair.substr(0, eq));
+    std::string value = eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1));
+    r.query[std::move(key)] = std::move(value);
+  }
+}
+
+bool is_disconnect(const boost::system::error_code& ec) {
+  return ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message ||
+         ec == beast::error::timeout || ec == asio::error::operation_aborted ||
+         ec == asio::error::eof || ec == asio::error::connection_reset ||
+         ec == asio::error::bad_descriptor || ec == asio::error::broken_pipe;
+}
+
+}  // namespace
+
+Session::Session(ServerCore& core, tcp::socket socket, bool over_limit)
+    : core_(core), stream_(std::move(socket)), wake_timer_(stream_.get_executor()),
+      over_limit_(over_limit) {
+  boost::system::error_code ec;
+  auto ep = stream_.socket().remote_endpoint(ec);
+  if (!ec) remote_ = format_endpoint(ep);
+}
+
+Session::~Session() { finish(); }
+
+void Session::finish() {
+  if (finished_) return;
+  finished_ = true;
+  // The handler may still hold the Responder: detach it so it never touches this connection.
+  if (current_) current_->fail();
+  current_.reset();
+  core_.remove_session(this);
+}
+
+void Session::close_socket() {
+  boost::system::error_code ec;
+  stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+  stream_.socket().close(ec);
+}
+
+void Session::begin_stop() {
+  asio::post(stream_.get_executor(), [self = shared_from_this()] {
+    self->stop_requested_ = true;
+    if (self->phase_ == Phase::kReading) {
+      self->close_socket();
+    } else if (self->current_) {
+      self->current_->set_keep_alive(false);
+    }
+  });
+}
+
+void Session::force_close() {
+  asio::post(stream_.get_executor(), [self = shared_from_this()] {
+    self->force_closed_ = true;
+    self->close_socket();
+    self->wake_timer_.cancel();
+  });
+}
+
+std::function<void()> Session::make_wake() {
+  return [ex = stream_.get_executor(), weak = weak_from_this()] {
+    asio::post(ex, [weak] {
+      auto self = weak.lock();
+      if (!self) return;
+      self->wake_timer_.cancel();
+      // An abort must not wait behind a write that a stalled client never lets finish.
+      if (self->current_ && self->current_->aborted()) self->close_socket();
+    });
+  };
+}
+
+asio::awaitable<void> Session::run(std::shared_ptr<Session> self) {
+  // `self` is a parameter (copied into the frame) so the Session lives as long as the coroutine,
+  // from before its first resumption.
+  (void)self;
+  try {
+    co_await serve_connection();
+  } catch (const std::exception& e) {
+    log::debug("http: connection {} ended by exception: {}", remote_, e.what());
+  }
+  close_socket();
+  finish();
+}
+
+asio::awaitable<void> Session::serve_connection() {
+  const ServerOptions& o = core_.options;
+  bool first = true;
+  for (;;) {
+    phase_ = Phase::kReading;
+    if (stop_requested_) co_return;
+    if (!first && buffer_.size() == 0) {
+      // Keep-alive: the idle timeout runs until the next request's first byte; from there the
+      // header timeout applies, so a slow trickle cannot hold the connection forever.
+      stream_.expires_after(o.idle_timeout);
+      auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(16 * 1024), kNoThrow);
+      if (ec) co_return;
+      buffer_.commit(n);
+    }
+    first = false;
+
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(o.max_header_bytes, UINT32_MAX)));
+    parser.body_limit(static_cast<std::uint64_t>(o.max_body_bytes));
+    stream_.expires_after(o.header_timeout);
+    if (auto [ec, n] = co_await bhttp::async_read_header(stream_, buffer_, parser, kNoThrow); ec) {
+      co_await reject(ec);
+      co_return;
+    }
+    if (!parser.is_done()) {
+      if (iequals(sv(parser.get()[bhttp::field::expect]), "100-continue")) {
+        stream_.expires_after(o.write_timeout);
+        auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(kContinue), kNoThrow);
+        if (ec) co_return;
+      }
+      stream_.expires_after(o.body_timeout);
+      if (auto [ec, n] = co_await bhttp::async_read(stream_, buffer_, parser, kNoThrow); ec) {
+        co_await reject(ec);
+        co_return;
+      }
+    }
+    stream_.expires_never();
+
+    bhttp::request<bhttp::string_body> msg = parser.release();
+    Request request;
+    request.method.assign(sv(msg.method_string()));
+    request.target.assign(sv(msg.target()));
+    parse_target(request);
+    for (const auto& field : msg) {
+      request.headers.add(std::string(sv(field.name_string())), std::string(sv(field.value())));
+    }
+    request.body = std::move(msg.body());
+    request.remote_address = remote_;
+    request.keep_alive = msg.keep_alive();
+
+    auto ex = std::make_shared<Exchange>(core_.error_body, o.max_queued_bytes, make_wake());
+    ex->set_keep_alive(request.keep_alive && !over_limit_ && !stop_requested_);
+    ex->set_chunked(msg.version() >= 11);
+    ex->set_head_only(request.method == "HEAD");
+    current_ = ex;
+    peer_gone_ = false;
+    phase_ = Phase::kResponding;
+    if (over_limit_) {
+      ex->respond_error(503, "too many connections");
+    } else {
+      core_.dispatch(std::move(request), std::make_shared<ConnectionResponder>(ex));
+    }
+    bool reusable = co_await respond(ex);
+    current_.reset();
+    if (!reusable || !ex->keep_alive() || stop_requested_) co_return;
+  }
+}
+
+asio::awaitable<void> Session::reject(boost::system::error_code ec) {
+  if (ec == bhttp::error::header_limit) {
+    co_await write_error_and_linger(431, "request header too large");
+  } else if (ec == bhttp::error::body_limit) {
+    co_await write_error_and_linger(
+        413, fmt::format("request body larger than {} bytes", core_.options.max_body_bytes));
+  } else if (!is_disconnect(ec)) {
+    co_await write_error_and_linger(400, fmt::format("malformed request: {}", ec.message()));
+  }
+  // Timeouts and disconnects: nobody is listening, so just close.
+}
+
+asio::awaitable<void> Session::write_error_and_linger(int status, std::string message) {
+  std::string body = (*core_.error_body)(status, message);
+  std::string out = fmt::format(
+      "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+      "Connection: close\r\n\r\n",
+      status, reason_phrase(status), body.size());
+  out += body;
+  stream_.expires_after(core_.options.write_timeout);
+  auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(out), kNoThrow);
+  if (ec) co_return;
+  // The client may still be sending the body we refused. Closing with unread data makes the
+  // kernel send a reset, which can destroy our response before the client reads it; so half-close
+  // and discard input for a moment first.
+  boost::system::error_code sec;
+  stream_.socket().shutdown(tcp::socket::shutdown_send, sec);
+  stream_.expires_after(kLinger);
+  std::array<char, 16 * 1024> sink;
+  for (;;) {
+    auto [rec, m] = co_await stream_.async_read_some(asio::buffer(sink), kNoThrow);
+    if (rec || stop_requested_) break;
+  }
+}
+
+asio::awaitable<bool> Session::respond(std::shared_ptr<Exchange> ex) {
+  // Watch for the client going away while the handler works or the stream runs; the watcher is
+  // cancelled through its own signal so that no other operation on the socket is disturbed.
+  auto signal = std::make_shared<asio::cancellation_signal>();
+  asio::co_spawn(stream_.get_executor(), watch_peer(shared_from_this(), ex),
+                 asio::bind_cancellation_slot(signal->slot(), [signal](std::exception_ptr) {}));
+  bool ok = co_await respond_loop(ex);
+  signal->emit(asio::cancellation_type::terminal);
+  co_return ok;
+}
+
+asio::awaitable<bool> Session::respond_loop(const std::shared_ptr<Exchange>& ex) {
+  const ServerOptions& o = core_.options;
+  std::vector<asio::const_buffer> buffers;
+  for (;;) {
+    if (peer_gone_ || force_closed_) {
+      ex->fail();
+      co_return false;
+    }
+    Exchange::Taken taken = ex->take();
+    if (taken.abort) {
+      ex->fail();
+      co_return false;
+    }
+    if (taken.items.empty()) {
+      wake_timer_.expires_at(asio::steady_timer::time_point::max());
+      co_await wake_timer_.async_wait(kNoThrow);
+      continue;
+    }
+    // One gather write per burst: a stream that fell behind catches up in one syscall.
+    buffers.clear();
+    std::size_t payload = 0;
+    bool last = false;
+    for (const OutItem& item : taken.items) {
+      if (!item.head.empty()) buffers.push_back(asio::buffer(item.head));
+      if (!item.body.empty()) buffers.push_back(asio::buffer(item.body));
+      if (item.crlf) buffers.push_back(asio::buffer(kCrlf));
+      payload += item.body.size();
+      last = last || item.kind == OutItem::Kind::kFull || item.kind == OutItem::Kind::kEnd;
+    }
+    stream_.expires_after(o.write_timeout);
+    auto [ec, n] = co_await asio::async_write(stream_, buffers, kNoThrow);
+    stream_.expires_never();
+    ex->written(payload);
+    if (ec) {
+      ex->fail();
+      co_return false;
+    }
+    if (last) {
+      ex->finish();
+      co_return true;
+    }
+  }
+}
+
+asio::awaitable<void> Session::watch_peer(std::shared_ptr<Session> self,
+                                          std::shared_ptr<Exchange> ex) {
+  (void)self;  // held so the Session outlives this watcher
+  for (;;) {
+    auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kNoThrow);
+    if (current_ != ex || ec == asio::error::operation_aborted) co_return;
+    if (!ec) {
+      // Readable: either EOF/reset (the client left) or bytes of a pipelined request. Peek
+      // without consuming so the request parser still sees those bytes.
+      char c;
+      ssize_t n = ::recv(stream_.socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+      if (n > 0) co_return;  // pipelined data: we cannot watch further without reading it
+    }
+    peer_gone_ = true;
+    wake_timer_.cancel();
+    co_return;
+  }
+}
+
+}  // namespace pdserve::http::detail
