@@ -2,6 +2,9 @@
 
 #include "ops/check.h"
 #include "ops/cpu/elementwise.h"
+#ifdef PDSERVE_HAVE_CUDA
+#include "ops/cuda/elementwise.h"
+#endif
 
 namespace pdserve::ops {
 
@@ -48,7 +51,13 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   detail::check_dtype(op, "out", out, DType::kF32);
   detail::check_shape(op, "out", out, gate.shape());
   detail::check_contiguous(op, "out", out);
-  if (!detail::all_on_cpu(op, {&gate, &up, &out})) detail::no_cuda(op);
+  if (!detail::all_on_cpu(op, {&gate, &up, &out})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::silu_mul(gate, up, out);
+#else
+    detail::no_cuda(op);
+#endif
+  }
   cpu::silu_mul(gate, up, out);
 }
 
@@ -59,7 +68,13 @@ void add_inplace(Tensor& y, const Tensor& x) {
   detail::check_dtype(op, "x", x, DType::kF32);
   detail::check_shape(op, "x", x, y.shape());
   detail::check_contiguous(op, "x", x);
-  if (!detail::all_on_cpu(op, {&y, &x})) detail::no_cuda(op);
+  if (!detail::all_on_cpu(op, {&y, &x})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::add_inplace(y, x);
+#else
+    detail::no_cuda(op);
+#endif
+  }
   cpu::add_inplace(y, x);
 }
 

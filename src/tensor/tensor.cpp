@@ -31,8 +31,15 @@ std::shared_ptr<Storage> Storage::borrow(void* data, size_t bytes, std::shared_p
   return s;
 }
 
+void free_device_memory(void* p);  // device_storage.cpp
+
 Storage::~Storage() {
-  if (owned_) std::free(data_);
+  if (!owned_) return;
+  if (device_ == Device::kCuda) {
+    free_device_memory(data_);
+  } else {
+    std::free(data_);
+  }
 }
 
 std::string shape_to_string(const Shape& s) {
@@ -61,6 +68,14 @@ Tensor Tensor::empty(const Shape& shape, DType dtype) {
   for (int64_t d : shape)
     if (d < 0) throw std::invalid_argument("Tensor::empty: negative dimension " + shape_to_string(shape));
   auto storage = Storage::allocate_host(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
+  return from_storage(std::move(storage), 0, shape, dtype);
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  if (device == Device::kCpu) return empty(shape, dtype);
+  for (int64_t d : shape)
+    if (d < 0) throw std::invalid_argument("Tensor::empty: negative dimension " + shape_to_string(shape));
+  auto storage = Storage::allocate_device(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
   return from_storage(std::move(storage), 0, shape, dtype);
 }
 
@@ -136,6 +151,19 @@ static void copy_strided(const Tensor& src, char* dst) {
   }
   size_t inner = static_cast<size_t>(shape_numel(Shape(src.shape().begin() + 1, src.shape().end()))) * es;
   for (int64_t i = 0; i < src.size(0); ++i) copy_strided(src.select(i), dst + i * inner);
+}
+
+void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n);  // device_storage.cpp
+
+Tensor Tensor::to(Device target) const {
+  if (device() == Device::kCpu && target == Device::kCpu) return clone();
+  if (!is_contiguous()) {
+    if (device() != Device::kCpu) throw std::logic_error("Tensor::to: non-contiguous device tensor");
+    return clone().to(target);
+  }
+  Tensor out = empty(shape_, dtype_, target);
+  copy_bytes(out.raw_data(), target, raw_data(), device(), nbytes());
+  return out;
 }
 
 Tensor Tensor::clone() const {

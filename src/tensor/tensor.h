@@ -20,6 +20,9 @@ enum class Device : uint8_t { kCpu, kCuda };
 class Storage {
  public:
   static std::shared_ptr<Storage> allocate_host(size_t bytes);  // zero-filled, 64-byte aligned
+  // cudaMalloc'ed, not initialised. Throws std::runtime_error in a build without CUDA or when the
+  // device is out of memory (the message says how much was asked and how much is free).
+  static std::shared_ptr<Storage> allocate_device(size_t bytes);
   static std::shared_ptr<Storage> borrow(void* data, size_t bytes, std::shared_ptr<void> keep_alive,
                                          Device device = Device::kCpu);
   ~Storage();
@@ -48,6 +51,8 @@ class Tensor {
   Tensor() = default;
   // A new zero-filled host tensor.
   static Tensor empty(const Shape& shape, DType dtype);
+  // A new tensor on `device` (device memory is not initialised).
+  static Tensor empty(const Shape& shape, DType dtype, Device device);
   // A view over existing storage at a byte offset, row-major.
   static Tensor from_storage(std::shared_ptr<Storage> storage, size_t byte_offset, const Shape& shape,
                              DType dtype);
@@ -75,6 +80,8 @@ class Tensor {
   // A contiguous host f32 copy (dequantizes nothing: fp8 scales are not applied here).
   Tensor to_f32() const;
   Tensor clone() const;  // contiguous copy, same dtype
+  // A contiguous copy on `device` (host <-> device through cudaMemcpy; synchronous).
+  Tensor to(Device device) const;
 
  private:
   std::shared_ptr<Storage> storage_;
@@ -99,6 +106,7 @@ struct Weight {
   void dequantize_rows(int64_t r0, int64_t r1, float* dst) const;
   // Full f32 copy: only for small weights (norms, biases, tests).
   Tensor to_f32() const;
+  Weight to(Device device) const { return Weight{weight.to(device), scale_inv.defined() ? scale_inv.to(device) : Tensor()}; }
 };
 
 }  // namespace pdserve

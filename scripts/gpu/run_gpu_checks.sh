@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine (through the device tool, with .devpack carried): unpacks the binaries
+# packed by scripts/gpu/pack.sh, runs the GPU tests, then any benchmark passed as arguments.
+# Output files go to $OUT when set.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/pdserve-gpu-out}
+mkdir -p "$OUT" /tmp/pdserve-gpu
+tar -C /tmp/pdserve-gpu -xJf .devpack/pdserve-gpu.tar.xz
+export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+rc=0
+/tmp/pdserve-gpu/bin/gpu_tests --gtest_output=xml:"$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | grep -vE '^\[ +(RUN|OK) ' || true
+[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+for bench in "$@"; do
+  echo "== $bench"
+  /tmp/pdserve-gpu/bin/$bench 2>&1 | tee "$OUT/$bench.log" || rc=1
+done
+exit $rc
