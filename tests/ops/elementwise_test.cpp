@@ -129,7 +129,10 @@ TEST(AddInplace, AddsElementwise) {
   EXPECT_THROW(add_inplace(y, bad), std::invalid_argument);
 }
 
-TEST(Elementwise, DeviceTensorsHaveNoCudaPath) {
+// Device tensors never reach the CPU code: without CUDA in the build the op says so; with CUDA but
+// no GPU (this machine) the CUDA path reports the runtime's error. Either way a runtime_error, and
+// the (fake) device pointers are never dereferenced on the host.
+TEST(Elementwise, DeviceTensorsNeverRunOnTheCpuPath) {
   Tensor y = testing::fake_cuda({2, 4}, DType::kF32);
   Tensor x = testing::fake_cuda({2, 4}, DType::kF32);
   EXPECT_THROW(add_inplace(y, x), std::runtime_error);
@@ -139,7 +142,7 @@ TEST(Elementwise, DeviceTensorsHaveNoCudaPath) {
     silu_mul(x, x, y);
     FAIL() << "expected a throw";
   } catch (const std::runtime_error& e) {
-    EXPECT_STREQ(e.what(), "silu_mul: no CUDA implementation in this build");
+    EXPECT_EQ(std::string(e.what()).rfind("silu_mul: ", 0), 0u) << e.what();
   }
 }
 

@@ -1,4 +1,5 @@
 #include "ops/cpu/linear.h"
+#include "ops/cpu/gemv.h"
 
 #include <cblas.h>
 
@@ -40,6 +41,7 @@ void linear(const float* x, int64_t ldx, int64_t m, const Weight& w, float* y, i
     sgemm_nt(m, n, k, x, ldx, w.weight.data<float>(), k, y, ldy);
     return;
   }
+  if (m <= kSmallM && small_m_linear(x, ldx, m, w, y, ldy)) return;
   thread_local std::vector<float> scratch;
   const int64_t rows = std::min(n, tile_rows(k));
   scratch.resize(static_cast<size_t>(rows * k));
