@@ -254,8 +254,11 @@ bool Scheduler::step() {
     inbox_cv_.wait_until(lock, until, [&] { return stopping_.load(); });
     if (stopping_) return false;
   }
+  // The watchdog measures the batch itself, not the slow_down sleep (which SGLang excludes too).
+  batch_started_ns_ = Clock::now().time_since_epoch().count();
   bool worked = run_prefill();
   if (!worked) worked = run_decode();
+  batch_started_ns_ = 0;
   if (worked) {
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.forward_ct;

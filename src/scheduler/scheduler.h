@@ -92,6 +92,13 @@ class Scheduler {
   bool step();
 
   SchedulerStats stats() const;
+  // Seconds the current batch (prefill or decode forward and its bookkeeping) has been running,
+  // or 0 when no batch is running. Read by the server's watchdog from another thread.
+  double current_batch_seconds() const {
+    const int64_t t = batch_started_ns_.load();
+    return t == 0 ? 0.0 : std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch() -
+                                                         std::chrono::steady_clock::duration(t)).count();
+  }
   const SchedulerConfig& config() const { return cfg_; }
   int64_t max_total_num_tokens() const { return cache_->accounting().total * runner_->page_size(); }
   // Verifies page ownership (free + in requests + cached == total) page by page. For tests.
@@ -138,6 +145,7 @@ class Scheduler {
   std::condition_variable inbox_cv_;
   std::vector<Message> inbox_;
   std::atomic<bool> stopping_{false};
+  std::atomic<int64_t> batch_started_ns_{0};
   std::thread thread_;
   std::string stop_reason_;
 

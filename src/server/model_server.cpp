@@ -47,6 +47,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   const auto& c = s->config_;
   const int64_t bytes_per_token = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4;
   PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, bytes_per_token));
+  if (!(args.watchdog_timeout > 0)) return make_error(ErrorCode::kInvalidArgument, "--watchdog-timeout must be positive");
   if (args.context_length > c.max_position_embeddings)
     log::warning("--context-length {} is longer than the model's max_position_embeddings {}", args.context_length,
                  c.max_position_embeddings);
@@ -105,6 +106,20 @@ ModelServer::~ModelServer() { shutdown(); }
 
 Status ModelServer::start() {
   for (auto& s : schedulers_) s->start();
+  // As SGLang's watchdog: a batch that runs longer than --watchdog-timeout means the server is hung
+  // (a stuck kernel or collective); crash loudly so a supervisor restarts it rather than serving
+  // nothing forever.
+  watchdog_ = std::thread([this] {
+    while (!shutting_down_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      for (auto& s : schedulers_)
+        if (s->current_batch_seconds() > args_.watchdog_timeout) {
+          log::error("Scheduler watchdog timeout (self.watchdog_timeout={}, self.soft=False)", args_.watchdog_timeout);
+          std::fflush(nullptr);
+          std::abort();
+        }
+    }
+  });
   PDSERVE_RETURN_IF_ERROR(http_->start());
   if (!args_.skip_server_warmup) {
     // As SGLang: one real request through the HTTP front before declaring readiness.
@@ -131,6 +146,7 @@ void ModelServer::shutdown() {
   // Abort everything first so each client gets a final answer, then close the connections.
   for (auto& s : schedulers_) s->stop("server shutting down");
   if (http_) http_->stop(std::chrono::milliseconds(3000));
+  if (watchdog_.joinable() && watchdog_.get_id() != std::this_thread::get_id()) watchdog_.join();
 }
 
 std::vector<nlohmann::json> ModelServer::fan_out(const std::string& command, const nlohmann::json& args) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,7 @@ class ModelServer {
   std::unique_ptr<TokenizerManager> tm_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<http::Server> http_;
+  std::thread watchdog_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> shutting_down_{false};
 };

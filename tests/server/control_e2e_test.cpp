@@ -197,3 +197,30 @@ TEST(ShutdownE2E, SigtermAbortsInFlightRequestsAndExitsZero) {
 
 }  // namespace
 }  // namespace pdserve::test
+
+namespace pdserve::test {
+namespace {
+
+TEST(WatchdogE2E, HungBatchCrashesTheServerLoudly) {
+  // A 0.3 s watchdog and a prefill of 12k tokens, which takes seconds on the CPU backend: the
+  // server must notice, log SGLang's line and abort instead of hanging.
+  ServerProcess s({"--watchdog-timeout", "0.3", "--chunked-prefill-size", "-1", "--max-prefill-tokens", "16384"}, "watchdog");
+  ASSERT_TRUE(s.wait_ready()) << s.log();
+  std::thread t([&] {
+    http::Client c;
+    (void)c.request("POST", s.url("/generate"), generate_body(prompt_of(12000, 9), 1).dump(), json_headers(),
+                    std::chrono::seconds(60));
+  });
+  int code = -1;
+  for (int i = 0; i < 600 && code == -1; ++i) {
+    int status = 0;
+    if (::waitpid(s.pid(), &status, WNOHANG) == s.pid()) code = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  t.join();
+  EXPECT_EQ(code, 128 + SIGABRT) << s.log();
+  EXPECT_NE(s.log().find("Scheduler watchdog timeout"), std::string::npos) << s.log();
+}
+
+}  // namespace
+}  // namespace pdserve::test
