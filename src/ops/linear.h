@@ -5,8 +5,9 @@
 
 namespace pdserve::ops {
 
-// y[m, n] = x[m, k] @ W[n, k]^T. x and y are contiguous f32; W is f32, bf16, f16 or fp8 with
-// 128x128 block scales (Weight::scale_inv). Weights are dequantized tile by tile into a small f32
+// y[m, n] = x[m, k] @ W[n, k]^T. On the CPU x and y are contiguous f32; on the GPU f32 or bf16
+// (fp8 weights then quantize x per token per 128 columns: W8A8, see ops/cuda/linear.h). W is f32,
+// bf16, f16 or fp8 with 128x128 block scales (Weight::scale_inv). Weights are dequantized tile by tile into a small f32
 // scratch buffer and multiplied with BLAS, so an fp8 model never needs a full f32 copy.
 void linear(const Tensor& x, const Weight& w, Tensor& y);
 
