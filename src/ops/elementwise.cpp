@@ -4,11 +4,23 @@
 #include "ops/cpu/elementwise.h"
 #ifdef PDSERVE_HAVE_CUDA
 #include "ops/cuda/elementwise.h"
+#include "ops/cuda/embedding.h"
+#include "ops/cuda/norm.h"
 #endif
 
 namespace pdserve::ops {
 
 using detail::fail;
+
+namespace {
+
+// Activations: f32 everywhere; device tensors may also be bf16 (the GPU model path).
+void check_act(const char* op, const char* name, const Tensor& t) {
+  if (t.defined() && t.device() == Device::kCuda && t.dtype() == DType::kBF16) return;
+  detail::check_dtype(op, name, t, DType::kF32);
+}
+
+}  // namespace
 
 void embedding(const Tensor& ids, const Weight& table, Tensor& out) {
   constexpr const char* op = "embedding";
@@ -16,39 +28,52 @@ void embedding(const Tensor& ids, const Weight& table, Tensor& out) {
   if (ids.dtype() != DType::kI32 && ids.dtype() != DType::kI64)
     fail(op, fmt::format("ids must be i32 or i64, got {}", dtype_name(ids.dtype())));
   detail::check_weight(op, "table", table);
-  detail::check_dtype(op, "out", out, DType::kF32);
+  check_act(op, "out", out);
   detail::check_shape(op, "out", out, {ids.size(0), table.cols()});
   detail::check_contiguous(op, "out", out);
-  if (!detail::all_on_cpu(op, {&ids, &table.weight, &table.scale_inv, &out})) detail::no_cuda(op);
+  if (!detail::all_on_cpu(op, {&ids, &table.weight, &table.scale_inv, &out})) {
+#ifdef PDSERVE_HAVE_CUDA
+    // Out-of-range ids give zero rows on the device (a kernel cannot throw); see ops/cuda/embedding.h.
+    return cuda::embedding(ids, table, out);
+#else
+    detail::no_cuda(op);
+#endif
+  }
   cpu::embedding(ids, table, out);
 }
 
 void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
   constexpr const char* op = "rms_norm";
-  detail::check_dtype(op, "x", x, DType::kF32);
+  check_act(op, "x", x);
   detail::check_rank(op, "x", x, 2);
   detail::check_last_dim_contiguous(op, "x", x);
   const int64_t d = x.size(1);
   detail::check_shape(op, "weight", weight, {d});
   if (!detail::is_float_dtype(weight.dtype()) || weight.dtype() == DType::kF8E4M3)
     fail(op, fmt::format("weight must be f32, bf16 or f16, got {}", dtype_name(weight.dtype())));
-  detail::check_dtype(op, "out", out, DType::kF32);
+  check_act(op, "out", out);
   detail::check_shape(op, "out", out, x.shape());
   detail::check_last_dim_contiguous(op, "out", out);
   if (!(eps >= 0.0f)) fail(op, fmt::format("eps must be >= 0, got {}", eps));
-  if (!detail::all_on_cpu(op, {&x, &weight, &out})) detail::no_cuda(op);
+  if (!detail::all_on_cpu(op, {&x, &weight, &out})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::rms_norm(x, weight, eps, out);
+#else
+    detail::no_cuda(op);
+#endif
+  }
   cpu::rms_norm(x, weight, eps, out);
 }
 
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   constexpr const char* op = "silu_mul";
-  detail::check_dtype(op, "gate", gate, DType::kF32);
+  check_act(op, "gate", gate);
   detail::check_rank(op, "gate", gate, 2);
   detail::check_contiguous(op, "gate", gate);
-  detail::check_dtype(op, "up", up, DType::kF32);
+  detail::check_dtype(op, "up", up, gate.dtype());
   detail::check_shape(op, "up", up, gate.shape());
   detail::check_contiguous(op, "up", up);
-  detail::check_dtype(op, "out", out, DType::kF32);
+  detail::check_dtype(op, "out", out, gate.dtype());
   detail::check_shape(op, "out", out, gate.shape());
   detail::check_contiguous(op, "out", out);
   if (!detail::all_on_cpu(op, {&gate, &up, &out})) {
@@ -63,9 +88,9 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 
 void add_inplace(Tensor& y, const Tensor& x) {
   constexpr const char* op = "add_inplace";
-  detail::check_dtype(op, "y", y, DType::kF32);
+  check_act(op, "y", y);
   detail::check_contiguous(op, "y", y);
-  detail::check_dtype(op, "x", x, DType::kF32);
+  detail::check_dtype(op, "x", x, y.dtype());
   detail::check_shape(op, "x", x, y.shape());
   detail::check_contiguous(op, "x", x);
   if (!detail::all_on_cpu(op, {&y, &x})) {

@@ -1,4 +1,5 @@
-// Embedding lookup, RMSNorm and the gated activation.
+// Embedding lookup, RMSNorm and the gated activation. Activations are f32 on the CPU; device
+// tensors may also be bf16 (the GPU model path), computed in f32 inside the kernels.
 #pragma once
 
 #include "tensor/tensor.h"

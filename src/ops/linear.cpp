@@ -2,6 +2,11 @@
 
 #include "ops/check.h"
 #include "ops/cpu/linear.h"
+#ifdef PDSERVE_HAVE_CUDA
+#include <utility>
+
+#include "ops/cuda/linear.h"
+#endif
 
 namespace pdserve::ops {
 
@@ -10,16 +15,26 @@ using detail::fail;
 void linear(const Tensor& x, const Weight& w, Tensor& y) {
   constexpr const char* op = "linear";
   detail::check_weight(op, "W", w);
-  detail::check_dtype(op, "x", x, DType::kF32);
   detail::check_rank(op, "x", x, 2);
   detail::check_contiguous(op, "x", x);
   if (x.size(1) != w.cols())
     fail(op, fmt::format("x {} does not match W {} (in-features)", shape_to_string(x.shape()),
                          shape_to_string(w.weight.shape())));
-  detail::check_dtype(op, "y", y, DType::kF32);
   detail::check_shape(op, "y", y, {x.size(0), w.rows()});
   detail::check_contiguous(op, "y", y);
-  if (!detail::all_on_cpu(op, {&x, &w.weight, &w.scale_inv, &y})) detail::no_cuda(op);
+  if (!detail::all_on_cpu(op, {&x, &w.weight, &w.scale_inv, &y})) {
+#ifdef PDSERVE_HAVE_CUDA
+    // The GPU path also takes bf16 activations (the GPU model keeps them in bf16).
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"x", &x}, {"y", &y}})
+      if (t->dtype() != DType::kF32 && t->dtype() != DType::kBF16)
+        fail(op, fmt::format("{} must be f32 or bf16 on the GPU, got {}", name, dtype_name(t->dtype())));
+    return cuda::linear(x, w, y);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  detail::check_dtype(op, "x", x, DType::kF32);
+  detail::check_dtype(op, "y", y, DType::kF32);
   cpu::linear(x, w, y);
 }
 

@@ -2,6 +2,9 @@
 
 #include "ops/check.h"
 #include "ops/cpu/moe_gate.h"
+#ifdef PDSERVE_HAVE_CUDA
+#include "ops/cuda/moe_gate.h"
+#endif
 
 namespace pdserve::ops {
 
@@ -38,7 +41,13 @@ void moe_gate(const Tensor& router_logits, const Tensor& correction_bias, const 
   detail::check_dtype(op, "topk_weights", topk_weights, DType::kF32);
   detail::check_shape(op, "topk_weights", topk_weights, {n, p.top_k});
   detail::check_contiguous(op, "topk_weights", topk_weights);
-  if (!detail::all_on_cpu(op, {&router_logits, &correction_bias, &topk_ids, &topk_weights})) detail::no_cuda(op);
+  if (!detail::all_on_cpu(op, {&router_logits, &correction_bias, &topk_ids, &topk_weights})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::moe_gate(router_logits, correction_bias, p, topk_ids, topk_weights);
+#else
+    detail::no_cuda(op);
+#endif
+  }
   cpu::moe_gate(router_logits, correction_bias, p, topk_ids, topk_weights);
 }
 

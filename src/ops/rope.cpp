@@ -6,6 +6,9 @@
 
 #include "ops/check.h"
 #include "ops/cpu/rope.h"
+#ifdef PDSERVE_HAVE_CUDA
+#include "ops/cuda/rope.h"
+#endif
 
 namespace pdserve::ops {
 
@@ -93,7 +96,9 @@ RopeTable make_rope_table(const RopeParams& p) {
 
 void apply_rope_interleaved(Tensor& x, int64_t offset, const Tensor& positions, const RopeTable& table) {
   constexpr const char* op = "apply_rope_interleaved";
-  detail::check_dtype(op, "x", x, DType::kF32);
+  // Device tensors may carry bf16 activations (the GPU model path); host ones are f32.
+  if (!(x.defined() && x.device() == Device::kCuda && x.dtype() == DType::kBF16))
+    detail::check_dtype(op, "x", x, DType::kF32);
   detail::check_rank(op, "x", x, 3);
   detail::check_last_dim_contiguous(op, "x", x);
   detail::check_rank(op, "positions", positions, 1);
@@ -104,7 +109,13 @@ void apply_rope_interleaved(Tensor& x, int64_t offset, const Tensor& positions, 
   const int64_t rot = 2 * static_cast<int64_t>(table.inv_freq.size());
   if (offset < 0 || offset + rot > x.size(2))
     fail(op, fmt::format("rotary span [{}, {}) does not fit x {}", offset, offset + rot, shape_to_string(x.shape())));
-  if (!detail::all_on_cpu(op, {&x, &positions})) detail::no_cuda(op);
+  if (!detail::all_on_cpu(op, {&x, &positions})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::apply_rope_interleaved(x, offset, positions, table);
+#else
+    detail::no_cuda(op);
+#endif
+  }
   cpu::apply_rope_interleaved(x, offset, positions, table);
 }
 

@@ -1,4 +1,5 @@
-// Rotary position embedding: default and YaRN frequencies, interleaved-pair rotation.
+// Rotary position embedding: default and YaRN frequencies, interleaved-pair rotation. x is f32 on
+// the CPU; device tensors may also be bf16 (angles and products in f32).
 #pragma once
 
 #include <string>

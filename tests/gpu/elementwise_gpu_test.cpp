@@ -1,9 +1,31 @@
 // CUDA elementwise ops against the CPU reference on random inputs.
+//
+// Bounds: f32 silu_mul within 1e-6 of max|cpu| (expf vs glibc expf), f32 add exact; bf16 results
+// within one bf16 rounding of the CPU op on the same (bf16-valued) inputs: 4e-3 of max|cpu|.
+// Fused silu_mul + FP8 quant: scales within 1e-5 relative of the CPU quantiser applied to the
+// reference silu_mul output (rounded to the input dtype), fp8 codes equal except at most 1% one
+// representable value apart.
+#include <cstring>
+#include <string>
+#include <vector>
+
 #include "gpu/gpu_test_util.h"
+#include "ops/cuda/elementwise.h"
 #include "ops/elementwise.h"
+#include "ops/quant.h"
+#include "tensor/dtype.h"
 
 namespace pdserve::gpu_test {
 namespace {
+
+Tensor as_dtype(const Tensor& f32, DType dt) {
+  if (dt == DType::kF32) return f32.clone();
+  Tensor out = Tensor::empty(f32.shape(), dt);
+  convert_from_f32(dt, f32.data<float>(), out.raw_data(), static_cast<size_t>(f32.numel()));
+  return out;
+}
+
+Tensor round_bf16(const Tensor& f32) { return as_dtype(f32, DType::kBF16).to_f32(); }
 
 TEST(ElementwiseGpu, SiluMulMatchesCpu) {
   for (auto shape : {Shape{1, 1}, Shape{7, 129}, Shape{256, 2048}}) {
@@ -17,6 +39,21 @@ TEST(ElementwiseGpu, SiluMulMatchesCpu) {
   }
 }
 
+TEST(ElementwiseGpu, SiluMulBf16MatchesCpu) {
+  uint32_t seed = 10;
+  for (auto shape : {Shape{1, 1}, Shape{7, 129}, Shape{2048, 2048}, Shape{3, 8}}) {
+    Tensor g = round_bf16(random_host(shape, ++seed, 3.0f)), u = round_bf16(random_host(shape, ++seed));
+    Tensor want = Tensor::empty(shape, DType::kF32);
+    ops::silu_mul(g, u, want);
+    Tensor out = poisoned_device(shape, DType::kBF16);
+    ops::silu_mul(as_dtype(g, DType::kBF16).to(Device::kCuda), as_dtype(u, DType::kBF16).to(Device::kCuda), out);
+    EXPECT_LT(rel_max_err(out.to(Device::kCpu).to_f32(), want), 4e-3) << shape_to_string(shape);
+    Tensor gd = as_dtype(g, DType::kBF16).to(Device::kCuda);  // in place: out aliases gate
+    ops::silu_mul(gd, as_dtype(u, DType::kBF16).to(Device::kCuda), gd);
+    EXPECT_LT(rel_max_err(gd.to(Device::kCpu).to_f32(), want), 4e-3) << shape_to_string(shape) << " in place";
+  }
+}
+
 TEST(ElementwiseGpu, AddInplaceMatchesCpu) {
   Tensor y = random_host({33, 100}, 3), x = random_host({33, 100}, 4);
   Tensor want = y.clone();
@@ -24,6 +61,81 @@ TEST(ElementwiseGpu, AddInplaceMatchesCpu) {
   Tensor yd = y.to(Device::kCuda), xd = x.to(Device::kCuda);
   ops::add_inplace(yd, xd);
   EXPECT_EQ(rel_max_err(yd.to(Device::kCpu), want), 0.0);
+}
+
+TEST(ElementwiseGpu, AddInplaceBf16MatchesCpu) {
+  for (auto shape : {Shape{33, 100}, Shape{256, 7168}, Shape{5, 3}}) {
+    Tensor y = round_bf16(random_host(shape, 5)), x = round_bf16(random_host(shape, 6));
+    Tensor want = y.clone();
+    ops::add_inplace(want, x);
+    Tensor yd = as_dtype(y, DType::kBF16).to(Device::kCuda);
+    ops::add_inplace(yd, as_dtype(x, DType::kBF16).to(Device::kCuda));
+    // One rounding of the exact f32 sum: bit-equal to rounding the CPU result.
+    EXPECT_EQ(rel_max_err(yd.to(Device::kCpu).to_f32(), round_bf16(want)), 0.0) << shape_to_string(shape);
+  }
+}
+
+int signed_steps(uint8_t c) { return (c & 0x80) ? -(c & 0x7F) : (c & 0x7F); }
+
+void expect_close_codes(const Tensor& got, const Tensor& want, const std::string& what) {
+  const auto* a = got.data<uint8_t>();
+  const auto* b = want.data<uint8_t>();
+  const int64_t n = want.numel();
+  int64_t off_by_one = 0, bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (a[i] == b[i]) continue;
+    const bool nan = (a[i] & 0x7F) == 0x7F || (b[i] & 0x7F) == 0x7F;
+    if (!nan && std::abs(signed_steps(a[i]) - signed_steps(b[i])) <= 1) {
+      ++off_by_one;
+    } else if (bad++ == 0) {
+      ADD_FAILURE() << what << ": code " << int(a[i]) << " vs " << int(b[i]) << " at " << i;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what;
+  EXPECT_LE(off_by_one, n / 100 + 1) << what << ": codes one step apart";
+}
+
+// gate and up as the two halves of one [m, 2n + pad] buffer (a fused gate|up GEMM output).
+TEST(ElementwiseGpu, SiluMulQuantFp8MatchesSiluMulThenQuantiser) {
+  uint32_t seed = 20;
+  for (auto [m, n, pad] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {1, 128, 0}, {7, 2048, 0}, {2048, 2048, 0}, {5, 384, 2}, {3, 256, 1}}) {
+    for (DType dt : {DType::kF32, DType::kBF16}) {
+      const std::string what = "m=" + std::to_string(m) + " n=" + std::to_string(n) + " pad=" + std::to_string(pad) +
+                               " " + dtype_name(dt);
+      const int64_t ld = 2 * n + pad;
+      Tensor gu = as_dtype(random_host({m, ld}, ++seed, 2.0f), dt).to_f32();
+      Tensor g = Tensor::empty({m, n}, DType::kF32), u = Tensor::empty({m, n}, DType::kF32);
+      for (int64_t r = 0; r < m; ++r) {
+        std::memcpy(g.data<float>() + r * n, gu.data<float>() + r * ld + pad, n * sizeof(float));
+        std::memcpy(u.data<float>() + r * n, gu.data<float>() + r * ld + pad + n, n * sizeof(float));
+      }
+      Tensor y = Tensor::empty({m, n}, DType::kF32);
+      ops::silu_mul(g, u, y);
+      if (dt == DType::kBF16) y = round_bf16(y);
+      Tensor q_ref = Tensor::empty({m, n}, DType::kF8E4M3);
+      Tensor s_ref = Tensor::empty({n / 128, m}, DType::kF32);
+      ops::quantize_fp8_per_token_group(y, q_ref, s_ref);
+
+      Tensor gud = as_dtype(gu, dt).to(Device::kCuda);
+      Tensor gd = gud.slice(1, pad, pad + n), ud = gud.slice(1, pad + n, pad + 2 * n);
+      Tensor qd = poisoned_device({m, n}, DType::kF8E4M3);
+      Tensor sd = poisoned_device({n / 128, m});
+      ops::cuda::silu_mul_quant_fp8(gd, ud, qd, sd);
+      expect_close_codes(qd.to(Device::kCpu), q_ref, what);
+      Tensor s_got = sd.to(Device::kCpu);
+      for (int64_t i = 0; i < s_ref.numel(); ++i) {
+        const float a = s_got.data<float>()[i], b = s_ref.data<float>()[i];
+        ASSERT_LE(std::abs(a - b), 1e-5f * std::abs(b)) << what << " scale " << i;
+      }
+    }
+  }
+}
+
+TEST(ElementwiseGpu, DeviceDtypeMismatchRejected) {
+  Tensor g = poisoned_device({2, 8}, DType::kBF16), u = poisoned_device({2, 8});
+  Tensor out = poisoned_device({2, 8}, DType::kBF16);
+  EXPECT_THROW(ops::silu_mul(g, u, out), std::invalid_argument);
 }
 
 }  // namespace

@@ -1,3 +1,11 @@
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/elementwise.h"
 
@@ -5,36 +13,232 @@ namespace pdserve::ops::cuda {
 
 namespace {
 
-__global__ void silu_mul_kernel(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ o, long long n) {
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const float x = g[i];
-    o[i] = x / (1.0f + __expf(-x)) * u[i];
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+// 16 bytes per access: 4 f32 or 8 bf16.
+template <typename T>
+constexpr int kPack = 16 / static_cast<int>(sizeof(T));
+
+template <typename T>
+__device__ __forceinline__ void load_pack(const T* p, float (&v)[kPack<T>]) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kPack<T>; ++i) v[i] = to_f(e[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pack(T* p, const float (&v)[kPack<T>]) {
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kPack<T>; ++i) e[i] = from_f<T>(v[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Four consecutive elements: one 16-byte (f32) or 8-byte (bf16) load when kVec, else scalar.
+template <bool kVec, typename T>
+__device__ __forceinline__ void load4(const T* p, float (&v)[4]) {
+  if constexpr (kVec && sizeof(T) == 4) {
+    const float4 r = __ldg(reinterpret_cast<const float4*>(p));
+    v[0] = r.x, v[1] = r.y, v[2] = r.z, v[3] = r.w;
+  } else if constexpr (kVec) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = to_f(e[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = to_f(p[i]);
   }
 }
 
-__global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, long long n) {
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<long long>(gridDim.x) * blockDim.x)
-    y[i] += x[i];
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+template <typename T, bool kVec>
+__global__ void silu_mul_kernel(const T* g, const T* u, T* o, long long n) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if constexpr (kVec) {
+    constexpr int P = kPack<T>;
+    for (; i < n / P; i += stride) {
+      float a[P], b[P];
+      load_pack(g + i * P, a);
+      load_pack(u + i * P, b);
+#pragma unroll
+      for (int j = 0; j < P; ++j) a[j] = silu_times(a[j], b[j]);
+      store_pack(o + i * P, a);
+    }
+  } else {
+    for (; i < n; i += stride) o[i] = from_f<T>(silu_times(to_f(g[i]), to_f(u[i])));
+  }
+}
+
+template <typename T, bool kVec>
+__global__ void add_kernel(T* y, const T* x, long long n) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if constexpr (kVec) {
+    constexpr int P = kPack<T>;
+    for (; i < n / P; i += stride) {
+      float a[P], b[P];
+      load_pack(y + i * P, a);
+      load_pack(x + i * P, b);
+#pragma unroll
+      for (int j = 0; j < P; ++j) a[j] += b[j];
+      store_pack(y + i * P, a);
+    }
+  } else {
+    for (; i < n; i += stride) y[i] = from_f<T>(to_f(y[i]) + to_f(x[i]));
+  }
+}
+
+// One warp quantises one 128-wide group held as 4 values per lane (lane l: elements 4l .. 4l+3).
+// Math of model-spec §4.2 / ops/quant.h: s = max(amax, 1e-4) / 448, q = e4m3_satfinite(y / s).
+__device__ __forceinline__ void quant_group(const float (&y)[4], uint8_t* q_group, float* scale, int lane) {
+  float amax = fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3])));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float s = fmaxf(amax, 1e-4f) / 448.0f;
+  uchar4 packed;
+  packed.x = __nv_cvt_float_to_fp8(y[0] / s, __NV_SATFINITE, __NV_E4M3);
+  packed.y = __nv_cvt_float_to_fp8(y[1] / s, __NV_SATFINITE, __NV_E4M3);
+  packed.z = __nv_cvt_float_to_fp8(y[2] / s, __NV_SATFINITE, __NV_E4M3);
+  packed.w = __nv_cvt_float_to_fp8(y[3] / s, __NV_SATFINITE, __NV_E4M3);
+  *reinterpret_cast<uchar4*>(q_group + 4 * lane) = packed;
+  if (lane == 0) *scale = s;
+}
+
+// One warp per (row, 128-group).
+template <typename T, bool kVec>
+__global__ void silu_mul_quant_kernel(const T* g, long long ldg, const T* u, long long ldu, uint8_t* q, float* scales,
+                                      long long lds, int m, int n) {
+  const int groups = n / 128;
+  const long long w = (blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x) / 32;
+  if (w >= static_cast<long long>(m) * groups) return;  // whole warps leave together
+  const int lane = threadIdx.x & 31;
+  const long long row = w / groups;
+  const int grp = static_cast<int>(w % groups);
+  const long long col = grp * 128 + lane * 4;
+  float gv[4], uv[4], y[4];
+  load4<kVec>(g + row * ldg + col, gv);
+  load4<kVec>(u + row * ldu + col, uv);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) y[j] = to_f(from_f<T>(silu_times(gv[j], uv[j])));  // rounded as silu_mul stores it
+  quant_group(y, q + row * n + grp * 128, scales + grp * lds + row, lane);
 }
 
 unsigned grid_for(long long n) { return n == 0 ? 1 : std::min(ceil_div(n, 256), 65535u * 8); }
 
+bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+void require(bool ok, const char* op, const std::string& msg) {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + msg);
+}
+
+bool is_act(DType t) { return t == DType::kF32 || t == DType::kBF16; }
+
+template <typename T>
+void launch_silu_mul(const Tensor& gate, const Tensor& up, Tensor& out, long long n) {
+  constexpr int P = kPack<T>;
+  const bool vec = n % P == 0 && aligned(gate.raw_data(), 16) && aligned(up.raw_data(), 16) && aligned(out.raw_data(), 16);
+  const T* g = gate.data<T>();
+  const T* u = up.data<T>();
+  T* o = out.data<T>();
+  if (vec)
+    silu_mul_kernel<T, true><<<grid_for(n / P), 256, 0, current_stream()>>>(g, u, o, n);
+  else
+    silu_mul_kernel<T, false><<<grid_for(n), 256, 0, current_stream()>>>(g, u, o, n);
+}
+
+template <typename T>
+void launch_add(Tensor& y, const Tensor& x, long long n) {
+  constexpr int P = kPack<T>;
+  const bool vec = n % P == 0 && aligned(y.raw_data(), 16) && aligned(x.raw_data(), 16);
+  if (vec)
+    add_kernel<T, true><<<grid_for(n / P), 256, 0, current_stream()>>>(y.data<T>(), x.data<T>(), n);
+  else
+    add_kernel<T, false><<<grid_for(n), 256, 0, current_stream()>>>(y.data<T>(), x.data<T>(), n);
+}
+
+template <typename T>
+void launch_silu_mul_quant(const Tensor& gate, const Tensor& up, Tensor& q, Tensor& scales) {
+  const int m = static_cast<int>(gate.size(0)), n = static_cast<int>(gate.size(1));
+  const long long ldg = gate.strides()[0], ldu = up.strides()[0];
+  const size_t va = sizeof(T) * 4;  // bytes of one 4-element access
+  const bool vec = aligned(gate.raw_data(), va) && aligned(up.raw_data(), va) && ldg % 4 == 0 && ldu % 4 == 0;
+  const long long warps = static_cast<long long>(m) * (n / 128);
+  const unsigned blocks = ceil_div(warps * 32, 256);
+  auto* qp = q.data<uint8_t>();
+  float* sp = scales.data<float>();
+  const long long lds = scales.strides()[0];
+  if (vec)
+    silu_mul_quant_kernel<T, true><<<blocks, 256, 0, current_stream()>>>(gate.data<T>(), ldg, up.data<T>(), ldu, qp, sp, lds, m, n);
+  else
+    silu_mul_quant_kernel<T, false><<<blocks, 256, 0, current_stream()>>>(gate.data<T>(), ldg, up.data<T>(), ldu, qp, sp, lds, m, n);
+}
+
 }  // namespace
 
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  constexpr const char* op = "silu_mul";
+  require(is_act(gate.dtype()) && up.dtype() == gate.dtype() && out.dtype() == gate.dtype(), op,
+          "gate, up and out must all be f32 or all bf16 on the device");
   const long long n = gate.numel();
   if (n == 0) return;
-  silu_mul_kernel<<<grid_for(n), 256, 0, current_stream()>>>(gate.data<float>(), up.data<float>(), out.data<float>(), n);
-  check_launch("silu_mul");
+  if (gate.dtype() == DType::kF32)
+    launch_silu_mul<float>(gate, up, out, n);
+  else
+    launch_silu_mul<bf16>(gate, up, out, n);
+  check_launch(op);
 }
 
 void add_inplace(Tensor& y, const Tensor& x) {
+  constexpr const char* op = "add_inplace";
+  require(is_act(y.dtype()) && x.dtype() == y.dtype(), op, "y and x must both be f32 or both bf16 on the device");
   const long long n = y.numel();
   if (n == 0) return;
-  add_kernel<<<grid_for(n), 256, 0, current_stream()>>>(y.data<float>(), x.data<float>(), n);
-  check_launch("add_inplace");
+  if (y.dtype() == DType::kF32)
+    launch_add<float>(y, x, n);
+  else
+    launch_add<bf16>(y, x, n);
+  check_launch(op);
+}
+
+void silu_mul_quant_fp8(const Tensor& gate, const Tensor& up, Tensor& q, Tensor& scales) {
+  constexpr const char* op = "silu_mul_quant_fp8";
+  require(gate.defined() && up.defined() && q.defined() && scales.defined(), op, "undefined argument");
+  require(gate.device() == Device::kCuda && up.device() == Device::kCuda && q.device() == Device::kCuda &&
+              scales.device() == Device::kCuda, op, "all arguments must be device tensors");
+  require(is_act(gate.dtype()) && up.dtype() == gate.dtype(), op, "gate and up must both be f32 or both bf16");
+  require(gate.dim() == 2 && up.shape() == gate.shape(), op,
+          "gate and up must be [m, n] of one shape, got " + shape_to_string(gate.shape()) + " and " + shape_to_string(up.shape()));
+  require(gate.strides()[1] == 1 && up.strides()[1] == 1, op, "gate and up need a unit-stride last dim");
+  const int64_t m = gate.size(0), n = gate.size(1);
+  require(n % 128 == 0 && n > 0, op, "n must be a positive multiple of 128, got " + std::to_string(n));
+  require(m < (1LL << 31) && n < (1LL << 31), op, "shape too large");
+  require(q.dtype() == DType::kF8E4M3 && q.shape() == gate.shape() && q.is_contiguous(), op,
+          "q must be contiguous fp8 e4m3 " + shape_to_string(gate.shape()));
+  require(aligned(q.raw_data(), 4), op, "q must be 4-byte aligned");
+  require(scales.dtype() == DType::kF32 && scales.dim() == 2 && scales.size(0) == n / 128 && scales.size(1) == m &&
+              scales.strides()[1] == 1 && scales.strides()[0] >= m, op,
+          "scales must be f32 [n/128, m] = " + shape_to_string({n / 128, m}) + " with unit last stride, got " +
+              shape_to_string(scales.shape()));
+  if (m == 0) return;
+  if (gate.dtype() == DType::kF32)
+    launch_silu_mul_quant<float>(gate, up, q, scales);
+  else
+    launch_silu_mul_quant<bf16>(gate, up, q, scales);
+  check_launch(op);
 }
 
 }  // namespace pdserve::ops::cuda

@@ -1,11 +1,25 @@
-// CUDA versions of the elementwise ops (same contracts as ops/elementwise.h, device tensors).
+// CUDA versions of the elementwise ops (same contracts as ops/elementwise.h, device tensors), plus
+// the fused SiLU-mul + FP8 quantisation the expert MLP feeds its down projection with.
 #pragma once
 
 #include "tensor/tensor.h"
 
 namespace pdserve::ops::cuda {
 
+// out = silu(gate) * up; gate, up, out: [m, n] contiguous, all f32 or all bf16 (math in f32, one
+// rounding at the store). out may alias gate.
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
+
+// y += x; same shape, both contiguous, both f32 or both bf16 (sum in f32, rounded once).
 void add_inplace(Tensor& y, const Tensor& x);
+
+// Fused silu_mul + per-token-group FP8 quantisation (groups of 128 along n; layout and math as
+// rms_norm_quant_fp8 in ops/cuda/norm.h, which documents the layout shared with ops/quant.h).
+// gate, up: [m, n], both f32 or both bf16, rows may be strided (last dim contiguous), so they can be
+// the two halves of one [m, 2n] gate|up GEMM output; n % 128 == 0. The value quantised is
+// silu(gate) * up rounded to the inputs' dtype, so the result equals silu_mul into a buffer of
+// that dtype followed by the plain quantiser.
+// q: [m, n] fp8 e4m3 contiguous; scales: [n / 128, m] f32 (strides()[0] >= m allowed).
+void silu_mul_quant_fp8(const Tensor& gate, const Tensor& up, Tensor& q, Tensor& scales);
 
 }  // namespace pdserve::ops::cuda

@@ -1,0 +1,116 @@
+#include "ops/grouped_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "ops/check.h"
+#include "ops/linear.h"
+#ifdef PDSERVE_HAVE_CUDA
+#include "ops/cuda/grouped_gemm.h"
+#endif
+
+namespace pdserve::ops {
+
+using detail::fail;
+
+namespace {
+
+// Experts: at least one, all of the first one's shape and dtype. Returns true when every tensor
+// (x, y, counts, the experts) is on the host; mixed placements are an error.
+bool check_experts_and_place(const char* op, const std::vector<Weight>& experts, std::initializer_list<const Tensor*> ts) {
+  if (experts.empty()) fail(op, "no experts");
+  const bool cpu = detail::all_on_cpu(op, ts);
+  const Weight& w0 = experts.front();
+  for (size_t g = 0; g < experts.size(); ++g) {
+    const Weight& w = experts[g];
+    detail::check_weight(op, "expert weight", w);
+    if (w.weight.shape() != w0.weight.shape() || w.weight.dtype() != w0.weight.dtype())
+      fail(op, fmt::format("expert {} is {} {}, expert 0 is {} {}", g, dtype_name(w.weight.dtype()),
+                           shape_to_string(w.weight.shape()), dtype_name(w0.weight.dtype()), shape_to_string(w0.weight.shape())));
+    if (detail::all_on_cpu(op, {&w.weight, &w.scale_inv}) != cpu)
+      fail(op, fmt::format("expert {} is not on the same device as x", g));
+  }
+  return cpu;
+}
+
+void check_activation_dtype(const char* op, const char* name, const Tensor& t, bool cpu) {
+  if (cpu) return detail::check_dtype(op, name, t, DType::kF32);
+  if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16)
+    fail(op, fmt::format("{} must be f32 or bf16 on the GPU, got {}", name, dtype_name(t.dtype())));
+}
+
+}  // namespace
+
+void grouped_linear_contiguous(const Tensor& x, const std::vector<int64_t>& offsets, const std::vector<Weight>& experts,
+                               Tensor& y) {
+  constexpr const char* op = "grouped_linear_contiguous";
+  detail::check_rank(op, "x", x, 2);
+  detail::check_contiguous(op, "x", x);
+  detail::check_rank(op, "y", y, 2);
+  detail::check_contiguous(op, "y", y);
+  const bool cpu = check_experts_and_place(op, experts, {&x, &y});
+  check_activation_dtype(op, "x", x, cpu);
+  check_activation_dtype(op, "y", y, cpu);
+  const int64_t m = x.size(0), n = experts.front().rows(), k = experts.front().cols();
+  if (x.size(1) != k) fail(op, fmt::format("x {} does not match the experts' in-features {}", shape_to_string(x.shape()), k));
+  detail::check_shape(op, "y", y, {m, n});
+  if (offsets.size() != experts.size() + 1)
+    fail(op, fmt::format("offsets has {} entries, want experts + 1 = {}", offsets.size(), experts.size() + 1));
+  if (offsets.front() != 0 || offsets.back() != m)
+    fail(op, fmt::format("offsets must start at 0 and end at M = {}, got {} .. {}", m, offsets.front(), offsets.back()));
+  for (size_t g = 0; g + 1 < offsets.size(); ++g)
+    if (offsets[g + 1] < offsets[g]) fail(op, fmt::format("offsets decrease at expert {}", g));
+  if (!cpu) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::grouped_linear_contiguous(x, offsets, experts, y);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  // Reference: one ops::linear per expert over its rows.
+  for (size_t g = 0; g < experts.size(); ++g) {
+    if (offsets[g + 1] == offsets[g]) continue;
+    Tensor xs = x.slice(0, offsets[g], offsets[g + 1]);
+    Tensor ys = y.slice(0, offsets[g], offsets[g + 1]);
+    linear(xs, experts[g], ys);
+  }
+}
+
+void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, Tensor& y) {
+  constexpr const char* op = "grouped_linear_masked";
+  detail::check_rank(op, "x", x, 3);
+  detail::check_contiguous(op, "x", x);
+  detail::check_rank(op, "y", y, 3);
+  detail::check_contiguous(op, "y", y);
+  detail::check_dtype(op, "counts", counts, DType::kI32);
+  detail::check_contiguous(op, "counts", counts);
+  const bool cpu = check_experts_and_place(op, experts, {&x, &y, &counts});
+  check_activation_dtype(op, "x", x, cpu);
+  check_activation_dtype(op, "y", y, cpu);
+  const int64_t groups = static_cast<int64_t>(experts.size());
+  const int64_t max_m = x.size(1), n = experts.front().rows(), k = experts.front().cols();
+  if (x.size(0) != groups || x.size(2) != k)
+    fail(op, fmt::format("x {} does not match {} experts of in-features {}", shape_to_string(x.shape()), groups, k));
+  detail::check_shape(op, "counts", counts, {groups});
+  detail::check_shape(op, "y", y, {groups, max_m, n});
+  if (!cpu) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::grouped_linear_masked(x, counts, experts, y);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t c = std::clamp<int64_t>(counts.data<int32_t>()[g], 0, max_m);
+    Tensor yg = y.select(g);
+    if (c > 0) {
+      Tensor xs = x.select(g).slice(0, 0, c);
+      Tensor ys = yg.slice(0, 0, c);
+      linear(xs, experts[g], ys);
+    }
+    if (c < max_m)
+      std::memset(static_cast<char*>(yg.raw_data()) + c * n * sizeof(float), 0, static_cast<size_t>((max_m - c) * n) * sizeof(float));
+  }
+}
+
+}  // namespace pdserve::ops
