@@ -378,6 +378,11 @@ void linear(const Tensor& x, const Weight& w, Tensor& y) {
       if (k % detail::kQuantGroup != 0)
         throw std::invalid_argument("linear: fp8 weights on CUDA need in-features divisible by 128 (all of DeepSeek-V3's "
                                     "are), got W " + shape_to_string(w.weight.shape()));
+      // Measured on H200 with cuBLASLt 13.1: its block-scaled FP8 kernels refuse out-features not
+      // divisible by 16 (CUBLAS_STATUS_NOT_SUPPORTED); say so here rather than deep in cuBLASLt.
+      if (n % 16 != 0)
+        throw std::invalid_argument("linear: fp8 weights on CUDA need out-features divisible by 16 (all of DeepSeek-V3's "
+                                    "are), got W " + shape_to_string(w.weight.shape()));
       const int64_t mp = detail::padded_rows(m);
       const detail::InputScratch sc =
           detail::reserve_inputs(static_cast<size_t>(mp * k), static_cast<size_t>(k / detail::kQuantGroup * mp), 0);

@@ -173,8 +173,10 @@ __device__ __forceinline__ void quant_group(const float (&y)[4], uint8_t* q_grou
 }
 
 // One block per row; warp w handles 128-groups w, w + warps, ... (lane l: 4 elements at 4l).
+// Up to 32 warps per row: bound the registers so a 1024-thread block can launch (without the bound
+// the first device run failed with "too many resources requested for launch").
 template <typename TX, bool kVec>
-__global__ void rms_norm_quant_kernel(const TX* x, long long ldx, const void* w, int wtype, float eps, uint8_t* q,
+__global__ void __launch_bounds__(1024) rms_norm_quant_kernel(const TX* x, long long ldx, const void* w, int wtype, float eps, uint8_t* q,
                                       float* scales, long long lds, int k) {
   const int groups = k / 128, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const long long row = blockIdx.x;
