@@ -11,14 +11,14 @@ export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_P
 export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 rc=0
-/tmp/pdserve-gpu/bin/gpu_tests --gtest_output=xml:"$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | grep -vE '^\[ +(RUN|OK) ' || true
+timeout ${TEST_TIMEOUT:-240} /tmp/pdserve-gpu/bin/gpu_tests ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} --gtest_output=xml:"$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | grep -vE '^\[ +(RUN|OK) ' || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 if [[ ${RUN_TORCH:-0} == 1 ]]; then
   echo "== PyTorch eager baseline"
-  python3 bench/gpu/torch_layer_ref.py 2>&1 | tee "$OUT/torch_layer_ref.log" || rc=1
+  timeout ${BENCH_TIMEOUT:-150} python3 bench/gpu/torch_layer_ref.py 2>&1 | tee "$OUT/torch_layer_ref.log" || rc=1
 fi
 for bench in "$@"; do
   echo "== $bench"
-  /tmp/pdserve-gpu/bin/$bench 2>&1 | tee "$OUT/$bench.log" || rc=1
+  timeout ${BENCH_TIMEOUT:-150} /tmp/pdserve-gpu/bin/$bench 2>&1 | tee "$OUT/$bench.log" || rc=1
 done
 exit $rc
