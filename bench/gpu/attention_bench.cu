@@ -1,0 +1,286 @@
+// MLA attention on one GPU for the published DeepSeek-V3 deployments' per-rank work (issue 5):
+// - decode, EP72 rank: 256 requests at context 2000, 128 heads, bf16 latent cache in 64-token pages
+//   (shuffled), absorbed form: the attention core alone and with the W_UK / W_UV bmms;
+// - a small-batch long-context decode, where split-KV has to fill the SMs;
+// - prefill, EP32 rank: 4 prompts of 4096 tokens, causal: kv_b (fp8 block-scaled, dequantized to
+//   bf16) expansion + flash attention.
+// Each row reports time, achieved TFLOP/s and GB/s against the ceilings: 989 TFLOP/s dense bf16
+// (H100/H200 SXM datasheet) and the device-to-device copy bandwidth measured in this run, and
+// the fraction of the binding bound max(FLOPs / 989 T, bytes / copy BW) reached.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops/attention.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/linear.h"
+#include "ops/cuda/mla_kernels.h"
+
+namespace {
+
+using namespace pdserve;
+using ops::cuda::check;
+namespace mla = ops::cuda::mla;
+
+constexpr double kPeakTflops = 989.0;
+constexpr float kScale = 0.1352337788608801f;
+
+// Deterministic uniform values in [-scale, scale) written on the device (no 600 MB host upload).
+__global__ void fill_bf16(__nv_bfloat16* p, long long n, unsigned seed, float scale) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    unsigned x = static_cast<unsigned>(i) * 2654435761u ^ seed * 0x9E3779B9u;
+    x ^= x >> 16, x *= 0x7feb352du, x ^= x >> 15, x *= 0x846ca68bu, x ^= x >> 16;
+    p[i] = __float2bfloat16_rn((static_cast<float>(x >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * scale);
+  }
+}
+__global__ void fill_u8(unsigned char* p, long long n, unsigned seed) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    unsigned x = static_cast<unsigned>(i) * 2654435761u ^ seed * 0x9E3779B9u;
+    x ^= x >> 16, x *= 0x7feb352du, x ^= x >> 15;
+    const unsigned char v = static_cast<unsigned char>(x);
+    p[i] = (v & 0x7f) == 0x7f ? 0x3c : v;  // no NaN patterns
+  }
+}
+
+Tensor random_device(const Shape& shape, DType dtype, unsigned seed, float scale = 1.0f) {
+  Tensor t = Tensor::empty(shape, dtype, Device::kCuda);
+  if (dtype == DType::kBF16)
+    fill_bf16<<<1024, 256, 0, ops::cuda::current_stream()>>>(t.data<__nv_bfloat16>(), t.numel(), seed, scale);
+  else if (dtype == DType::kF8E4M3)
+    fill_u8<<<1024, 256, 0, ops::cuda::current_stream()>>>(t.data<unsigned char>(), t.numel(), seed);
+  else
+    throw std::runtime_error("random_device: bf16 or fp8");
+  ops::cuda::check_launch("fill");
+  return t;
+}
+
+Tensor i32_device(const std::vector<int32_t>& v, const Shape& shape) {
+  Tensor h = Tensor::empty(shape, DType::kI32);
+  std::copy(v.begin(), v.end(), h.data<int32_t>());
+  return h.to(Device::kCuda);
+}
+
+// Mean time of one call over `iters` back-to-back calls, after warm-up, in microseconds.
+template <class F>
+double time_us(F&& f, int iters = 20) {
+  cudaStream_t s = ops::cuda::current_stream();
+  for (int i = 0; i < 3; ++i) f();
+  cudaEvent_t a = nullptr, b = nullptr;
+  check(cudaEventCreate(&a), "cudaEventCreate");
+  check(cudaEventCreate(&b), "cudaEventCreate");
+  check(cudaEventRecord(a, s), "cudaEventRecord");
+  for (int i = 0; i < iters; ++i) f();
+  check(cudaEventRecord(b, s), "cudaEventRecord");
+  check(cudaEventSynchronize(b), "cudaEventSynchronize");
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms * 1000.0 / iters;
+}
+
+// Prints one table row; copy_gbs is the device copy bandwidth measured at the start of the run.
+void row(double copy_gbs, const std::string& name, double us, double flops, double bytes) {
+  const double tflops = flops / us * 1e-6, gbs = bytes / us * 1e-3;
+  const double bound_us = std::max(flops / (kPeakTflops * 1e6), bytes / (copy_gbs * 1e3));
+  std::printf("| %-44s | %9.1f | %7.1f | %5.1f%% | %7.0f | %5.1f%% | %9.1f | %5.1f%% (%s) |\n", name.c_str(), us,
+              tflops, 100.0 * tflops / kPeakTflops, gbs, 100.0 * gbs / copy_gbs, bound_us, 100.0 * bound_us / us,
+              flops / (kPeakTflops * 1e6) > bytes / (copy_gbs * 1e3) ? "TC" : "HBM");
+}
+
+double measure_copy_gbs() {
+  const size_t bytes = size_t(1) << 30;
+  Tensor a = Tensor::empty({int64_t(bytes / 4)}, DType::kF32, Device::kCuda);
+  Tensor b = Tensor::empty({int64_t(bytes / 4)}, DType::kF32, Device::kCuda);
+  const double us = time_us([&] {
+    check(cudaMemcpyAsync(b.raw_data(), a.raw_data(), bytes, cudaMemcpyDeviceToDevice, ops::cuda::current_stream()),
+          "cudaMemcpyAsync");
+  }, 10);
+  return 2.0 * bytes / us * 1e-3;  // read + write
+}
+
+void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size, bool components) {
+  const ops::MlaDims d;  // DeepSeek-V3: 128 heads, nope 128, rope 64, v 128, kv_lora_rank 512
+  const int64_t h = d.num_heads, pages_per_seq = (ctx + page_size - 1) / page_size;
+  const int64_t num_pages = batch * pages_per_seq;
+  std::vector<int32_t> perm(static_cast<size_t>(num_pages));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(1));
+  const Tensor table = i32_device(perm, {batch, pages_per_seq});
+  const Tensor lens = i32_device(std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(ctx)), {batch});
+  const Tensor pool = random_device({num_pages, page_size, d.latent_dim()}, DType::kBF16, 1);
+  const Tensor q = random_device({batch, h, d.qk_head_dim()}, DType::kBF16, 2);
+  const Tensor w_uk = random_device({h, d.qk_nope_head_dim, d.kv_lora_rank}, DType::kBF16, 3, 0.09f);
+  const Tensor w_uv = random_device({h, d.v_head_dim, d.kv_lora_rank}, DType::kBF16, 4, 0.09f);
+  Tensor out = Tensor::empty({batch, h, d.v_head_dim}, DType::kBF16, Device::kCuda);
+  const int64_t ws_bytes = ops::mla_decode_workspace_bytes(batch, d, ctx, DType::kBF16);
+  const Tensor ws = Tensor::empty({(ws_bytes + 3) / 4}, DType::kF32, Device::kCuda);
+  const int splits = ops::cuda::mla_decode_num_splits(batch, d, ctx, DType::kBF16);
+
+  const double kv_bytes = double(batch) * ctx * d.latent_dim() * 2;
+  const double core_flops = double(batch) * ctx * h * 2.0 * (d.latent_dim() + d.kv_lora_rank);
+  const double bmm_flops = 2.0 * 2.0 * batch * h * d.qk_nope_head_dim * d.kv_lora_rank;
+  const double w_bytes = 2.0 * h * d.qk_nope_head_dim * d.kv_lora_rank * 2;
+  const double act_bytes = double(batch) * h * (d.qk_head_dim() + d.v_head_dim) * 2;
+  const std::string tag = "B " + std::to_string(batch) + " ctx " + std::to_string(ctx) + " split " + std::to_string(splits);
+
+  if (components) {
+    // The same buffers mla_decode_paged uses, for the core and the bmms timed alone.
+    Tensor q_abs = random_device({batch, h, d.latent_dim()}, DType::kBF16, 5);
+    Tensor o_lat = Tensor::empty({batch, h, d.kv_lora_rank}, DType::kBF16, Device::kCuda);
+    Tensor o_part, lse;
+    if (splits > 1) {
+      o_part = Tensor::empty({batch, splits, h, d.kv_lora_rank}, DType::kF32, Device::kCuda);
+      lse = Tensor::empty({batch, splits, h}, DType::kF32, Device::kCuda);
+    }
+    mla::DecodeCoreArgs c;
+    c.q_abs = q_abs.raw_data();
+    c.pool = pool.raw_data();
+    c.page_size = static_cast<int>(page_size);
+    c.page_table = table.data<int32_t>();
+    c.page_table_stride = pages_per_seq;
+    c.seq_lens = lens.data<int32_t>();
+    c.batch = static_cast<int>(batch);
+    c.heads = static_cast<int>(h);
+    c.num_splits = splits;
+    c.scale = kScale;
+    c.o_lat = o_lat.raw_data();
+    c.o_part = splits > 1 ? o_part.data<float>() : nullptr;
+    c.lse_part = splits > 1 ? lse.data<float>() : nullptr;
+    cudaStream_t s = ops::cuda::current_stream();
+    const double core_us = time_us([&] {
+      mla::decode_core(c, s);
+      if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
+    });
+    row(copy_gbs, "decode core (" + tag + ")", core_us, core_flops, kv_bytes + act_bytes);
+    const int b = static_cast<int>(batch), hh = static_cast<int>(h), r = static_cast<int>(d.kv_lora_rank);
+    const int nope = static_cast<int>(d.qk_nope_head_dim), v = static_cast<int>(d.v_head_dim);
+    const double uk_us = time_us([&] {
+      mla::gemm_bf16({q.raw_data(), mla::Elem::kBF16, d.qk_head_dim(), h * d.qk_head_dim()},
+                     {w_uk.raw_data(), mla::Elem::kBF16, int64_t(nope) * r, r}, true,
+                     {q_abs.raw_data(), mla::Elem::kBF16, d.latent_dim(), h * d.latent_dim()}, b, r, nope, hh, s);
+    });
+    row(copy_gbs, "  W_UK bmm [B,128]x[128,512] x128 heads", uk_us, bmm_flops / 2,
+        w_bytes / 2 + double(batch) * h * (nope + r) * 2);
+    const double uv_us = time_us([&] {
+      mla::gemm_bf16({o_lat.raw_data(), mla::Elem::kBF16, r, int64_t(hh) * r},
+                     {w_uv.raw_data(), mla::Elem::kBF16, int64_t(v) * r, r}, false,
+                     {out.raw_data(), mla::Elem::kBF16, v, int64_t(hh) * v}, b, v, r, hh, s);
+    });
+    row(copy_gbs, "  W_UV bmm [B,512]x[512,128] x128 heads", uv_us, bmm_flops / 2, w_bytes / 2 + double(batch) * h * (r + v) * 2);
+  }
+  const double full_us = time_us([&] {
+    ops::mla_decode_paged(q, pool, table, lens, w_uk, w_uv, d, kScale, out, ctx, ws);
+  });
+  row(copy_gbs, "decode + bmms (" + tag + ")", full_us, core_flops + bmm_flops, kv_bytes + w_bytes + act_bytes);
+}
+
+void bench_prefill(double copy_gbs, int64_t seqs, int64_t len) {
+  const ops::MlaDims d;
+  const int64_t h = d.num_heads, t = seqs * len;
+  std::vector<int32_t> cu(static_cast<size_t>(seqs + 1));
+  for (int64_t i = 0; i <= seqs; ++i) cu[i] = static_cast<int32_t>(i * len);
+  const Tensor cu_d = i32_device(cu, {seqs + 1});
+  const Tensor q = random_device({t, h, d.qk_head_dim()}, DType::kBF16, 11);
+  const Tensor latent = random_device({t, d.latent_dim()}, DType::kBF16, 12);
+  const int64_t kv_rows = h * (d.qk_nope_head_dim + d.v_head_dim);
+  Weight kv_b{random_device({kv_rows, d.kv_lora_rank}, DType::kF8E4M3, 13), Tensor()};
+  {
+    Tensor s = Tensor::empty({kv_rows / 128, d.kv_lora_rank / 128}, DType::kF32);
+    for (int64_t i = 0; i < s.numel(); ++i) s.data<float>()[i] = 2e-4f;
+    kv_b.scale_inv = s.to(Device::kCuda);
+  }
+  Tensor out = Tensor::empty({t, h, d.v_head_dim}, DType::kBF16, Device::kCuda);
+  const int64_t ws_bytes = ops::mla_prefill_workspace_bytes(t, t, d, DType::kBF16, DType::kBF16);
+  const Tensor ws = Tensor::empty({(ws_bytes + 3) / 4}, DType::kF32, Device::kCuda);
+  const std::string tag = std::to_string(seqs) + " x " + std::to_string(len) + " causal";
+  cudaStream_t s = ops::cuda::current_stream();
+
+  const double gemm_flops = 2.0 * t * d.kv_lora_rank * kv_rows;
+  Tensor kv = Tensor::empty({t, kv_rows}, DType::kBF16, Device::kCuda);
+  mla::Operand b_kvb{kv_b.weight.raw_data(), mla::Elem::kFP8, 0, d.kv_lora_rank, kv_b.scale_inv.data<float>(),
+                     d.kv_lora_rank / 128};
+  const double gemm_us = time_us([&] {
+    mla::gemm_bf16({latent.raw_data(), mla::Elem::kBF16, 0, d.latent_dim()}, b_kvb, false,
+                   {kv.raw_data(), mla::Elem::kBF16, 0, kv_rows}, static_cast<int>(t), static_cast<int>(kv_rows),
+                   static_cast<int>(d.kv_lora_rank), 1, s);
+  }, 5);
+  row(copy_gbs, "  kv_b GEMM, mla gemm_bf16 (fp8 w in-loader)", gemm_us, gemm_flops,
+      t * d.latent_dim() * 2.0 + kv_rows * d.kv_lora_rank + t * kv_rows * 2.0);
+  // What mla_prefill_varlen runs: cuBLASLt bf16 GEMM (ops/cuda/linear.h) on a dense latent copy and
+  // a bf16 kv_b (the conversions are a few tens of microseconds, included in "prefill total").
+  {
+    const Tensor x = random_device({t, d.kv_lora_rank}, DType::kBF16, 14);
+    const Weight w{random_device({kv_rows, d.kv_lora_rank}, DType::kBF16, 15, 0.05f), Tensor()};
+    const double lt_us = time_us([&] { ops::cuda::linear(x, w, kv); }, 5);
+    row(copy_gbs, "  kv_b GEMM, cuBLASLt bf16 (used)", lt_us, gemm_flops,
+        t * d.kv_lora_rank * 2.0 + kv_rows * d.kv_lora_rank * 2.0 + t * kv_rows * 2.0);
+  }
+
+  const double pairs = double(seqs) * len * (len + 1) / 2.0;
+  const double attn_flops = pairs * h * 2.0 * (d.qk_head_dim() + d.v_head_dim);
+  mla::PrefillArgs p;
+  p.cu_q = cu_d.data<int32_t>();
+  p.cu_kv = cu_d.data<int32_t>();
+  p.num_seqs = static_cast<int>(seqs);
+  p.max_q_len = static_cast<int>(len);
+  p.heads = static_cast<int>(h);
+  p.scale = kScale;
+  p.q = q.raw_data();
+  p.q_type = mla::Elem::kBF16;
+  p.q_row = h * d.qk_head_dim();
+  p.q_head = d.qk_head_dim();
+  p.kv = kv.raw_data();
+  p.k_pe = static_cast<const char*>(latent.raw_data()) + d.kv_lora_rank * 2;
+  p.k_pe_type = mla::Elem::kBF16;
+  p.k_pe_row = d.latent_dim();
+  p.out = out.raw_data();
+  p.out_type = mla::Elem::kBF16;
+  p.nope = 128;
+  p.rope = 64;
+  p.v = 128;
+  const double attn_us = time_us([&] { mla::prefill_flash(p, s); }, 5);
+  row(copy_gbs, "  flash attention (" + tag + ")", attn_us, attn_flops, t * kv_rows * 2.0 + t * h * (192 + 128) * 2.0);
+
+  const double full_us = time_us([&] {
+    ops::mla_prefill_varlen(q, latent, kv_b, d, cu_d, cu_d, len, kScale, out, ws);
+  }, 5);
+  row(copy_gbs, "prefill total (" + tag + ")", full_us, gemm_flops + attn_flops,
+      t * d.latent_dim() * 2.0 + kv_rows * d.kv_lora_rank + 2 * t * kv_rows * 2.0 + t * h * (192 + 128) * 2.0);
+}
+
+}  // namespace
+
+int main() {
+  try {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+    const double copy_gbs = measure_copy_gbs();
+    std::printf("MLA attention benchmark on %s (%d SMs, %.0f MiB L2)\n", prop.name, prop.multiProcessorCount,
+                prop.l2CacheSize / 1048576.0);
+    std::printf("ceilings: %.0f TFLOP/s dense bf16 (datasheet); device copy %.0f GB/s (read + write, measured now)\n\n",
+                kPeakTflops, copy_gbs);
+    std::printf("| %-44s | %9s | %7s | %6s | %7s | %6s | %9s | %-13s |\n", "op", "time (us)", "TFLOP/s", "of TC",
+                "GB/s", "of BW", "bound(us)", "of bound");
+    std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(11, '-').c_str(),
+                std::string(9, '-').c_str(), std::string(8, '-').c_str(), std::string(9, '-').c_str(),
+                std::string(8, '-').c_str(), std::string(11, '-').c_str(), std::string(15, '-').c_str());
+    bench_decode(copy_gbs, 256, 2000, 64, true);   // EP72 decode rank (LMSYS 96 x H100)
+    bench_decode(copy_gbs, 16, 8192, 64, false);   // small batch, long context: split-KV
+    bench_prefill(copy_gbs, 4, 4096);              // EP32 prefill rank: 16,384 tokens
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attention_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,119 @@
+// Host-side launchers of the MLA kernels, shared between the .cu files of ops/cuda/ (attention.cu
+// orchestrates, mla_gemm.cu / mla_decode.cu / mla_prefill.cu hold the kernels). Pointers are raw
+// device pointers; element types are named by Elem. Every launcher checks its launch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace pdserve::ops::cuda::mla {
+
+enum class Elem : uint8_t { kF32, kBF16, kFP8 };
+
+inline int elem_size(Elem e) { return e == Elem::kF32 ? 4 : e == Elem::kBF16 ? 2 : 1; }
+
+// One operand of a (batched) GEMM: element (g, row, col) lives at ptr + g*batch_stride + row*row_stride
+// + col (strides in elements). fp8 operands carry DeepSeek's 128x128 block scales: the value of
+// element (row, col) is fp8 * scale[(row / 128) * scale_row_stride + col / 128].
+struct Operand {
+  const void* ptr = nullptr;
+  Elem type = Elem::kF32;
+  int64_t batch_stride = 0;
+  int64_t row_stride = 0;
+  const float* scale = nullptr;
+  int64_t scale_row_stride = 0;
+};
+
+struct Output {
+  void* ptr = nullptr;
+  Elem type = Elem::kF32;
+  int64_t batch_stride = 0;
+  int64_t row_stride = 0;
+};
+
+// C[g](m, n) = sum_k A[g](m, k) * B[g](k, n) for g < batch.
+// A is addressed (m, k). B is addressed (n, k) ("NK", a Linear weight [out, in]) unless b_kn, then
+// (k, n). gemm_bf16 rounds operands to bf16 and runs on tensor cores (needs k, n, strides multiples
+// of 8, 16-byte aligned rows); gemm_f32 is exact f32 on CUDA cores (no layout constraints).
+void gemm_bf16(const Operand& a, const Operand& b, bool b_kn, const Output& c, int m, int n, int k, int batch,
+               cudaStream_t stream);
+void gemm_f32(const Operand& a, const Operand& b, bool b_kn, const Output& c, int m, int n, int k, int batch,
+              cudaStream_t stream);
+
+// ---- decode ------------------------------------------------------------------------------------
+
+// The tensor-core decode core for kv_lora_rank 512 + rope 64 (DeepSeek-V2/V3/R1 latent layout).
+inline constexpr int kDecodeHeadsPerCta = 64;
+inline constexpr int kDecodeTokensPerTile = 64;
+inline constexpr int kDecodeLatent = 576;
+inline constexpr int kDecodeValue = 512;
+
+struct DecodeCoreArgs {
+  const void* q_abs = nullptr;   // bf16 [B, H, 576]: [W_UK^T q_nope ; q_pe]
+  const void* pool = nullptr;    // bf16 [pages, page_size, 576]
+  int page_size = 0;
+  const int32_t* page_table = nullptr;
+  int64_t page_table_stride = 0;
+  const int32_t* seq_lens = nullptr;
+  int batch = 0, heads = 0, num_splits = 1;
+  float scale = 0.0f;
+  // num_splits == 1: the normalized latent output, bf16 [B, H, 512].
+  void* o_lat = nullptr;
+  // num_splits > 1: per-split partials f32 [B, S, H, 512] and log2-sum-exp f32 [B, S, H].
+  float* o_part = nullptr;
+  float* lse_part = nullptr;
+};
+size_t decode_core_smem_bytes();
+void decode_core(const DecodeCoreArgs& a, cudaStream_t stream);
+// Merges the splits of decode_core into o_lat bf16 [B, H, 512].
+void decode_combine(const float* o_part, const float* lse_part, void* o_lat, int batch, int heads, int num_splits,
+                    cudaStream_t stream);
+
+// The exact f32 decode (any dims): absorbed scores and P.C over the paged pool (f32 or bf16), one
+// block per (sequence, head). q_abs f32 [B, H, latent]; o_lat f32 [B, H, kv_lora_rank].
+struct DecodeGenericArgs {
+  const float* q_abs = nullptr;
+  const void* pool = nullptr;
+  Elem pool_type = Elem::kF32;
+  int page_size = 0;
+  const int32_t* page_table = nullptr;
+  int64_t page_table_stride = 0;
+  const int32_t* seq_lens = nullptr;
+  int batch = 0, heads = 0, latent = 0, rank = 0;
+  float scale = 0.0f;
+  float* o_lat = nullptr;
+};
+void decode_generic(const DecodeGenericArgs& a, cudaStream_t stream);
+
+// ---- prefill -----------------------------------------------------------------------------------
+
+// Per packed sequence i: q rows [cu_q[i], cu_q[i+1]), kv rows [cu_kv[i], cu_kv[i+1]); the q rows
+// are the last q_len of the kv_len tokens (causal with a prefix of kv_len - q_len).
+struct PrefillArgs {
+  const int32_t* cu_q = nullptr;
+  const int32_t* cu_kv = nullptr;
+  int num_seqs = 0, max_q_len = 0, heads = 0;
+  float scale = 0.0f;
+  // q [S, H, qk]: element (s, h, j) at q + s*q_row + h*q_head + j.
+  const void* q = nullptr;
+  Elem q_type = Elem::kBF16;
+  int64_t q_row = 0, q_head = 0;
+  // kv [T, H * (nope + v)] (k_nope then v per head), contiguous.
+  const void* kv = nullptr;
+  // k_pe: element (t, j) at k_pe + t*k_pe_row + j.
+  const void* k_pe = nullptr;
+  Elem k_pe_type = Elem::kBF16;
+  int64_t k_pe_row = 0;
+  // out [S, H, v] contiguous.
+  void* out = nullptr;
+  Elem out_type = Elem::kF32;
+  int nope = 0, rope = 0, v = 0;
+};
+// Tensor-core flash attention for nope 128 / rope 64 / v 128: q, kv, k_pe bf16 (k_pe_row multiple
+// of 8), out f32 or bf16.
+void prefill_flash(const PrefillArgs& a, cudaStream_t stream);
+// Exact f32 (any dims): q f32/bf16, kv f32, k_pe f32/bf16, out f32/bf16.
+void prefill_generic(const PrefillArgs& a, cudaStream_t stream);
+
+}  // namespace pdserve::ops::cuda::mla
