@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/elementwise.h"
 
@@ -15,14 +16,8 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+using dev::to_f;
+using dev::from_f;
 
 // 16 bytes per access: 4 f32 or 8 bf16.
 template <typename T>
@@ -102,21 +97,7 @@ __global__ void add_kernel(T* y, const T* x, long long n) {
   }
 }
 
-// One warp quantises one 128-wide group held as 4 values per lane (lane l: elements 4l .. 4l+3).
-// Math of model-spec §4.2 / ops/quant.h: s = max(amax, 1e-4) / 448, q = e4m3_satfinite(y / s).
-__device__ __forceinline__ void quant_group(const float (&y)[4], uint8_t* q_group, float* scale, int lane) {
-  float amax = fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3])));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float s = fmaxf(amax, 1e-4f) / 448.0f;
-  uchar4 packed;
-  packed.x = __nv_cvt_float_to_fp8(y[0] / s, __NV_SATFINITE, __NV_E4M3);
-  packed.y = __nv_cvt_float_to_fp8(y[1] / s, __NV_SATFINITE, __NV_E4M3);
-  packed.z = __nv_cvt_float_to_fp8(y[2] / s, __NV_SATFINITE, __NV_E4M3);
-  packed.w = __nv_cvt_float_to_fp8(y[3] / s, __NV_SATFINITE, __NV_E4M3);
-  *reinterpret_cast<uchar4*>(q_group + 4 * lane) = packed;
-  if (lane == 0) *scale = s;
-}
+using dev::quant_group;
 
 // One warp per (row, 128-group).
 template <typename T, bool kVec>

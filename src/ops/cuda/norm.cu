@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/norm.h"
 
@@ -21,14 +22,8 @@ using bf16 = __nv_bfloat16;
 // a row longer than that re-reads the remainder.
 constexpr int kIters = 8;
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+using dev::to_f;
+using dev::from_f;
 template <typename T>
 __device__ __forceinline__ float round_to(float v) { return to_f(from_f<T>(v)); }
 
@@ -157,20 +152,7 @@ __global__ void rms_norm_kernel(const TX* x, long long ldx, const void* w, int w
   }
 }
 
-// One warp quantises one 128-wide group held as 4 values per lane (lane l: elements 4l .. 4l+3).
-__device__ __forceinline__ void quant_group(const float (&y)[4], uint8_t* q_group, float* scale, int lane) {
-  float amax = fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3])));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float s = fmaxf(amax, 1e-4f) / 448.0f;
-  uchar4 packed;
-  packed.x = __nv_cvt_float_to_fp8(y[0] / s, __NV_SATFINITE, __NV_E4M3);
-  packed.y = __nv_cvt_float_to_fp8(y[1] / s, __NV_SATFINITE, __NV_E4M3);
-  packed.z = __nv_cvt_float_to_fp8(y[2] / s, __NV_SATFINITE, __NV_E4M3);
-  packed.w = __nv_cvt_float_to_fp8(y[3] / s, __NV_SATFINITE, __NV_E4M3);
-  *reinterpret_cast<uchar4*>(q_group + 4 * lane) = packed;
-  if (lane == 0) *scale = s;
-}
+using dev::quant_group;
 
 // One block per row; warp w handles 128-groups w, w + warps, ... (lane l: 4 elements at 4l).
 // Up to 32 warps per row: bound the registers so a 1024-thread block can launch (without the bound

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/rope.h"
 
@@ -22,14 +23,8 @@ struct RopeArgs {
   int half;
 };
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+using dev::to_f;
+using dev::from_f;
 
 __device__ __forceinline__ long long load_index(const void* p, bool is64, long long i) {
   return is64 ? static_cast<const long long*>(p)[i] : static_cast<const int*>(p)[i];
