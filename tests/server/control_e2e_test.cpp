@@ -204,7 +204,10 @@ namespace {
 TEST(WatchdogE2E, HungBatchCrashesTheServerLoudly) {
   // A 0.3 s watchdog and a prefill of 12k tokens, which takes seconds on the CPU backend: the
   // server must notice, log SGLang's line and abort instead of hanging.
-  ServerProcess s({"--watchdog-timeout", "0.3", "--chunked-prefill-size", "-1", "--max-prefill-tokens", "16384"}, "watchdog");
+  // No warmup: on a loaded CI machine even the warmup batch could take 0.3 s.
+  ServerProcess s({"--watchdog-timeout", "0.3", "--chunked-prefill-size", "-1", "--max-prefill-tokens", "16384",
+                   "--skip-server-warmup"},
+                  "watchdog");
   ASSERT_TRUE(s.wait_ready()) << s.log();
   std::thread t([&] {
     http::Client c;
