@@ -11,7 +11,8 @@ export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_P
 export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 rc=0
-timeout ${TEST_TIMEOUT:-240} /tmp/pdserve-gpu/bin/gpu_tests ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} --gtest_output=xml:"$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | grep -vE '^\[ +(RUN|OK) ' || true
+# GPU_TEST_WRAPPER, e.g. "compute-sanitizer --tool memcheck --error-exitcode 7", runs the tests under it.
+timeout ${TEST_TIMEOUT:-240} ${GPU_TEST_WRAPPER:-} /tmp/pdserve-gpu/bin/gpu_tests ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} --gtest_output=xml:"$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | grep -vE '^\[ +(RUN|OK) ' || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 if [[ ${RUN_TORCH:-0} == 1 ]]; then
   echo "== PyTorch eager baseline"
