@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/quant.h"
 
@@ -27,15 +28,6 @@ constexpr int kLanesPerGroup = 16;
 constexpr int kGroupsPerBlock = kThreads / kLanesPerGroup;
 static_assert(kLanesPerGroup * kPerThread == detail::kQuantGroup, "lanes x elements must cover one group");
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T, bool kVec>
 __device__ __forceinline__ void load8(const T* p, int64_t col0, int64_t k, float (&v)[kPerThread]) {
@@ -53,7 +45,7 @@ __device__ __forceinline__ void load8(const T* p, int64_t col0, int64_t k, float
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) v[i] = col0 + i < k ? to_float(p[i]) : 0.0f;
+    for (int i = 0; i < kPerThread; ++i) v[i] = col0 + i < k ? dev::to_f(p[i]) : 0.0f;
   }
 }
 
@@ -121,8 +113,8 @@ __global__ void convert_rows_kernel(ConvertJob j) {
   for (int64_t r = blockIdx.y; r < j.rows_padded; r += gridDim.y) {
     for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < j.cols;
          c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const float v = r < valid ? to_float(src[r * j.src_ld + c]) : 0.0f;
-      dst[r * j.dst_ld + c] = from_float<To>(v);
+      const float v = r < valid ? dev::to_f(src[r * j.src_ld + c]) : 0.0f;
+      dst[r * j.dst_ld + c] = dev::from_f<To>(v);
     }
   }
 }
