@@ -320,29 +320,7 @@ __global__ void __launch_bounds__(kGenThreads) decode_generic_kernel(const Decod
       if (lane == 0) s_sc[j] = dot * a.scale;
     }
     __syncthreads();
-    float mx = -INFINITY;
-    for (int j = tid; j < n; j += kGenThreads) mx = fmaxf(mx, s_sc[j]);
-    mx = warp_max(mx);
-    if (lane == 0) s_red[warp] = mx;
-    __syncthreads();
-    mx = s_red[0];
-    for (int w = 1; w < kGenThreads / 32; ++w) mx = fmaxf(mx, s_red[w]);
-    const float m_new = fmaxf(m_run, mx);
-    const float alpha = expf(m_run - m_new);
-    __syncthreads();  // everyone has read s_red
-    float part = 0.0f;
-    for (int j = tid; j < n; j += kGenThreads) {
-      const float p = expf(s_sc[j] - m_new);
-      s_sc[j] = p;
-      part += p;
-    }
-    part = warp_sum(part);
-    if (lane == 0) s_red[warp] = part;
-    __syncthreads();
-    float sum = 0.0f;
-    for (int w = 0; w < kGenThreads / 32; ++w) sum += s_red[w];
-    l_run = l_run * alpha + sum;
-    m_run = m_new;
+    const float alpha = online_softmax_step<kGenThreads>(s_sc, n, s_red, m_run, l_run);
     for (int d = tid; d < a.rank; d += kGenThreads) {
       float acc = s_acc[d] * alpha;
       for (int j = 0; j < n; ++j) acc = fmaf(s_sc[j], to_f32(row_ptr(t0 + j)[d]), acc);

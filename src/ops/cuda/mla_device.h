@@ -118,4 +118,37 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// One step of a block-wide online softmax (kThreads threads, scores s_sc[0, n) in shared memory,
+// s_red a kThreads/32 scratch): s_sc becomes exp(s - m_new) in place, m_run and l_run are
+// updated, and the factor the running output must be scaled by, exp(m_run_old - m_new), is
+// returned. Shared by the exact-f32 decode and prefill kernels.
+template <int kThreads>
+__device__ __forceinline__ float online_softmax_step(float* s_sc, int n, float* s_red, float& m_run, float& l_run) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  float mx = -INFINITY;
+  for (int j = tid; j < n; j += kThreads) mx = fmaxf(mx, s_sc[j]);
+  mx = warp_max(mx);
+  if (lane == 0) s_red[warp] = mx;
+  __syncthreads();
+  mx = s_red[0];
+  for (int w = 1; w < kThreads / 32; ++w) mx = fmaxf(mx, s_red[w]);
+  const float m_new = fmaxf(m_run, mx);
+  const float alpha = expf(m_run - m_new);
+  __syncthreads();  // everyone has read s_red
+  float part = 0.0f;
+  for (int j = tid; j < n; j += kThreads) {
+    const float p = expf(s_sc[j] - m_new);
+    s_sc[j] = p;
+    part += p;
+  }
+  part = warp_sum(part);
+  if (lane == 0) s_red[warp] = part;
+  __syncthreads();
+  float sum = 0.0f;
+  for (int w = 0; w < kThreads / 32; ++w) sum += s_red[w];
+  l_run = l_run * alpha + sum;
+  m_run = m_new;
+  return alpha;
+}
+
 }  // namespace pdserve::ops::cuda::mla
