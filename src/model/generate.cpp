@@ -8,19 +8,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/json.h"
 #include "base/logging.h"
 
 namespace pdserve::model {
 
 Result<std::vector<std::vector<int32_t>>> read_prompts(const std::filesystem::path& file, int64_t vocab_size) {
-  std::ifstream in(file);
-  if (!in) return make_error(ErrorCode::kNotFound, "{}: cannot open the input ids file", file.string());
-  nlohmann::json j;
-  try {
-    in >> j;
-  } catch (const nlohmann::json::parse_error& e) {
-    return make_error(ErrorCode::kInvalidArgument, "{}: not valid JSON at byte {}", file.string(), e.byte);
-  }
+  auto parsed = read_json_file(file);
+  if (!parsed) return parsed.error();
+  const nlohmann::json& j = *parsed;
   if (!j.is_array() || j.empty())
     return make_error(ErrorCode::kInvalidArgument, "{}: expected a non-empty JSON list of prompts (lists of token ids)",
                       file.string());

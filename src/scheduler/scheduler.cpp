@@ -70,7 +70,7 @@ void Scheduler::stop(const std::string& reason) {
   inbox_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   // Nothing is lost: everything still queued or running ends with a clear abort.
-  drain_inbox(false);
+  drain_inbox();
   for (auto& r : waiting_) emit(*r, true, abort_reason(reason, 503));
   waiting_.clear();
   if (chunked_owner_) finish(chunked_owner_.get(), abort_reason(reason, 503), false);
@@ -121,11 +121,10 @@ void Scheduler::loop() {
   }
 }
 
-void Scheduler::drain_inbox(bool wait) {
+void Scheduler::drain_inbox() {
   std::vector<Message> msgs;
   {
-    std::unique_lock<std::mutex> lock(inbox_mu_);
-    if (wait) inbox_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return !inbox_.empty() || stopping_; });
+    std::lock_guard<std::mutex> lock(inbox_mu_);
     msgs.swap(inbox_);
   }
   for (auto& m : msgs) std::visit([this](auto&& x) { handle(std::move(x)); }, std::move(m));
@@ -241,7 +240,7 @@ void Scheduler::handle(Control&& c) {
 }
 
 bool Scheduler::step() {
-  drain_inbox(false);
+  drain_inbox();
   if (waiting_.empty() && running_.empty() && !chunked_owner_) {
     update_stats();
     return false;
@@ -406,7 +405,7 @@ bool Scheduler::run_prefill() {
   if (chunked_owner_ && chunked_owner_->computed_tokens == chunked_owner_->total_tokens()) {
     running_.push_back(std::move(chunked_owner_));
   }
-  process_logits(done, *logits, rows, true);
+  process_logits(done, *logits, rows);
   return true;
 }
 
@@ -490,13 +489,13 @@ bool Scheduler::run_decode() {
     rows.push_back(static_cast<int64_t>(i));
   }
   new_token_ratio_ = std::max(cfg_.min_new_token_ratio, new_token_ratio_ - cfg_.new_token_ratio_decay);
-  process_logits(reqs, *logits, rows, false);
+  process_logits(reqs, *logits, rows);
   if (++decode_steps_since_log_ >= cfg_.decode_log_interval) log_decode();
   return true;
 }
 
-void Scheduler::process_logits(const std::vector<Request*>& reqs, const Tensor& logits, const std::vector<int64_t>& rows,
-                               bool /*is_prefill*/) {
+void Scheduler::process_logits(const std::vector<Request*>& reqs, const Tensor& logits,
+                               const std::vector<int64_t>& rows) {
   const int64_t V = runner_->vocab_size();
   std::vector<Request*> finished;
   for (size_t i = 0; i < reqs.size(); ++i) {

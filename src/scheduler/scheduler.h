@@ -118,15 +118,14 @@ class Scheduler {
   using Message = std::variant<GenerateInput, Abort, Control>;
 
   void loop();
-  void drain_inbox(bool wait);
+  void drain_inbox();  // takes every queued message, without waiting (loop() does the waiting)
   void handle(GenerateInput&& in);
   void handle(Abort&& a);
   void handle(Control&& c);
   bool run_prefill();
   bool run_decode();
   void retract_for_decode();
-  void process_logits(const std::vector<Request*>& reqs, const Tensor& logits, const std::vector<int64_t>& rows,
-                      bool is_prefill);
+  void process_logits(const std::vector<Request*>& reqs, const Tensor& logits, const std::vector<int64_t>& rows);
   bool check_finished(Request& r);
   void finish(Request* r, FinishReason reason, bool cache_kv);
   void emit(Request& r, bool finished, std::optional<FinishReason> reason);
