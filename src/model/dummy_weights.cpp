@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace pdserve::model {
@@ -26,21 +25,14 @@ inline float uniform_at(uint64_t key, uint64_t i) {
   return static_cast<float>(static_cast<double>(splitmix64(key + i) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
 }
 
-// Fills rows in parallel; rows are independent so the result does not depend on the split.
+// Fills rows in parallel (OpenMP, as the CPU kernels); rows are independent, so the result does not
+// depend on the split.
 template <typename F>
 void parallel_rows(int64_t rows, F&& fill_rows) {
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(std::thread::hardware_concurrency(), rows / 64));
-  if (threads <= 1) {
-    fill_rows(0, rows);
-    return;
-  }
-  std::vector<std::thread> pool;
-  const int64_t per = (rows + threads - 1) / threads;
-  for (int64_t t = 0; t < threads; ++t) {
-    const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
-    if (r0 < r1) pool.emplace_back([&, r0, r1] { fill_rows(r0, r1); });
-  }
-  for (auto& th : pool) th.join();
+  constexpr int64_t kChunk = 64;
+  const int64_t chunks = (rows + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) fill_rows(c * kChunk, std::min(rows, (c + 1) * kChunk));
 }
 
 class DummyFactory {
