@@ -7,7 +7,9 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
   libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev
-  libboost1.81-dev libpcre2-dev prometheus
+  libboost1.81-dev libpcre2-dev prometheus nginx-light
+  libzmq3-dev cppzmq-dev
+  clang libclang-rt-14-dev libomp-dev  # scripts/fuzz.sh: libFuzzer and OpenMP for clang
 )
 
 missing=()

@@ -6,7 +6,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include "bench/bench_command.h"
+#include "bench/one_batch.h"
 #include "model/generate.h"
+#include "moe/eplb_command.h"
+#include "profile/analyze_command.h"
+#include "router/router.h"
 #include "server/model_server.h"
 #include "tokenizer/tokenize_command.h"
 
@@ -17,6 +22,11 @@ int main(int argc, char** argv) {
   commands["generate"] = pdserve::model::add_generate_command(app);
   commands["tokenize"] = pdserve::tokenizer::add_tokenize_command(app);
   commands["serve"] = pdserve::server::add_serve_command(app);
+  commands["bench"] = pdserve::bench::add_bench_command(app);
+  commands["bench-one-batch"] = pdserve::bench::add_bench_one_batch_command(app);
+  commands["analyze"] = pdserve::profile::add_analyze_command(app);
+  commands["router"] = pdserve::router::add_router_command(app);
+  commands["eplb"] = pdserve::moe::add_eplb_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

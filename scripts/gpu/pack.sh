@@ -12,6 +12,8 @@ ninja -C "$BUILD_DIR" gpu_tests $BENCHES >/dev/null
 STAGE=$(mktemp -d)
 mkdir -p "$STAGE/bin" "$STAGE/lib"
 BINS=("$BUILD_DIR/tests/gpu_tests")
+# The server binary too (scripts/gpu/serve_smoke.sh), when it builds.
+if ninja -C "$BUILD_DIR" pdserve >/dev/null; then BINS+=("$BUILD_DIR/pdserve"); else echo "pack.sh: pdserve did not build; packing without it" >&2; fi
 for b in $BENCHES; do BINS+=("$BUILD_DIR/bench/gpu/$b"); done
 for b in "${BINS[@]}"; do
   cp "$b" "$STAGE/bin/"

@@ -22,6 +22,9 @@ Result<nlohmann::json> parse_json(std::string_view text, std::string_view source
     if (auto close = what.find("] "); what.starts_with("[json.exception") && close != std::string_view::npos)
       what.remove_prefix(close + 2);
     return make_error(ErrorCode::kCorrupt, "{}: invalid JSON at byte {}: {}", source, e.byte, what);
+  } catch (const nlohmann::json::out_of_range&) {
+    // The parser throws this type (not parse_error) for a number beyond double, such as 1e999.
+    return make_error(ErrorCode::kCorrupt, "{}: invalid JSON: a number is out of range", source);
   }
 }
 

@@ -13,6 +13,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -229,6 +230,11 @@ struct Connection::Impl {
       if (stopped) {
         close();
         co_return a;
+      }
+      while (callbacks->hold && callbacks->hold()) {
+        if (Clock::now() >= deadline) break;  // the next read reports the timeout
+        asio::steady_timer pause(executor, std::chrono::milliseconds(1));
+        co_await pause.async_wait(kNoThrow);
       }
     }
     reusable = parser->keep_alive();

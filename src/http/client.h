@@ -79,6 +79,10 @@ struct StreamCallbacks {
   std::function<bool(const Response& head)> on_head;    // status and headers (body empty)
   std::function<bool(std::string_view data)> on_data;   // body bytes as they arrive (any split)
   std::function<bool(const SseEvent& event)> on_event;  // SSE events parsed from the body
+  // Optional backpressure (the router's relay): while it returns true, no more of the body is read
+  // (checked after each chunk, then every millisecond), so a slow consumer slows the producer
+  // down instead of making us buffer. The request's timeout still applies.
+  std::function<bool()> hold;
 };
 
 // One keep-alive connection. Reconnects as needed (first use, a different host:port, the server

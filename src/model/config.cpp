@@ -313,7 +313,7 @@ Result<ModelConfig> parse_model_config(const std::string& json_text, const std::
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number beyond double (1e999)
     return make_error(ErrorCode::kCorrupt, "{}: invalid JSON: {}", source, one_line(e.what()));
   }
   try {

@@ -188,25 +188,31 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const std::vec
   return y;
 }
 
-Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch, LatentKvPool& pool,
-                                        const ForwardOptions& opts) const {
+Status validate_batch(const ModelConfig& cfg, const std::vector<SequenceInput>& batch, int64_t num_pages,
+                      int64_t page_size) {
   if (batch.empty()) return make_error(ErrorCode::kInvalidArgument, "forward: empty batch");
-  int64_t n = 0;
   for (size_t s = 0; s < batch.size(); ++s) {
     const auto& seq = batch[s];
     if (seq.tokens.empty()) return make_error(ErrorCode::kInvalidArgument, "forward: sequence {} has no new tokens", s);
     const int64_t total = seq.prefix_len + static_cast<int64_t>(seq.tokens.size());
-    if (static_cast<int64_t>(seq.page_table.size()) * pool.page_size() < total)
+    if (static_cast<int64_t>(seq.page_table.size()) * page_size < total)
       return make_error(ErrorCode::kInvalidArgument, "forward: sequence {} needs {} cache slots, its page table covers {}",
-                        s, total, seq.page_table.size() * pool.page_size());
+                        s, total, seq.page_table.size() * page_size);
     for (int32_t p : seq.page_table)
-      if (p < 0 || p >= pool.num_pages())
+      if (p < 0 || p >= num_pages)
         return make_error(ErrorCode::kInvalidArgument, "forward: sequence {} has page {} outside the pool", s, p);
     for (int32_t id : seq.tokens)
-      if (id < 0 || id >= cfg_.vocab_size)
-        return make_error(ErrorCode::kInvalidArgument, "token id {} is out of range [0, {})", id, cfg_.vocab_size);
-    n += static_cast<int64_t>(seq.tokens.size());
+      if (id < 0 || id >= cfg.vocab_size)
+        return make_error(ErrorCode::kInvalidArgument, "token id {} is out of range [0, {})", id, cfg.vocab_size);
   }
+  return ok_status();
+}
+
+Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch, LatentKvPool& pool,
+                                        const ForwardOptions& opts) const {
+  PDSERVE_RETURN_IF_ERROR(validate_batch(cfg_, batch, pool.num_pages(), pool.page_size()));
+  int64_t n = 0;
+  for (const auto& seq : batch) n += static_cast<int64_t>(seq.tokens.size());
   Tensor ids = Tensor::empty({n}, DType::kI32), positions = Tensor::empty({n}, DType::kI32);
   {
     int64_t t = 0;

@@ -42,6 +42,11 @@ struct ForwardOptions {
   RoutingTrace* routing = nullptr;
 };
 
+// The checks every backend's forward makes: non-empty batch and sequences, page tables covering
+// prefix + new tokens with pages inside [0, num_pages), token ids inside the vocabulary.
+Status validate_batch(const ModelConfig& cfg, const std::vector<SequenceInput>& batch, int64_t num_pages,
+                      int64_t page_size);
+
 class DeepseekV3Model {
  public:
   // Loads config.json from `dir` and weights as `opts` says. kAuto reads safetensors and fails with

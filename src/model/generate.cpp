@@ -41,20 +41,31 @@ Result<std::vector<std::vector<int32_t>>> read_prompts(const std::filesystem::pa
   return prompts;
 }
 
+int64_t generate_cache_tokens(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& opts) {
+  int64_t cache_tokens = 0;
+  for (const auto& p : prompts) {
+    const int64_t total = static_cast<int64_t>(p.size()) + std::max<int64_t>(opts.max_new_tokens, 0);
+    cache_tokens += (total + opts.page_size - 1) / opts.page_size * opts.page_size;
+  }
+  return std::max<int64_t>(cache_tokens, 1);
+}
+
 Result<std::vector<GeneratedSequence>> generate(const DeepseekV3Model& model,
                                                 const std::vector<std::vector<int32_t>>& prompts,
-                                                const GenerateOptions& opts, GenerateStats* stats) {
+                                                const GenerateOptions& opts, GenerateStats* stats,
+                                                DeepseekV3GpuModel* gpu) {
   const auto& cfg = model.config();
   if (opts.max_new_tokens < 0) return make_error(ErrorCode::kInvalidArgument, "--max-new-tokens must be >= 0");
-  int64_t cache_tokens = 0;
   for (const auto& p : prompts) {
     const int64_t total = static_cast<int64_t>(p.size()) + opts.max_new_tokens;
     if (total > cfg.max_position_embeddings)
       return make_error(ErrorCode::kInvalidArgument, "a prompt of {} tokens plus {} new tokens exceeds the context length {}",
                         p.size(), opts.max_new_tokens, cfg.max_position_embeddings);
-    cache_tokens += (total + opts.page_size - 1) / opts.page_size * opts.page_size;
   }
-  auto pool = model.make_kv_pool(std::max<int64_t>(cache_tokens, 1), opts.page_size);
+  auto pool = model.make_kv_pool(generate_cache_tokens(prompts, opts), opts.page_size);
+  if (gpu && gpu->num_pages() < pool->num_pages())
+    return make_error(ErrorCode::kInvalidArgument, "the GPU cache holds {} pages, these prompts need {}", gpu->num_pages(),
+                      pool->num_pages());
 
   const size_t B = prompts.size();
   std::vector<GeneratedSequence> out(B);
@@ -80,7 +91,7 @@ Result<std::vector<GeneratedSequence>> generate(const DeepseekV3Model& model,
   while (!active.empty()) {
     std::vector<SequenceInput> step;
     for (size_t i : active) step.push_back(seqs[i]);
-    auto logits = model.forward(step, *pool);
+    auto logits = gpu ? gpu->forward(step) : model.forward(step, *pool);
     if (!logits) {
       release_all();
       return logits.error();
@@ -153,12 +164,27 @@ int run_generate_cli(GenerateCli& c) {
   if (!config) return fail(config.error());
   auto prompts = read_prompts(o.input_ids_file, config->vocab_size);
   if (!prompts) return fail(prompts.error());
-  auto model = DeepseekV3Model::load(o.model_path, LoadOptions{*format, c.dummy_seed});
-  if (!model) return fail(model.error());
+  auto loaded = DeepseekV3Model::load(o.model_path, LoadOptions{*format, c.dummy_seed});
+  if (!loaded) return fail(loaded.error());
+  std::shared_ptr<const DeepseekV3Model> model = std::move(*loaded);
+  std::unique_ptr<DeepseekV3GpuModel> gpu;
+  if (o.device == "cuda" || (o.device == "auto" && cuda_device_available())) {
+    GpuModelOptions go;
+    go.page_size = o.page_size;
+    go.max_total_tokens = generate_cache_tokens(*prompts, o);
+    go.context_length = config->max_position_embeddings;
+    int64_t longest = 1;
+    for (const auto& p : *prompts) longest += static_cast<int64_t>(p.size());
+    go.max_forward_tokens = longest;
+    go.cuda_graph_bs = default_cuda_graph_bs(static_cast<int64_t>(prompts->size()));
+    auto g = DeepseekV3GpuModel::create(model, go);
+    if (!g) return fail(g.error());
+    gpu = std::move(*g);
+  }
   GenerateStats stats;
   std::vector<GeneratedSequence> seqs;
   try {
-    auto r = generate(**model, *prompts, o, &stats);
+    auto r = generate(*model, *prompts, o, &stats, gpu.get());
     if (!r) return fail(r.error());
     seqs = std::move(*r);
   } catch (const std::exception& e) {
@@ -211,6 +237,8 @@ std::function<int()> add_generate_command(CLI::App& root) {
   app->add_flag("--ignore-eos", o.ignore_eos, "Do not stop at the EOS token");
   app->add_option("--page-size", o.page_size, "KV cache page size in tokens")->capture_default_str();
   app->add_option("--log-level", cli->log_level)->capture_default_str();
+  app->add_option("--device", o.device, "auto (cuda when a GPU is visible) | cuda | cpu")->capture_default_str()->check(
+      CLI::IsMember({"auto", "cuda", "cpu"}));
   return [cli] { return run_generate_cli(*cli); };
 }
 

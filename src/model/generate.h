@@ -9,6 +9,7 @@
 
 #include "base/status.h"
 #include "model/deepseek_v3.h"
+#include "model/deepseek_v3_gpu.h"
 #include "ops/sampling.h"
 
 namespace pdserve::model {
@@ -24,6 +25,7 @@ struct GenerateOptions {
   bool return_logits = false;
   bool ignore_eos = false;
   int64_t page_size = 16;
+  std::string device = "auto";  // auto (cuda when a GPU is visible) | cuda | cpu
 };
 
 struct GeneratedSequence {
@@ -42,10 +44,14 @@ Result<std::vector<std::vector<int32_t>>> read_prompts(const std::filesystem::pa
 
 // Runs all prompts as one batch: one prefill forward, then one decode forward per step for the
 // sequences still running. Every sequence has its own generator seeded with seed + index. A
-// sequence stops at max_new_tokens or, unless ignore_eos, after emitting eos_token_id.
+// sequence stops at max_new_tokens or, unless ignore_eos, after emitting eos_token_id. With `gpu`
+// the forwards run there (page ids still come from a host pool of the same size).
 Result<std::vector<GeneratedSequence>> generate(const DeepseekV3Model& model,
                                                 const std::vector<std::vector<int32_t>>& prompts,
-                                                const GenerateOptions& opts, GenerateStats* stats);
+                                                const GenerateOptions& opts, GenerateStats* stats,
+                                                DeepseekV3GpuModel* gpu = nullptr);
+// KV tokens generate() needs for these prompts (whole pages per sequence).
+int64_t generate_cache_tokens(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& opts);
 
 // Registers the subcommand's flags; the returned callback runs it (exit code).
 std::function<int()> add_generate_command(CLI::App& root);

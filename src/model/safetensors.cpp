@@ -197,7 +197,7 @@ Result<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::filesy
     json header;
     try {
       header = json::parse(base + 8, base + 8 + n);  // also rejects ill-formed UTF-8
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number beyond double
       corrupt(p, "header is not valid JSON: {}", one_line(e.what()));
     }
     if (!header.is_object()) corrupt(p, "header is not a JSON object (got {})", show(header));
@@ -253,7 +253,7 @@ Result<Checkpoint> Checkpoint::open(const std::filesystem::path& dir) {
     json index;
     try {
       index = json::parse(text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number beyond double
       return make_error(ErrorCode::kCorrupt, "{}: invalid JSON: {}", ip, one_line(e.what()));
     }
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())

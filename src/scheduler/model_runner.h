@@ -4,12 +4,25 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "base/status.h"
 #include "model/deepseek_v3.h"
+#include "model/deepseek_v3_gpu.h"
 
 namespace pdserve::scheduler {
+
+// Where a runner keeps its KV, for PD transfers (SGLang's kv_data_ptrs / item_lens): one buffer
+// per layer, page p of layer l at layer_ptrs[l] + p * bytes_per_token * page_size.
+struct KvBufferView {
+  std::vector<void*> layer_ptrs;
+  int64_t bytes_per_token = 0;  // per layer
+  int64_t page_size = 0;
+  int64_t num_pages = 0;
+  std::string dtype;            // "f32", "bf16", ...
+  bool on_device = false;       // GPU memory (cuda-ipc) or host memory (tcp)
+};
 
 class ModelRunner {
  public:
@@ -20,6 +33,13 @@ class ModelRunner {
   virtual const char* name() const = 0;
   // Logits f32: one row per sequence (its last new token), or one per new token with all_logits.
   virtual Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) = 0;
+  // The KV buffers (empty when the runner keeps none, e.g. NoopRunner).
+  virtual KvBufferView kv_buffers() { return {}; }
+  // Whether the last forward replayed a CUDA graph (the "cuda graph: True" of the decode log line).
+  virtual bool last_forward_used_graph() const { return false; }
+  // Makes the following forwards write each MoE layer's chosen experts into *trace (nullptr: off),
+  // for the expert distribution recorder. Returns false if this runner cannot report routing.
+  virtual bool set_routing_trace(model::RoutingTrace* /*trace*/) { return false; }
 };
 
 // DeepSeek-V3 on its paged latent cache.
@@ -34,12 +54,58 @@ class DeepseekV3Runner final : public ModelRunner {
   Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
     model::ForwardOptions opts;
     opts.all_logits = all_logits;
+    opts.routing = routing_;
     return model_->forward(batch, *pool_, opts);
+  }
+  bool set_routing_trace(model::RoutingTrace* trace) override {
+    routing_ = trace;
+    return true;
+  }
+  KvBufferView kv_buffers() override {
+    KvBufferView v;
+    for (int64_t l = 0; l < pool_->num_layers(); ++l) v.layer_ptrs.push_back(pool_->layer(l).raw_data());
+    v.page_size = pool_->page_size();
+    v.num_pages = pool_->num_pages();
+    v.dtype = "f32";
+    v.bytes_per_token = pool_->latent_dim() * 4;
+    return v;
   }
 
  private:
   std::shared_ptr<const model::DeepseekV3Model> model_;
   std::unique_ptr<model::LatentKvPool> pool_;
+  model::RoutingTrace* routing_ = nullptr;
+};
+
+// DeepSeek-V3 on one GPU; the cache lives on the device, sized by the model's memory planning.
+class GpuRunner final : public ModelRunner {
+ public:
+  explicit GpuRunner(std::unique_ptr<model::DeepseekV3GpuModel> model) : model_(std::move(model)) {}
+  int64_t vocab_size() const override { return model_->config().vocab_size; }
+  int64_t num_pages() const override { return model_->num_pages(); }
+  int64_t page_size() const override { return model_->page_size(); }
+  const char* name() const override { return "DeepseekV3ForCausalLM"; }
+  Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
+    model::ForwardOptions opts;
+    opts.all_logits = all_logits;
+    return model_->forward(batch, opts);
+  }
+  bool last_forward_used_graph() const override { return model_->last_forward_used_graph(); }
+  KvBufferView kv_buffers() override {
+    const Tensor kv = model_->kv_cache();  // [layers, pages, page_size, latent] bf16
+    KvBufferView v;
+    for (int64_t l = 0; l < kv.size(0); ++l) v.layer_ptrs.push_back(kv.select(l).raw_data());
+    v.page_size = kv.size(2);
+    v.num_pages = kv.size(1);
+    v.dtype = "bf16";
+    v.bytes_per_token = kv.size(3) * 2;
+    v.on_device = true;
+    return v;
+  }
+  const model::DeepseekV3GpuModel& model() const { return *model_; }
+
+ private:
+  std::unique_ptr<model::DeepseekV3GpuModel> model_;
 };
 
 // Returns fixed logits that favour token (last input token + 1) % vocab: deterministic, costs

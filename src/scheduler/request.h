@@ -4,11 +4,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "scheduler/disagg_hooks.h"
 #include "scheduler/sampling_params.h"
 
 namespace pdserve::scheduler {
@@ -21,6 +23,7 @@ struct GenerateInput {
   bool return_logprob = false;
   int64_t logprob_start_len = -1;  // first prompt position with input logprobs; -1 = none
   int64_t top_logprobs_num = 0;
+  std::optional<BootstrapInfo> bootstrap;  // PD mode: where the KV comes from / goes to
 };
 
 struct FinishReason {
@@ -38,6 +41,15 @@ struct TokenLogprob {
   int32_t token_id = 0;
   std::vector<std::pair<float, int32_t>> top;  // top_logprobs_num best (logprob, id)
 };
+
+// An abort with the message and HTTP status the client gets (0: answered 200 with the reason).
+inline FinishReason abort_reason(const std::string& message, int status) {
+  FinishReason f;
+  f.type = FinishReason::Type::kAbort;
+  f.message = message;
+  f.status_code = status;
+  return f;
+}
 
 // Sent to the server after a step that produced tokens for a streaming request, and once when a
 // request finishes. Ids and logprobs are deltas since the previous output of the same request.
@@ -70,6 +82,11 @@ struct Request {
   std::optional<FinishReason> pending_finish;  // set by the stop check, consumed by finish()
   std::mt19937_64 rng;
   std::chrono::steady_clock::time_point arrival;
+  // PD disaggregation (scheduler_disagg.cpp): the transfer endpoint and how many prompt pages have
+  // been handed to it so far (chunked prefill sends full pages per chunk).
+  std::unique_ptr<KvSender> sender;
+  std::unique_ptr<KvReceiver> receiver;
+  int64_t sent_pages = 0;
 
   // Tokens whose KV must exist before the next token is sampled: prompt + outputs so far.
   int64_t total_tokens() const { return static_cast<int64_t>(in.input_ids.size() + output_ids.size()); }

@@ -13,14 +13,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-FinishReason abort_reason(const std::string& message, int status) {
-  FinishReason f;
-  f.type = FinishReason::Type::kAbort;
-  f.message = message;
-  f.status_code = status;
-  return f;
-}
-
 log::RankPrefix rank_prefix(const SchedulerConfig& cfg) {
   log::RankPrefix p;
   if (cfg.dp_size > 1) p.dp_rank = cfg.dp_rank;
@@ -42,9 +34,11 @@ Scheduler::Scheduler(SchedulerConfig cfg, std::shared_ptr<ModelRunner> runner, s
   cache::KvCacheConfig kc;
   kc.num_pages = static_cast<int32_t>(runner_->num_pages());
   kc.page_size = static_cast<int32_t>(page);
-  kc.max_requests = static_cast<int32_t>(cfg_.max_running_requests + 1);  // + the chunked request
+  // + the chunked request; a PD decode also holds slots for requests whose KV is being received.
+  const bool decode = cfg_.disagg_mode == DisaggMode::kDecode;
+  kc.max_requests = static_cast<int32_t>(cfg_.max_running_requests * (decode ? 2 : 1) + 1);
   kc.max_pages_per_request = static_cast<int32_t>(max_pages_per_req);
-  kc.enable_radix_cache = !cfg_.disable_radix_cache;
+  kc.enable_radix_cache = !cfg_.disable_radix_cache && !decode;  // as SGLang: decode is chunk cache only
   cache_ = std::make_unique<cache::KvCacheManager>(kc);
   update_stats();
 }
@@ -75,6 +69,7 @@ void Scheduler::stop(const std::string& reason) {
   waiting_.clear();
   if (chunked_owner_) finish(chunked_owner_.get(), abort_reason(reason, 503), false);
   while (!running_.empty()) finish(running_.back().get(), abort_reason(reason, 503), false);
+  disagg_stop(reason);
   update_stats();
 }
 
@@ -112,12 +107,16 @@ std::future<nlohmann::json> Scheduler::control(const std::string& command, nlohm
 void Scheduler::loop() {
   while (!stopping_) {
     // Idle: block until a message arrives (step() then takes it); busy: step() polls.
-    if (waiting_.empty() && running_.empty() && !chunked_owner_) {
+    if (waiting_.empty() && running_.empty() && !chunked_owner_ && !disagg_busy()) {
       std::unique_lock<std::mutex> lock(inbox_mu_);
       inbox_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return !inbox_.empty() || stopping_; });
     }
     if (stopping_) break;
-    step();
+    if (!step() && disagg_busy()) {
+      // Only PD transfers in flight: poll them again soon without spinning a core.
+      std::unique_lock<std::mutex> lock(inbox_mu_);
+      inbox_cv_.wait_for(lock, std::chrono::milliseconds(1), [&] { return !inbox_.empty() || stopping_; });
+    }
   }
 }
 
@@ -159,6 +158,7 @@ void Scheduler::handle(GenerateInput&& in) {
   }
   // As SGLang: the output is clipped so prompt + output fits the context.
   r->in.sampling.max_new_tokens = std::min(r->in.sampling.max_new_tokens, cfg_.context_length - len);
+  if (cfg_.disagg_mode != DisaggMode::kNull && disagg_add(r)) return;
   waiting_.push_back(std::move(r));
 }
 
@@ -184,6 +184,7 @@ void Scheduler::handle(Abort&& a) {
       finish(running_[i].get(), abort_reason(a.message, 0), false);
       ++n;
     }
+  n += disagg_abort(match, a.message);
   std::lock_guard<std::mutex> lock(stats_mu_);
   stats_.num_aborted_total += n;
 }
@@ -226,6 +227,9 @@ void Scheduler::handle(Control&& c) {
              {"last_gen_throughput", s.last_gen_throughput},
              {"num_running_reqs", s.num_running},
              {"num_queue_reqs", s.num_waiting},
+             {"num_prealloc_reqs", s.num_prealloc},
+             {"num_inflight_reqs", s.num_inflight},
+             {"num_transfer_reqs", s.num_transfer},
              {"new_token_ratio", s.new_token_ratio},
              {"memory_usage", {{"kvcache_pages_total", s.kv.total},
                                {"kvcache_pages_free", s.kv.free},
@@ -233,6 +237,8 @@ void Scheduler::handle(Control&& c) {
                                {"kvcache_pages_cached", s.kv.cached},
                                {"token_capacity", s.max_total_num_tokens}}},
              {"kv_accounting_consistent", cache::check_accounting(s.kv).has_value()}};
+  } else if (c.command == "start_profile" || c.command == "stop_profile") {
+    reply = profiler_.control(c.command, c.args);
   } else {
     reply = {{"error", "unknown control command '" + c.command + "'"}};
   }
@@ -241,10 +247,12 @@ void Scheduler::handle(Control&& c) {
 
 bool Scheduler::step() {
   drain_inbox();
+  if (cfg_.disagg_mode != DisaggMode::kNull) process_disagg_queues();
   if (waiting_.empty() && running_.empty() && !chunked_owner_) {
     update_stats();
     return false;
   }
+  profiler_.batch_begin();  // before the sleep, as SGLang's profiler predicate
   if (forward_sleep_s_) {
     // As SGLang: every batch sleeps, blocking the loop; a new value applies after this sleep.
     log::info("Scheduler.run_batch sleep {}s", *forward_sleep_s_);
@@ -258,6 +266,7 @@ bool Scheduler::step() {
   bool worked = run_prefill();
   if (!worked) worked = run_decode();
   batch_started_ns_ = 0;
+  profiler_.batch_end(worked, static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()));
   if (worked) {
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.forward_ct;
@@ -368,7 +377,9 @@ bool Scheduler::run_prefill() {
     new_tokens += it.count;
   }
   log_prefill(new_seqs, new_tokens, cached_in_batch);
+  profiler_.forward_begin();
   auto logits = runner_->forward(batch, all_logits);
+  profiler_.forward_end("prefill", static_cast<int64_t>(batch.size()), new_tokens);
   if (!logits) {
     log::error("prefill forward failed: {}", logits.error().message());
     for (auto& r : admitted) running_.push_back(std::move(r));
@@ -396,6 +407,8 @@ bool Scheduler::run_prefill() {
     const int64_t last_row = all_logits ? row + it.count - 1 : row;
     row += all_logits ? it.count : 1;
     r->computed_tokens = it.begin + it.count;
+    // PD prefill: a chunk's full pages leave now, overlapping the transfer with the next chunk.
+    if (r->sender && r->computed_tokens < r->total_tokens()) prefill_send(*r, false);
     if (r->computed_tokens == r->total_tokens()) {
       done.push_back(r);
       rows.push_back(last_row);
@@ -475,7 +488,9 @@ bool Scheduler::run_decode() {
     s.page_table.assign(pages.begin(), pages.end());
     batch.push_back(std::move(s));
   }
+  profiler_.forward_begin();
   auto logits = runner_->forward(batch, false);
+  profiler_.forward_end("decode", static_cast<int64_t>(batch.size()), static_cast<int64_t>(batch.size()));
   if (!logits) {
     log::error("decode forward failed: {}", logits.error().message());
     while (!running_.empty()) finish(running_.back().get(), abort_reason("model error: " + logits.error().message(), 500), false);
@@ -519,7 +534,8 @@ void Scheduler::process_logits(const std::vector<Request*>& reqs, const Tensor& 
       emit(*r, false, std::nullopt);
     }
   }
-  for (Request* r : finished) finish(r, *r->pending_finish, true);
+  for (Request* r : finished)
+    if (!prefill_hand_off(r)) finish(r, *r->pending_finish, true);
 }
 
 bool Scheduler::check_finished(Request& r) {
@@ -615,8 +631,8 @@ void Scheduler::log_prefill(int64_t new_seqs, int64_t new_tokens, int64_t cached
   if (!cfg_.log_stats) return;
   const auto acc = cache_->accounting();
   const double usage = acc.total ? static_cast<double>(acc.in_requests + acc.cached - acc.evictable) / acc.total : 0.0;
-  log::info("Prefill batch, #new-seq: {}, #new-token: {}, #cached-token: {}, token usage: {:.2f}, #running-req: {}, #queue-req: {}, ",
-            new_seqs, new_tokens, cached_tokens, usage, running_.size(), waiting_.size());
+  log::info("Prefill batch, #new-seq: {}, #new-token: {}, #cached-token: {}, token usage: {:.2f}, #running-req: {}, #queue-req: {}, {}",
+            new_seqs, new_tokens, cached_tokens, usage, running_.size(), waiting_.size(), disagg_prefill_log());
 }
 
 void Scheduler::log_decode() {
@@ -635,8 +651,9 @@ void Scheduler::log_decode() {
     stats_.last_gen_throughput = tput;
   }
   if (!cfg_.log_stats) return;
-  log::info("Decode batch, #running-req: {}, #token: {}, token usage: {:.2f}, cuda graph: False, gen throughput (token/s): {:.2f}, #queue-req: {}, ",
-            running_.size(), tokens, usage, tput, waiting_.size());
+  log::info("Decode batch, #running-req: {}, #token: {}, token usage: {:.2f}, {}cuda graph: {}, gen throughput (token/s): {:.2f}, #queue-req: {}, ",
+            running_.size(), tokens, usage, disagg_decode_log(), runner_->last_forward_used_graph() ? "True" : "False",
+            tput, waiting_.size());
 }
 
 void Scheduler::update_stats() {
@@ -653,6 +670,10 @@ void Scheduler::update_stats() {
   s.max_total_num_tokens = max_total_num_tokens();
   s.token_usage = s.kv.total ? static_cast<double>(s.kv.total - s.kv.free - s.kv.evictable) / s.kv.total : 0.0;
   s.new_token_ratio = new_token_ratio_;
+  s.num_prealloc = static_cast<int64_t>(bootstrap_queue_.size() + prealloc_queue_.size());
+  s.num_inflight = static_cast<int64_t>(inflight_queue_.size());
+  s.num_transfer = static_cast<int64_t>(transfer_queue_.size());
+  s.num_retracted_waiting = cfg_.disagg_mode == DisaggMode::kDecode ? static_cast<int64_t>(waiting_.size()) : 0;
   const int64_t prompt = s.prompt_tokens_total;
   s.cache_hit_rate = prompt ? static_cast<double>(s.cached_tokens_total) / prompt : 0.0;
   std::lock_guard<std::mutex> lock(stats_mu_);

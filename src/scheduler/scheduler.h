@@ -23,8 +23,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cache/kv_cache_manager.h"
+#include "scheduler/disagg_hooks.h"
 #include "scheduler/model_runner.h"
 #include "scheduler/request.h"
+#include "scheduler/step_profiler.h"
 
 namespace pdserve::scheduler {
 
@@ -54,6 +56,11 @@ struct SchedulerConfig {
   double min_new_token_ratio = 0.098;
   double new_token_ratio_decay = 0.001;
   bool log_stats = true;
+  // PD disaggregation (scheduler_disagg.cpp). Decode admits a request only if its prompt plus
+  // num_reserved_decode_tokens fits beside the same reserve for every request it already holds.
+  DisaggMode disagg_mode = DisaggMode::kNull;
+  int64_t num_reserved_decode_tokens = 512;
+  int64_t disagg_polling_interval = 1;  // poll the PD queues every N loop iterations
 };
 
 using OutputSink = std::function<void(RequestOutput&&)>;
@@ -64,6 +71,9 @@ struct SchedulerStats {
   double token_usage = 0, last_gen_throughput = 0, cache_hit_rate = 0, new_token_ratio = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0, cached_tokens_total = 0;
   int64_t num_requests_total = 0, num_aborted_total = 0, forward_ct = 0;
+  // PD queues: prefill bootstrap/inflight, decode prealloc/transfer/retracted; failure counters.
+  int64_t num_prealloc = 0, num_inflight = 0, num_transfer = 0, num_retracted_waiting = 0;
+  int64_t num_bootstrap_failed_total = 0, num_transfer_failed_total = 0;
   cache::KvAccounting kv;
 };
 
@@ -86,6 +96,10 @@ class Scheduler {
   void abort(const std::string& rid_prefix, bool abort_all, const std::string& message = "aborted by client");
   // Control commands, answered by the loop: flush_cache, slow_down, get_load, internal_state.
   std::future<nlohmann::json> control(const std::string& command, nlohmann::json args = {});
+
+  // PD mode: the endpoints that create per-request senders (prefill) or receivers (decode). Set
+  // before start(); without it a PD request fails with a clear error.
+  void set_disagg_endpoints(std::shared_ptr<DisaggEndpoints> e) { disagg_ = std::move(e); }
 
   // One iteration: take inbox, maybe sleep (slow_down), run one prefill or decode batch. Returns
   // true if it did any work. Only for tests, when the thread is not started.
@@ -133,6 +147,21 @@ class Scheduler {
   void log_decode();
   void update_stats();
   int64_t reserved_future_tokens() const;
+  // PD disaggregation (scheduler_disagg.cpp).
+  bool disagg_add(std::unique_ptr<Request>& r);
+  bool disagg_busy() const;
+  void process_disagg_queues();
+  void process_prefill_bootstrap();
+  void process_prefill_inflight();
+  void process_decode_prealloc();
+  void process_decode_transfer();
+  void prefill_send(Request& r, bool last);
+  bool prefill_hand_off(Request* r);
+  int64_t disagg_abort(const std::function<bool(const Request&)>& match, const std::string& message);
+  void disagg_stop(const std::string& reason);
+  void disagg_fail(std::unique_ptr<Request> r, const std::string& message, bool transfer_phase);
+  std::string disagg_prefill_log() const;
+  std::string disagg_decode_log() const;
 
   SchedulerConfig cfg_;
   std::shared_ptr<ModelRunner> runner_;
@@ -158,9 +187,18 @@ class Scheduler {
   int64_t generated_since_log_ = 0;
   std::chrono::steady_clock::time_point last_log_time_;
   std::vector<float> sample_scratch_;
+  std::shared_ptr<DisaggEndpoints> disagg_;
+  std::list<std::unique_ptr<Request>> bootstrap_queue_;  // prefill: waiting for decode's pages
+  std::list<std::unique_ptr<Request>> inflight_queue_;   // prefill: KV being sent
+  std::list<std::unique_ptr<Request>> prealloc_queue_;   // decode: handshake / waiting for KV memory
+  std::list<std::unique_ptr<Request>> transfer_queue_;   // decode: KV being received
+  int64_t disagg_loop_ct_ = 0;
 
   mutable std::mutex stats_mu_;
   SchedulerStats stats_;
+  // /start_profile, /stop_profile (step_profiler.h). With DP attention every DP rank is its own TP rank.
+  StepProfiler profiler_{TraceRank{.tp_rank = cfg_.dp_rank,
+                                   .dp_rank = cfg_.dp_size > 1 ? std::optional<int>(cfg_.dp_rank) : std::nullopt}};
 };
 
 }  // namespace pdserve::scheduler

@@ -31,7 +31,9 @@ Metrics::Metrics(std::string model_name, std::vector<const scheduler::Scheduler*
       ttft_({0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400}),
       itl_({0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.06, 0.08, 0.1, 0.2, 0.4, 0.6,
             0.8, 1, 2, 4, 6, 8}),
-      e2e_({0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 800}) {}
+      e2e_({0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 800}),
+      kv_latency_ms_({1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000}),
+      kv_speed_gb_s_({0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500}) {}
 
 void Metrics::observe_finished(double e2e_s, double ttft_s, int64_t, int64_t, int64_t, bool aborted) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -95,6 +97,17 @@ std::string Metrics::render() const {
   counter("sglang:cached_tokens_total", "Number of cached prompt tokens.", [](const S& s) { return s.cached_tokens_total; });
   counter("sglang:num_requests_total", "Number of requests processed.", [](const S& s) { return s.num_requests_total; });
   counter("sglang:num_aborted_requests_total", "Number of requests aborted.", [](const S& s) { return s.num_aborted_total; });
+  // PD disaggregation (zero on a server in mode null).
+  gauge("sglang:num_prefill_prealloc_queue_reqs", "Prefill: requests waiting for the decode's pages.",
+        [](const S& s) { return s.num_prealloc; });
+  gauge("sglang:num_prefill_inflight_queue_reqs", "Prefill: requests whose KV is being sent.", [](const S& s) { return s.num_inflight; });
+  gauge("sglang:num_decode_prealloc_queue_reqs", "Decode: requests waiting for handshake or KV memory.",
+        [](const S& s) { return s.num_prealloc; });
+  gauge("sglang:num_decode_transfer_queue_reqs", "Decode: requests whose KV is arriving.", [](const S& s) { return s.num_transfer; });
+  counter("sglang:num_bootstrap_failed_reqs_total", "PD requests that failed before their KV transfer started.",
+          [](const S& s) { return s.num_bootstrap_failed_total; });
+  counter("sglang:num_transfer_failed_reqs_total", "PD requests whose KV transfer failed.",
+          [](const S& s) { return s.num_transfer_failed_total; });
   std::lock_guard<std::mutex> lock(mu_);
   const std::string labels = fmt::format("model_name=\"{}\"", model);
   auto hist = [&](const char* name, const char* help, const Histogram& h) {
@@ -104,6 +117,15 @@ std::string Metrics::render() const {
   hist("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", ttft_);
   hist("sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", itl_);
   hist("sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds", e2e_);
+  // PD servers only: SGLang's names carry abbreviated units, which promtool's lint flags.
+  if (transfer_source_) {
+    for (const auto& t : transfer_source_()) {
+      kv_latency_ms_.observe(t.latency_ms);
+      kv_speed_gb_s_.observe(t.speed_gb_s);
+    }
+    hist("sglang:kv_transfer_latency_ms", "KV transfer latency of one request (ms).", kv_latency_ms_);
+    hist("sglang:kv_transfer_speed_gb_s", "KV transfer speed of one request (GB/s).", kv_speed_gb_s_);
+  }
   return out;
 }
 

@@ -3,10 +3,12 @@
 // the tokenizer manager as requests finish.
 #pragma once
 
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "disagg/transfer_stats.h"
 #include "scheduler/scheduler.h"
 #include "server/tokenizer_manager.h"
 
@@ -34,12 +36,16 @@ class Metrics final : public RequestMetricsSink {
   void observe_token_gap(double seconds) override;
   // The text exposition format (version 0.0.4).
   std::string render() const;
+  // PD: where the KV transfer observations come from (drained at each scrape).
+  void set_transfer_source(std::function<std::vector<disagg::TransferSample>()> f) { transfer_source_ = std::move(f); }
 
  private:
   std::string model_name_;
   std::vector<const scheduler::Scheduler*> schedulers_;
   mutable std::mutex mu_;
   Histogram ttft_, itl_, e2e_;
+  std::function<std::vector<disagg::TransferSample>()> transfer_source_;
+  mutable Histogram kv_latency_ms_, kv_speed_gb_s_;  // fed from transfer_source_ at render time
   uint64_t finished_ = 0, aborted_ = 0;
 };
 

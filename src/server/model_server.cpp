@@ -29,6 +29,41 @@ class TokenizerTextDecoder final : public scheduler::TextDecoder {
   std::shared_ptr<const tokenizer::Tokenizer> tok_;
 };
 
+// The CPU runner, or the GPU model (memory planning, graphs) when --device resolves to cuda.
+// Fills the derived flags (context length, cache size, running-request cap) on the way.
+Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<const model::DeepseekV3Model> model,
+                                                            ServerArgs& args) {
+  const auto& c = model->config();
+  if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
+  if (args.device == "cpu") {
+    const int64_t bytes_per_token = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4;
+    PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, bytes_per_token));
+    log::info("Load weight end. type=DeepseekV3ForCausalLM, dtype={}, device=cpu", c.quantization ? "fp8_e4m3" : "bfloat16");
+    log::info("KV Cache is allocated. #tokens: {}, KV size: {:.2f} GB", args.max_total_tokens,
+              static_cast<double>(args.max_total_tokens * bytes_per_token) / 1e9);
+    return std::shared_ptr<scheduler::ModelRunner>(
+        std::make_shared<scheduler::DeepseekV3Runner>(model, args.max_total_tokens, args.page_size));
+  }
+  model::GpuModelOptions go;
+  go.device = args.base_gpu_id;
+  go.mem_fraction_static = args.mem_fraction_static > 0 ? args.mem_fraction_static : 0.88;
+  go.max_total_tokens = args.max_total_tokens;
+  go.page_size = args.page_size;
+  go.context_length = args.context_length > 0 ? args.context_length : c.max_position_embeddings;
+  go.max_forward_tokens = std::max(args.max_prefill_tokens, args.chunked_prefill_size);
+  if (!args.disable_cuda_graph) {
+    const int64_t max_running = args.max_running_requests > 0 ? args.max_running_requests : 1024;
+    const int64_t max_bs = args.cuda_graph_max_bs > 0 ? args.cuda_graph_max_bs : std::min<int64_t>(max_running, 64);
+    go.cuda_graph_bs = args.cuda_graph_bs.empty() ? model::default_cuda_graph_bs(max_bs) : args.cuda_graph_bs;
+    for (int64_t b : go.cuda_graph_bs)
+      if (b <= 0) return make_error(ErrorCode::kInvalidArgument, "--cuda-graph-bs entries must be positive, got {}", b);
+  }
+  PDSERVE_ASSIGN_OR_RETURN(auto gpu, model::DeepseekV3GpuModel::create(model, go));
+  args.max_total_tokens = gpu->memory().max_total_num_tokens;
+  PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, 0));
+  return std::shared_ptr<scheduler::ModelRunner>(std::make_shared<scheduler::GpuRunner>(std::move(gpu)));
+}
+
 }  // namespace
 
 Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
@@ -45,17 +80,19 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
                                                                      model::LoadOptions{format, static_cast<uint64_t>(args.dummy_seed)}));
   s->model_ = std::move(model);
   const auto& c = s->config_;
-  const int64_t bytes_per_token = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4;
-  PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, bytes_per_token));
   if (!(args.watchdog_timeout > 0)) return make_error(ErrorCode::kInvalidArgument, "--watchdog-timeout must be positive");
+  PDSERVE_ASSIGN_OR_RETURN(s->disagg_, DisaggSetup::create(args));
+  PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args));
   if (args.context_length > c.max_position_embeddings)
     log::warning("--context-length {} is longer than the model's max_position_embeddings {}", args.context_length,
                  c.max_position_embeddings);
-  log::info("Load weight end. type=DeepseekV3ForCausalLM, dtype={}, device=cpu", c.quantization ? "fp8_e4m3" : "bfloat16");
-  log::info("KV Cache is allocated. #tokens: {}, KV size: {:.2f} GB", args.max_total_tokens,
-            static_cast<double>(args.max_total_tokens * bytes_per_token) / 1e9);
+  std::string avail;
+  if (const auto* gpu = dynamic_cast<const scheduler::GpuRunner*>(runner.get()))
+    avail = fmt::format(", available_gpu_mem={:.2f} GB", gpu->model().memory().avail_gb);
   s->args_ = std::move(args);
   const auto& a = s->args_;
+  PDSERVE_ASSIGN_OR_RETURN(s->experts_, ExpertBalancing::create(a.expert, c, static_cast<int>(a.dp_size),
+                                                               a.served_model_name));
 
   auto decoder = std::make_shared<TokenizerTextDecoder>(s->tokenizer_);
   scheduler::SchedulerConfig sc;
@@ -73,13 +110,30 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   sc.init_new_token_ratio = std::min(0.7 * a.schedule_conservativeness, 1.0);
   sc.min_new_token_ratio = std::min(sc.init_new_token_ratio * 0.14, 1.0);
   sc.new_token_ratio_decay = (sc.init_new_token_ratio - sc.min_new_token_ratio) / 600.0;
-  auto runner = std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
+  if (s->disagg_) {
+    sc.disagg_mode = s->disagg_->mode();
+    sc.num_reserved_decode_tokens = a.num_reserved_decode_tokens;
+    sc.disagg_polling_interval = a.disaggregation_decode_polling_interval;
+  }
   ModelServer* self = s.get();
-  s->schedulers_.push_back(std::make_unique<scheduler::Scheduler>(
-      sc, runner, decoder, [self](scheduler::RequestOutput&& out) { self->tm_->on_output(std::move(out)); }));
-  log::info("max_total_num_tokens={}, chunked_prefill_size={}, max_prefill_tokens={}, max_running_requests={}, context_len={}",
+  // DP ranks: one scheduler each, with its own KV cache over the shared (read-only) weights.
+  for (int64_t rank = 0; rank < a.dp_size; ++rank) {
+    if (rank > 0 && !dynamic_cast<scheduler::DeepseekV3Runner*>(runner.get()))
+      return make_error(ErrorCode::kUnsupported, "--dp-size > 1 runs on the CPU backend only in this build");
+    auto rank_runner = rank == 0 ? runner
+                                 : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
+    if (s->experts_) {
+      PDSERVE_ASSIGN_OR_RETURN(rank_runner, s->experts_->wrap(rank_runner, static_cast<int>(rank)));
+    }
+    sc.dp_rank = static_cast<int>(rank);
+    sc.dp_size = static_cast<int>(a.dp_size);
+    s->kv_views_.push_back(rank_runner->kv_buffers());
+    s->schedulers_.push_back(std::make_unique<scheduler::Scheduler>(
+        sc, rank_runner, decoder, [self](scheduler::RequestOutput&& out) { self->tm_->on_output(std::move(out)); }));
+  }
+  log::info("max_total_num_tokens={}, chunked_prefill_size={}, max_prefill_tokens={}, max_running_requests={}, context_len={}{}",
             s->schedulers_[0]->max_total_num_tokens(), a.chunked_prefill_size, a.max_prefill_tokens,
-            a.max_running_requests, a.context_length);
+            a.max_running_requests, a.context_length, avail);
   std::vector<scheduler::Scheduler*> raw;
   std::vector<const scheduler::Scheduler*> craw;
   for (auto& sch : s->schedulers_) {
@@ -87,9 +141,11 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     craw.push_back(sch.get());
   }
   s->tm_ = std::make_unique<TokenizerManager>(s->tokenizer_, raw, a.served_model_name, a.context_length);
+  if (s->disagg_) s->tm_->set_disagg(s->disagg_->mode(), a.disaggregation_bootstrap_port);
   if (a.enable_metrics) {
     s->metrics_ = std::make_unique<Metrics>(a.served_model_name, craw);
     s->tm_->set_metrics(s->metrics_.get());
+    if (s->disagg_) s->metrics_->set_transfer_source([self] { return self->disagg_->drain_samples(); });
   }
   http::ServerOptions ho;
   ho.host = a.host;
@@ -105,6 +161,11 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
 ModelServer::~ModelServer() { shutdown(); }
 
 Status ModelServer::start() {
+  if (disagg_) {
+    std::vector<scheduler::Scheduler*> ranks;
+    for (auto& s : schedulers_) ranks.push_back(s.get());
+    PDSERVE_RETURN_IF_ERROR(disagg_->start(args_.host, ranks, kv_views_));
+  }
   for (auto& s : schedulers_) s->start();
   // As SGLang's watchdog: a batch that runs longer than --watchdog-timeout means the server is hung
   // (a stuck kernel or collective); crash loudly so a supervisor restarts it rather than serving
@@ -128,10 +189,17 @@ Status ModelServer::start() {
                             ":" + std::to_string(port()) + "/generate";
     http::Headers h{{"Content-Type", "application/json"}};
     if (!args_.api_key.empty()) h.add("Authorization", "Bearer " + args_.api_key);
-    const std::string body = R"({"input_ids": [0, 1, 2, 3], "sampling_params": {"max_new_tokens": 8, "temperature": 0}})";
+    std::string body = R"({"input_ids": [0, 1, 2, 3], "sampling_params": {"max_new_tokens": 8, "temperature": 0}})";
+    // PD: one fake-host request per DP rank (no peer is needed), as SGLang's PD warmup.
+    if (disagg_) {
+      log::info("Start of pd disaggregation warmup ...");
+      body = disagg_->warmup_body(args_.dp_size);
+    }
     auto r = client.request("POST", url, body, h, std::chrono::seconds(600));
     if (!r || r->status != 200)
       return make_error(ErrorCode::kInternal, "warmup request failed: {}", r ? r->body : r.error().message());
+    if (disagg_)
+      log::info("End of {} disaggregation mode warmup with status {}, resp: {}", args_.disaggregation_mode, r->status, r->body);
   }
   ready_ = true;
   log::info("The server is fired up and ready to roll!");
@@ -145,6 +213,7 @@ void ModelServer::shutdown() {
   ready_ = false;
   // Abort everything first so each client gets a final answer, then close the connections.
   for (auto& s : schedulers_) s->stop("server shutting down");
+  if (disagg_) disagg_->stop();
   if (http_) http_->stop(std::chrono::milliseconds(3000));
   if (watchdog_.joinable() && watchdog_.get_id() != std::this_thread::get_id()) watchdog_.join();
 }
@@ -174,6 +243,7 @@ nlohmann::json ModelServer::server_info() {
   j["max_total_num_tokens"] = schedulers_[0]->max_total_num_tokens();
   j["max_req_input_len"] = args_.context_length - 1;
   j["internal_states"] = fan_out("internal_state", {});
+  if (disagg_) j["disaggregation"] = disagg_->info();
   j["version"] = "pdserve 0.1.0";
   return j;
 }

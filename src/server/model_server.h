@@ -13,6 +13,8 @@
 #include "http/server.h"
 #include "model/deepseek_v3.h"
 #include "scheduler/scheduler.h"
+#include "server/disagg_setup.h"
+#include "server/expert_record.h"
 #include "server/metrics.h"
 #include "server/server_args.h"
 #include "server/tokenizer_manager.h"
@@ -53,6 +55,9 @@ class ModelServer {
   std::shared_ptr<const model::DeepseekV3Model> model_;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
   std::vector<std::unique_ptr<scheduler::Scheduler>> schedulers_;
+  std::vector<scheduler::KvBufferView> kv_views_;  // per DP rank, for PD transfers
+  std::shared_ptr<ExpertBalancing> experts_;       // placement + recorder; null without expert flags
+  std::unique_ptr<DisaggSetup> disagg_;            // null unless --disaggregation-mode prefill|decode
   std::unique_ptr<TokenizerManager> tm_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<http::Server> http_;

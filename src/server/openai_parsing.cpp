@@ -154,6 +154,7 @@ Result<OpenAIRequest> parse_openai_completion(const json& body, const ParseLimit
   }
   if (static_cast<int64_t>(prompts.size()) * out.n > limits.max_batch) return bad("too many prompts x n in one request");
   out.items = expand_n(std::move(prompts), out.n);
+  PDSERVE_RETURN_IF_ERROR(parse_bootstrap_fields(body, out.items));
   return out;
 }
 
@@ -235,6 +236,7 @@ Result<OpenAIRequest> parse_openai_chat(const json& body, const ParseLimits& lim
   if (out.n > limits.max_batch) return bad("field 'n' exceeds the limit of " + std::to_string(limits.max_batch));
   PromptItem item{std::string(), {}, "", sp, out.logprobs, -1, out.logprobs ? out.top_logprobs : 0};
   out.items = expand_n({item}, out.n);  // text is rendered from messages by the caller
+  PDSERVE_RETURN_IF_ERROR(parse_bootstrap_fields(body, out.items));
   return out;
 }
 

@@ -164,6 +164,40 @@ Result<scheduler::SamplingParams> parse_sampling_params(const json& obj, const s
   return sp;
 }
 
+Status parse_bootstrap_fields(const json& body, std::vector<PromptItem>& items) {
+  const size_t n = items.size();
+  for (const char* key : {"bootstrap_host", "bootstrap_port", "bootstrap_room", "data_parallel_rank"}) {
+    if (!body.contains(key) || body[key].is_null()) continue;
+    const json& v = body[key];
+    const bool list = v.is_array();
+    if (list && v.size() != n)
+      return Status(bad(std::string("field '") + key + "' has " + std::to_string(v.size()) + " entries for " +
+                        std::to_string(n) + " prompts"));
+    for (size_t i = 0; i < n; ++i) {
+      const json& e = per_item(v, i, list);
+      if (e.is_null()) continue;
+      const std::string f = list ? std::string(key) + "[" + std::to_string(i) + "]" : std::string(key);
+      PromptItem& p = items[i];
+      if (std::string(key) == "bootstrap_host") {
+        PDSERVE_ASSIGN_OR_RETURN(p.bootstrap_host, get_string(e, f));
+        continue;
+      }
+      PDSERVE_ASSIGN_OR_RETURN(int64_t x, get_int(e, f));
+      if (std::string(key) == "bootstrap_port") {
+        if (x <= 0 || x > 65535) return Status(bad("field '" + f + "' must be a port number (1..65535)"));
+        p.bootstrap_port = x;
+      } else if (std::string(key) == "bootstrap_room") {
+        if (x < 0) return Status(bad("field '" + f + "' must be a non-negative integer"));
+        p.bootstrap_room = x;
+      } else {
+        if (x < 0) return Status(bad("field '" + f + "' must be a non-negative integer"));
+        p.data_parallel_rank = x;
+      }
+    }
+  }
+  return ok_status();
+}
+
 Result<GenerateRequestBody> parse_generate(const json& body, const ParseLimits& limits) {
   if (!body.is_object()) return bad("the request body must be a JSON object, got " + type_name(body));
   static const std::set<std::string> kKnown = {
@@ -278,6 +312,7 @@ Result<GenerateRequestBody> parse_generate(const json& body, const ParseLimits& 
       out.items.push_back(std::move(q));
     }
   }
+  PDSERVE_RETURN_IF_ERROR(parse_bootstrap_fields(body, out.items));
   std::set<std::string> rids;
   for (const auto& p : out.items)
     if (!p.rid.empty() && !rids.insert(p.rid).second) return bad("duplicate rid '" + p.rid + "' in one request");

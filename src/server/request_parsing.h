@@ -23,6 +23,12 @@ struct PromptItem {
   bool return_logprob = false;
   int64_t logprob_start_len = -1;
   int64_t top_logprobs_num = 0;
+  // PD disaggregation (GenerateReqInput.bootstrap_*): validated against the server's mode by the
+  // tokenizer manager. A null port means the server's own --disaggregation-bootstrap-port.
+  std::optional<std::string> bootstrap_host;
+  std::optional<int64_t> bootstrap_port;
+  std::optional<int64_t> bootstrap_room;
+  std::optional<int64_t> data_parallel_rank;
 };
 
 struct GenerateRequestBody {
@@ -58,6 +64,10 @@ struct OpenAIRequest {
 };
 Result<OpenAIRequest> parse_openai_completion(const nlohmann::json& body, const ParseLimits& limits);
 Result<OpenAIRequest> parse_openai_chat(const nlohmann::json& body, const ParseLimits& limits);
+
+// bootstrap_host/port/room and data_parallel_rank of `body` into items[i] (one value for all, or a
+// list with one per item).
+Status parse_bootstrap_fields(const nlohmann::json& body, std::vector<PromptItem>& items);
 
 // Parses the body text: malformed JSON is an error with the byte position.
 Result<nlohmann::json> parse_json_body(const std::string& body);

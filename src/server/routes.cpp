@@ -4,6 +4,7 @@
 
 #include "base/logging.h"
 #include "server/model_server.h"
+#include "server/profile_routes.h"
 
 namespace pdserve::server {
 
@@ -92,6 +93,10 @@ void ModelServer::register_routes() {
     item.rid = "HEALTH_CHECK_" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
     item.sampling.max_new_tokens = 1;
     item.sampling.temperature = 0;
+    if (disagg_) {  // PD: fake endpoints, no peer needed (SGLang's FAKE_BOOTSTRAP_HOST, room 0)
+      item.bootstrap_host = disagg::kFakeBootstrapHost;
+      item.bootstrap_room = 0;
+    }
     tm_->submit({item}, ApiFormat::kNative, false, false, probe);
     // The deadline (SGLANG_HEALTH_CHECK_TIMEOUT, 20 s) on a detached timer thread.
     std::thread([probe] {
@@ -157,6 +162,10 @@ void ModelServer::register_control_routes() {
     for (auto& s : schedulers_) (void)s->control("slow_down", {{"forward_sleep_time", t}});
     respond_json(*r, 200, nullptr);
   });
+  std::vector<scheduler::Scheduler*> ranks;
+  for (auto& s : schedulers_) ranks.push_back(s.get());
+  register_profile_routes(*http_, std::move(ranks), key);  // /start_profile, /stop_profile
+  register_expert_record_routes(*http_, experts_, key);  // /start|stop|dump_expert_distribution_record
   http_->route("POST", "/abort_request", http::require_api_key(key, [this](http::Request req, std::shared_ptr<http::Responder> r) {
     auto body = parse_json_body(req.body);
     if (!body) return respond_error(*r, 400, body.error().message());

@@ -4,7 +4,34 @@
 
 namespace pdserve::server {
 
+namespace {
+
+void add_disagg_flags(CLI::App& app, ServerArgs& a) {
+  app.add_option("--dp-size,--dp", a.dp_size, "Data-parallel scheduler ranks (each with its own KV cache)")
+      ->capture_default_str()->check(CLI::Range(1, 64));
+  app.add_option("--disaggregation-mode", a.disaggregation_mode, "null | prefill | decode")->capture_default_str()
+      ->check(CLI::IsMember({"null", "prefill", "decode"}));
+  app.add_option("--disaggregation-bootstrap-port", a.disaggregation_bootstrap_port,
+                 "Port of the prefill's bootstrap server (decode: default for requests without bootstrap_port)")
+      ->capture_default_str()->check(CLI::Range(0, 65535));
+  app.add_option("--disaggregation-transfer-backend", a.disaggregation_transfer_backend, "tcp | fake | cuda-ipc")
+      ->capture_default_str();
+  app.add_option("--disaggregation-ib-device", a.disaggregation_ib_device, "Accepted and reported (no RDMA backend here)");
+  app.add_option("--disaggregation-decode-tp", a.disaggregation_decode_tp, "Accepted for compatibility");
+  app.add_option("--disaggregation-decode-dp", a.disaggregation_decode_dp, "Accepted for compatibility");
+  app.add_flag("--prefill-round-robin-balance", a.prefill_round_robin_balance, "Accepted for compatibility");
+  app.add_option("--num-reserved-decode-tokens", a.num_reserved_decode_tokens,
+                 "Decode: KV tokens reserved per request when admitting transfers")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--disaggregation-decode-polling-interval", a.disaggregation_decode_polling_interval,
+                 "Poll the PD queues every N scheduler loops")->capture_default_str()->check(CLI::PositiveNumber);
+}
+
+}  // namespace
+
 void add_server_flags(CLI::App& app, ServerArgs& a) {
+  add_disagg_flags(app, a);
+  add_expert_flags(app, a.expert);
   app.add_option("--model-path", a.model_path, "Model folder (config.json, safetensors, tokenizer)")->required();
   app.add_option("--tokenizer-path", a.tokenizer_path, "Tokenizer folder (default: the model folder)");
   app.add_option("--load-format", a.load_format, "auto | safetensors | dummy")->capture_default_str();
@@ -28,7 +55,14 @@ void add_server_flags(CLI::App& app, ServerArgs& a) {
       CLI::IsMember({"debug", "info", "warning", "error", "critical"}));
   app.add_flag("--enable-metrics", a.enable_metrics, "Serve Prometheus metrics on /metrics");
   app.add_option("--api-key", a.api_key, "Require 'Authorization: Bearer KEY' on every route but /health");
-  app.add_option("--mem-fraction-static", a.mem_fraction_static, "GPU memory fraction for weights + KV (GPU backend)");
+  app.add_option("--mem-fraction-static", a.mem_fraction_static,
+                 "GPU memory fraction for weights, activations and the KV cache (default 0.88)");
+  app.add_option("--device", a.device, "auto (cuda when a GPU is visible) | cuda | cpu")->capture_default_str()->check(
+      CLI::IsMember({"auto", "cuda", "cpu"}));
+  app.add_option("--base-gpu-id", a.base_gpu_id, "GPU of the first rank")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--cuda-graph-bs", a.cuda_graph_bs, "Decode batch sizes captured as CUDA graphs")->expected(1, -1);
+  app.add_option("--cuda-graph-max-bs", a.cuda_graph_max_bs, "Largest captured decode batch (default: min(max running, 64))");
+  app.add_flag("--disable-cuda-graph", a.disable_cuda_graph, "Run every decode batch eagerly");
   app.add_option("--random-seed", a.random_seed)->capture_default_str();
   app.add_option("--watchdog-timeout", a.watchdog_timeout, "Seconds a batch may take before the server is declared hung")
       ->capture_default_str();
@@ -62,7 +96,7 @@ Status ServerArgs::resolve(int64_t model_context_length, int64_t bytes_per_token
 }
 
 nlohmann::json ServerArgs::to_json() const {
-  return {{"model_path", model_path},
+  nlohmann::json j = {{"model_path", model_path},
           {"tokenizer_path", tokenizer_path},
           {"load_format", load_format},
           {"host", host},
@@ -87,10 +121,21 @@ nlohmann::json ServerArgs::to_json() const {
           {"skip_server_warmup", skip_server_warmup},
           {"trust_remote_code", trust_remote_code},
           {"tp_size", 1},
-          {"dp_size", 1},
+          {"dp_size", dp_size},
           {"ep_size", 1},
-          {"disaggregation_mode", "null"},
-          {"device", "cpu"}};
+          {"disaggregation_mode", disaggregation_mode},
+          {"disaggregation_bootstrap_port", disaggregation_bootstrap_port},
+          {"disaggregation_transfer_backend", disaggregation_transfer_backend},
+          {"disaggregation_ib_device", disaggregation_ib_device.empty() ? nlohmann::json(nullptr) : nlohmann::json(disaggregation_ib_device)},
+          {"num_reserved_decode_tokens", num_reserved_decode_tokens},
+          {"disaggregation_decode_polling_interval", disaggregation_decode_polling_interval},
+          {"device", device},
+          {"base_gpu_id", base_gpu_id},
+          {"cuda_graph_bs", cuda_graph_bs},
+          {"cuda_graph_max_bs", cuda_graph_max_bs},
+          {"disable_cuda_graph", disable_cuda_graph}};
+  j.update(expert.to_json());
+  return j;
 }
 
 }  // namespace pdserve::server

@@ -4,11 +4,13 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "server/expert_args.h"
 
 namespace pdserve::server {
 
@@ -32,17 +34,35 @@ struct ServerArgs {
   std::string log_level = "info";
   bool enable_metrics = false;
   std::string api_key;
-  double mem_fraction_static = 0.0;  // GPU backend only; accepted and reported on CPU
+  double mem_fraction_static = 0.0;  // GPU: weights + activations + KV share; 0 = 0.88
+  std::string device = "auto";       // auto (cuda when a GPU is visible) | cuda | cpu
+  int base_gpu_id = 0;
+  std::vector<int64_t> cuda_graph_bs;  // empty: SGLang's default list up to cuda_graph_max_bs
+  int64_t cuda_graph_max_bs = 0;       // 0: min(max_running_requests, 64)
+  bool disable_cuda_graph = false;
   uint64_t random_seed = 0;
   double watchdog_timeout = 300;
   bool skip_server_warmup = false;
   bool trust_remote_code = false;  // accepted for command-line compatibility; nothing is executed
   int64_t dummy_seed = 0;
   int64_t max_body_bytes = 64 << 20;
+  // Data parallel: independent scheduler ranks, each with its own KV cache (PD pairs by
+  // bootstrap_room % dp_size).
+  int64_t dp_size = 1;
+  // PD disaggregation (docs/pd.md). Timeouts and heartbeats come from SGLang's environment variables.
+  std::string disaggregation_mode = "null";
+  int disaggregation_bootstrap_port = 8998;
+  std::string disaggregation_transfer_backend = "tcp";
+  std::string disaggregation_ib_device;
+  int64_t disaggregation_decode_tp = 0, disaggregation_decode_dp = 0;  // accepted hints (SGLang)
+  bool prefill_round_robin_balance = false;                            // accepted (SGLang asserts it)
+  int64_t num_reserved_decode_tokens = 512;
+  int64_t disaggregation_decode_polling_interval = 1;
 
   // Fills derived defaults from the model: context length, KV size, running-request cap.
   // `bytes_per_token` is the KV cache size of one token over all layers.
   Status resolve(int64_t model_context_length, int64_t bytes_per_token);
+  ExpertArgs expert;  // EPLB placement and recorder flags (expert_args.h)
   nlohmann::json to_json() const;  // every field, for /server_info
 };
 

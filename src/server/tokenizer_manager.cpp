@@ -134,6 +134,16 @@ void TokenizerManager::submit(std::vector<PromptItem> items, ApiFormat format, b
                                                      "({} tokens)", it.input_ids.size(), context_length_)));
       return;
     }
+    if (disagg_mode_ != scheduler::DisaggMode::kNull && (!p.bootstrap_room || !p.bootstrap_host)) {
+      ch->send_json(400, error_body(400, p.bootstrap_room ? "Disaggregated request received without bootstrap host"
+                                                          : "Disaggregated request received without bootstrap room id"));
+      return;
+    }
+    if (p.data_parallel_rank && *p.data_parallel_rank >= static_cast<int64_t>(schedulers_.size())) {
+      ch->send_json(400, error_body(400, fmt::format("data_parallel_rank {} is out of range (dp size {})", *p.data_parallel_rank,
+                                                     schedulers_.size())));
+      return;
+    }
     it.rid = p.rid.empty() ? new_rid() : p.rid;
     it.sampling = p.sampling;
     it.return_logprob = p.return_logprob;
@@ -163,8 +173,18 @@ void TokenizerManager::submit(std::vector<PromptItem> items, ApiFormat format, b
     in.return_logprob = items[i].return_logprob;
     in.logprob_start_len = items[i].logprob_start_len;
     in.top_logprobs_num = items[i].top_logprobs_num;
-    // Round robin over DP ranks (SGLang's default load_balance_method).
-    auto* s = schedulers_[next_rr_.fetch_add(1) % schedulers_.size()];
+    // Round robin over DP ranks (SGLang's default load_balance_method); in PD mode both sides pick
+    // bootstrap_room % dp_size, so the prefill and decode ranks of a request pair up by themselves.
+    size_t rank = next_rr_.fetch_add(1) % schedulers_.size();
+    if (items[i].bootstrap_room) {
+      if (disagg_mode_ != scheduler::DisaggMode::kNull)
+        in.bootstrap = scheduler::BootstrapInfo{items[i].bootstrap_host.value_or(""),
+                                                static_cast<int>(items[i].bootstrap_port.value_or(bootstrap_port_)),
+                                                static_cast<uint64_t>(*items[i].bootstrap_room)};
+      rank = static_cast<size_t>(static_cast<uint64_t>(*items[i].bootstrap_room) % schedulers_.size());
+    }
+    if (items[i].data_parallel_rank) rank = static_cast<size_t>(*items[i].data_parallel_rank);
+    auto* s = schedulers_[rank];
     s->submit(std::move(in));
   }
 }

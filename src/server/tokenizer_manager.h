@@ -38,6 +38,11 @@ class TokenizerManager {
   // Wires the scheduler's output sink here (construct schedulers with this as their sink).
   void on_output(scheduler::RequestOutput&& out);
   void set_metrics(RequestMetricsSink* m) { metrics_ = m; }
+  // PD mode: requests must carry bootstrap_room (and host); a missing port means `bootstrap_port`.
+  void set_disagg(scheduler::DisaggMode mode, int bootstrap_port) {
+    disagg_mode_ = mode;
+    bootstrap_port_ = bootstrap_port;
+  }
 
   // Submits the items of one HTTP request and answers through `ch`: a JSON object (or a list for
   // batches), or an SSE stream. Text prompts are tokenized here (errors answer 400 before anything
@@ -72,6 +77,8 @@ class TokenizerManager {
   std::string model_name_;
   int64_t context_length_;
   RequestMetricsSink* metrics_ = nullptr;
+  scheduler::DisaggMode disagg_mode_ = scheduler::DisaggMode::kNull;
+  int bootstrap_port_ = 8998;
   std::atomic<uint64_t> next_rr_{0};
   std::atomic<uint64_t> rid_counter_{0};
   uint64_t rid_salt_;

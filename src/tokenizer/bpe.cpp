@@ -144,8 +144,8 @@ Result<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& mode
   m->bytes_to_id_.reserve(vocab.size() * 2);
   std::string bytes;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > INT32_MAX)
-      return make_error(ErrorCode::kCorrupt, "model.vocab[\"{}\"] must be a non-negative 32-bit integer", it.key());
+    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() >= kMaxTokenIds)
+      return make_error(ErrorCode::kCorrupt, "model.vocab[\"{}\"] must be an integer in [0, {})", it.key(), kMaxTokenIds);
     const auto id = it.value().get<int32_t>();
     if (static_cast<size_t>(id) >= id_bytes.size()) id_bytes.resize(static_cast<size_t>(id) + 1);
     if (!m->alphabet_.to_bytes(it.key(), bytes)) {

@@ -99,6 +99,11 @@ class WordCache {
   std::weak_ptr<int> owner_;
 };
 
+// Token ids index tables (id -> bytes), so a file may not name ids without bound: one id of 2^31
+// would make load() allocate 64 GB. 4M is 30x DeepSeek-V3's 128,815 and above every published
+// vocabulary; the tables then stay under ~140 MB however the file was written.
+inline constexpr int64_t kMaxTokenIds = int64_t{1} << 22;
+
 class BpeModel {
  public:
   // Reads tokenizer.json's "model" object. id_bytes is resized to cover the vocab and filled with

@@ -54,7 +54,10 @@ std::filesystem::path resolve_tokenizer_dir(const std::filesystem::path& model_p
 Tokenizer::Tokenizer() : cache_key_(std::make_shared<int>(0)) {}
 Tokenizer::~Tokenizer() = default;
 
-Result<std::shared_ptr<Tokenizer>> Tokenizer::load(const std::filesystem::path& dir) {
+// A function-try-block: the readers below use nlohmann's value()/operator[], which throw
+// type_error when a field has another type than the file format says ("special": "yes", a
+// normalizer that is a number); a malformed file must be an error value, not an exception.
+Result<std::shared_ptr<Tokenizer>> Tokenizer::load(const std::filesystem::path& dir) try {
   const auto json_path = dir / "tokenizer.json";
   auto doc = read_json_file(json_path);
   if (!doc) return doc.error();
@@ -91,7 +94,8 @@ Result<std::shared_ptr<Tokenizer>> Tokenizer::load(const std::filesystem::path& 
       auto content = get_field<std::string>(a, "content", src);
       if (!id) return where(id.error());
       if (!content) return where(content.error());
-      if (*id < 0) return where(make_error(ErrorCode::kCorrupt, "{}: negative id", src));
+      if (*id < 0 || *id >= kMaxTokenIds)
+        return where(make_error(ErrorCode::kCorrupt, "{}: id {} is not in [0, {})", src, *id, kMaxTokenIds));
       if (find_invalid_utf8(*content) != std::string_view::npos || content->empty())
         return where(make_error(ErrorCode::kCorrupt, "{}: content must be non-empty UTF-8", src));
       t.id = *id;
@@ -150,6 +154,12 @@ Result<std::shared_ptr<Tokenizer>> Tokenizer::load(const std::filesystem::path& 
     }
   }
   return tok;
+} catch (const nlohmann::json::exception& e) {
+  std::string_view what = e.what();  // drop nlohmann's "[json.exception.type_error.302] " tag
+  if (auto close = what.find("] "); what.starts_with("[json.exception") && close != std::string_view::npos)
+    what.remove_prefix(close + 2);
+  return make_error(ErrorCode::kCorrupt, "{}: a field has the wrong type: {}",
+                    (dir / "tokenizer.json").string() + " or tokenizer_config.json", what);
 }
 
 void Tokenizer::encode_text(std::string_view text, std::vector<int32_t>& out) const {

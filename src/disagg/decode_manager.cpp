@@ -1,0 +1,327 @@
+#include "disagg/decode_manager.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "base/logging.h"
+#include "disagg/fake_endpoints.h"
+#include "http/client.h"
+
+namespace pdserve::disagg {
+
+using scheduler::KvPoll;
+
+class DecodeKvManager::Receiver final : public scheduler::KvReceiver {
+ public:
+  Receiver(std::shared_ptr<DecodeKvManager> m, std::shared_ptr<Room> r) : m_(std::move(m)), r_(std::move(r)) {}
+  ~Receiver() override {
+    std::lock_guard<std::mutex> lock(m_->mu_);
+    if (!terminal(r_->status)) m_->fail_locked(*r_, "the request ended on the decode", true);
+    auto it = m_->rooms_.find(r_->room);
+    if (it != m_->rooms_.end() && it->second == r_) m_->rooms_.erase(it);
+  }
+  KvPoll poll() override {
+    std::lock_guard<std::mutex> lock(m_->mu_);
+    return m_->poll(*r_);
+  }
+  std::string failure() const override {
+    std::lock_guard<std::mutex> lock(m_->mu_);
+    return r_->failure;
+  }
+  void init(std::vector<int32_t> pages) override {
+    std::lock_guard<std::mutex> lock(m_->mu_);
+    Room& r = *r_;
+    if (r.status != KvPoll::kWaitingForInput) return;
+    r.sorted_pages = pages;
+    std::sort(r.sorted_pages.begin(), r.sorted_pages.end());
+    r.pages = std::move(pages);
+    r.status = KvPoll::kTransferring;
+    r.init_time = Clock::now();
+    r.xfer_sent = true;
+    auto m = m_;
+    auto room = r_;
+    m_->channel_.post(r.endpoint, {"XFER", std::to_string(r.room), m_->channel_.endpoint(), pack_pages(r.pages)},
+                      [m, room](const std::string& err) {
+                        std::lock_guard<std::mutex> lock(m->mu_);
+                        m->fail_locked(*room, "cannot send the destination pages: " + err, false);
+                      });
+  }
+  scheduler::TransferMetadata metadata() const override {
+    std::lock_guard<std::mutex> lock(m_->mu_);
+    return r_->meta;
+  }
+  void abort(const std::string& reason) override {
+    std::lock_guard<std::mutex> lock(m_->mu_);
+    m_->fail_locked(*r_, "Aborted by AbortReq: " + reason, true);
+  }
+
+ private:
+  std::shared_ptr<DecodeKvManager> m_;
+  std::shared_ptr<Room> r_;
+};
+
+DecodeKvManager::DecodeKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank,
+                                 std::unique_ptr<TransferBackend> backend)
+    : opts_(std::move(opts)), kv_(std::move(kv)), layout_(KvLayout::of(kv_)), dp_rank_(dp_rank), backend_(std::move(backend)) {}
+
+DecodeKvManager::~DecodeKvManager() { stop(); }
+
+Status DecodeKvManager::start(const std::string& host) {
+  PDSERVE_ASSIGN_OR_RETURN(descriptor_, backend_->local_descriptor());
+  PDSERVE_RETURN_IF_ERROR(channel_.start(host, [this](Frames&& f) { on_message(std::move(f)); }, {}));
+  handshake_thread_ = std::thread([this] { handshake_loop(); });
+  heartbeat_thread_ = std::thread([this] { heartbeat_loop(); });
+  log::info("Decode DP{} KV transfer endpoint {} (backend {}, layout {})", dp_rank_, channel_.endpoint(), backend_->name(),
+            layout_.to_string());
+  return ok_status();
+}
+
+void DecodeKvManager::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  join_or_detach(handshake_thread_);
+  join_or_detach(heartbeat_thread_);
+  channel_.stop();
+}
+
+std::unique_ptr<scheduler::KvSender> DecodeKvManager::make_sender(const std::string&, const scheduler::BootstrapInfo&, int64_t) {
+  return std::make_unique<FakeSender>();  // never used: a decode server has no senders
+}
+
+std::unique_ptr<scheduler::KvReceiver> DecodeKvManager::make_receiver(const std::string&, const scheduler::BootstrapInfo& b) {
+  if (b.host == kFakeBootstrapHost) return std::make_unique<FakeReceiver>();
+  auto room = std::make_shared<Room>();
+  room->room = b.room;
+  room->addr = bootstrap_addr(b.host, b.port);
+  room->created = Clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (rooms_.count(b.room)) {
+    room->status = KvPoll::kFailed;
+    room->failure = fmt::format("bootstrap_room {} is already in use by another request", b.room);
+    return std::make_unique<Receiver>(shared_from_this(), room);
+  }
+  rooms_[b.room] = room;
+  handshakes_.push_back(room);
+  cv_.notify_all();
+  return std::make_unique<Receiver>(shared_from_this(), room);
+}
+
+KvPoll DecodeKvManager::poll(Room& r) {
+  const auto now = Clock::now();
+  if (r.status == KvPoll::kBootstrapping && seconds(now - r.created) > opts_.bootstrap_timeout_s) {
+    fail_locked(r, fmt::format("Request {} timed out after {:.1f}s in KVPoll.Bootstrapping (prefill bootstrap server {})", r.room,
+                               opts_.bootstrap_timeout_s, r.addr), false);
+  } else if (r.status == KvPoll::kTransferring && seconds(now - r.init_time) > opts_.waiting_timeout_s) {
+    fail_locked(r, fmt::format("Request {} timed out after {:.1f}s in KVPoll.Transferring waiting for the KV from {}", r.room,
+                               opts_.waiting_timeout_s, r.endpoint), true);
+  }
+  return r.status;
+}
+
+void DecodeKvManager::fail_locked(Room& r, const std::string& why, bool tell_prefill) {
+  if (terminal(r.status)) return;
+  r.status = KvPoll::kFailed;
+  r.failure = why;
+  if (tell_prefill && r.xfer_sent) channel_.post(r.endpoint, {"ABORT", std::to_string(r.room), channel_.endpoint(), why});
+}
+
+void DecodeKvManager::update_rooms_locked(const std::string& addr, int group) {
+  auto pit = prefills_.find(addr);
+  const Conn* c = nullptr;
+  if (pit != prefills_.end()) {
+    auto git = pit->second.groups.find(group);
+    if (git != pit->second.groups.end()) c = &git->second;
+  }
+  for (auto& [id, r] : rooms_) {
+    if (r->addr != addr || r->group != group || r->status != KvPoll::kBootstrapping) continue;
+    if (!c) continue;
+    if (c->state == ConnState::kReady) {
+      r->endpoint = c->endpoint;
+      r->status = KvPoll::kWaitingForInput;
+    } else if (c->state == ConnState::kFailed) {
+      fail_locked(*r, c->failure, false);
+    }
+  }
+}
+
+void DecodeKvManager::lose_prefill(const std::string& addr, const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  log::error("{}", why);
+  prefills_.erase(addr);  // a restarted prefill is looked up afresh
+  for (auto& [id, r] : rooms_)
+    if (r->addr == addr) fail_locked(*r, why, false);
+}
+
+void DecodeKvManager::handshake_loop() {
+  for (;;) {
+    std::shared_ptr<Room> room;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !handshakes_.empty(); });
+      if (stopping_) return;
+      room = handshakes_.front();
+      handshakes_.pop_front();
+      if (room->status != KvPoll::kBootstrapping) continue;
+    }
+    handshake(room);
+  }
+}
+
+void DecodeKvManager::handshake(const std::shared_ptr<Room>& room) {
+  const std::string addr = room->addr;
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(std::min(opts_.bootstrap_timeout_s, 5.0) * 1000));
+  http::Client client;
+  auto fail = [&](const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_locked(*room, why, false);
+  };
+  int dp_size = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = prefills_.find(addr);
+    if (it != prefills_.end()) dp_size = it->second.dp_size;
+  }
+  if (dp_size == 0) {
+    auto r = client.get("http://" + addr + "/route?engine_rank=-1&target_dp_group=-1&target_pp_rank=-1", timeout);
+    if (!r) return fail(fmt::format("cannot reach the prefill bootstrap server at {}: {}", addr, r.error().message()));
+    if (r->status != 200) return fail(fmt::format("the prefill bootstrap server at {} answered {}: {}", addr, r->status, r->body));
+    try {
+      dp_size = nlohmann::json::parse(r->body).at("prefill_dp_size").get<int>();
+    } catch (const std::exception& e) {
+      return fail(fmt::format("bad topology from the prefill bootstrap server at {}: {}", addr, e.what()));
+    }
+    if (dp_size <= 0) return fail(fmt::format("the prefill bootstrap server at {} reports dp size {}", addr, dp_size));
+    std::lock_guard<std::mutex> lock(mu_);
+    prefills_[addr].dp_size = dp_size;
+  }
+  // SGLang's pairing: both sides pick DP rank bootstrap_room % dp_size, so no message is needed.
+  const int group = static_cast<int>(room->room % static_cast<uint64_t>(dp_size));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    room->group = group;
+    auto& p = prefills_[addr];
+    p.dp_size = dp_size;
+    auto git = p.groups.find(group);
+    if (git != p.groups.end()) {
+      if (git->second.state == ConnState::kFailed) {
+        // Fail this request with the reason, and let the next one try to register again.
+        fail_locked(*room, git->second.failure, false);
+        p.groups.erase(git);
+      } else {
+        update_rooms_locked(addr, group);  // ready: now; pending: when REGR arrives
+      }
+      return;
+    }
+  }
+  auto r = client.get(fmt::format("http://{}/route?engine_rank=0&target_dp_group={}&target_pp_rank=0", addr, group), timeout);
+  if (!r) return fail(fmt::format("cannot reach the prefill bootstrap server at {}: {}", addr, r.error().message()));
+  if (r->status != 200) return fail(fmt::format("the prefill bootstrap server at {} answered {}: {}", addr, r->status, r->body));
+  std::string endpoint;
+  try {
+    const auto j = nlohmann::json::parse(r->body);
+    endpoint = bootstrap_addr(j.at("rank_ip").get<std::string>(), j.at("rank_port").get<int>());
+  } catch (const std::exception& e) {
+    return fail(fmt::format("bad rank address from the prefill bootstrap server at {}: {}", addr, e.what()));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& c = prefills_[addr].groups[group];
+    c.state = ConnState::kPending;
+    c.endpoint = endpoint;
+  }
+  auto self = shared_from_this();
+  channel_.post(endpoint, {"REG", channel_.endpoint(), layout_.to_json().dump(), descriptor_},
+                [self, addr, endpoint](const std::string& err) {
+                  self->lose_prefill(addr, fmt::format("cannot register with prefill rank {} (bootstrap_addr: {}): {}", endpoint,
+                                                       addr, err));
+                });
+}
+
+void DecodeKvManager::heartbeat_loop() {
+  http::Client client;
+  for (;;) {
+    std::vector<std::string> addrs;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::duration<double>(opts_.heartbeat_interval_s), [&] { return stopping_; });
+      if (stopping_) return;
+      for (const auto& [addr, p] : prefills_) addrs.push_back(addr);
+    }
+    for (const auto& addr : addrs) {
+      auto r = client.get("http://" + addr + "/health", std::chrono::milliseconds(2000));
+      const bool ok = r && r->status == 200;
+      int failures = 0;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = prefills_.find(addr);
+        if (it == prefills_.end()) continue;
+        it->second.heartbeat_failures = ok ? 0 : it->second.heartbeat_failures + 1;
+        failures = it->second.heartbeat_failures;
+      }
+      if (failures >= opts_.heartbeat_max_failure)
+        lose_prefill(addr, fmt::format("Losing connection with prefill instance (bootstrap_addr: {})", addr));
+    }
+  }
+}
+
+void DecodeKvManager::on_message(Frames&& f) {
+  if (f.size() < 3) return;
+  const std::string& kind = f[0];
+  if (kind == "REGR") {
+    const std::string& endpoint = f[1];
+    const bool ok = f[2] == "OK";
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [addr, p] : prefills_)
+      for (auto& [group, c] : p.groups)
+        if (c.endpoint == endpoint && c.state == ConnState::kPending) {
+          c.state = ok ? ConnState::kReady : ConnState::kFailed;
+          if (!ok) c.failure = fmt::format("prefill rank {} refused the registration: {}", endpoint, f[2]);
+          update_rooms_locked(addr, group);
+        }
+    return;
+  }
+  auto id = parse_u64(f[1], "room");
+  if (!id) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = rooms_.find(*id);
+  if (it == rooms_.end()) return;  // ended here already; the prefill was told (ABORT)
+  Room& r = *it->second;
+  if (kind == "FAIL") {
+    fail_locked(r, "the prefill reported: " + f[2], false);
+    return;
+  }
+  if (r.status != KvPoll::kTransferring) return;
+  if (kind == "DATA" && f.size() >= 4) {
+    auto blocks = unpack_blocks(f[2]);
+    if (!blocks) return fail_locked(r, blocks.error().message(), true);
+    const int64_t page_bytes = layout_.bytes_per_page();
+    for (const auto& b : *blocks) {
+      // Never trust the peer with our memory: every byte must land in this room's pages.
+      bool inside = b.dst_offset % page_bytes == 0 && b.len % page_bytes == 0 && b.len > 0;
+      for (int64_t p = b.dst_offset / page_bytes; inside && p < (b.dst_offset + b.len) / page_bytes; ++p)
+        inside = std::binary_search(r.sorted_pages.begin(), r.sorted_pages.end(), static_cast<int32_t>(p));
+      if (!inside)
+        return fail_locked(r, fmt::format("the prefill sent KV (layer {}, offset {}, {} bytes) outside the request's pages",
+                                          b.layer, b.dst_offset, b.len), true);
+    }
+    if (auto st = backend_->apply(*blocks, f[3]); !st) return fail_locked(r, st.error().message(), true);
+    r.bytes += static_cast<int64_t>(f[3].size());
+  } else if (kind == "DONE") {
+    auto meta = metadata_from_json(f[2]);
+    if (!meta) return fail_locked(r, meta.error().message(), true);
+    const int64_t expected = static_cast<int64_t>(r.pages.size()) * layout_.num_layers * layout_.bytes_per_page();
+    if (std::string_view(backend_->name()) == "tcp" && r.bytes != expected)
+      return fail_locked(r, fmt::format("incomplete KV: {} of {} bytes arrived before DONE", r.bytes, expected), true);
+    r.meta = std::move(*meta);
+    r.status = KvPoll::kSuccess;
+    stats_.record(seconds(Clock::now() - r.init_time), r.bytes);
+    channel_.post(r.endpoint, {"ACK", f[1], channel_.endpoint()});
+  }
+}
+
+}  // namespace pdserve::disagg

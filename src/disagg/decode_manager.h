@@ -1,0 +1,105 @@
+// The decode rank's side of PD disaggregation (SGLang's KVManager in decode mode + KVReceiver): it
+// finds the prefill rank of each request through the prefill's bootstrap server (DP group =
+// bootstrap_room % prefill dp size), registers once per prefill rank (layout + backend descriptor),
+// sends each request's destination pages, applies arriving KV, and watches every prefill it talks
+// to with heartbeats.
+//
+// Receiver states and their deadlines:
+//   Bootstrapping    handshake (topology, rank address, registration); bootstrap timeout
+//   WaitingForInput  ready for pages; the scheduler decides when memory allows (no peer wait)
+//   Transferring     pages sent to the prefill; KV + DONE must arrive within the waiting timeout
+//   Success | Failed terminal. Losing the prefill's heartbeat fails every unfinished room of it.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "disagg/control_channel.h"
+#include "disagg/options.h"
+#include "disagg/protocol.h"
+#include "disagg/transfer_backend.h"
+#include "disagg/transfer_stats.h"
+#include "scheduler/disagg_hooks.h"
+
+namespace pdserve::disagg {
+
+class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::enable_shared_from_this<DecodeKvManager> {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  DecodeKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank, std::unique_ptr<TransferBackend> backend);
+  ~DecodeKvManager() override;
+
+  Status start(const std::string& host);
+  void stop();
+
+  std::unique_ptr<scheduler::KvSender> make_sender(const std::string&, const scheduler::BootstrapInfo&, int64_t) override;
+  std::unique_ptr<scheduler::KvReceiver> make_receiver(const std::string& rid, const scheduler::BootstrapInfo& b) override;
+
+  TransferStats& stats() { return stats_; }
+  const std::string& endpoint() const { return channel_.endpoint(); }
+
+ private:
+  class Receiver;
+  enum class ConnState { kPending, kReady, kFailed };
+  struct Conn {  // one prefill rank, reached through one bootstrap address
+    ConnState state = ConnState::kPending;
+    std::string endpoint;  // the prefill rank's control socket
+    std::string failure;
+  };
+  struct Prefill {  // one bootstrap address
+    int dp_size = 0;
+    std::map<int, Conn> groups;
+    int heartbeat_failures = 0;
+  };
+  struct Room {
+    uint64_t room = 0;
+    std::string addr;  // bootstrap host:port
+    int group = -1;
+    scheduler::KvPoll status = scheduler::KvPoll::kBootstrapping;
+    std::string failure;
+    std::string endpoint;  // prefill rank, once known
+    std::vector<int32_t> pages;
+    std::vector<int32_t> sorted_pages;  // for checking that DATA writes only this room's pages
+    scheduler::TransferMetadata meta;
+    int64_t bytes = 0;
+    bool xfer_sent = false;
+    Clock::time_point created, init_time;
+  };
+
+  void on_message(Frames&& f);
+  void handshake_loop();
+  void heartbeat_loop();
+  void handshake(const std::shared_ptr<Room>& room);
+  void update_rooms_locked(const std::string& addr, int group);
+  void fail_locked(Room& r, const std::string& why, bool tell_prefill);
+  void lose_prefill(const std::string& addr, const std::string& why);
+  scheduler::KvPoll poll(Room& r);
+
+  DisaggOptions opts_;
+  scheduler::KvBufferView kv_;
+  KvLayout layout_;
+  int dp_rank_;
+  std::unique_ptr<TransferBackend> backend_;
+  std::string descriptor_;
+  ControlChannel channel_;
+  TransferStats stats_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::deque<std::shared_ptr<Room>> handshakes_;
+  std::unordered_map<std::string, Prefill> prefills_;
+  std::unordered_map<uint64_t, std::shared_ptr<Room>> rooms_;
+  std::thread handshake_thread_, heartbeat_thread_;
+};
+
+}  // namespace pdserve::disagg

@@ -1,0 +1,92 @@
+// The prefill rank's side of PD disaggregation (SGLang's KVManager in prefill mode + KVSender): it
+// registers the rank with the bootstrap server, answers decode registrations (layout check), keeps
+// each room's destination pages, runs the transfers on the control channel's I/O thread and makes
+// the per-request senders the scheduler polls.
+//
+// Sender states and their deadlines:
+//   Bootstrapping    until the decode's XFER (destination pages) arrives; bootstrap timeout
+//   WaitingForInput  the scheduler is computing the prompt (no peer wait)
+//   Transferring     chunks sent; after the last one, the decode's ACK must come within the
+//                    waiting timeout
+//   Success | Failed terminal; a failure caused here is told to the decode (FAIL), one caused by
+//                    the decode (ABORT) is not echoed.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "disagg/control_channel.h"
+#include "disagg/options.h"
+#include "disagg/protocol.h"
+#include "disagg/transfer_backend.h"
+#include "disagg/transfer_stats.h"
+#include "scheduler/disagg_hooks.h"
+
+namespace pdserve::disagg {
+
+class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::enable_shared_from_this<PrefillKvManager> {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  PrefillKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank, int dp_size,
+                   std::unique_ptr<TransferBackend> backend);
+  ~PrefillKvManager() override;
+
+  // Binds the control socket on `host` and registers this rank (PUT /route) with the bootstrap
+  // server at bootstrap_host:bootstrap_port.
+  Status start(const std::string& host, const std::string& bootstrap_host, int bootstrap_port);
+  void stop();
+
+  std::unique_ptr<scheduler::KvSender> make_sender(const std::string& rid, const scheduler::BootstrapInfo& b,
+                                                   int64_t num_pages) override;
+  std::unique_ptr<scheduler::KvReceiver> make_receiver(const std::string&, const scheduler::BootstrapInfo&) override;
+
+  TransferStats& stats() { return stats_; }
+  const std::string& endpoint() const { return channel_.endpoint(); }
+  size_t tracked_rooms() const;  // for tests: entries not yet collected
+
+ private:
+  class Sender;
+  struct Room {
+    uint64_t room = 0;
+    scheduler::KvPoll status = scheduler::KvPoll::kBootstrapping;
+    std::string failure;
+    bool has_sender = false, owner_gone = false, info = false, last_sent = false;
+    std::string session;             // decode endpoint (after XFER)
+    std::vector<int32_t> dst_pages;  // after XFER
+    int64_t num_pages = 0;
+    int64_t bytes = 0;
+    Clock::time_point created, first_send, last_send_done;
+  };
+  struct Session {
+    bool failed = false;
+    std::string failure;
+  };
+
+  void on_message(Frames&& f);
+  void on_tick();
+  void fail_locked(Room& r, const std::string& why, bool tell_decode);
+  void transfer(std::shared_ptr<Room> room, std::vector<int32_t> src, int64_t first, bool last,
+                std::optional<scheduler::TransferMetadata> meta);
+  scheduler::KvPoll poll(Room& r);
+
+  DisaggOptions opts_;
+  scheduler::KvBufferView kv_;
+  KvLayout layout_;
+  int dp_rank_, dp_size_;
+  std::unique_ptr<TransferBackend> backend_;
+  ControlChannel channel_;
+  TransferStats stats_;
+  mutable std::mutex mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<Room>> rooms_;
+  std::unordered_map<std::string, Session> sessions_;
+  std::mt19937_64 rng_{std::random_device{}()};
+  Clock::time_point last_gc_;
+};
+
+}  // namespace pdserve::disagg

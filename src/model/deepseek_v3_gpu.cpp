@@ -1,0 +1,609 @@
+#include "model/deepseek_v3_gpu.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cstdlib>
+#include <map>
+
+#include <fmt/ranges.h>
+
+#include "base/logging.h"
+
+#ifdef PDSERVE_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "model/device_arena.h"
+#include "model/gpu_weights.h"
+#include "ops/attention.h"
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/rope.h"
+#include "ops/elementwise.h"
+#include "ops/grouped_gemm.h"
+#include "ops/linear.h"
+#include "ops/moe_dispatch.h"
+#include "ops/moe_gate.h"
+#endif
+
+namespace pdserve::model {
+
+std::vector<int64_t> default_cuda_graph_bs(int64_t max_bs) {
+  std::vector<int64_t> bs;
+  for (int64_t b : {1, 2, 4}) bs.push_back(b);
+  for (int64_t b = 8; b <= 256; b += 8) bs.push_back(b);
+  for (int64_t b = 272; b <= 4096; b += 16) bs.push_back(b);
+  std::vector<int64_t> out;
+  for (int64_t b : bs)
+    if (b <= max_bs) out.push_back(b);
+  return out;
+}
+
+#ifndef PDSERVE_HAVE_CUDA
+
+struct DeepseekV3GpuModel::Impl {};
+DeepseekV3GpuModel::DeepseekV3GpuModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DeepseekV3GpuModel::~DeepseekV3GpuModel() = default;
+bool cuda_device_available() { return false; }
+Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shared_ptr<const DeepseekV3Model>,
+                                                                       const GpuModelOptions&) {
+  return make_error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA (configure with PDSERVE_CUDA=ON)");
+}
+const ModelConfig& DeepseekV3GpuModel::config() const { std::abort(); }
+int64_t DeepseekV3GpuModel::num_pages() const { return 0; }
+int64_t DeepseekV3GpuModel::page_size() const { return 0; }
+const GpuMemoryReport& DeepseekV3GpuModel::memory() const { std::abort(); }
+Tensor DeepseekV3GpuModel::kv_cache() const { return Tensor(); }
+Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>&, const ForwardOptions&) {
+  return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
+}
+Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput>&, const ForwardOptions&, bool) {
+  return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
+}
+bool DeepseekV3GpuModel::last_forward_used_graph() const { return false; }
+
+#else
+
+using ops::cuda::check;
+static constexpr float kMlaNormEps = 1e-6f;  // HF's default eps for q_a / kv_a layernorms
+static constexpr double kGiB = 1073741824.0;
+
+bool cuda_device_available() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+namespace {
+
+double avail_gb() {
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  return static_cast<double>(free_b) / kGiB;
+}
+
+// One forward's inputs, flattened on the host, uploaded with one copy.
+struct HostInputs {
+  int64_t tokens = 0, seqs = 0, kv_tokens = 0, max_q = 0, max_pages = 0, max_seq_len = 0;
+  bool decode = false;  // every sequence: one new token after a prefix
+  std::vector<int32_t> ids, positions, slots, seq_lens, page_table, cu_q, cu_kv, kv_batch, kv_pos, last_rows;
+};
+
+HostInputs flatten(const std::vector<SequenceInput>& batch, int64_t page_size, int64_t pad_to, int64_t table_width) {
+  HostInputs in;
+  in.seqs = static_cast<int64_t>(batch.size());
+  in.decode = true;
+  for (const auto& s : batch) {
+    in.decode = in.decode && s.tokens.size() == 1 && s.prefix_len > 0;
+    in.max_pages = std::max<int64_t>(in.max_pages, static_cast<int64_t>(s.page_table.size()));
+  }
+  if (table_width > 0) in.max_pages = table_width;
+  const int64_t rows = std::max(pad_to, in.seqs);
+  in.page_table.assign(static_cast<size_t>(rows * in.max_pages), 0);
+  in.cu_q.push_back(0);
+  in.cu_kv.push_back(0);
+  for (int64_t b = 0; b < in.seqs; ++b) {
+    const auto& s = batch[static_cast<size_t>(b)];
+    const int64_t n = static_cast<int64_t>(s.tokens.size()), total = s.prefix_len + n;
+    std::copy(s.page_table.begin(), s.page_table.end(), in.page_table.begin() + b * in.max_pages);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = s.prefix_len + i;
+      in.ids.push_back(s.tokens[static_cast<size_t>(i)]);
+      in.positions.push_back(static_cast<int32_t>(pos));
+      in.slots.push_back(static_cast<int32_t>(s.page_table[static_cast<size_t>(pos / page_size)] * page_size + pos % page_size));
+    }
+    in.tokens += n;
+    in.last_rows.push_back(static_cast<int32_t>(in.tokens - 1));
+    in.seq_lens.push_back(static_cast<int32_t>(total));
+    in.max_q = std::max(in.max_q, n);
+    in.max_seq_len = std::max(in.max_seq_len, total);
+    if (!in.decode) {
+      for (int64_t p = 0; p < total; ++p) {
+        in.kv_batch.push_back(static_cast<int32_t>(b));
+        in.kv_pos.push_back(static_cast<int32_t>(p));
+      }
+      in.kv_tokens += total;
+      in.cu_q.push_back(static_cast<int32_t>(in.tokens));
+      in.cu_kv.push_back(static_cast<int32_t>(in.kv_tokens));
+    }
+  }
+  // Padding rows of a captured batch: id 0 at position 0, no cache write, empty context.
+  for (int64_t b = in.seqs; b < rows; ++b) {
+    in.ids.push_back(0);
+    in.positions.push_back(0);
+    in.slots.push_back(-1);
+    in.seq_lens.push_back(0);
+    in.last_rows.push_back(static_cast<int32_t>(b));
+  }
+  return in;
+}
+
+// The ops run on the calling thread's current stream; a forward sets the model's and restores the
+// caller's on the way out, so no thread keeps a handle the model may destroy.
+class StreamScope {
+ public:
+  StreamScope() : saved_(ops::cuda::current_stream()) {}
+  ~StreamScope() { ops::cuda::set_current_stream(saved_); }
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
+
+ private:
+  cudaStream_t saved_;
+};
+
+}  // namespace
+
+struct DeepseekV3GpuModel::Impl {
+  std::shared_ptr<const DeepseekV3Model> host;
+  const ModelConfig* cfg = nullptr;
+  GpuModelOptions opts;
+  GpuWeights w;
+  ops::RopeTable rope;
+  ops::MlaDims dims;
+  float scale = 1.0f;
+  const DType act = DType::kBF16;  // activations between ops and the cache
+  int64_t num_pages = 0;
+  Tensor kv;  // [layers, pages, page_size, latent] bf16
+  cudaStream_t stream = nullptr, capture_stream = nullptr;
+  DeviceArena arena, graph_arena;
+  GpuMemoryReport mem;
+  bool used_graph = false;
+
+  // Graph state: static inputs for the largest batch, one executable graph per captured size.
+  struct Static {
+    Tensor ids, positions, slots, seq_lens, page_table, logits;
+  } st;
+  int64_t table_width = 0;
+  std::map<int64_t, cudaGraphExec_t> graphs;
+  // Masked MoE layout per captured size: expert e's rows start at e * bs. Device constants made
+  // before capture (a capture cannot copy from pageable host memory).
+  std::map<int64_t, Tensor> masked_bases;
+
+  // Device views of one forward's inputs.
+  struct Inputs {
+    Tensor ids, positions, slots, seq_lens, page_table, cu_q, cu_kv, kv_batch, kv_pos, last_rows;
+  };
+
+  Tensor pool(int64_t l) const { return kv.select(l); }
+
+  Inputs upload(const HostInputs& h, DeviceArena& a) {
+    std::vector<const std::vector<int32_t>*> parts = {&h.ids, &h.positions, &h.slots, &h.seq_lens, &h.page_table,
+                                                      &h.cu_q, &h.cu_kv, &h.kv_batch, &h.kv_pos, &h.last_rows};
+    std::vector<int32_t> flat;
+    std::vector<std::pair<int64_t, int64_t>> spans;
+    for (const auto* p : parts) {
+      spans.push_back({static_cast<int64_t>(flat.size()), static_cast<int64_t>(p->size())});
+      flat.insert(flat.end(), p->begin(), p->end());
+    }
+    Tensor dev = a.take({std::max<int64_t>(1, static_cast<int64_t>(flat.size()))}, DType::kI32);
+    check(cudaMemcpyAsync(dev.raw_data(), flat.data(), flat.size() * 4, cudaMemcpyHostToDevice, stream), "upload inputs");
+    auto view = [&](size_t i) { return dev.slice(0, spans[i].first, spans[i].first + spans[i].second); };
+    Inputs in{view(0), view(1), view(2), view(3), view(4), view(5), view(6), view(7), view(8), view(9)};
+    const int64_t rows = static_cast<int64_t>(h.seq_lens.size());
+    in.page_table = in.page_table.reshape({rows, h.max_pages});
+    return in;
+  }
+
+  // ---- the layers --------------------------------------------------------------------------------
+
+  void attention(int64_t l, const Tensor& x, const Inputs& in, const HostInputs& h, DeviceArena& a, bool decode,
+                 Tensor& residual) {
+    const auto& at = w.layers[static_cast<size_t>(l)].attn;
+    const int64_t T = x.size(0), H = dims.num_heads, qk = dims.qk_head_dim(), L = dims.kv_lora_rank;
+    Tensor q = a.take({T, H * qk}, act);
+    if (cfg->q_lora_rank) {
+      Tensor cq = a.take({T, *cfg->q_lora_rank}, act);
+      ops::linear(x, at.q_a_proj, cq);
+      ops::rms_norm(cq, at.q_a_layernorm, kMlaNormEps, cq);
+      ops::linear(cq, at.q_b_proj, q);
+    } else {
+      ops::linear(x, at.q_proj, q);
+    }
+    Tensor kv_a = a.take({T, dims.latent_dim()}, act);
+    ops::linear(x, at.kv_a_proj_with_mqa, kv_a);
+    Tensor latent = kv_a.slice(1, 0, L), k_pe = kv_a.slice(1, L, dims.latent_dim());
+    ops::rms_norm(latent, at.kv_a_layernorm, kMlaNormEps, latent);
+    Tensor q3 = q.reshape({T, H, qk}), pl = pool(l);
+    ops::cuda::rope_kv_write(q3, dims.qk_nope_head_dim, latent, k_pe, in.positions, rope, in.slots, pl);
+
+    Tensor out = a.take({T, H, dims.v_head_dim}, act);
+    if (decode) {
+      const int64_t bound = opts.context_length + 1;
+      Tensor ws = a.take({std::max<int64_t>(1, ops::mla_decode_workspace_bytes(T, dims, bound, act))}, DType::kF8E4M3);
+      ops::mla_decode_paged(q3, pl, in.page_table, in.seq_lens, at.w_uk, at.w_uv, dims, scale, out, bound, ws);
+    } else {
+      Tensor full = a.take({h.kv_tokens, dims.latent_dim()}, act);
+      ops::kv_gather_paged(pl, in.page_table, in.kv_batch, in.kv_pos, full);
+      Tensor ws = a.take({std::max<int64_t>(1, ops::mla_prefill_workspace_bytes(T, h.kv_tokens, dims, act, act))},
+                         DType::kF8E4M3);
+      ops::mla_prefill_varlen(q3, full, at.kv_b_proj, dims, in.cu_q, in.cu_kv, h.max_q, scale, out, ws);
+    }
+    Tensor o = a.take({T, cfg->hidden_size}, DType::kF32);
+    ops::linear(out.reshape({T, H * dims.v_head_dim}), at.o_proj, o);
+    ops::add_inplace(residual, o);
+  }
+
+  void mlp(const MlpWeights& m, const Tensor& x, DeviceArena& a, Tensor& residual) {
+    const int64_t T = x.size(0), inter = m.gate_proj.rows();
+    Tensor g = a.take({T, inter}, act), u = a.take({T, inter}, act);
+    ops::linear(x, m.gate_proj, g);
+    ops::linear(x, m.up_proj, u);
+    ops::silu_mul(g, u, g);
+    Tensor y = a.take({T, cfg->hidden_size}, DType::kF32);
+    ops::linear(g, m.down_proj, y);
+    ops::add_inplace(residual, y);
+  }
+
+  // Routed experts. masked (graphs): every expert gets a block of T rows and the GEMMs read the
+  // counts on the device; otherwise the counts come to the host and the rows are packed.
+  void moe(int64_t l, const Tensor& x, DeviceArena& a, bool masked, RoutingTrace* trace, Tensor& residual) {
+    const auto& lw = w.layers[static_cast<size_t>(l)];
+    const int64_t T = x.size(0), E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, hid = cfg->hidden_size;
+    const int64_t inter = cfg->moe_intermediate_size;
+    Tensor logits = a.take({T, E}, DType::kF32);
+    ops::linear(x, lw.router, logits);
+    Tensor ids = a.take({T, k}, DType::kI32), wts = a.take({T, k}, DType::kF32);
+    ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
+    if (lw.shared.gate_proj.weight.defined()) mlp(lw.shared, x, a, residual);
+
+    Tensor base = a.take({E}, DType::kI32), counts = a.take({E}, DType::kI32), slots = a.take({T, k}, DType::kI32);
+    std::vector<int32_t> host_base(static_cast<size_t>(E));
+    std::vector<int64_t> offsets(static_cast<size_t>(E) + 1, 0);
+    int64_t rows = 0;
+    if (masked) {
+      base = masked_bases.at(T);
+      rows = E * T;
+    } else {
+      ops::moe_count(ids, counts);
+      std::vector<int32_t> c(static_cast<size_t>(E));
+      check(cudaMemcpyAsync(c.data(), counts.raw_data(), E * 4, cudaMemcpyDeviceToHost, stream), "moe counts");
+      check(cudaStreamSynchronize(stream), "moe counts sync");
+      for (int64_t e = 0; e < E; ++e) {
+        host_base[e] = static_cast<int32_t>(offsets[e]);
+        offsets[e + 1] = offsets[e] + c[e];
+      }
+      rows = offsets[E];
+      check(cudaMemcpyAsync(base.raw_data(), host_base.data(), E * 4, cudaMemcpyHostToDevice, stream), "moe bases");
+    }
+    Tensor xs = a.take({std::max<int64_t>(rows, 1), hid}, x.dtype());
+    ops::moe_scatter(x, ids, base, xs, slots, counts);
+    Tensor g = a.take({std::max<int64_t>(rows, 1), inter}, act), u = a.take(g.shape(), act);
+    Tensor y = a.take({std::max<int64_t>(rows, 1), hid}, act);
+    if (masked) {
+      Tensor g3 = g.reshape({E, T, inter}), u3 = u.reshape({E, T, inter}), y3 = y.reshape({E, T, hid});
+      ops::grouped_linear_masked(xs.reshape({E, T, hid}), counts, lw.expert_gate, g3);
+      ops::grouped_linear_masked(xs.reshape({E, T, hid}), counts, lw.expert_up, u3);
+      ops::silu_mul(g, u, g);
+      ops::grouped_linear_masked(g3, counts, lw.expert_down, y3);
+    } else if (rows > 0) {
+      Tensor xr = xs.slice(0, 0, rows), gr = g.slice(0, 0, rows), ur = u.slice(0, 0, rows), yr = y.slice(0, 0, rows);
+      ops::grouped_linear_contiguous(xr, offsets, lw.expert_gate, gr);
+      ops::grouped_linear_contiguous(xr, offsets, lw.expert_up, ur);
+      ops::silu_mul(gr, ur, gr);
+      ops::grouped_linear_contiguous(gr, offsets, lw.expert_down, yr);
+    }
+    ops::moe_combine(y, slots, wts, residual);
+    if (trace) {
+      std::vector<int32_t> hid_ids(static_cast<size_t>(T * k));
+      check(cudaMemcpyAsync(hid_ids.data(), ids.raw_data(), hid_ids.size() * 4, cudaMemcpyDeviceToHost, stream), "trace");
+      check(cudaStreamSynchronize(stream), "trace sync");
+      auto& out = trace->experts[l];
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<int32_t> r(hid_ids.begin() + t * k, hid_ids.begin() + (t + 1) * k);
+        std::sort(r.begin(), r.end());
+        out.push_back(std::move(r));
+      }
+    }
+  }
+
+  // The whole network over uploaded inputs; logits [rows, vocab] f32 into `logits`.
+  void body(const Inputs& in, const HostInputs& h, DeviceArena& a, bool decode, bool masked, bool all_logits,
+            RoutingTrace* trace, Tensor& logits) {
+    const int64_t T = in.ids.size(0), hid = cfg->hidden_size;
+    const float eps = static_cast<float>(cfg->rms_norm_eps);
+    Tensor resid = a.take({T, hid}, DType::kF32);
+    ops::embedding(in.ids, w.embed_tokens, resid);
+    Tensor xb = a.take({T, hid}, act), xf = a.take({T, hid}, DType::kF32);
+    for (int64_t l = 0; l < cfg->num_hidden_layers; ++l) {
+      const auto& lw = w.layers[static_cast<size_t>(l)];
+      ops::rms_norm(resid, lw.input_layernorm, eps, xb);
+      attention(l, xb, in, h, a, decode, resid);
+      // f32 into the MLP: the router reads f32 like HF's gate does.
+      ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
+      if (lw.is_moe)
+        moe(l, xf, a, masked, trace, resid);
+      else
+        mlp(lw.dense, xf, a, resid);
+    }
+    Tensor rows = resid;
+    if (!all_logits && !decode) {
+      rows = a.take({static_cast<int64_t>(in.last_rows.size(0)), hid}, DType::kF32);
+      ops::embedding(in.last_rows, Weight{resid, Tensor()}, rows);
+    }
+    Tensor normed = a.take(rows.shape(), act);
+    ops::rms_norm(rows, w.norm, eps, normed);
+    ops::linear(normed, w.lm_head, logits);
+  }
+
+  Tensor download(const Tensor& dev_logits, int64_t rows) {
+    Tensor out = Tensor::empty({rows, cfg->vocab_size}, DType::kF32);
+    check(cudaMemcpyAsync(out.raw_data(), dev_logits.raw_data(), out.nbytes(), cudaMemcpyDeviceToHost, stream), "logits");
+    check(cudaStreamSynchronize(stream), "forward");
+    return out;
+  }
+
+  Tensor run_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& o) {
+    ops::cuda::set_current_stream(stream);
+    const HostInputs h = flatten(batch, opts.page_size, 0, 0);
+    const int64_t rows = o.all_logits ? h.tokens : h.seqs;
+    for (;;) {
+      try {
+        arena.reset();
+        const Inputs in = upload(h, arena);
+        Tensor logits = arena.take({rows, cfg->vocab_size}, DType::kF32);
+        body(in, h, arena, h.decode && !o.all_logits, false, o.all_logits, o.routing, logits);
+        return download(logits, rows);
+      } catch (const ArenaFull& f) {
+        check(cudaStreamSynchronize(stream), "arena growth");
+        const size_t want = std::max(f.needed * 2, arena.capacity() * 2);
+        log::info("Growing the activation arena to {:.2f} GB", want / kGiB);
+        arena.reserve(want);
+        if (o.routing) o.routing->experts.clear();
+      }
+    }
+  }
+
+  // Decode with bs rows (a real batch padded) on the static buffers; eager when capturing is false.
+  void static_decode(int64_t bs, DeviceArena& a) {
+    HostInputs h;
+    h.tokens = h.seqs = bs;
+    h.decode = true;
+    Inputs in;
+    in.ids = st.ids.slice(0, 0, bs);
+    in.positions = st.positions.slice(0, 0, bs);
+    in.slots = st.slots.slice(0, 0, bs);
+    in.seq_lens = st.seq_lens.slice(0, 0, bs);
+    in.page_table = st.page_table.slice(0, 0, bs);
+    Tensor logits = st.logits.slice(0, 0, bs);
+    a.reset();
+    body(in, h, a, true, true, false, nullptr, logits);
+  }
+
+  void capture_graphs() {
+    const auto& bs_list = opts.cuda_graph_bs;
+    const int64_t max_bs = bs_list.back();
+    table_width = (opts.context_length + 1 + opts.page_size - 1) / opts.page_size + 1;
+    st.ids = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
+    st.positions = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
+    st.slots = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
+    st.seq_lens = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
+    st.page_table = Tensor::empty({max_bs, table_width}, DType::kI32, Device::kCuda);
+    st.logits = Tensor::empty({max_bs, cfg->vocab_size}, DType::kF32, Device::kCuda);
+    for (int64_t bs : bs_list) {
+      Tensor b = Tensor::empty({cfg->n_routed_experts}, DType::kI32);
+      for (int64_t e = 0; e < cfg->n_routed_experts; ++e) b.data<int32_t>()[e] = static_cast<int32_t>(e * bs);
+      masked_bases[bs] = b.to(Device::kCuda);
+    }
+    // Inputs of an empty batch: nothing is written to the cache, attention sees no context.
+    std::vector<SequenceInput> none;
+    fill_static(none, max_bs);
+    check(cudaStreamSynchronize(stream), "graph inputs");  // the warm-up runs on the other stream
+    ops::cuda::set_current_stream(capture_stream);
+    // Eager runs first, largest batch first: the arena and the GEMM scratch of the capture stream
+    // reach their final size before any capture sees their addresses.
+    for (;;) {
+      try {
+        static_decode(max_bs, graph_arena);
+        break;
+      } catch (const ArenaFull& f) {
+        check(cudaStreamSynchronize(capture_stream), "graph arena growth");
+        graph_arena.reserve(std::max(f.needed * 5 / 4, graph_arena.capacity() * 2));
+      }
+    }
+    for (auto it = bs_list.rbegin(); it != bs_list.rend(); ++it) static_decode(*it, graph_arena);
+    check(cudaStreamSynchronize(capture_stream), "graph warmup");
+    for (auto it = bs_list.rbegin(); it != bs_list.rend(); ++it) {
+      cudaGraph_t g = nullptr;
+      check(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+      try {
+        static_decode(*it, graph_arena);
+      } catch (...) {
+        cudaStreamEndCapture(capture_stream, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      check(cudaStreamEndCapture(capture_stream, &g), "end capture");
+      cudaGraphExec_t exec = nullptr;
+      check(cudaGraphInstantiate(&exec, g, 0), "graph instantiate");
+      cudaGraphDestroy(g);
+      graphs[*it] = exec;
+    }
+    ops::cuda::set_current_stream(stream);
+  }
+
+  void fill_static(const std::vector<SequenceInput>& batch, int64_t bs) {
+    const HostInputs h = flatten(batch, opts.page_size, bs, table_width);
+    auto put = [&](Tensor& t, const std::vector<int32_t>& v) {
+      check(cudaMemcpyAsync(t.raw_data(), v.data(), v.size() * 4, cudaMemcpyHostToDevice, stream), "graph inputs");
+    };
+    put(st.ids, h.ids);
+    put(st.positions, h.positions);
+    put(st.slots, h.slots);
+    put(st.seq_lens, h.seq_lens);
+    put(st.page_table, h.page_table);
+  }
+
+  // The captured size for this batch, or 0 when it must run eagerly.
+  int64_t graph_bs(const std::vector<SequenceInput>& batch, const ForwardOptions& o) const {
+    if (graphs.empty() || o.all_logits || o.routing || o.force_absorbed) return 0;
+    const int64_t n = static_cast<int64_t>(batch.size());
+    for (const auto& s : batch)
+      if (s.tokens.size() != 1 || s.prefix_len == 0 || static_cast<int64_t>(s.page_table.size()) > table_width ||
+          s.prefix_len + 1 > opts.context_length + 1)
+        return 0;
+    auto it = graphs.lower_bound(n);
+    return it == graphs.end() ? 0 : it->first;
+  }
+
+  Tensor run_graph(const std::vector<SequenceInput>& batch, int64_t bs) {
+    ops::cuda::set_current_stream(stream);
+    fill_static(batch, bs);
+    check(cudaGraphLaunch(graphs.at(bs), stream), "graph launch");
+    return download(st.logits, static_cast<int64_t>(batch.size()));
+  }
+
+  ~Impl() {
+    for (auto& [bs, exec] : graphs) cudaGraphExecDestroy(exec);
+    if (stream) cudaStreamDestroy(stream);
+    if (capture_stream) cudaStreamDestroy(capture_stream);
+  }
+};
+
+DeepseekV3GpuModel::DeepseekV3GpuModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DeepseekV3GpuModel::~DeepseekV3GpuModel() = default;
+const ModelConfig& DeepseekV3GpuModel::config() const { return *impl_->cfg; }
+int64_t DeepseekV3GpuModel::num_pages() const { return impl_->num_pages; }
+int64_t DeepseekV3GpuModel::page_size() const { return impl_->opts.page_size; }
+const GpuMemoryReport& DeepseekV3GpuModel::memory() const { return impl_->mem; }
+Tensor DeepseekV3GpuModel::kv_cache() const { return impl_->kv; }
+bool DeepseekV3GpuModel::last_forward_used_graph() const { return impl_->used_graph; }
+
+Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shared_ptr<const DeepseekV3Model> host,
+                                                                       const GpuModelOptions& opts) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
+    return make_error(ErrorCode::kUnsupported, "--device cuda: no CUDA device is visible");
+  if (opts.device < 0 || opts.device >= count)
+    return make_error(ErrorCode::kInvalidArgument, "GPU {} requested, {} visible", opts.device, count);
+  if (!(opts.mem_fraction_static > 0 && opts.mem_fraction_static <= 1))
+    return make_error(ErrorCode::kInvalidArgument, "--mem-fraction-static must be in (0, 1], got {}", opts.mem_fraction_static);
+  if (opts.page_size < 1) return make_error(ErrorCode::kInvalidArgument, "page size must be >= 1");
+  StreamScope scope;
+  auto impl = std::make_unique<Impl>();
+  Impl& m = *impl;
+  m.host = std::move(host);
+  m.cfg = &m.host->config();
+  m.opts = opts;
+  std::sort(m.opts.cuda_graph_bs.begin(), m.opts.cuda_graph_bs.end());
+  m.opts.cuda_graph_bs.erase(std::unique(m.opts.cuda_graph_bs.begin(), m.opts.cuda_graph_bs.end()), m.opts.cuda_graph_bs.end());
+  try {
+    check(cudaSetDevice(opts.device), "cudaSetDevice");
+    check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
+    check(cudaStreamCreateWithFlags(&m.capture_stream, cudaStreamNonBlocking), "stream");
+    size_t free_b = 0, total_b = 0;
+    check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    m.mem.total_gb = total_b / kGiB;
+    log::info("Load weight begin. avail mem={:.2f} GB", free_b / kGiB);
+    m.w = upload_weights(*m.cfg, m.host->weights());
+    m.mem.weights_gb = m.w.bytes / kGiB;
+    log::info("Load weight end. type=DeepseekV3ForCausalLM, dtype=torch.bfloat16, avail mem={:.2f} GB, mem usage={:.2f} GB.",
+              avail_gb(), m.mem.weights_gb);
+    m.rope = ops::make_rope_table(m.cfg->rope);
+    m.dims = m.cfg->mla_dims();
+    m.scale = m.cfg->softmax_scale();
+
+    // The activation arena, sized by a warm-up prefill of the largest forward against a one-page
+    // cache (every token's slot on page 0: the contents are garbage and never read again).
+    const int64_t latent = m.dims.latent_dim(), L = m.cfg->num_hidden_layers;
+    m.kv = Tensor::empty({L, 1, m.opts.page_size, latent}, m.act, Device::kCuda);
+    m.num_pages = 1;
+    {
+      SequenceInput warm;
+      const int64_t n = std::max<int64_t>(1, std::min(opts.max_forward_tokens, opts.context_length));
+      warm.tokens.assign(static_cast<size_t>(n), 0);
+      warm.page_table.assign(static_cast<size_t>((n + m.opts.page_size - 1) / m.opts.page_size), 0);
+      m.arena.reserve(size_t{64} << 20);
+      m.run_eager({warm}, {});
+    }
+    m.kv = Tensor();
+
+    // The cache: what is left of the static fraction after weights and activations.
+    check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    const double reserve = static_cast<double>(total_b) * (1.0 - opts.mem_fraction_static);
+    const double kv_budget = static_cast<double>(free_b) - reserve;
+    const int64_t token_bytes = L * latent * static_cast<int64_t>(dtype_size(m.act));
+    int64_t tokens = kv_budget > 0 ? static_cast<int64_t>(kv_budget / static_cast<double>(token_bytes)) : 0;
+    if (opts.max_total_tokens > 0) tokens = std::min(tokens, opts.max_total_tokens);
+    m.num_pages = tokens / m.opts.page_size;
+    if (m.num_pages < 2)
+      return make_error(ErrorCode::kInvalidArgument,
+                        "not enough GPU memory for the KV cache: {:.2f} GB free after weights and activations, "
+                        "{:.2f} GB kept back by --mem-fraction-static {}; raise the fraction or use a smaller model",
+                        free_b / kGiB, reserve / kGiB, opts.mem_fraction_static);
+    m.kv = Tensor::empty({L, m.num_pages, m.opts.page_size, latent}, m.act, Device::kCuda);
+    m.mem.max_total_num_tokens = m.num_pages * m.opts.page_size;
+    m.mem.kv_gb = m.kv.nbytes() / kGiB;
+    log::info("KV Cache is allocated. #tokens: {}, KV size: {:.2f} GB", m.mem.max_total_num_tokens, m.mem.kv_gb);
+    log::info("Memory pool end. avail mem={:.2f} GB", avail_gb());
+
+    if (!m.opts.cuda_graph_bs.empty()) {
+      const double before = avail_gb();
+      log::info("Capture cuda graph begin. This can take up to several minutes. avail mem={:.2f} GB", before);
+      log::info("Capture cuda graph bs [{}]", fmt::join(m.opts.cuda_graph_bs, ", "));
+      const auto t0 = std::chrono::steady_clock::now();
+      m.capture_graphs();
+      const double after = avail_gb();
+      m.mem.graph_gb = before - after;
+      log::info("Capture cuda graph end. Time elapsed: {:.2f} s. mem usage={:.2f} GB. avail mem={:.2f} GB.",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), m.mem.graph_gb, after);
+    }
+    m.mem.avail_gb = avail_gb();
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kInternal, "GPU model setup failed: {}", e.what());
+  }
+  return std::unique_ptr<DeepseekV3GpuModel>(new DeepseekV3GpuModel(std::move(impl)));
+}
+
+Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& batch, const ForwardOptions& opts) {
+  PDSERVE_RETURN_IF_ERROR(validate_batch(*impl_->cfg, batch, impl_->num_pages, impl_->opts.page_size));
+  StreamScope scope;
+  try {
+    const int64_t bs = impl_->graph_bs(batch, opts);
+    impl_->used_graph = bs > 0;
+    return bs > 0 ? impl_->run_graph(batch, bs) : impl_->run_eager(batch, opts);
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kInternal, "GPU forward failed: {}", e.what());
+  }
+}
+
+Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& opts,
+                                                 bool graph_layout) {
+  PDSERVE_RETURN_IF_ERROR(validate_batch(*impl_->cfg, batch, impl_->num_pages, impl_->opts.page_size));
+  StreamScope scope;
+  try {
+    impl_->used_graph = false;
+    if (graph_layout) {
+      const int64_t bs = impl_->graph_bs(batch, opts);
+      if (bs == 0) return make_error(ErrorCode::kInvalidArgument, "forward_eager: no captured graph fits this batch");
+      ops::cuda::set_current_stream(impl_->stream);
+      impl_->fill_static(batch, bs);
+      impl_->static_decode(bs, impl_->graph_arena);
+      return impl_->download(impl_->st.logits, static_cast<int64_t>(batch.size()));
+    }
+    return impl_->run_eager(batch, opts);
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kInternal, "GPU forward failed: {}", e.what());
+  }
+}
+
+#endif  // PDSERVE_HAVE_CUDA
+
+}  // namespace pdserve::model

@@ -1,0 +1,81 @@
+// DeepSeek-V3 on one GPU: the weights uploaded once (fp8 stays fp8 with its block scales), a bf16
+// paged latent cache sized from --mem-fraction-static, bf16 activations with an f32 residual stream,
+// and CUDA graphs for decode batches (SGLang's cuda_graph_runner: one graph per captured batch
+// size, a real batch padded to the next one).
+//
+// Numerics against the CPU backend (f32 everywhere): activations are rounded to bf16 between ops
+// and the cache holds bf16, so logits agree to about 1e-2 relative, not bit for bit; greedy tokens
+// agree wherever the top-2 margin exceeds that (tests/gpu/model_gpu_test.cpp).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "model/deepseek_v3.h"
+
+namespace pdserve::model {
+
+struct GpuModelOptions {
+  int device = 0;
+  // Fraction of the GPU's memory for weights, activations, graphs and the KV cache (SGLang's
+  // --mem-fraction-static); the cache gets what is left of it after the rest.
+  double mem_fraction_static = 0.88;
+  int64_t max_total_tokens = 0;  // > 0: cap on the cache (SGLang's --max-total-tokens)
+  int64_t page_size = 1;
+  int64_t context_length = 4096;
+  // Largest new-token count of one forward (chunked prefill size / max prefill tokens): sizes the
+  // activation arena up front so that prefill does not have to grow it.
+  int64_t max_forward_tokens = 8192;
+  // Decode batch sizes to capture, ascending; empty: no CUDA graphs (--disable-cuda-graph).
+  std::vector<int64_t> cuda_graph_bs;
+};
+
+// SGLang's default capture list up to max_bs: 1, 2, 4, 8, 12, 16, ... (steps of 8 to 256, then 16).
+std::vector<int64_t> default_cuda_graph_bs(int64_t max_bs);
+
+// Facts for the log lines and /get_server_info.
+struct GpuMemoryReport {
+  double total_gb = 0, weights_gb = 0, kv_gb = 0, graph_gb = 0, avail_gb = 0;
+  int64_t max_total_num_tokens = 0;
+};
+
+class DeepseekV3GpuModel {
+ public:
+  // Uploads `host`'s weights to GPU `opts.device`, sizes and allocates the cache, captures the
+  // graphs. Logs SGLang's "Load weight", "KV Cache is allocated", "Capture cuda graph" lines.
+  static Result<std::unique_ptr<DeepseekV3GpuModel>> create(std::shared_ptr<const DeepseekV3Model> host,
+                                                            const GpuModelOptions& opts);
+  ~DeepseekV3GpuModel();
+
+  const ModelConfig& config() const;
+  int64_t num_pages() const;
+  int64_t page_size() const;
+  const GpuMemoryReport& memory() const;
+  // The device cache: [layers, pages, page_size, latent_dim] bf16 (for KV transfer backends).
+  Tensor kv_cache() const;
+
+  // As DeepseekV3Model::forward (same validation and errors), against this model's device cache;
+  // returns host f32 logits. Pure decode batches (every sequence one new token after a prefix) of
+  // at most the largest captured size replay a graph; everything else runs eagerly.
+  Result<Tensor> forward(const std::vector<SequenceInput>& batch, const ForwardOptions& opts = {});
+  bool last_forward_used_graph() const;
+
+  // Runs the batch eagerly even when a graph would serve it (tests compare the two). With
+  // graph_layout, a decode batch runs exactly what the graph of its padded size runs (masked
+  // expert layout, the static buffers), so the logits must equal the replay's bit for bit.
+  Result<Tensor> forward_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& opts = {},
+                               bool graph_layout = false);
+
+  struct Impl;
+
+ private:
+  explicit DeepseekV3GpuModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Whether a CUDA device is usable here (false in a build without CUDA).
+bool cuda_device_available();
+
+}  // namespace pdserve::model

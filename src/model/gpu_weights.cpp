@@ -1,0 +1,82 @@
+#include "model/gpu_weights.h"
+
+#include <cstring>
+
+namespace pdserve::model {
+namespace {
+
+struct Uploader {
+  size_t bytes = 0;
+  Tensor up(const Tensor& t) {
+    if (!t.defined()) return t;
+    bytes += t.nbytes();
+    return t.to(Device::kCuda);
+  }
+  Weight up(const Weight& w) {
+    // cuBLASLt's block-scaled FP8 GEMM needs whole 128-wide K blocks and N % 16 == 0 (real
+    // DeepSeek shapes always are); other fp8 weights (tiny test models) run as bf16.
+    if (w.is_block_fp8() && (w.cols() % 128 != 0 || w.rows() % 16 != 0)) {
+      Tensor f = w.to_f32();
+      Tensor b = Tensor::empty(f.shape(), DType::kBF16);
+      convert_from_f32(DType::kBF16, f.data<float>(), b.raw_data(), static_cast<size_t>(f.numel()));
+      return Weight{up(b), Tensor()};
+    }
+    return Weight{up(w.weight), up(w.scale_inv)};
+  }
+  MlpWeights up(const MlpWeights& m) { return MlpWeights{up(m.gate_proj), up(m.up_proj), up(m.down_proj)}; }
+};
+
+}  // namespace
+
+GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w) {
+  Uploader u;
+  GpuWeights g;
+  g.embed_tokens = u.up(w.embed_tokens);
+  g.norm = u.up(w.norm);
+  g.lm_head = u.up(w.lm_head);
+  const ops::MlaDims d = cfg.mla_dims();
+  for (const LayerWeights& lw : w.layers) {
+    GpuLayerWeights& gl = g.layers.emplace_back();
+    gl.input_layernorm = u.up(lw.input_layernorm);
+    gl.post_attention_layernorm = u.up(lw.post_attention_layernorm);
+    const AttentionWeights& a = lw.attn;
+    gl.attn.q_a_proj = u.up(a.q_a_proj);
+    gl.attn.q_a_layernorm = u.up(a.q_a_layernorm);
+    gl.attn.q_b_proj = u.up(a.q_b_proj);
+    gl.attn.q_proj = u.up(a.q_proj);
+    gl.attn.kv_a_proj_with_mqa = u.up(a.kv_a_proj_with_mqa);
+    gl.attn.kv_a_layernorm = u.up(a.kv_a_layernorm);
+    gl.attn.kv_b_proj = u.up(a.kv_b_proj);
+    gl.attn.o_proj = u.up(a.o_proj);
+    // [H, nope + v, r] bf16: head h's W_UK rows then its W_UV rows, so both are strided views.
+    const int64_t H = d.num_heads, nope = d.qk_nope_head_dim, v = d.v_head_dim, r = d.kv_lora_rank;
+    Tensor both = Tensor::empty({H, nope + v, r}, DType::kF32);
+    for (int64_t h = 0; h < H; ++h) {
+      std::memcpy(both.data<float>() + h * (nope + v) * r, a.w_uk.data<float>() + h * nope * r, sizeof(float) * nope * r);
+      std::memcpy(both.data<float>() + (h * (nope + v) + nope) * r, a.w_uv.data<float>() + h * v * r,
+                  sizeof(float) * v * r);
+    }
+    Tensor stored = Tensor::empty(both.shape(), DType::kBF16);
+    convert_from_f32(DType::kBF16, both.data<float>(), stored.raw_data(), static_cast<size_t>(both.numel()));
+    Tensor dev = u.up(stored);
+    gl.attn.w_uk = dev.slice(1, 0, nope);
+    gl.attn.w_uv = dev.slice(1, nope, nope + v);
+    gl.is_moe = lw.is_moe;
+    if (!lw.is_moe) {
+      gl.dense = u.up(lw.dense);
+      continue;
+    }
+    gl.router = u.up(lw.moe.router);
+    gl.correction_bias = u.up(lw.moe.correction_bias);
+    for (const MlpWeights& e : lw.moe.experts) {
+      gl.expert_gate.push_back(u.up(e.gate_proj));
+      gl.expert_up.push_back(u.up(e.up_proj));
+      gl.expert_down.push_back(u.up(e.down_proj));
+    }
+    if (lw.moe.shared.gate_proj.weight.defined()) gl.shared = u.up(lw.moe.shared);
+  }
+  g.bytes = u.bytes;
+  return g;
+}
+
+}  // namespace pdserve::model

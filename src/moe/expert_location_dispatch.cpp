@@ -1,0 +1,62 @@
+#include "moe/expert_location_dispatch.h"
+
+#include <algorithm>
+
+namespace pdserve::moe {
+
+Result<DispatchAlgorithm> parse_dispatch_algorithm(const std::string& name) {
+  if (name == "static") return DispatchAlgorithm::kStatic;
+  if (name == "dynamic" || name == "random") return DispatchAlgorithm::kDynamic;
+  if (name == "fake") return DispatchAlgorithm::kFake;
+  return make_error(ErrorCode::kInvalidArgument, "--ep-dispatch-algorithm must be static, dynamic or fake, got '{}'",
+                    name);
+}
+
+const char* dispatch_algorithm_name(DispatchAlgorithm a) {
+  switch (a) {
+    case DispatchAlgorithm::kStatic: return "static";
+    case DispatchAlgorithm::kDynamic: return "dynamic";
+    case DispatchAlgorithm::kFake: return "fake";
+  }
+  return "?";
+}
+
+ExpertDispatcher::ExpertDispatcher(std::shared_ptr<const ExpertLocation> location, DispatchAlgorithm algorithm,
+                                   int ep_rank, uint64_t seed)
+    : algorithm_(algorithm), ep_rank_(ep_rank), rng_(seed + static_cast<uint64_t>(ep_rank)) {
+  set_location(std::move(location));
+}
+
+void ExpertDispatcher::set_location(std::shared_ptr<const ExpertLocation> location) {
+  location_ = std::move(location);
+  static_map_.clear();
+  if (algorithm_ == DispatchAlgorithm::kStatic) static_map_ = location_->static_dispatch_map(ep_rank_);
+}
+
+void ExpertDispatcher::to_physical(int layer, std::span<int32_t> ids) {
+  if (algorithm_ == DispatchAlgorithm::kStatic) {
+    const auto& row = static_map_[layer];
+    for (int32_t& id : ids) id = row[id];
+    return;
+  }
+  for (int32_t& id : ids) {
+    const auto& copies = location_->replicas(layer, id);
+    id = copies.size() == 1 ? copies[0] : copies[rng_() % copies.size()];
+  }
+}
+
+void fake_routing(std::span<int32_t> ids, int top_k, int num_logical, std::mt19937_64& rng) {
+  std::vector<int32_t> all(num_logical);
+  for (int e = 0; e < num_logical; ++e) all[e] = e;
+  for (size_t t = 0; t + top_k <= ids.size(); t += top_k) {
+    // Partial Fisher-Yates: the first top_k of a shuffle are a uniform sample without repetition.
+    for (int k = 0; k < top_k; ++k) {
+      std::uniform_int_distribution<int> pick(k, num_logical - 1);
+      std::swap(all[k], all[pick(rng)]);
+    }
+    std::copy(all.begin(), all.begin() + top_k, ids.begin() + static_cast<std::ptrdiff_t>(t));
+    std::sort(ids.begin() + static_cast<std::ptrdiff_t>(t), ids.begin() + static_cast<std::ptrdiff_t>(t + top_k));
+  }
+}
+
+}  // namespace pdserve::moe

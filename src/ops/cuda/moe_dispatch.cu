@@ -1,0 +1,132 @@
+// MoE dispatch/combine on one device. One block per expert scans the routing entries in order
+// with a block-wide prefix sum, so each entry's rank (and hence its row) is deterministic without
+// atomics; the same block then copies its rows. Combine is one block per token.
+#include <cub/block/block_scan.cuh>
+#include <cuda_bf16.h>
+
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/moe_dispatch.h"
+
+namespace pdserve::ops::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+using Scan = cub::BlockScan<int, kThreads>;
+
+__device__ __forceinline__ float load_f32(const float* p) { return *p; }
+__device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+// Block e walks entries [0, n) in chunks of kThreads; `visit(i, rank)` runs for entries of expert e.
+template <typename Visit>
+__device__ int scan_expert(const int32_t* ids, int64_t n, int e, Visit visit) {
+  __shared__ typename Scan::TempStorage tmp;
+  __shared__ int chunk_total;
+  int base = 0;
+  for (int64_t start = 0; start < n; start += kThreads) {
+    const int64_t i = start + threadIdx.x;
+    const int flag = (i < n && ids[i] == e) ? 1 : 0;
+    int prefix = 0, total = 0;
+    Scan(tmp).ExclusiveSum(flag, prefix, total);
+    if (threadIdx.x == 0) chunk_total = total;
+    __syncthreads();
+    const int chunk = chunk_total;
+    if (flag) visit(i, base + prefix);
+    __syncthreads();  // tmp and chunk_total are reused by the next chunk
+    base += chunk;
+  }
+  return base;
+}
+
+__global__ void count_kernel(const int32_t* ids, int64_t n, int32_t* counts) {
+  const int e = blockIdx.x;
+  const int total = scan_expert(ids, n, e, [](int64_t, int) {});
+  if (threadIdx.x == 0) counts[e] = total;
+}
+
+// Pass 1: ranks -> slots (and counts). Copying rows is pass 2 so that every thread copies.
+__global__ void slot_kernel(const int32_t* ids, int64_t n, const int32_t* row_base, int64_t rows_out, int32_t* slots,
+                            int32_t* counts) {
+  const int e = blockIdx.x;
+  const int64_t base = row_base[e];
+  const int total = scan_expert(ids, n, e, [&](int64_t i, int rank) {
+    const int64_t row = base + rank;
+    slots[i] = (row >= 0 && row < rows_out) ? static_cast<int32_t>(row) : -1;
+  });
+  if (threadIdx.x == 0) counts[e] = total;
+}
+
+// One block per entry (t, j): copies x[t] into x_out[slot] in 16-byte pieces when aligned.
+__global__ void copy_rows_kernel(const char* x, int64_t row_bytes, int k, const int32_t* slots, char* x_out) {
+  const int64_t i = blockIdx.x;
+  const int32_t slot = slots[i];
+  if (slot < 0) return;
+  const char* src = x + (i / k) * row_bytes;
+  char* dst = x_out + static_cast<int64_t>(slot) * row_bytes;
+  if (row_bytes % 16 == 0) {
+    const uint4* s = reinterpret_cast<const uint4*>(src);
+    uint4* d = reinterpret_cast<uint4*>(dst);
+    for (int64_t c = threadIdx.x; c < row_bytes / 16; c += blockDim.x) d[c] = s[c];
+  } else {
+    for (int64_t c = threadIdx.x; c < row_bytes; c += blockDim.x) dst[c] = src[c];
+  }
+}
+
+template <typename T>
+__global__ void combine_kernel(const T* y, int64_t rows, int64_t n, const int32_t* slots, const float* weights, int k,
+                               float* out) {
+  const int64_t t = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const int32_t s = slots[t * k + j];
+      if (s < 0 || s >= rows) continue;
+      acc += weights[t * k + j] * load_f32(y + s * n + c);
+    }
+    out[t * n + c] += acc;
+  }
+}
+
+}  // namespace
+
+void moe_count(const Tensor& topk_ids, Tensor& counts) {
+  const int64_t E = counts.size(0);
+  if (E == 0) return;
+  count_kernel<<<static_cast<unsigned>(E), kThreads, 0, current_stream()>>>(topk_ids.data<int32_t>(),
+                                                                             topk_ids.numel(), counts.data<int32_t>());
+  check_launch("moe_count");
+}
+
+void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,
+                 Tensor& counts) {
+  const int64_t E = row_base.size(0), n = topk_ids.numel();
+  cudaStream_t s = current_stream();
+  // Entries with an id outside [0, E) are visited by no block: they keep this -1.
+  check(cudaMemsetAsync(slots.raw_data(), 0xFF, slots.nbytes(), s), "moe_scatter memset");
+  if (E > 0)
+    slot_kernel<<<static_cast<unsigned>(E), kThreads, 0, s>>>(topk_ids.data<int32_t>(), n, row_base.data<int32_t>(),
+                                                              x_out.size(0), slots.data<int32_t>(), counts.data<int32_t>());
+  check_launch("moe_scatter slots");
+  if (n == 0) return;
+  const int64_t row_bytes = x.size(1) * static_cast<int64_t>(dtype_size(x.dtype()));
+  copy_rows_kernel<<<static_cast<unsigned>(n), 128, 0, s>>>(static_cast<const char*>(x.raw_data()), row_bytes,
+                                                           static_cast<int>(topk_ids.size(1)), slots.data<int32_t>(),
+                                                           static_cast<char*>(x_out.raw_data()));
+  check_launch("moe_scatter rows");
+}
+
+void moe_combine(const Tensor& y, const Tensor& slots, const Tensor& weights, Tensor& out) {
+  const int64_t T = slots.size(0), n = y.size(1);
+  if (T == 0) return;
+  const int k = static_cast<int>(slots.size(1));
+  const unsigned threads = n >= 1024 ? 512 : 128;
+  if (y.dtype() == DType::kBF16)
+    combine_kernel<<<static_cast<unsigned>(T), threads, 0, current_stream()>>>(
+        y.data<__nv_bfloat16>(), y.size(0), n, slots.data<int32_t>(), weights.data<float>(), k, out.data<float>());
+  else
+    combine_kernel<<<static_cast<unsigned>(T), threads, 0, current_stream()>>>(
+        y.data<float>(), y.size(0), n, slots.data<int32_t>(), weights.data<float>(), k, out.data<float>());
+  check_launch("moe_combine");
+}
+
+}  // namespace pdserve::ops::cuda

@@ -1,0 +1,13 @@
+// CUDA versions of ops/moe_dispatch.h (same contracts, device tensors; checked by the entry points).
+#pragma once
+
+#include "tensor/tensor.h"
+
+namespace pdserve::ops::cuda {
+
+void moe_count(const Tensor& topk_ids, Tensor& counts);
+void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,
+                 Tensor& counts);
+void moe_combine(const Tensor& y, const Tensor& slots, const Tensor& weights, Tensor& out);
+
+}  // namespace pdserve::ops::cuda

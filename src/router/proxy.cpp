@@ -1,0 +1,466 @@
+// One client request through the router: worker (or prefill/decode pair) selection, the upstream
+// exchange, retries on another worker, streaming relay, and aborts when the client leaves.
+// Everything of one request runs as coroutines on one upstream loop (single thread), so the
+// request's state needs no locks; only the client-disconnect callback comes from another thread.
+#include <set>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "base/clock.h"
+#include "base/logging.h"
+#include "http/sse.h"
+#include "router/router.h"
+
+namespace pdserve::router {
+
+namespace asio = boost::asio;
+using namespace boost::asio::experimental::awaitable_operators;
+using json = nlohmann::json;
+
+namespace {
+
+bool is_2xx(int s) { return s >= 200 && s < 300; }
+
+// Past this many bytes queued towards a slow client the relay stops reading from the worker
+// (below the server's 16 MiB limit, at which it would drop the client).
+constexpr std::size_t kRelayHighWater = 1u << 20;
+
+std::string content_type_of(const http::Response& r, const char* fallback = "application/json") {
+  return std::string(r.headers.get_or("content-type", fallback));
+}
+
+const char* route_label(RouteKind k) {
+  switch (k) {
+    case RouteKind::kGenerate: return "/generate";
+    case RouteKind::kCompletions: return "/v1/completions";
+    case RouteKind::kChat: return "/v1/chat/completions";
+  }
+  return "/generate";
+}
+
+// The stream error event SGLang's routers send when a stream breaks after it started.
+std::string stream_error_event(const std::string& message, int status) {
+  return http::sse_event(json{{"error", {{"message", message}, {"status", status}}}}.dump());
+}
+
+}  // namespace
+
+struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
+  Router* router = nullptr;
+  RouteKind kind = RouteKind::kGenerate;
+  std::string path;
+  json body;
+  bool stream = false;
+  bool logprob = false;
+  std::size_t batch = 0;
+  std::string text;
+  http::Headers headers;
+  std::shared_ptr<http::Responder> responder;
+  Admission::TicketPtr ticket;
+  UpstreamLoops::Loop* loop = nullptr;
+  std::chrono::milliseconds timeout{0};
+  double started = Clock::monotonic();
+  std::atomic<bool> client_gone{false};
+
+  // The workers of the attempt in flight and the rids sent to them (read by the disconnect
+  // callback on an I/O thread, hence the lock).
+  std::mutex mu;
+  std::vector<std::pair<WorkerPtr, std::vector<std::string>>> targets;
+
+  // Why the last attempt failed, answered if no attempt succeeds.
+  struct Failure {
+    int status = 502;
+    std::string body;          // the worker's body, if it answered
+    std::string content_type;  // of that body
+    std::string message;       // our message, if it did not
+  };
+
+  enum class Step { kDone, kRetry };
+
+  std::function<bool()> relay_hold() {
+    return [this] { return responder->is_open() && responder->queued_bytes() > kRelayHighWater; };
+  }
+
+  void set_targets(std::vector<std::pair<WorkerPtr, std::vector<std::string>>> t) {
+    std::lock_guard lock(mu);
+    targets = std::move(t);
+  }
+
+  // POST /abort_request for each rid on each worker, fire and forget on this request's loop.
+  void abort_on(const std::vector<std::pair<WorkerPtr, std::vector<std::string>>>& on) {
+    for (const auto& [w, rids] : on) {
+      for (const auto& rid : rids) {
+        auto* client = loop->client.get();
+        std::string url = w->url() + "/abort_request";
+        std::string payload = json{{"rid", rid}}.dump();
+        http::Headers h = headers;
+        asio::co_spawn(loop->io, [client, url, payload, h]() -> asio::awaitable<void> {
+          (void)co_await client->request(http::ClientRequest("POST", url, payload, h, std::chrono::seconds(5)));
+        }, asio::detached);
+      }
+    }
+  }
+
+  void on_client_close() {
+    client_gone = true;
+    std::vector<std::pair<WorkerPtr, std::vector<std::string>>> t;
+    {
+      std::lock_guard lock(mu);
+      t = targets;
+    }
+    if (!t.empty()) log::info("router: client left; aborting {} on {} worker(s)", t[0].second.empty() ? "" : t[0].second[0], t.size());
+    auto self = shared_from_this();
+    asio::post(loop->io, [self, t] { self->abort_on(t); });
+  }
+
+  void finish_failure(const Failure& f) {
+    if (!f.body.empty()) {
+      responder->respond(f.status, f.body, f.content_type.empty() ? "application/json" : f.content_type);
+    } else {
+      responder->respond_error(f.status, f.message);
+    }
+    router->metrics_.inc("sgl_router_request_errors_total",
+                         {{"route", route_label(kind)}, {"error_type", std::to_string(f.status)}});
+  }
+
+  WorkerPtr pick(WorkerType type, Policy& policy, const std::set<Worker*>& tried) {
+    auto avail = router->registry_.available(type);
+    if (avail.empty()) return nullptr;
+    // Another worker than the ones that just failed this request, while there is one.
+    std::vector<WorkerPtr> fresh;
+    for (auto& w : avail)
+      if (!tried.count(w.get())) fresh.push_back(w);
+    auto& from = fresh.empty() ? avail : fresh;
+    auto w = from[policy.select(from, text)];
+    router->metrics_.inc("sgl_router_policy_decisions_total", {{"policy", policy.name()}, {"worker", w->url()}});
+    return w;
+  }
+
+  // Records the outcome of an exchange with `w`: transport errors and retryable statuses count
+  // against the worker (breaker); anything else, 4xx included, shows the worker is working.
+  bool classify(const WorkerPtr& w, const Result<http::Response>& r, Failure& f, const char* role) {
+    if (r && !is_retryable_status(r->status)) {
+      router->count_breaker(w, true);
+      return true;
+    }
+    router->count_breaker(w, false);
+    if (!r) {
+      f = Failure{502, "", "", fmt::format("{} server error: {}", role, r.error().message())};
+    } else {
+      f = Failure{r->status, r->body, content_type_of(*r), ""};
+    }
+    return false;
+  }
+
+  asio::awaitable<Step> plain_attempt(WorkerPtr w, std::string payload, Failure& f) {
+    auto* client = loop->client.get();
+    http::ClientRequest req("POST", w->url() + path, std::move(payload), headers, timeout);
+    if (!stream) {
+      auto r = co_await client->request(std::move(req));
+      if (!classify(w, r, f, "Worker")) co_return Step::kRetry;
+      w->count_processed();
+      responder->respond(r->status, std::move(r->body), content_type_of(*r));
+      co_return Step::kDone;
+    }
+    int head_status = 0;
+    std::string head_type;
+    bool relaying = false;
+    http::StreamCallbacks cb(
+        [&](const http::Response& head) {
+          head_status = head.status;
+          head_type = content_type_of(head, "text/event-stream");
+          return true;
+        },
+        [&](std::string_view data) {
+          if (client_gone) return false;
+          if (!relaying) {
+            relaying = true;
+            responder->start_stream(head_status, head_type);
+          }
+          return responder->send_chunk(std::string(data));
+        },
+        nullptr);
+    cb.hold = relay_hold();
+    auto r = co_await client->stream(std::move(req), std::move(cb));
+    if (relaying) {
+      if (!r) {
+        router->count_breaker(w, false);
+        router->metrics_.inc("sgl_router_pd_stream_errors_total", {{"worker", w->url()}});
+        responder->send_chunk(stream_error_event("worker stream broke: " + r.error().message(), 502));
+      } else {
+        router->count_breaker(w, true);
+        w->count_processed();
+      }
+      responder->end_stream();
+      co_return Step::kDone;
+    }
+    if (!classify(w, r, f, "Worker")) co_return Step::kRetry;
+    w->count_processed();
+    if (is_2xx(r->status)) {
+      responder->start_stream(r->status, content_type_of(*r, "text/event-stream"));
+      responder->end_stream();
+    } else {
+      responder->respond(r->status, std::move(r->body), content_type_of(*r));
+    }
+    co_return Step::kDone;
+  }
+
+  asio::awaitable<Step> pd_attempt(WorkerPtr p, WorkerPtr d, std::string payload, std::vector<std::string> rids,
+                                   Failure& f) {
+    auto* client = loop->client.get();
+    auto& m = router->metrics_;
+    m.inc("sgl_router_pd_prefill_requests_total", {{"worker", p->url()}});
+    m.inc("sgl_router_pd_decode_requests_total", {{"worker", d->url()}});
+    std::optional<Result<http::Response>> pr, dr;
+    bool relaying = false, prefill_failed = false, prefill_done = false;
+    PrefillLogprobs plp;
+    std::vector<std::string> pending;  // decode events held until the prefill's logprobs arrive
+    int head_status = 200;
+    std::string head_type = "text/event-stream";
+    auto send_event = [&](std::string_view data) {
+      if (!relaying) {
+        relaying = true;
+        responder->start_stream(head_status, head_type);
+      }
+      std::string out = (data == "[DONE]") ? std::string(data) : plp.apply(data);
+      return responder->send_chunk(http::sse_event(out));
+    };
+    auto prefill_failed_now = [&] {
+      prefill_failed = true;
+      // The decode would wait for KV that never comes: end it now.
+      if (!relaying) abort_on({{d, rids}});
+    };
+
+    auto prefill_call = [&]() -> asio::awaitable<void> {
+      http::ClientRequest req("POST", p->url() + path, payload, headers, timeout);
+      if (stream) {
+        http::StreamCallbacks cb(nullptr, nullptr, [&](const http::SseEvent& e) {
+          if (logprob) plp.add_event(e.data);
+          return true;
+        });
+        pr.emplace(co_await client->stream(std::move(req), std::move(cb)));
+      } else {
+        pr.emplace(co_await client->request(std::move(req)));
+      }
+      if (!*pr || !is_2xx((*pr)->status)) {
+        prefill_failed_now();
+        co_return;
+      }
+      prefill_done = true;
+      for (auto& e : pending) send_event(e);
+      pending.clear();
+    };
+    auto decode_call = [&]() -> asio::awaitable<void> {
+      http::ClientRequest req("POST", d->url() + path, payload, headers, timeout);
+      if (!stream) {
+        dr.emplace(co_await client->request(std::move(req)));
+        co_return;
+      }
+      http::StreamCallbacks cb(
+          [&](const http::Response& head) {
+            head_status = head.status;
+            head_type = content_type_of(head, "text/event-stream");
+            return true;
+          },
+          // Without logprobs the decode's bytes go out as they are; with them each event is rewritten.
+          logprob ? std::function<bool(std::string_view)>() : [&](std::string_view data) {
+            if (client_gone || (prefill_failed && !relaying)) return false;
+            if (!relaying) {
+              relaying = true;
+              responder->start_stream(head_status, head_type);
+            }
+            return responder->send_chunk(std::string(data));
+          },
+          !logprob ? std::function<bool(const http::SseEvent&)>() : [&](const http::SseEvent& e) {
+            if (client_gone || (prefill_failed && !relaying)) return false;
+            if (prefill_done) return send_event(e.data);
+            pending.push_back(e.data);
+            return true;
+          });
+      cb.hold = relay_hold();
+      dr.emplace(co_await client->stream(std::move(req), std::move(cb)));
+    };
+    co_await (prefill_call() && decode_call());
+
+    if (relaying) {
+      // The client already has part of the answer: no retry is possible any more.
+      if (prefill_done)
+        for (auto& e : pending) send_event(e);
+      if (!*dr) {
+        count_pd(p, true, d, false);
+        m.inc("sgl_router_pd_stream_errors_total", {{"worker", d->url()}});
+        responder->send_chunk(stream_error_event("decode stream broke: " + (*dr).error().message(), 502));
+      } else {
+        count_pd(p, *pr && is_2xx((*pr)->status), d, true);
+      }
+      responder->end_stream();
+      co_return Step::kDone;
+    }
+    const Result<http::Response>& pres = *pr;
+    if (!classify(p, pres, f, "Prefill")) {
+      m.inc("sgl_router_pd_prefill_errors_total", {{"worker", p->url()}});
+      m.inc("sgl_router_pd_errors_total", {{"error_type", "prefill"}});
+      if (!pres) f.message += ". This will cause decode timeout.";
+      co_return Step::kRetry;
+    }
+    if (!is_2xx(pres->status)) {  // a 4xx from the prefill: the request itself is bad
+      responder->respond(pres->status, pres->body, content_type_of(*pres));
+      co_return Step::kDone;
+    }
+    const Result<http::Response>& dres = *dr;
+    if (!classify(d, dres, f, "Decode")) {
+      m.inc("sgl_router_pd_decode_errors_total", {{"worker", d->url()}});
+      m.inc("sgl_router_pd_errors_total", {{"error_type", "decode"}});
+      co_return Step::kRetry;
+    }
+    p->count_processed();
+    d->count_processed();
+    if (!is_2xx(dres->status)) {
+      responder->respond(dres->status, dres->body, content_type_of(*dres));
+    } else if (stream) {
+      responder->start_stream(dres->status, content_type_of(*dres, "text/event-stream"));
+      for (auto& e : pending) responder->send_chunk(http::sse_event(e == "[DONE]" ? e : plp.apply(e)));
+      responder->end_stream();
+    } else if (logprob) {
+      auto merged = merge_logprobs(pres->body, dres->body);
+      if (!merged) {
+        responder->respond_error(502, merged.error().message());
+      } else {
+        responder->respond(dres->status, std::move(*merged), content_type_of(*dres));
+      }
+    } else {
+      responder->respond(dres->status, dres->body, content_type_of(*dres));
+    }
+    co_return Step::kDone;
+  }
+
+  void count_pd(const WorkerPtr& p, bool p_ok, const WorkerPtr& d, bool d_ok) {
+    router->count_breaker(p, p_ok);
+    router->count_breaker(d, d_ok);
+    if (p_ok) p->count_processed();
+    if (d_ok) d->count_processed();
+  }
+
+  static asio::awaitable<void> run(std::shared_ptr<ProxyRequest> self) {
+    Router& r = *self->router;
+    const bool pd = r.args_.pd_disaggregation;
+    const int attempts = r.retry_.attempts();
+    std::set<Worker*> tried;
+    Failure failure{503, "", "", "No available workers"};
+    bool done = false;
+    for (int attempt = 0; attempt < attempts && !done && !self->client_gone; ++attempt) {
+      if (attempt > 0) {
+        r.metrics_.inc("sgl_router_retries_total", {{"route", route_label(self->kind)}});
+        auto wait = retry_backoff(r.retry_, attempt - 1, static_cast<double>(random_u64() >> 11) * 0x1.0p-53);
+        r.metrics_.observe("sgl_router_retry_backoff_duration_seconds", {{"attempt", std::to_string(attempt)}},
+                           std::chrono::duration<double>(wait).count());
+        asio::steady_timer t(self->loop->io, wait);
+        co_await t.async_wait(asio::use_awaitable);
+        if (self->client_gone) break;
+      }
+      Step step = Step::kRetry;
+      if (!pd) {
+        auto w = self->pick(WorkerType::kRegular, *r.policy_, tried);
+        if (!w) {
+          failure = Failure{503, "", "", "No available workers"};
+          continue;
+        }
+        tried.insert(w.get());
+        json body = self->body;
+        auto rooms = make_rooms(self->batch);
+        auto rids = ensure_rid(body, self->batch, rooms);
+        self->set_targets({{w, rids}});
+        LoadGuard load(w);
+        step = co_await self->plain_attempt(w, body.dump(), failure);
+      } else {
+        auto p = self->pick(WorkerType::kPrefill, *r.prefill_policy_, tried);
+        auto d = self->pick(WorkerType::kDecode, *r.decode_policy_, tried);
+        if (!p || !d) {
+          failure = Failure{503, "", "", !p ? "No available prefill workers" : "No available decode workers"};
+          continue;
+        }
+        tried.insert(p.get());
+        tried.insert(d.get());
+        json body = self->body;
+        auto rooms = make_rooms(self->batch);
+        inject_bootstrap(body, p->bootstrap_host(), p->bootstrap_port(), rooms, self->batch);
+        auto rids = ensure_rid(body, self->batch, rooms);
+        self->set_targets({{p, rids}, {d, rids}});
+        LoadGuard pl(p), dl(d);
+        step = co_await self->pd_attempt(p, d, body.dump(), rids, failure);
+      }
+      done = step == Step::kDone;
+    }
+    self->set_targets({});
+    const std::string route = route_label(self->kind);
+    if (!done && !self->client_gone) {
+      if (attempts > 1) r.metrics_.inc("sgl_router_retries_exhausted_total", {{"route", route}});
+      log::warning("router: {} failed after {} attempt(s): {} {}", route, attempts, failure.status,
+                   failure.message.empty() ? failure.body.substr(0, 200) : failure.message);
+      self->finish_failure(failure);
+    }
+    const double dt = Clock::monotonic() - self->started;
+    r.metrics_.observe("sgl_router_request_duration_seconds", {{"route", route}}, dt);
+    r.metrics_.observe("sgl_router_generate_duration_seconds", {{"route", route}}, dt);
+    if (pd) {
+      r.metrics_.inc("sgl_router_pd_requests_total", {{"route", route}});
+      r.metrics_.observe("sgl_router_pd_request_duration_seconds", {{"route", route}}, dt);
+    }
+  }
+};
+
+void Router::handle_generation(RouteKind kind, std::string path, http::Request req,
+                               std::shared_ptr<http::Responder> responder) {
+  metrics_.inc("sgl_router_requests_total", {{"route", route_label(kind)}});
+  auto self = std::make_shared<ProxyRequest>();
+  self->body = json::parse(req.body, nullptr, false);
+  if (self->body.is_discarded() || !self->body.is_object()) {
+    responder->respond_error(400, "request body must be a JSON object");
+    metrics_.inc("sgl_router_request_errors_total", {{"route", route_label(kind)}, {"error_type", "400"}});
+    return;
+  }
+  self->router = this;
+  self->kind = kind;
+  self->path = std::move(path);
+  auto s = self->body.find("stream");
+  self->stream = s != self->body.end() && s->is_boolean() && s->get<bool>();
+  self->logprob = kind == RouteKind::kGenerate && wants_logprob(self->body);
+  self->batch = batch_size(self->body, kind);
+  if (policy_for(args_.pd_disaggregation ? WorkerType::kPrefill : WorkerType::kRegular).name() ==
+          std::string_view("cache_aware") ||
+      (args_.pd_disaggregation && decode_policy_->name() == std::string_view("cache_aware"))) {
+    self->text = request_text(self->body, kind);
+  }
+  // The Rust router forwards only these client headers; the body type is ours to state.
+  self->headers.add("Content-Type", "application/json");
+  for (const auto& [name, value] : req.headers) {
+    if (http::iequals(name, "authorization") || http::iequals(name, "x-request-id") ||
+        http::iequals(name, "x-correlation-id") ||
+        (name.size() > 13 && http::iequals(std::string_view(name).substr(0, 13), "x-request-id-")))
+      self->headers.add(name, value);
+  }
+  self->responder = responder;
+  self->loop = &loops_->next();
+  self->timeout = std::chrono::seconds(args_.request_timeout_secs);
+  std::weak_ptr<ProxyRequest> weak = self;
+  responder->on_close([weak] {
+    if (auto s = weak.lock()) s->on_client_close();
+  });
+  admission_->admit(responder, [this, self](Admission::TicketPtr ticket) {
+    self->ticket = std::move(ticket);
+    asio::co_spawn(self->loop->io, ProxyRequest::run(self), [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::error("router: request failed: {}", ex.what());
+      }
+    });
+  });
+}
+
+}  // namespace pdserve::router

@@ -1,0 +1,52 @@
+// The router's Prometheus metrics with the Rust router's sgl_router_* names (sglang-spec §3.2),
+// in the text exposition format that `promtool check metrics` accepts: every family has HELP and
+// TYPE, counters end in _total, histograms have cumulative buckets with +Inf, _sum and _count.
+//
+// Counters and histograms are fed as requests finish; gauges (health, load, breaker state, tree
+// size) are read from the workers at scrape time and passed to render().
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace pdserve::router {
+
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+// One value read at scrape time.
+struct Sample {
+  std::string name;  // a family of kFamilies
+  Labels labels;
+  double value = 0;
+};
+
+class RouterMetrics {
+ public:
+  RouterMetrics();
+  void inc(std::string_view name, const Labels& labels, double by = 1);
+  void observe(std::string_view name, const Labels& labels, double seconds);
+  // All families, stored values and `scraped` ones together.
+  std::string render(const std::vector<Sample>& scraped) const;
+  // A stored counter's value (0 if never incremented); for tests.
+  double counter(std::string_view name, const Labels& labels) const;
+
+ private:
+  struct Histogram {
+    std::vector<uint64_t> counts;  // per bucket, not cumulative; last is +Inf
+    double sum = 0;
+    uint64_t count = 0;
+  };
+  mutable std::mutex mu_;
+  std::map<std::string, std::map<std::string, double>, std::less<>> counters_;
+  std::map<std::string, std::map<std::string, Histogram>, std::less<>> histograms_;
+};
+
+// `a="b",c="d"` with Prometheus escaping.
+std::string format_labels(const Labels& labels);
+
+}  // namespace pdserve::router

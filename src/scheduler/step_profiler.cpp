@@ -1,0 +1,286 @@
+#include "scheduler/step_profiler.h"
+
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+
+#include "base/json.h"
+#include "base/logging.h"
+
+namespace pdserve::scheduler {
+
+using nlohmann::json;
+
+namespace {
+
+double steady_us() {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+const std::set<std::string>& known_activities() {
+  static const std::set<std::string> k{"CPU", "GPU", "MEM", "CUDA_PROFILER", "RPD"};
+  return k;
+}
+
+}  // namespace
+
+std::string default_profiler_dir() {
+  for (const char* name : {"SGLANG_TORCH_PROFILER_DIR", "PDSERVE_TORCH_PROFILER_DIR"}) {
+    const char* v = std::getenv(name);
+    if (v && *v) return v;
+  }
+  return "/tmp";
+}
+
+Result<ProfileRequest> parse_profile_request(const json& body, const std::string& default_dir) {
+  const char* src = "/start_profile body";
+  if (!body.is_null() && !body.is_object())
+    return make_error(ErrorCode::kInvalidArgument, "{} must be a JSON object", src);
+  // SGLang's ProfileReqInput fields; anything else is a typo the user should hear about.
+  static const std::set<std::string> fields{"output_dir", "start_step", "num_steps", "activities",
+                                            "profile_by_stage", "with_stack", "record_shapes",
+                                            "merge_profiles", "profile_prefix", "profile_id"};
+  ProfileRequest r;
+  r.output_dir = default_dir;
+  if (body.is_null()) return r;
+  for (const auto& [k, v] : body.items())
+    if (!fields.count(k)) return make_error(ErrorCode::kInvalidArgument, "{}: unknown field '{}'", src, k);
+  PDSERVE_ASSIGN_OR_RETURN(r.output_dir, get_field_or<std::string>(body, "output_dir", src, default_dir));
+  PDSERVE_ASSIGN_OR_RETURN(r.start_step, get_optional_field<int64_t>(body, "start_step", src));
+  PDSERVE_ASSIGN_OR_RETURN(r.num_steps, get_optional_field<int64_t>(body, "num_steps", src));
+  if (r.start_step && *r.start_step < 0)
+    return make_error(ErrorCode::kInvalidArgument, "{}: field 'start_step' must be >= 0", src);
+  if (r.num_steps && *r.num_steps <= 0)
+    return make_error(ErrorCode::kInvalidArgument, "{}: field 'num_steps' must be > 0", src);
+  PDSERVE_ASSIGN_OR_RETURN(r.activities,
+                           get_field_or<std::vector<std::string>>(body, "activities", src, r.activities));
+  for (const auto& a : r.activities)
+    if (!known_activities().count(a))
+      return make_error(ErrorCode::kInvalidArgument, "{}: unknown activity '{}' (use CPU, GPU, MEM, CUDA_PROFILER, RPD)",
+                        src, a);
+  PDSERVE_ASSIGN_OR_RETURN(r.profile_by_stage, get_field_or<bool>(body, "profile_by_stage", src, false));
+  PDSERVE_ASSIGN_OR_RETURN(r.with_stack, get_field_or<bool>(body, "with_stack", src, true));
+  PDSERVE_ASSIGN_OR_RETURN(r.record_shapes, get_field_or<bool>(body, "record_shapes", src, true));
+  PDSERVE_ASSIGN_OR_RETURN(bool merge, get_field_or<bool>(body, "merge_profiles", src, false));
+  (void)merge;  // accepted for compatibility: every rank's file is written either way
+  PDSERVE_ASSIGN_OR_RETURN(r.profile_prefix, get_field_or<std::string>(body, "profile_prefix", src, ""));
+  if (r.output_dir.empty()) r.output_dir = default_dir;
+  return r;
+}
+
+std::string trace_file_name(const ProfileRequest& req, const TraceRank& rank, const std::string& stage) {
+  std::string name = req.profile_prefix + req.profile_id + "-TP-" + std::to_string(rank.tp_rank);
+  if (rank.dp_rank) name += "-DP-" + std::to_string(*rank.dp_rank);
+  if (rank.ep_size > 1) name += "-EP-" + std::to_string(rank.ep_rank);
+  if (!stage.empty()) name += "-" + stage;
+  return name + ".trace.json.gz";
+}
+
+Status write_gzip_file(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  gzFile f = gzopen(tmp.c_str(), "wb6");
+  if (!f) return make_error(ErrorCode::kIo, "cannot create {}", tmp);
+  size_t off = 0;
+  while (off < text.size()) {
+    const unsigned n = static_cast<unsigned>(std::min<size_t>(text.size() - off, 1u << 30));
+    if (gzwrite(f, text.data() + off, n) != static_cast<int>(n)) {
+      gzclose(f);
+      std::filesystem::remove(tmp);
+      return make_error(ErrorCode::kIo, "writing {} failed", tmp);
+    }
+    off += n;
+  }
+  if (gzclose(f) != Z_OK) return make_error(ErrorCode::kIo, "closing {} failed", tmp);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return make_error(ErrorCode::kIo, "renaming {} to {}: {}", tmp, path, ec.message());
+  return ok_status();
+}
+
+json to_json(const ProfileRequest& r) {
+  json j{{"profile_id", r.profile_id},     {"output_dir", r.output_dir},
+         {"activities", r.activities},     {"profile_by_stage", r.profile_by_stage},
+         {"with_stack", r.with_stack},     {"record_shapes", r.record_shapes},
+         {"profile_prefix", r.profile_prefix}};
+  j["start_step"] = r.start_step ? json(*r.start_step) : json(nullptr);
+  j["num_steps"] = r.num_steps ? json(*r.num_steps) : json(nullptr);
+  return j;
+}
+
+ProfileRequest profile_request_from_json(const json& j) {
+  ProfileRequest r;
+  r.profile_id = j.value("profile_id", "");
+  r.output_dir = j.value("output_dir", default_profiler_dir());
+  if (j.contains("start_step") && j["start_step"].is_number_integer()) r.start_step = j["start_step"].get<int64_t>();
+  if (j.contains("num_steps") && j["num_steps"].is_number_integer()) r.num_steps = j["num_steps"].get<int64_t>();
+  if (j.contains("activities") && j["activities"].is_array()) r.activities = j["activities"].get<std::vector<std::string>>();
+  r.profile_by_stage = j.value("profile_by_stage", false);
+  r.with_stack = j.value("with_stack", true);
+  r.record_shapes = j.value("record_shapes", true);
+  r.profile_prefix = j.value("profile_prefix", "");
+  return r;
+}
+
+StepProfiler::StepProfiler(TraceRank rank, std::string process_name)
+    : rank_(rank),
+      process_name_(std::move(process_name)),
+      epoch_us_(std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count()),
+      steady0_us_(steady_us()) {}
+
+double StepProfiler::now_us() const { return epoch_us_ + (steady_us() - steady0_us_); }
+
+json StepProfiler::control(const std::string& command, const json& args) {
+  if (command == "start_profile") {
+    auto st = start(profile_request_from_json(args));
+    if (!st) return {{"success", false}, {"message", st.error().message()}};
+    return {{"success", true}, {"message", "Start profiling."}};
+  }
+  if (command == "stop_profile") {
+    if (stages_.empty())
+      return {{"success", false}, {"message", "Profiling is not in progress. Call /start_profile first."}};
+    const auto files = stop_all();
+    return {{"success", true}, {"message", "Stop profiling."}, {"files", files}};
+  }
+  return {{"success", false}, {"message", "unknown profiler command '" + command + "'"}};
+}
+
+Status StepProfiler::start(ProfileRequest req) {
+  if (!stages_.empty())
+    return make_error(ErrorCode::kInvalidArgument, "Profiling is already in progress. Call /stop_profile first.");
+  std::error_code ec;
+  std::filesystem::create_directories(req.output_dir, ec);
+  if (ec) return make_error(ErrorCode::kIo, "cannot create the profiler folder {}: {}", req.output_dir, ec.message());
+  req_ = std::move(req);
+  auto make = [&](std::string name) {
+    Stage s;
+    s.name = std::move(name);
+    if (req_.start_step && !req_.profile_by_stage) {
+      s.start_ct = std::max(*req_.start_step, forward_ct_ + 1);
+      if (req_.num_steps) s.target_ct = *s.start_ct + *req_.num_steps;
+    } else {
+      s.recording = true;
+      if (req_.num_steps && !req_.profile_by_stage) s.target_ct = forward_ct_ + *req_.num_steps;
+    }
+    return s;
+  };
+  if (req_.profile_by_stage) {
+    stages_.push_back(make("EXTEND"));
+    stages_.push_back(make("DECODE"));
+  } else {
+    stages_.push_back(make(""));
+  }
+  if (stages_.front().recording)
+    log::info("Profiling starts. Traces will be saved to: {} (with profile id: {})", req_.output_dir, req_.profile_id);
+  return ok_status();
+}
+
+std::vector<std::string> StepProfiler::stop_all() {
+  std::vector<std::string> files;
+  if (!stages_.empty()) log::info("Stop profiling...");
+  for (auto& s : stages_) {
+    auto f = finish(s);
+    if (!f.empty()) files.push_back(std::move(f));
+  }
+  stages_.clear();
+  log::info("Profiling done. Traces are saved to: {}", req_.output_dir);
+  return files;
+}
+
+std::string StepProfiler::finish(Stage& s) {
+  const int pid = static_cast<int>(::getpid());
+  json events = json::array();
+  const std::string label = process_name_ + " TP" + std::to_string(rank_.tp_rank) +
+                            (rank_.dp_rank ? " DP" + std::to_string(*rank_.dp_rank) : "");
+  events.push_back({{"ph", "M"}, {"name", "process_name"}, {"pid", pid}, {"tid", rank_.tp_rank}, {"args", {{"name", label}}}});
+  events.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", pid}, {"tid", rank_.tp_rank},
+                    {"args", {{"name", "scheduler" + label.substr(process_name_.size())}}}});
+  for (auto& e : s.events) events.push_back(std::move(e));
+  json doc{{"schemaVersion", 1},
+           {"displayTimeUnit", "ms"},
+           {"otherData", {{"producer", "pdserve"},
+                          {"profile_id", req_.profile_id},
+                          {"tp_rank", rank_.tp_rank},
+                          {"dp_rank", rank_.dp_rank ? json(*rank_.dp_rank) : json(nullptr)},
+                          {"ep_rank", rank_.ep_rank},
+                          {"stage", s.name},
+                          {"activities", req_.activities}}},
+           {"traceEvents", std::move(events)}};
+  const std::string path = (std::filesystem::path(req_.output_dir) / trace_file_name(req_, rank_, s.name)).string();
+  auto st = write_gzip_file(path, doc.dump(-1, ' ', false, json::error_handler_t::replace));
+  if (!st) {
+    log::error("writing the trace failed: {}", st.error().message());
+    return "";
+  }
+  return path;
+}
+
+bool StepProfiler::stage_matches(const Stage& s, const char* kind) const {
+  if (s.name.empty()) return true;
+  return (s.name == "EXTEND") == (std::string(kind) == "prefill");
+}
+
+void StepProfiler::batch_begin() {
+  ++forward_ct_;
+  batch_t0_ = now_us();
+  batch_kind_ = nullptr;
+  forward_dur_ = 0;
+  if (stages_.empty()) return;
+  // As SGLang's _profile_batch_predicate: the stop check first, then a deferred start.
+  Stage& s = stages_.front();
+  if (s.name.empty() && s.target_ct && s.recording && forward_ct_ >= *s.target_ct) {
+    stop_all();
+    return;
+  }
+  if (s.start_ct && *s.start_ct == forward_ct_ && !s.recording) {
+    s.recording = true;
+    log::info("Profiling starts. Traces will be saved to: {} (with profile id: {})", req_.output_dir, req_.profile_id);
+  }
+}
+
+void StepProfiler::forward_begin() { forward_t0_ = now_us(); }
+
+void StepProfiler::forward_end(const char* kind, int64_t batch_size, int64_t tokens) {
+  forward_dur_ = now_us() - forward_t0_;
+  batch_kind_ = kind;
+  batch_size_ = batch_size;
+  batch_tokens_ = tokens;
+}
+
+void StepProfiler::batch_end(bool worked, int64_t running, int64_t queued) {
+  if (stages_.empty() || !worked || !batch_kind_) return;
+  const int pid = static_cast<int>(::getpid());
+  const double end = now_us();
+  json args{{"forward_ct", forward_ct_}, {"batch_kind", batch_kind_}, {"batch_size", batch_size_},
+            {"num_tokens", batch_tokens_}, {"running_req", running}, {"queue_req", queued}};
+  for (auto it = stages_.begin(); it != stages_.end();) {
+    Stage& s = *it;
+    if (!s.recording || !stage_matches(s, batch_kind_)) {
+      ++it;
+      continue;
+    }
+    s.events.push_back({{"ph", "X"}, {"cat", "scheduler"}, {"name", "run_batch"}, {"pid", pid},
+                        {"tid", rank_.tp_rank}, {"ts", batch_t0_}, {"dur", end - batch_t0_}, {"args", args}});
+    s.events.push_back({{"ph", "X"}, {"cat", "forward"}, {"name", std::string("forward_") + batch_kind_},
+                        {"pid", pid}, {"tid", rank_.tp_rank}, {"ts", forward_t0_}, {"dur", forward_dur_},
+                        {"args", args}});
+    s.events.push_back({{"ph", "C"}, {"name", "running-req"}, {"pid", pid}, {"tid", rank_.tp_rank},
+                        {"ts", batch_t0_}, {"args", {{"running", running}, {"queued", queued}}}});
+    ++s.captured;
+    // By stage: each stage ends after num_steps batches of its own kind.
+    if (!s.name.empty() && req_.num_steps && s.captured >= *req_.num_steps) {
+      log::info("Stop profiling-{}...", s.name);
+      finish(s);
+      it = stages_.erase(it);
+      if (stages_.empty()) log::info("Profiling done. Traces are saved to: {}", req_.output_dir);
+      continue;
+    }
+    ++it;
+  }
+}
+
+}  // namespace pdserve::scheduler

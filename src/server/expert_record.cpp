@@ -1,0 +1,190 @@
+#include "server/expert_record.h"
+
+#include <thread>
+
+#include "base/json.h"
+#include "base/logging.h"
+#include "server/response_channel.h"
+
+namespace pdserve::server {
+
+using nlohmann::json;
+
+namespace {
+
+// Feeds the recorder: while it records, the inner runner reports each MoE layer's chosen experts,
+// this rank's dispatcher turns them into physical copies, and the pass is recorded.
+class RecordingRunner final : public scheduler::ModelRunner {
+ public:
+  RecordingRunner(std::shared_ptr<scheduler::ModelRunner> inner, std::shared_ptr<const ExpertBalancing> owner,
+                  moe::DispatchAlgorithm dispatch, int rank, int top_k)
+      : inner_(std::move(inner)), owner_(std::move(owner)), recorder_(owner_->recorder()),
+        dispatcher_(std::shared_ptr<const moe::ExpertLocation>(owner_, &owner_->location()), dispatch, rank),
+        rank_(rank), top_k_(top_k) {}
+  int64_t vocab_size() const override { return inner_->vocab_size(); }
+  int64_t num_pages() const override { return inner_->num_pages(); }
+  int64_t page_size() const override { return inner_->page_size(); }
+  const char* name() const override { return inner_->name(); }
+  scheduler::KvBufferView kv_buffers() override { return inner_->kv_buffers(); }
+  bool last_forward_used_graph() const override { return inner_->last_forward_used_graph(); }
+  bool set_routing_trace(model::RoutingTrace* trace) override { return inner_->set_routing_trace(trace); }
+
+  Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
+    const int64_t pass_id = forward_ct_++;
+    if (!recorder_->recording()) return inner_->forward(batch, all_logits);
+    model::RoutingTrace trace;
+    inner_->set_routing_trace(&trace);
+    auto out = inner_->forward(batch, all_logits);
+    inner_->set_routing_trace(nullptr);
+    if (!out.has_value()) return out;
+    moe::PassRouting pass;
+    pass.forward_pass_id = pass_id;
+    pass.rank = rank_;
+    pass.top_k = top_k_;
+    if (recorder_->options().mode == moe::RecorderMode::kPerToken) {
+      bool decode = true;
+      for (const auto& seq : batch) {
+        for (size_t i = 0; i < seq.tokens.size(); ++i) {
+          pass.input_ids.push_back(seq.tokens[i]);
+          pass.positions.push_back(static_cast<int32_t>(seq.prefix_len + static_cast<int64_t>(i)));
+        }
+        decode = decode && seq.tokens.size() == 1 && seq.prefix_len > 0;
+      }
+      pass.forward_mode = decode ? "decode" : "extend";
+    }
+    for (auto& [layer, rows] : trace.experts) {
+      auto& ids = pass.physical_ids[static_cast<int>(layer)];
+      for (const auto& row : rows) ids.insert(ids.end(), row.begin(), row.end());
+      dispatcher_.to_physical(static_cast<int>(layer), ids);
+    }
+    if (auto st = recorder_->record(pass); !st.has_value())
+      log::warning("expert distribution recorder: {}", st.error().message());  // a bug, not the request's fault
+    return out;
+  }
+
+ private:
+  std::shared_ptr<scheduler::ModelRunner> inner_;
+  std::shared_ptr<const ExpertBalancing> owner_;  // keeps the recorder and placement alive
+  moe::ExpertDistributionRecorder* recorder_;
+  moe::ExpertDispatcher dispatcher_;
+  int rank_, top_k_;
+  int64_t forward_ct_ = 0;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArgs& args, const model::ModelConfig& cfg,
+                                                                 int ep_size, const std::string& model_name) {
+  const bool asked = !args.recorder_mode.empty() || args.ep_num_redundant_experts > 0 ||
+                     args.init_expert_location != "trivial" || args.enable_eplb;
+  if (cfg.n_routed_experts <= 0) {
+    if (asked)
+      return make_error(ErrorCode::kInvalidArgument,
+                        "expert flags (--expert-distribution-recorder-mode, --init-expert-location, ...) need a MoE "
+                        "model; this one has no routed experts");
+    return std::shared_ptr<ExpertBalancing>();
+  }
+  if (!asked) return std::shared_ptr<ExpertBalancing>();  // nothing to place or record: no constraint on --dp-size
+  if (args.enable_eplb)
+    return make_error(ErrorCode::kUnsupported,
+                      "--enable-eplb (online rebalancing) is not implemented yet: record with "
+                      "--expert-distribution-recorder-mode, compute a placement with `pdserve eplb` and restart with "
+                      "--init-expert-location");
+  auto self = std::make_shared<ExpertBalancing>();
+  self->args_ = args;
+  self->top_k_ = static_cast<int>(cfg.num_experts_per_tok);
+  PDSERVE_ASSIGN_OR_RETURN(self->dispatch_, moe::parse_dispatch_algorithm(args.ep_dispatch_algorithm));
+  moe::ExpertLayout layout{static_cast<int>(cfg.num_hidden_layers), static_cast<int>(cfg.n_routed_experts),
+                           static_cast<int>(cfg.n_routed_experts) + args.ep_num_redundant_experts, ep_size};
+  moe::EplbOptions eplb;
+  eplb.num_groups = static_cast<int>(std::max<int64_t>(1, cfg.n_group));
+  eplb.num_nodes = 1;  // one server process
+  PDSERVE_ASSIGN_OR_RETURN(eplb.algorithm, moe::parse_eplb_algorithm(args.eplb_algorithm));
+  PDSERVE_ASSIGN_OR_RETURN(auto source, moe::read_expert_location_source(args.init_expert_location));
+  auto loc = moe::build_expert_location(source, layout, eplb);
+  if (!loc.has_value()) return loc.error().with_context("--init-expert-location");
+  self->location_ = std::make_shared<const moe::ExpertLocation>(std::move(*loc));
+  // Say what is in effect (users ask whether EPLB is silently off; cpp-anchors §4.7).
+  std::string balance;
+  if (source.kind == moe::ExpertLocationSource::Kind::kCounts) {
+    moe::Matrix counts = source.summed_counts();
+    auto trivial = moe::ExpertLocation::trivial(layout);
+    auto before = compute_balancedness(counts, trivial->physical_to_logical(), ep_size);
+    auto after = compute_balancedness(counts, self->location_->physical_to_logical(), ep_size);
+    if (before.has_value() && after.has_value())
+      balance = fmt::format(", balancedness of the recorded load: trivial {:.3f} -> placed {:.3f}", before->mean,
+                            after->mean);
+  }
+  log::info("Expert placement: {} layers x {} logical experts on {} physical ({} redundant, {} per rank, ep size {}), "
+            "init-expert-location={}, eplb-algorithm={}, ep-dispatch-algorithm={}{}",
+            layout.num_layers, layout.num_logical, layout.num_physical, args.ep_num_redundant_experts,
+            layout.num_local_physical(), ep_size,
+            source.kind == moe::ExpertLocationSource::Kind::kTrivial ? "trivial" : source.origin, args.eplb_algorithm,
+            args.ep_dispatch_algorithm, balance);
+  if (!args.recorder_mode.empty()) {
+    moe::RecorderOptions ro;
+    PDSERVE_ASSIGN_OR_RETURN(ro.mode, moe::parse_recorder_mode(args.recorder_mode));
+    ro.buffer_size = args.recorder_buffer_size;
+    ro.layout = layout;
+    ro.model = model_name;
+    ro.num_groups = eplb.num_groups;
+    PDSERVE_ASSIGN_OR_RETURN(self->recorder_, moe::ExpertDistributionRecorder::create(std::move(ro)));
+  }
+  return self;
+}
+
+Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::shared_ptr<scheduler::ModelRunner> inner,
+                                                                      int rank) {
+  if (!recorder_) return inner;
+  if (!inner->set_routing_trace(nullptr))
+    return make_error(ErrorCode::kUnsupported,
+                      "--expert-distribution-recorder-mode needs a backend that reports expert routing (the CPU "
+                      "backend in this build)");
+  return std::shared_ptr<scheduler::ModelRunner>(
+      std::make_shared<RecordingRunner>(std::move(inner), shared_from_this(), dispatch_, rank, top_k_));
+}
+
+void register_expert_record_routes(http::Server& server, std::shared_ptr<ExpertBalancing> experts,
+                                   const std::string& api_key) {
+  // The recorder itself is shared by all ranks and thread safe, so the routes act on it directly.
+  auto guard = [experts](std::shared_ptr<http::Responder>& r) {
+    if (experts && experts->recorder()) return true;
+    r->respond(400, error_body(400, "the expert distribution recorder is off: start the server with "
+                                    "--expert-distribution-recorder-mode stat|per_pass|per_token")
+                        .dump());
+    return false;
+  };
+  auto body_ok = [](const http::Request& req, std::shared_ptr<http::Responder>& r) {
+    if (req.body.empty()) return true;
+    auto body = parse_json(req.body, "request body");
+    if (body.has_value() && body->is_object()) return true;
+    r->respond(400, error_body(400, body.has_value() ? "the body must be a JSON object" : body.error().message()).dump());
+    return false;
+  };
+  auto start = [experts, guard, body_ok](http::Request req, std::shared_ptr<http::Responder> r) {
+    if (!body_ok(req, r) || !guard(r)) return;
+    experts->recorder()->start();
+    r->respond(200, "Start recording the expert distribution.\n", "text/plain");
+  };
+  auto stop = [experts, guard, body_ok](http::Request req, std::shared_ptr<http::Responder> r) {
+    if (!body_ok(req, r) || !guard(r)) return;
+    experts->recorder()->stop();
+    r->respond(200, "Stop recording the expert distribution.\n", "text/plain");
+  };
+  auto dump = [experts, guard, body_ok](http::Request req, std::shared_ptr<http::Responder> r) {
+    if (!body_ok(req, r) || !guard(r)) return;
+    // Writing a long recording takes a while: not on an I/O thread.
+    std::thread([experts, r] {
+      auto path = experts->recorder()->dump_to_dir(moe::expert_distribution_dir_from_env(), experts->location());
+      if (path.has_value()) r->respond(200, "Dump expert distribution record.\n", "text/plain");
+      else r->respond(500, error_body(500, path.error().message()).dump());
+    }).detach();
+  };
+  for (const char* method : {"GET", "POST"}) {
+    server.route(method, "/start_expert_distribution_record", http::require_api_key(api_key, start));
+    server.route(method, "/stop_expert_distribution_record", http::require_api_key(api_key, stop));
+    server.route(method, "/dump_expert_distribution_record", http::require_api_key(api_key, dump));
+  }
+}
+
+}  // namespace pdserve::server

@@ -1,0 +1,55 @@
+// `pdserve serve`'s expert load balancing (sglang-spec §7, §8): the flags, the placement the server
+// starts from (--init-expert-location, --ep-num-redundant-experts), the distribution recorder fed
+// by every rank's forward passes, and the /start|stop|dump_expert_distribution_record routes.
+//
+// The CPU backend computes every expert on every rank, so a placement does not move weights here:
+// each rank maps its tokens' logical experts to physical copies with --ep-dispatch-algorithm (as
+// the GPU EP path will) and the recorder counts those physical experts, which is what EPLB and the
+// balancedness figures need. The EP group is the server's ranks (--dp-size).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "http/server.h"
+#include "model/config.h"
+#include "moe/expert_distribution.h"
+#include "moe/expert_location.h"
+#include "moe/expert_location_dispatch.h"
+#include "scheduler/model_runner.h"
+#include "server/expert_args.h"
+
+namespace pdserve::server {
+
+
+class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
+ public:
+  // Builds the placement (logging how it was made) and the recorder; null when no expert flag asks
+  // for anything (default placement, no recorder). Errors: a bad flag value, a placement that does
+  // not fit the model, --enable-eplb (online rebalancing is not built yet).
+  static Result<std::shared_ptr<ExpertBalancing>> create(const ExpertArgs& args, const model::ModelConfig& cfg,
+                                                         int ep_size, const std::string& model_name);
+
+  // The rank's runner, wrapped so that its forward passes feed the recorder. kUnsupported if the
+  // recorder is on and the runner cannot report routing.
+  Result<std::shared_ptr<scheduler::ModelRunner>> wrap(std::shared_ptr<scheduler::ModelRunner> inner, int rank);
+
+  moe::ExpertDistributionRecorder* recorder() const { return recorder_.get(); }
+  const moe::ExpertLocation& location() const { return *location_; }
+
+ private:
+  ExpertArgs args_;
+  std::shared_ptr<const moe::ExpertLocation> location_;
+  std::unique_ptr<moe::ExpertDistributionRecorder> recorder_;
+  moe::DispatchAlgorithm dispatch_ = moe::DispatchAlgorithm::kStatic;
+  int top_k_ = 0;
+};
+
+// /start_expert_distribution_record, /stop_expert_distribution_record,
+// /dump_expert_distribution_record (GET and POST) with SGLang's replies; 400 with a hint when the
+// server runs without --expert-distribution-recorder-mode.
+void register_expert_record_routes(http::Server& server, std::shared_ptr<ExpertBalancing> experts,
+                                   const std::string& api_key);
+
+}  // namespace pdserve::server

@@ -1,0 +1,230 @@
+// A prefill and a decode KV manager in one process over loopback (real bootstrap server, ZeroMQ
+// control channel, tcp backend) on plain host buffers: the protocol, its states, deadlines and
+// failure paths without a model.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "disagg/bootstrap_server.h"
+#include "disagg/decode_manager.h"
+#include "disagg/prefill_manager.h"
+#include "http/client.h"
+
+namespace pdserve::disagg {
+namespace {
+
+using scheduler::KvPoll;
+using namespace std::chrono_literals;
+
+constexpr int kLayers = 2, kPageSize = 2, kPages = 64;
+constexpr int kFloatsPerToken = 4;
+
+struct HostKv {
+  std::vector<std::vector<float>> layers;
+  explicit HostKv(float seed) {
+    for (int l = 0; l < kLayers; ++l) {
+      layers.emplace_back(kPages * kPageSize * kFloatsPerToken);
+      for (size_t i = 0; i < layers.back().size(); ++i) layers.back()[i] = seed + static_cast<float>(l * 100000 + static_cast<int>(i));
+    }
+  }
+  scheduler::KvBufferView view(int64_t bytes_per_token = kFloatsPerToken * 4) {
+    scheduler::KvBufferView v;
+    for (auto& l : layers) v.layer_ptrs.push_back(l.data());
+    v.bytes_per_token = bytes_per_token;
+    v.page_size = kPageSize;
+    v.num_pages = kPages;
+    v.dtype = "f32";
+    return v;
+  }
+  std::vector<float> page(int layer, int p) const {
+    const auto& l = layers[static_cast<size_t>(layer)];
+    const size_t n = kPageSize * kFloatsPerToken;
+    return {l.begin() + static_cast<std::ptrdiff_t>(p * n), l.begin() + static_cast<std::ptrdiff_t>((p + 1) * n)};
+  }
+};
+
+KvPoll wait_for(const std::function<KvPoll()>& poll, std::initializer_list<KvPoll> until, std::chrono::milliseconds limit = 5000ms) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  KvPoll p = poll();
+  while (std::chrono::steady_clock::now() < end) {
+    p = poll();
+    for (KvPoll u : until)
+      if (p == u) return p;
+    std::this_thread::sleep_for(1ms);
+  }
+  return p;
+}
+
+class TransferTest : public ::testing::Test {
+ protected:
+  void SetUp() override { opts_.max_chunk_bytes = 64; }  // several chunks even for small requests
+
+  void start(float fail_prob = 0, int64_t decode_bytes_per_token = kFloatsPerToken * 4) {
+    auto bs = BootstrapServer::start("127.0.0.1", 0);
+    ASSERT_TRUE(bs.has_value()) << bs.error().message();
+    bootstrap_ = std::move(*bs);
+    DisaggOptions po = opts_;
+    po.test_failure_prob = fail_prob;
+    prefill_ = std::make_shared<PrefillKvManager>(po, pkv_.view(), 0, 1, *make_transfer_backend(Backend::kTcp, pkv_.view()));
+    ASSERT_TRUE(prefill_->start("127.0.0.1", "127.0.0.1", bootstrap_->port()).has_value());
+    auto dview = dkv_.view(decode_bytes_per_token);
+    decode_ = std::make_shared<DecodeKvManager>(opts_, dview, 0, *make_transfer_backend(Backend::kTcp, dview));
+    ASSERT_TRUE(decode_->start("127.0.0.1").has_value());
+  }
+  scheduler::BootstrapInfo info(uint64_t room) const { return {"127.0.0.1", bootstrap_->port(), room}; }
+
+  DisaggOptions opts_;
+  HostKv pkv_{1.0f}, dkv_{-1.0f};
+  std::unique_ptr<BootstrapServer> bootstrap_;
+  std::shared_ptr<PrefillKvManager> prefill_;
+  std::shared_ptr<DecodeKvManager> decode_;
+};
+
+TEST_F(TransferTest, PagesAndMetadataArriveAndBothSidesSucceed) {
+  start();
+  auto recv = decode_->make_receiver("r", info(77));
+  auto send = prefill_->make_sender("r", info(77), 3);
+  EXPECT_EQ(send->poll(), KvPoll::kBootstrapping);  // no destination pages yet
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
+      << recv->failure();
+  const std::vector<int32_t> dst = {10, 11, 30};
+  recv->init(dst);
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  // Chunked prefill: the first full pages, then the rest with the metadata.
+  const std::vector<int32_t> src = {5, 6, 7};
+  send->send(std::span<const int32_t>(src.data(), 2), 0, false, nullptr);
+  scheduler::TransferMetadata meta;
+  meta.first_token = 1234;
+  meta.cached_tokens = 2;
+  send->send(std::span<const int32_t>(src.data() + 2, 1), 2, true, &meta);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kSuccess, KvPoll::kFailed}), KvPoll::kSuccess) << recv->failure();
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kSuccess, KvPoll::kFailed}), KvPoll::kSuccess) << send->failure();
+  EXPECT_EQ(recv->metadata().first_token, 1234);
+  EXPECT_EQ(recv->metadata().cached_tokens, 2);
+  for (int l = 0; l < kLayers; ++l)
+    for (size_t i = 0; i < src.size(); ++i) EXPECT_EQ(dkv_.page(l, dst[i]), pkv_.page(l, src[i])) << "layer " << l << " page " << i;
+  EXPECT_NE(dkv_.page(0, 12), pkv_.page(0, 7));  // nothing else written
+  EXPECT_EQ(decode_->stats().count(), 1);
+  EXPECT_EQ(prefill_->stats().bytes(), 3 * kLayers * kPageSize * kFloatsPerToken * 4);
+}
+
+TEST_F(TransferTest, LayoutMismatchIsRefusedNamingBothSides) {
+  start(0, 32);
+  auto recv = decode_->make_receiver("r", info(5));
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed, KvPoll::kWaitingForInput}), KvPoll::kFailed);
+  EXPECT_NE(recv->failure().find("prefill has layers=2 bytes_per_token=16"), std::string::npos) << recv->failure();
+  EXPECT_NE(recv->failure().find("decode has layers=2 bytes_per_token=32"), std::string::npos) << recv->failure();
+}
+
+TEST_F(TransferTest, WrongBootstrapPortFailsAtOnceNamingTheAddress) {
+  start();
+  auto recv = decode_->make_receiver("r", {"127.0.0.1", 1, 5});
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}, 2000ms), KvPoll::kFailed);
+  EXPECT_NE(recv->failure().find("127.0.0.1:1"), std::string::npos) << recv->failure();
+}
+
+TEST_F(TransferTest, SenderTimesOutInBootstrapping) {
+  opts_.bootstrap_timeout_s = 0.2;
+  start();
+  auto send = prefill_->make_sender("r", info(9), 1);
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kFailed}, 2000ms), KvPoll::kFailed);
+  EXPECT_NE(send->failure().find("KVPoll.Bootstrapping"), std::string::npos) << send->failure();
+}
+
+TEST_F(TransferTest, ReceiverTimesOutWhenTheKvNeverComes) {
+  opts_.waiting_timeout_s = 0.3;
+  start();
+  auto recv = decode_->make_receiver("r", info(10));
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  recv->init({1});
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}, 2000ms), KvPoll::kFailed);
+  EXPECT_NE(recv->failure().find("KVPoll.Transferring"), std::string::npos) << recv->failure();
+}
+
+TEST_F(TransferTest, DecodeAbortReachesThePrefill) {
+  start();
+  auto recv = decode_->make_receiver("r", info(11));
+  auto send = prefill_->make_sender("r", info(11), 1);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  recv->init({3});
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  recv->abort("client went away");
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
+  EXPECT_NE(send->failure().find("Aborted by the decode"), std::string::npos) << send->failure();
+}
+
+TEST_F(TransferTest, PrefillAbortReachesTheDecode) {
+  start();
+  auto recv = decode_->make_receiver("r", info(12));
+  auto send = prefill_->make_sender("r", info(12), 1);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  recv->init({3});
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  send.reset();  // the request ended on the prefill (e.g. aborted while waiting for its forward)
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
+  EXPECT_NE(recv->failure().find("the prefill reported"), std::string::npos) << recv->failure();
+}
+
+TEST_F(TransferTest, InjectedFailuresFailBothSides) {
+  start(1.0f);
+  auto recv = decode_->make_receiver("r", info(13));
+  auto send = prefill_->make_sender("r", info(13), 1);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  recv->init({4});
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  scheduler::TransferMetadata meta;
+  const std::vector<int32_t> src = {8};
+  send->send(src, 0, true, &meta);
+  EXPECT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
+  EXPECT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
+  EXPECT_NE(recv->failure().find("injected"), std::string::npos) << recv->failure();
+}
+
+TEST_F(TransferTest, PageCountMismatchFailsInsteadOfWritingPastTheRequest) {
+  start();
+  auto recv = decode_->make_receiver("r", info(14));
+  auto send = prefill_->make_sender("r", info(14), 3);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  recv->init({1, 2});
+  EXPECT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
+  EXPECT_NE(send->failure().find("allocated 2 pages, the prompt needs 3"), std::string::npos) << send->failure();
+  EXPECT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
+}
+
+TEST_F(TransferTest, LosingThePrefillFailsItsRooms) {
+  opts_.heartbeat_interval_s = 0.2;  // below SGLang's minimum on purpose: the test drives the struct directly
+  opts_.heartbeat_max_failure = 1;
+  start();
+  auto recv = decode_->make_receiver("r", info(15));
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  recv->init({1});
+  bootstrap_->stop();
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}, 5000ms), KvPoll::kFailed);
+  EXPECT_NE(recv->failure().find("Losing connection with prefill instance"), std::string::npos) << recv->failure();
+}
+
+TEST(BootstrapServerTest, RoutesFollowSglang) {
+  auto bs = BootstrapServer::start("127.0.0.1", 0);
+  ASSERT_TRUE(bs.has_value());
+  http::Client c;
+  const std::string base = "http://127.0.0.1:" + std::to_string((*bs)->port());
+  EXPECT_EQ(c.get(base + "/health")->status, 200);
+  EXPECT_EQ(c.get(base + "/route?engine_rank=-1&target_dp_group=-1&target_pp_rank=-1")->status, 503);  // nobody registered
+  EXPECT_EQ(c.get(base + "/route")->status, 400);
+  for (int r = 0; r < 2; ++r) {
+    nlohmann::json reg = {{"role", "Prefill"}, {"attn_tp_size", 1}, {"attn_tp_rank", 0}, {"attn_dp_size", 1}, {"attn_dp_rank", 0},
+                          {"pp_size", 1}, {"pp_rank", 0}, {"system_dp_size", 2}, {"system_dp_rank", r},
+                          {"rank_ip", "127.0.0.1"}, {"rank_port", 5000 + r}};
+    EXPECT_EQ(c.request("PUT", base + "/route", reg.dump())->status, 200);
+  }
+  auto topo = nlohmann::json::parse(c.get(base + "/route?engine_rank=-1&target_dp_group=-1&target_pp_rank=-1")->body);
+  EXPECT_EQ(topo["prefill_dp_size"], 2);
+  EXPECT_EQ(topo["prefill_attn_tp_size"], 1);
+  auto rank1 = nlohmann::json::parse(c.get(base + "/route?engine_rank=0&target_dp_group=1&target_pp_rank=0")->body);
+  EXPECT_EQ(rank1["rank_port"], 5001);
+  EXPECT_EQ(c.get(base + "/route?engine_rank=0&target_dp_group=5&target_pp_rank=0")->status, 404);
+  EXPECT_EQ(c.request("PUT", base + "/route", "{}")->status, 400);
+}
+
+}  // namespace
+}  // namespace pdserve::disagg

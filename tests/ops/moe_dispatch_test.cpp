@@ -1,0 +1,72 @@
+// CPU reference of the MoE dispatch/combine ops on hand-checked cases: entry order, both layouts,
+// ids out of range and rows past the buffer.
+#include <gtest/gtest.h>
+
+#include "ops/moe_dispatch.h"
+
+namespace pdserve::ops {
+namespace {
+
+Tensor i32(const Shape& shape, std::vector<int32_t> v) {
+  Tensor t = Tensor::empty(shape, DType::kI32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
+
+std::vector<int32_t> vec(const Tensor& t) { return {t.data<int32_t>(), t.data<int32_t>() + t.numel()}; }
+
+TEST(MoeDispatch, CountsIgnoreIdsOutOfRange) {
+  Tensor ids = i32({3, 2}, {1, 0, 1, 2, 7, -1});
+  Tensor counts = Tensor::empty({3}, DType::kI32);
+  moe_count(ids, counts);
+  EXPECT_EQ(vec(counts), (std::vector<int32_t>{1, 2, 1}));
+}
+
+TEST(MoeDispatch, ScatterContiguousAndMaskedFollowEntryOrder) {
+  // 3 tokens, rows [t, t]; entries (0,0)->1 (0,1)->0 (1,0)->1 (1,1)->2 (2,0)->1 (2,1)->0.
+  Tensor x = Tensor::empty({3, 2}, DType::kF32);
+  for (int t = 0; t < 3; ++t) x.data<float>()[2 * t] = x.data<float>()[2 * t + 1] = static_cast<float>(t + 1);
+  Tensor ids = i32({3, 2}, {1, 0, 1, 2, 1, 0});
+  Tensor slots = Tensor::empty({3, 2}, DType::kI32), counts = Tensor::empty({3}, DType::kI32);
+  // Contiguous: counts {2, 3, 1} -> bases {0, 2, 5}.
+  Tensor out = Tensor::empty({6, 2}, DType::kF32);
+  moe_scatter(x, ids, i32({3}, {0, 2, 5}), out, slots, counts);
+  EXPECT_EQ(vec(slots), (std::vector<int32_t>{2, 0, 3, 5, 4, 1}));
+  EXPECT_EQ(vec(counts), (std::vector<int32_t>{2, 3, 1}));
+  const std::vector<float> want_rows = {1, 3, 1, 2, 3, 2};  // token+1 of each output row
+  for (int r = 0; r < 6; ++r) EXPECT_EQ(out.data<float>()[2 * r], want_rows[r]) << r;
+  // Masked, max_m = 3 over a 6-row buffer: expert 2's block would start at row 6, past the end, so
+  // its entry gets slot -1 and nothing is written for it.
+  Tensor masked = Tensor::empty({6, 2}, DType::kF32);
+  moe_scatter(x, ids, i32({3}, {0, 3, 6}), masked, slots, counts);
+  EXPECT_EQ(vec(slots), (std::vector<int32_t>{3, 0, 4, -1, 5, 1}));
+  EXPECT_EQ(vec(counts), (std::vector<int32_t>{2, 3, 1}));
+  EXPECT_EQ(masked.data<float>()[2 * 2], 0.0f);  // row 2: expert 0 has only two entries
+  EXPECT_EQ(masked.data<float>()[2 * 5], 3.0f);  // token 2, expert 1's third entry
+}
+
+TEST(MoeDispatch, CombineAddsWeightedRowsAndSkipsDropped) {
+  Tensor y = Tensor::empty({3, 2}, DType::kF32);
+  for (int i = 0; i < 6; ++i) y.data<float>()[i] = static_cast<float>(i);
+  Tensor slots = i32({2, 2}, {2, 0, -1, 1});
+  Tensor w = Tensor::empty({2, 2}, DType::kF32);
+  const float wv[] = {0.5f, 2.0f, 9.0f, 1.0f};
+  std::copy(wv, wv + 4, w.data<float>());
+  Tensor out = Tensor::empty({2, 2}, DType::kF32);
+  out.data<float>()[0] = 1.0f;
+  moe_combine(y, slots, w, out);
+  EXPECT_FLOAT_EQ(out.data<float>()[0], 1.0f + 0.5f * 4 + 2.0f * 0);
+  EXPECT_FLOAT_EQ(out.data<float>()[1], 0.5f * 5 + 2.0f * 1);
+  EXPECT_FLOAT_EQ(out.data<float>()[2], 2.0f);
+  EXPECT_FLOAT_EQ(out.data<float>()[3], 3.0f);
+}
+
+TEST(MoeDispatch, RejectsMismatchedShapes) {
+  Tensor x = Tensor::empty({3, 4}, DType::kF32), out = Tensor::empty({6, 5}, DType::kF32);
+  Tensor ids = i32({3, 2}, {0, 1, 0, 1, 0, 1});
+  Tensor slots = Tensor::empty({3, 2}, DType::kI32), counts = Tensor::empty({2}, DType::kI32);
+  EXPECT_THROW(moe_scatter(x, ids, i32({2}, {0, 3}), out, slots, counts), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace pdserve::ops
