@@ -29,19 +29,9 @@ Status ControlChannel::start(const std::string& host, MessageHandler on_message,
   return ok_status();
 }
 
-void join_or_detach(std::thread& t) {
-  if (!t.joinable()) return;
-  if (t.get_id() == std::this_thread::get_id())
-    t.detach();
-  else
-    t.join();
-}
-
 void ControlChannel::stop() {
   if (stopping_.exchange(true)) return;
-  const bool on_own_thread = thread_.joinable() && thread_.get_id() == std::this_thread::get_id();
-  join_or_detach(thread_);
-  if (on_own_thread) return;  // loop() exits on its own; the sockets go with the context at exit
+  if (thread_.joinable()) thread_.join();
   push_.clear();
   pull_.reset();
   if (ctx_) ctx_->close();

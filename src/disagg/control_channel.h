@@ -29,10 +29,6 @@ namespace pdserve::disagg {
 
 using Frames = std::vector<std::string>;
 
-// Joins `t`, or detaches it when called on `t` itself: a manager's last reference may be dropped by
-// a task running on one of its own threads.
-void join_or_detach(std::thread& t);
-
 class ControlChannel {
  public:
   static constexpr std::chrono::milliseconds kSendTimeout{1000};

@@ -39,7 +39,9 @@ class DecodeKvManager::Receiver final : public scheduler::KvReceiver {
     r.status = KvPoll::kTransferring;
     r.init_time = Clock::now();
     r.xfer_sent = true;
-    auto m = m_;
+    // Raw manager pointer: tasks on the manager's own threads must never hold its last reference
+    // (its destructor joins them); the channel runs tasks only while the manager lives.
+    DecodeKvManager* m = m_.get();
     auto room = r_;
     m_->channel_.post(r.endpoint, {"XFER", std::to_string(r.room), m_->channel_.endpoint(), pack_pages(r.pages)},
                       [m, room](const std::string& err) {
@@ -84,8 +86,8 @@ void DecodeKvManager::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  join_or_detach(handshake_thread_);
-  join_or_detach(heartbeat_thread_);
+  if (handshake_thread_.joinable()) handshake_thread_.join();
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
   channel_.stop();
 }
 
@@ -234,10 +236,9 @@ void DecodeKvManager::handshake(const std::shared_ptr<Room>& room) {
     c.state = ConnState::kPending;
     c.endpoint = endpoint;
   }
-  auto self = shared_from_this();
   channel_.post(endpoint, {"REG", channel_.endpoint(), layout_.to_json().dump(), descriptor_},
-                [self, addr, endpoint](const std::string& err) {
-                  self->lose_prefill(addr, fmt::format("cannot register with prefill rank {} (bootstrap_addr: {}): {}", endpoint,
+                [this, addr, endpoint](const std::string& err) {
+                  lose_prefill(addr, fmt::format("cannot register with prefill rank {} (bootstrap_addr: {}): {}", endpoint,
                                                        addr, err));
                 });
 }

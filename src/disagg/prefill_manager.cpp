@@ -39,7 +39,9 @@ class PrefillKvManager::Sender final : public scheduler::KvSender {
     }
     std::optional<scheduler::TransferMetadata> md;
     if (meta) md = *meta;
-    auto m = m_;
+    // Raw manager pointer: a task must never hold the manager's last reference (its destructor
+    // joins the thread running the task); the channel runs tasks only while the manager lives.
+    PrefillKvManager* m = m_.get();
     auto r = r_;
     m_->channel_.run([m, r, pages = std::vector<int32_t>(src.begin(), src.end()), first, last, md] {
       m->transfer(r, pages, first, last, md);

@@ -252,8 +252,8 @@ struct DeepseekV3GpuModel::Impl {
     ops::add_inplace(residual, y);
   }
 
-  // Routed experts. masked (graphs): every expert gets a block of T rows and the GEMMs read the
-  // counts on the device; otherwise the counts come to the host and the rows are packed.
+  // Routed experts. masked (graphs): every expert gets a block of T rows and the expert products
+  // read the counts on the device; otherwise the counts come to the host and the rows are packed.
   void moe(int64_t l, const Tensor& x, DeviceArena& a, bool masked, RoutingTrace* trace, Tensor& residual) {
     const auto& lw = w.layers[static_cast<size_t>(l)];
     const int64_t T = x.size(0), E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, hid = cfg->hidden_size;
@@ -289,10 +289,12 @@ struct DeepseekV3GpuModel::Impl {
     Tensor y = a.take({std::max<int64_t>(rows, 1), hid}, act);
     if (masked) {
       Tensor g3 = g.reshape({E, T, inter}), u3 = u.reshape({E, T, inter}), y3 = y.reshape({E, T, hid});
-      ops::grouped_linear_masked(xs.reshape({E, T, hid}), counts, lw.expert_gate, g3);
-      ops::grouped_linear_masked(xs.reshape({E, T, hid}), counts, lw.expert_up, u3);
-      ops::silu_mul(g, u, g);
-      ops::grouped_linear_masked(g3, counts, lw.expert_down, y3);
+      // Decode sizes: a few rows per chosen expert. The GEMV reads only the chosen experts'
+      // weights; the masked GEMMs would run (and read) all E experts over all T rows.
+      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.expert_gate, lw.gate_table, g3);
+      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.expert_up, lw.up_table, u3);
+      ops::silu_mul(g, u, g);  // rows past the counts hold stale values; nothing reads them
+      ops::grouped_gemv_masked(g3, counts, lw.expert_down, lw.down_table, y3);
     } else if (rows > 0) {
       Tensor xr = xs.slice(0, 0, rows), gr = g.slice(0, 0, rows), ur = u.slice(0, 0, rows), yr = y.slice(0, 0, rows);
       ops::grouped_linear_contiguous(xr, offsets, lw.expert_gate, gr);

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "ops/grouped_gemm.h"
+
 namespace pdserve::model {
 namespace {
 
@@ -73,6 +75,9 @@ GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w) {
       gl.expert_up.push_back(u.up(e.up_proj));
       gl.expert_down.push_back(u.up(e.down_proj));
     }
+    gl.gate_table = ops::expert_pointer_table(gl.expert_gate);
+    gl.up_table = ops::expert_pointer_table(gl.expert_up);
+    gl.down_table = ops::expert_pointer_table(gl.expert_down);
     if (lw.moe.shared.gate_proj.weight.defined()) gl.shared = u.up(lw.moe.shared);
   }
   g.bytes = u.bytes;

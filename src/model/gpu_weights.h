@@ -16,6 +16,7 @@ struct GpuLayerWeights {
   Weight router;
   Tensor correction_bias;  // [E] f32, or undefined
   std::vector<Weight> expert_gate, expert_up, expert_down;  // grouped-GEMM operands
+  Tensor gate_table, up_table, down_table;  // ops::expert_pointer_table of each, for the decode GEMV
   MlpWeights shared;
 };
 

@@ -113,4 +113,50 @@ void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vec
   }
 }
 
+Tensor expert_pointer_table(const std::vector<Weight>& experts) {
+  if (experts.empty() || experts.front().weight.device() == Device::kCpu) return Tensor();
+  Tensor t = Tensor::empty({2, static_cast<int64_t>(experts.size())}, DType::kI64);
+  for (size_t g = 0; g < experts.size(); ++g) {
+    t.data<int64_t>()[g] = reinterpret_cast<int64_t>(experts[g].weight.raw_data());
+    t.data<int64_t>()[experts.size() + g] =
+        experts[g].scale_inv.defined() ? reinterpret_cast<int64_t>(experts[g].scale_inv.raw_data()) : 0;
+  }
+  return t.to(Device::kCuda);
+}
+
+void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
+                         Tensor& y) {
+  constexpr const char* op = "grouped_gemv_masked";
+  detail::check_rank(op, "x", x, 3);
+  detail::check_contiguous(op, "x", x);
+  detail::check_rank(op, "y", y, 3);
+  detail::check_contiguous(op, "y", y);
+  detail::check_dtype(op, "counts", counts, DType::kI32);
+  const bool cpu = check_experts_and_place(op, experts, {&x, &y, &counts, &table});
+  check_activation_dtype(op, "x", x, cpu);
+  check_activation_dtype(op, "y", y, cpu);
+  const int64_t groups = static_cast<int64_t>(experts.size());
+  const int64_t max_m = x.size(1), n = experts.front().rows(), k = experts.front().cols();
+  if (x.size(0) != groups || x.size(2) != k)
+    fail(op, fmt::format("x {} does not match {} experts of in-features {}", shape_to_string(x.shape()), groups, k));
+  detail::check_shape(op, "counts", counts, {groups});
+  detail::check_shape(op, "y", y, {groups, max_m, n});
+  if (!cpu) {
+    detail::check_dtype(op, "table", table, DType::kI64);
+    detail::check_shape(op, "table", table, {2, groups});
+    if (k % 16 != 0) fail(op, fmt::format("in-features {} must be a multiple of 16 on the GPU", k));
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::grouped_gemv_masked(x, counts, experts, table, y);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t c = std::clamp<int64_t>(counts.data<int32_t>()[g], 0, max_m);
+    if (c == 0) continue;
+    Tensor ys = y.select(g).slice(0, 0, c);
+    linear(x.select(g).slice(0, 0, c), experts[g], ys);
+  }
+}
+
 }  // namespace pdserve::ops

@@ -27,4 +27,18 @@ void grouped_linear_contiguous(const Tensor& x, const std::vector<int64_t>& offs
 // computed over all max_m rows (see docs/perf/kernels.md, GEMM).
 void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, Tensor& y);
 
+// Small-batch form of the masked layout, for decode: only rows r < counts[g] are computed, so an
+// expert no token chose reads no weights at all, and rows r >= counts[g] of y are left unwritten
+// (callers read only the rows they routed to). The GEMMs above compute every expert over all
+// max_m rows, which at decode batch sizes reads all experts' weights each step; this reads only the
+// chosen ones, at CUDA-core speed, so it wins while counts are a few rows per expert.
+// `table` comes from expert_pointer_table(experts) (built once, on the experts' device: the kernel
+// finds each expert's weight and scales there, so the call needs no upload and can be captured).
+// x [G, max_m, K], y [G, max_m, N]: f32 on the CPU; f32 or bf16 on the GPU; K % 16 == 0 on the GPU.
+void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
+                         Tensor& y);
+// i64 [2, G] on the experts' device: each expert's weight address, then its scale_inv address (0
+// when it has none). On the CPU an empty tensor (the reference reads `experts` directly).
+Tensor expert_pointer_table(const std::vector<Weight>& experts);
+
 }  // namespace pdserve::ops

@@ -11,5 +11,7 @@ namespace pdserve::ops::cuda {
 void grouped_linear_contiguous(const Tensor& x, const std::vector<int64_t>& offsets, const std::vector<Weight>& experts,
                                Tensor& y);
 void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, Tensor& y);
+void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
+                         Tensor& y);
 
 }  // namespace pdserve::ops::cuda
