@@ -10,6 +10,7 @@
 #   scripts/sanitize.sh            # both
 #   scripts/sanitize.sh tsan       # one of them
 #   CTEST_ARGS="-R Radix" scripts/sanitize.sh asan
+#   TSAN_MODULES=http scripts/sanitize.sh tsan
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
@@ -43,7 +44,7 @@ run_tsan() {
   local dir=build-tsan start=$SECONDS
   configure "$dir" "-fsanitize=thread"
   local tests=()
-  for m in scheduler http parallel router disagg; do
+  for m in ${TSAN_MODULES:-scheduler http parallel router disagg}; do
     compgen -G "tests/$m/*_test.cpp" >/dev/null && tests+=("${m}_tests")
   done
   cmake --build "$dir" -j "$JOBS" --target "${tests[@]}"

@@ -8,6 +8,7 @@
 
 #include "bench/bench_command.h"
 #include "bench/one_batch.h"
+#include "launch/repro.h"
 #include "model/generate.h"
 #include "moe/eplb_command.h"
 #include "profile/analyze_command.h"
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   commands["analyze"] = pdserve::profile::add_analyze_command(app);
   commands["router"] = pdserve::router::add_router_command(app);
   commands["eplb"] = pdserve::moe::add_eplb_command(app);
+  commands["repro"] = pdserve::launch::add_repro_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -116,7 +116,7 @@ RunStats compare_runs(Pair& p, const std::vector<std::vector<int32_t>>& prompts,
     auto got = p.gpu->forward(batch);
     EXPECT_TRUE(want.has_value() && got.has_value()) << (got ? "" : got.error().message());
     if (!want || !got) return st;
-    if (step > 0) EXPECT_EQ(p.gpu->last_forward_used_graph(), expect_graph) << "step " << step;
+    if (step > 0) { EXPECT_EQ(p.gpu->last_forward_used_graph(), expect_graph) << "step " << step; }
     for (size_t s = 0; s < batch.size(); ++s) {
       const float* w = want->data<float>() + s * V;
       const float* g = got->data<float>() + s * V;

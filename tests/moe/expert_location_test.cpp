@@ -50,8 +50,8 @@ TEST(ExpertLocation, StaticDispatchPrefersLocalCopyAndSpreadsTheRest) {
   for (int r = 0; r < 4; ++r) {
     auto m = loc->static_dispatch_map(r);
     for (int e = 0; e < 7; ++e) EXPECT_EQ(loc->logical_of(0, m[0][e]), e);
-    if (r == 0) EXPECT_EQ(m[0][0], 0);
-    if (r == 2) EXPECT_EQ(m[0][0], 5);
+    if (r == 0) { EXPECT_EQ(m[0][0], 0); }
+    if (r == 2) { EXPECT_EQ(m[0][0], 5); }
     EXPECT_EQ(m[0][1], 1);
     ++uses[m[0][0]];
   }

@@ -229,7 +229,7 @@ TEST_F(RouterE2E, WorkerKilledMidRunAndRestarted) {
   for (int i = 0; i < 4; ++i)
     ASSERT_EQ(c.request("POST", local(port, "/generate"), R"({"input_ids":[1],"sampling_params":{"max_new_tokens":1}})", h)->status, 200);
   for (const auto& w : workers_of(c, port))
-    if (w["url"] == local(ports_[0])) EXPECT_GT(w["processed"].get<int64_t>(), before);
+    if (w["url"] == local(ports_[0])) { EXPECT_GT(w["processed"].get<int64_t>(), before); }
 }
 
 TEST_F(RouterE2E, CliErrors) {
