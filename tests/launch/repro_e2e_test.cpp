@@ -1,0 +1,172 @@
+// `pdserve repro` end to end: the real binary starts prefill, decode, router and bench processes
+// on loopback with the tiny model, fills, profiles and analyzes. Checks the exit code, the files,
+// the report's numbers, and that no child outlives it (after success, a failure and a SIGINT).
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "launch/child_process.h"
+#include "server/server_process.h"
+
+namespace {
+
+using namespace pdserve;
+using test::read_file;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+fs::path fresh_dir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("pdserve_repro_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// `pdserve repro` with the tiny sizes, `overrides` replacing flags; output goes to `console`.
+launch::ChildProcess start_repro(const fs::path& out, const fs::path& console, const std::map<std::string, std::string>& overrides = {}) {
+  std::map<std::string, std::string> flags = {
+      {"--model-path", std::string(PDSERVE_SOURCE_DIR) + "/models/tiny-deepseek-v3"},
+      {"--load-format", "dummy"}, {"--device", "cpu"}, {"--num-prompts", "8"}, {"--random-input-len", "16"},
+      {"--random-output-len", "64"}, {"--max-concurrency", "8"}, {"--slow-down-time", "0.5"}, {"--profile-steps", "3"},
+      {"--fill-timeout", "30"}, {"--ready-timeout", "60"}, {"--output-dir", out.string()}};
+  for (const auto& [k, v] : overrides) flags[k] = v;
+  std::vector<std::string> args = {"repro"};
+  for (const auto& [k, v] : flags) {
+    args.push_back(k);
+    args.push_back(v);
+  }
+  auto child = launch::ChildProcess::spawn("repro", PDSERVE_BINARY, args, console);
+  EXPECT_TRUE(child.has_value());
+  return std::move(*child);
+}
+
+// Exit code (128 + signal when killed); -1 after `limit` (the process is then killed).
+int wait_exit(launch::ChildProcess& p, std::chrono::seconds limit) {
+  if (auto code = p.wait_for(limit)) return *code;
+  p.stop(std::chrono::milliseconds(0));
+  return -1;
+}
+
+// The children repro logged as "started NAME (pid N)".
+std::vector<pid_t> child_pids(const std::string& console) {
+  std::vector<pid_t> pids;
+  static const std::regex re(R"(started \w+ \(pid (\d+)\))");
+  for (auto it = std::sregex_iterator(console.begin(), console.end(), re); it != std::sregex_iterator(); ++it)
+    pids.push_back(std::stoi((*it)[1]));
+  return pids;
+}
+
+// A pid is gone once it no longer exists or is a zombie nobody reaps (init reaps orphans quickly;
+// a zombie of our own would not be a running server either).
+bool gone(pid_t pid) {
+  if (::kill(pid, 0) != 0) return true;
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  const auto close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z';
+}
+
+void expect_no_children_left(const std::string& console, size_t expected) {
+  const auto pids = child_pids(console);
+  EXPECT_EQ(pids.size(), expected) << console;
+  for (pid_t p : pids) EXPECT_TRUE(gone(p)) << "child pid " << p << " outlived repro";
+}
+
+TEST(ReproE2E, RunsTheWorkflowAndReportsPerGpuThroughput) {
+  const auto out = fresh_dir("ok");
+  const auto console = out.parent_path() / (out.filename().string() + ".console");
+  auto repro = start_repro(out, console);
+  const int rc = wait_exit(repro, std::chrono::seconds(80));
+  const std::string text = read_file(console);
+  ASSERT_EQ(rc, 0) << text;
+
+  for (const char* f : {"prefill.log", "decode.log", "router.log", "bench.log", "bench.jsonl", "report.txt", "report.json",
+                        "report.html", "repro.json"}) {
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+    EXPECT_GT(fs::file_size(out / f), 0u) << f;
+  }
+  int traces = 0;
+  for (const auto& e : fs::directory_iterator(out / "traces")) traces += e.path().string().ends_with("-TP-0.trace.json.gz");
+  EXPECT_EQ(traces, 1);
+  for (const char* f : {"prefill.log", "decode.log"})
+    EXPECT_NE(read_file(out / f).find("The server is fired up and ready to roll!"), std::string::npos) << f;
+  EXPECT_NE(read_file(out / "bench.log").find("Successful requests:                     8"), std::string::npos);
+
+  // The report on stdout: the formula line with the fill's full batch of 8 and a positive rate.
+  std::smatch m;
+  static const std::regex formula(R"(output tokens/s per GPU = ([0-9.]+) / ([0-9.]+) s / 1 GPUs = ([0-9.]+))");
+  ASSERT_TRUE(std::regex_search(text, m, formula)) << text;
+  EXPECT_DOUBLE_EQ(std::stod(m[1]), 8.0);
+  const double step = std::stod(m[2]), rate = std::stod(m[3]);
+  EXPECT_GT(step, 0);
+  EXPECT_NEAR(rate, 8.0 / step, 0.01 * rate + 0.5);
+  EXPECT_NE(text.find("fill: SGLang-style fixed sleep (0.5 s per decode batch), #running-req 8 of target 8"), std::string::npos);
+
+  const json summary = json::parse(read_file(out / "repro.json"));
+  EXPECT_EQ(summary["fill"]["method"], "slow_down");
+  EXPECT_EQ(summary["fill"]["reached_running"], 8);
+  for (const char* c : {"prefill", "decode", "router", "bench"}) EXPECT_EQ(summary["exit_codes"][c], 0) << c;
+  const auto& window = summary["report"]["windows"][0];
+  EXPECT_EQ(window["global_batch"], 8.0);
+  EXPECT_GT(window["tokens_per_s_per_gpu"].get<double>(), 0);
+  expect_no_children_left(text, 4);
+  fs::remove_all(out);
+  fs::remove(console);
+}
+
+TEST(ReproE2E, SigintStopsEveryChild) {
+  const auto out = fresh_dir("sigint");
+  const auto console = out.parent_path() / (out.filename().string() + ".console");
+  // A fill that cannot finish (target above the requests) keeps repro busy until the signal.
+  auto repro = start_repro(out, console, {{"--target-running", "100"}, {"--fill-timeout", "120"}});
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (read_file(console).find("started bench") == std::string::npos && std::chrono::steady_clock::now() < until &&
+         repro.running())
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NE(read_file(console).find("started bench"), std::string::npos) << read_file(console);
+  ::kill(repro.pid(), SIGINT);
+  const int rc = wait_exit(repro, std::chrono::seconds(30));
+  const std::string text = read_file(console);
+  EXPECT_EQ(rc, 130) << text;
+  EXPECT_NE(text.find("interrupted by signal 2 during step 'slow-down fill'"), std::string::npos) << text;
+  expect_no_children_left(text, 4);
+  fs::remove_all(out);
+  fs::remove(console);
+}
+
+TEST(ReproE2E, FailedServerIsNamedWithItsLog) {
+  const auto out = fresh_dir("bad");
+  const auto console = out.parent_path() / (out.filename().string() + ".console");
+  // An unknown load format makes both servers exit at startup.
+  auto repro = start_repro(out, console, {{"--load-format", "nonsense"}});
+  const int rc = wait_exit(repro, std::chrono::seconds(30));
+  const std::string text = read_file(console);
+  EXPECT_EQ(rc, 1) << text;
+  EXPECT_NE(text.find("step 'start prefill and decode servers' failed"), std::string::npos) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"((prefill|decode) exited with code \d+ .*see its log .*(prefill|decode)\.log)")))
+      << text;
+  expect_no_children_left(text, 2);
+  fs::remove_all(out);
+  fs::remove(console);
+}
+
+TEST(ReproE2E, MissingModelFailsBeforeStartingAnything) {
+  const auto out = fresh_dir("nomodel");
+  const auto console = out.parent_path() / (out.filename().string() + ".console");
+  auto repro = start_repro(out, console, {{"--model-path", "/nonexistent/model"}});
+  EXPECT_EQ(wait_exit(repro, std::chrono::seconds(10)), 1);
+  EXPECT_NE(read_file(console).find("--model-path /nonexistent/model is not a folder"), std::string::npos) << read_file(console);
+  fs::remove_all(out);
+  fs::remove(console);
+}
+
+}  // namespace
