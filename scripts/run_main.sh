@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job (for now): set up, build, then generate with the built-in tiny DeepSeek-V3
-# (dummy weights) on a batch of prompts, printing the generated ids and tokens/s.
+# The main job: set up, build, then run the published PD reproduction on this machine with the
+# built-in tiny DeepSeek-V3 (dummy weights): prefill and decode servers, router, benchmark,
+# slow-down fill, profile, and the per-GPU throughput report (docs/repro.md). Extra arguments go to
+# `pdserve repro`; the logs, traces and reports land in build/repro-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
-exec build/pdserve generate --model-path models/tiny-deepseek-v3 --load-format dummy \
-  --input-ids-file models/tiny-deepseek-v3/example_prompts.json --max-new-tokens 32 --ignore-eos \
-  --output-json build/generate_output.json "$@"
+exec build/pdserve repro --model-path models/tiny-deepseek-v3 --output-dir build/repro-out "$@"

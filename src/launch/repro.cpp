@@ -136,6 +136,9 @@ class Repro {
     PDSERVE_RETURN_IF_ERROR(fill());
     step_ = "release slow-down";
     PDSERVE_RETURN_IF_ERROR(post_decode("/slow_down", json{{"forward_sleep_time", nullptr}}));
+    // The batch running when the release arrives may still be in its sleep; profiling it would
+    // count the sleep as step time. Let it finish first.
+    std::this_thread::sleep_for(std::chrono::duration<double>(o_.slow_down_time + 0.25));
     step_ = "profile";
     PDSERVE_RETURN_IF_ERROR(profile());
     step_ = "wait for benchmark";

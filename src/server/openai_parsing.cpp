@@ -116,18 +116,18 @@ Result<OpenAIRequest> parse_openai_completion(const json& body, const ParseLimit
     return ids;
   };
   if (p.is_string()) {
-    prompts.push_back(PromptItem{p.get<std::string>(), {}, "", sp, false, -1, 0});
+    prompts.push_back(make_prompt(p.get<std::string>(), {}, sp));
   } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
     PDSERVE_ASSIGN_OR_RETURN(auto ids, ids_of(p, "prompt"));
-    prompts.push_back(PromptItem{std::nullopt, std::move(ids), "", sp, false, -1, 0});
+    prompts.push_back(make_prompt(std::nullopt, std::move(ids), sp));
   } else if (p.is_array() && !p.empty()) {
     for (size_t i = 0; i < p.size(); ++i) {
       const std::string f = "prompt[" + std::to_string(i) + "]";
       if (p[i].is_string()) {
-        prompts.push_back(PromptItem{p[i].get<std::string>(), {}, "", sp, false, -1, 0});
+        prompts.push_back(make_prompt(p[i].get<std::string>(), {}, sp));
       } else if (p[i].is_array()) {
         PDSERVE_ASSIGN_OR_RETURN(auto ids, ids_of(p[i], f));
-        prompts.push_back(PromptItem{std::nullopt, std::move(ids), "", sp, false, -1, 0});
+        prompts.push_back(make_prompt(std::nullopt, std::move(ids), sp));
       } else {
         return bad("field '" + f + "' must be a string or a list of token ids");
       }
@@ -234,7 +234,9 @@ Result<OpenAIRequest> parse_openai_chat(const json& body, const ParseLimits& lim
     out.top_logprobs = body["top_logprobs"].get<int64_t>();
   }
   if (out.n > limits.max_batch) return bad("field 'n' exceeds the limit of " + std::to_string(limits.max_batch));
-  PromptItem item{std::string(), {}, "", sp, out.logprobs, -1, out.logprobs ? out.top_logprobs : 0};
+  PromptItem item = make_prompt(std::string(), {}, sp);
+  item.return_logprob = out.logprobs;
+  item.top_logprobs_num = out.logprobs ? out.top_logprobs : 0;
   out.items = expand_n({item}, out.n);  // text is rendered from messages by the caller
   PDSERVE_RETURN_IF_ERROR(parse_bootstrap_fields(body, out.items));
   return out;

@@ -220,12 +220,12 @@ Result<GenerateRequestBody> parse_generate(const json& body, const ParseLimits& 
   if (has_text) {
     const json& t = body["text"];
     if (t.is_string()) {
-      prompts.push_back(PromptItem{t.get<std::string>(), {}, "", {}, false, -1, 0});
+      prompts.push_back(make_prompt(t.get<std::string>(), {}));
     } else if (t.is_array()) {
       out.is_batch = true;
       for (size_t i = 0; i < t.size(); ++i) {
         PDSERVE_ASSIGN_OR_RETURN(std::string s, get_string(t[i], "text[" + std::to_string(i) + "]"));
-        prompts.push_back(PromptItem{std::move(s), {}, "", {}, false, -1, 0});
+        prompts.push_back(make_prompt(std::move(s), {}));
       }
     } else {
       return bad("field 'text' must be a string or a list of strings, got " + type_name(t));
@@ -237,11 +237,11 @@ Result<GenerateRequestBody> parse_generate(const json& body, const ParseLimits& 
       out.is_batch = true;
       for (size_t i = 0; i < ids.size(); ++i) {
         PDSERVE_ASSIGN_OR_RETURN(auto v, get_ids(ids[i], "input_ids[" + std::to_string(i) + "]", limits.vocab_size));
-        prompts.push_back(PromptItem{std::nullopt, std::move(v), "", {}, false, -1, 0});
+        prompts.push_back(make_prompt(std::nullopt, std::move(v)));
       }
     } else {
       PDSERVE_ASSIGN_OR_RETURN(auto v, get_ids(ids, "input_ids", limits.vocab_size));
-      prompts.push_back(PromptItem{std::nullopt, std::move(v), "", {}, false, -1, 0});
+      prompts.push_back(make_prompt(std::nullopt, std::move(v)));
     }
   }
   if (prompts.empty()) return bad("the batch is empty");

@@ -31,6 +31,16 @@ struct PromptItem {
   std::optional<int64_t> data_parallel_rank;
 };
 
+// A prompt with the defaults for everything but its content and sampling parameters.
+inline PromptItem make_prompt(std::optional<std::string> text, std::vector<int32_t> ids,
+                              scheduler::SamplingParams sampling = {}) {
+  PromptItem p;
+  p.text = std::move(text);
+  p.input_ids = std::move(ids);
+  p.sampling = std::move(sampling);
+  return p;
+}
+
 struct GenerateRequestBody {
   std::vector<PromptItem> items;
   bool is_batch = false;  // the client sent lists: answer with a list
