@@ -90,6 +90,9 @@ Result<json> parse_json_body(const std::string& body) {
     return json::parse(body);
   } catch (const json::parse_error& e) {
     return bad("the request body is not valid JSON (byte " + std::to_string(e.byte) + ")");
+  } catch (const json::out_of_range&) {
+    // nlohmann reports a number beyond double's range (1e999) this way, not as a parse error.
+    return bad("the request body holds a number outside the range of a double");
   }
 }
 
