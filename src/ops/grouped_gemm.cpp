@@ -39,6 +39,27 @@ void check_activation_dtype(const char* op, const char* name, const Tensor& t, b
     fail(op, fmt::format("{} must be f32 or bf16 on the GPU, got {}", name, dtype_name(t.dtype())));
 }
 
+// The masked layout's arguments: x [G, max_m, K], counts [G] i32, y [G, max_m, N], one device.
+bool check_masked(const char* op, const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts,
+                  const Tensor& y, const Tensor& extra) {
+  detail::check_rank(op, "x", x, 3);
+  detail::check_contiguous(op, "x", x);
+  detail::check_rank(op, "y", y, 3);
+  detail::check_contiguous(op, "y", y);
+  detail::check_dtype(op, "counts", counts, DType::kI32);
+  detail::check_contiguous(op, "counts", counts);
+  const bool cpu = check_experts_and_place(op, experts, {&x, &y, &counts, &extra});
+  check_activation_dtype(op, "x", x, cpu);
+  check_activation_dtype(op, "y", y, cpu);
+  const int64_t groups = static_cast<int64_t>(experts.size());
+  const int64_t max_m = x.size(1), n = experts.front().rows(), k = experts.front().cols();
+  if (x.size(0) != groups || x.size(2) != k)
+    fail(op, fmt::format("x {} does not match {} experts of in-features {}", shape_to_string(x.shape()), groups, k));
+  detail::check_shape(op, "counts", counts, {groups});
+  detail::check_shape(op, "y", y, {groups, max_m, n});
+  return cpu;
+}
+
 }  // namespace
 
 void grouped_linear_contiguous(const Tensor& x, const std::vector<int64_t>& offsets, const std::vector<Weight>& experts,
@@ -78,21 +99,8 @@ void grouped_linear_contiguous(const Tensor& x, const std::vector<int64_t>& offs
 
 void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, Tensor& y) {
   constexpr const char* op = "grouped_linear_masked";
-  detail::check_rank(op, "x", x, 3);
-  detail::check_contiguous(op, "x", x);
-  detail::check_rank(op, "y", y, 3);
-  detail::check_contiguous(op, "y", y);
-  detail::check_dtype(op, "counts", counts, DType::kI32);
-  detail::check_contiguous(op, "counts", counts);
-  const bool cpu = check_experts_and_place(op, experts, {&x, &y, &counts});
-  check_activation_dtype(op, "x", x, cpu);
-  check_activation_dtype(op, "y", y, cpu);
-  const int64_t groups = static_cast<int64_t>(experts.size());
-  const int64_t max_m = x.size(1), n = experts.front().rows(), k = experts.front().cols();
-  if (x.size(0) != groups || x.size(2) != k)
-    fail(op, fmt::format("x {} does not match {} experts of in-features {}", shape_to_string(x.shape()), groups, k));
-  detail::check_shape(op, "counts", counts, {groups});
-  detail::check_shape(op, "y", y, {groups, max_m, n});
+  const bool cpu = check_masked(op, x, counts, experts, y, {});
+  const int64_t groups = static_cast<int64_t>(experts.size()), max_m = x.size(1), n = experts.front().rows();
   if (!cpu) {
 #ifdef PDSERVE_HAVE_CUDA
     return cuda::grouped_linear_masked(x, counts, experts, y);
@@ -127,20 +135,8 @@ Tensor expert_pointer_table(const std::vector<Weight>& experts) {
 void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
                          Tensor& y) {
   constexpr const char* op = "grouped_gemv_masked";
-  detail::check_rank(op, "x", x, 3);
-  detail::check_contiguous(op, "x", x);
-  detail::check_rank(op, "y", y, 3);
-  detail::check_contiguous(op, "y", y);
-  detail::check_dtype(op, "counts", counts, DType::kI32);
-  const bool cpu = check_experts_and_place(op, experts, {&x, &y, &counts, &table});
-  check_activation_dtype(op, "x", x, cpu);
-  check_activation_dtype(op, "y", y, cpu);
-  const int64_t groups = static_cast<int64_t>(experts.size());
-  const int64_t max_m = x.size(1), n = experts.front().rows(), k = experts.front().cols();
-  if (x.size(0) != groups || x.size(2) != k)
-    fail(op, fmt::format("x {} does not match {} experts of in-features {}", shape_to_string(x.shape()), groups, k));
-  detail::check_shape(op, "counts", counts, {groups});
-  detail::check_shape(op, "y", y, {groups, max_m, n});
+  const bool cpu = check_masked(op, x, counts, experts, y, table);
+  const int64_t groups = static_cast<int64_t>(experts.size()), max_m = x.size(1), k = experts.front().cols();
   if (!cpu) {
     detail::check_dtype(op, "table", table, DType::kI64);
     detail::check_shape(op, "table", table, {2, groups});
