@@ -56,7 +56,9 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   rc=0
   # The first folder receives new inputs; the committed seeds are read only.
-  "$bin" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" \
+  # A fixed seed (FUZZ_SEED, default 1) makes a run repeat the same mutations: a CI failure can be
+  # reproduced, and a clean run stays clean until the code or the corpus changes.
+  "$bin" -seed="${FUZZ_SEED:-1}" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" \
     -artifact_prefix="$art" -print_final_stats=1 "$work" "fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   secs=$(($(date +%s) - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

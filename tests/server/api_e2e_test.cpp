@@ -263,6 +263,8 @@ TEST_F(ApiE2E, BadInputGetsAClearError) {
   expect_400(post("/generate", {{"prompt", "x"}}), "unknown field 'prompt'");
   expect_400(post("/v1/chat/completions", {{"messages", "hi"}}), "messages");
   expect_400(post("/v1/completions", {{"prompt", "x"}, {"max_tokens", -1}}), "max_tokens");
+  // Found by fuzz/openai_request: a float beyond int64's range must not be converted (UB).
+  expect_400(post_raw("/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 3.3e55}"), "must be an integer");
   EXPECT_EQ(get("/no/such/route").status, 404);
   EXPECT_EQ(get("/generate").status, 405);
   EXPECT_EQ(post_raw("/generate", std::string(300000, ' ')).status, 413);
