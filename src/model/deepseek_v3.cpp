@@ -53,7 +53,7 @@ std::unique_ptr<LatentKvPool> DeepseekV3Model::make_kv_pool(int64_t max_tokens, 
   return std::make_unique<LatentKvPool>(cfg_.num_hidden_layers, pages, page_size, cfg_.mla_dims().latent_dim());
 }
 
-Tensor DeepseekV3Model::mlp(const MlpWeights& m, const Tensor& x) const {
+Tensor mlp_forward(const MlpWeights& m, const Tensor& x) {
   const int64_t n = x.size(0), inter = m.gate_proj.rows();
   Tensor g = Tensor::empty({n, inter}, DType::kF32), u = Tensor::empty({n, inter}, DType::kF32);
   ops::linear(x, m.gate_proj, g);
@@ -64,20 +64,14 @@ Tensor DeepseekV3Model::mlp(const MlpWeights& m, const Tensor& x) const {
   return y;
 }
 
-Tensor DeepseekV3Model::moe(int64_t layer, const Tensor& x, RoutingTrace* trace) const {
-  const auto& m = w_.layers[static_cast<size_t>(layer)].moe;
-  const int64_t n = x.size(0), hidden = x.size(1), k = cfg_.num_experts_per_tok;
-  Tensor logits = Tensor::empty({n, cfg_.n_routed_experts}, DType::kF32);
-  ops::linear(x, m.router, logits);
-  Tensor ids = Tensor::empty({n, k}, DType::kI32), weights = Tensor::empty({n, k}, DType::kF32);
-  ops::moe_gate(logits, m.correction_bias, cfg_.gate_params(), ids, weights);
-
+Tensor moe_experts_forward(const MoeWeights& m, const Tensor& x, const Tensor& ids, const Tensor& weights) {
+  const int64_t n = x.size(0), hidden = x.size(1), k = ids.size(1);
   // Group tokens by expert, run each expert once on its tokens, scatter-add weighted outputs.
-  std::vector<std::vector<std::pair<int64_t, float>>> by_expert(static_cast<size_t>(cfg_.n_routed_experts));
+  std::vector<std::vector<std::pair<int64_t, float>>> by_expert(m.experts.size());
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j)
       by_expert[static_cast<size_t>(ids.data<int32_t>()[t * k + j])].push_back({t, weights.data<float>()[t * k + j]});
-  Tensor out = m.shared.gate_proj.weight.defined() ? mlp(m.shared, x) : Tensor::empty({n, hidden}, DType::kF32);
+  Tensor out = m.shared.gate_proj.weight.defined() ? mlp_forward(m.shared, x) : Tensor::empty({n, hidden}, DType::kF32);
   for (size_t e = 0; e < by_expert.size(); ++e) {
     const auto& toks = by_expert[e];
     if (toks.empty()) continue;
@@ -85,7 +79,7 @@ Tensor DeepseekV3Model::moe(int64_t layer, const Tensor& x, RoutingTrace* trace)
     Tensor xe = Tensor::empty({cnt, hidden}, DType::kF32);
     for (int64_t i = 0; i < cnt; ++i)
       std::memcpy(xe.data<float>() + i * hidden, x.data<float>() + toks[i].first * hidden, sizeof(float) * hidden);
-    Tensor ye = mlp(m.experts[e], xe);
+    Tensor ye = mlp_forward(m.experts[e], xe);
     for (int64_t i = 0; i < cnt; ++i) {
       float* dst = out.data<float>() + toks[i].first * hidden;
       const float* src = ye.data<float>() + i * hidden;
@@ -93,6 +87,18 @@ Tensor DeepseekV3Model::moe(int64_t layer, const Tensor& x, RoutingTrace* trace)
       for (int64_t c = 0; c < hidden; ++c) dst[c] += wgt * src[c];
     }
   }
+  return out;
+}
+
+Tensor DeepseekV3Model::moe(int64_t layer, const Tensor& x, RoutingTrace* trace) const {
+  const auto& m = w_.layers[static_cast<size_t>(layer)].moe;
+  const int64_t n = x.size(0), k = cfg_.num_experts_per_tok;
+  Tensor logits = Tensor::empty({n, cfg_.n_routed_experts}, DType::kF32);
+  ops::linear(x, m.router, logits);
+  Tensor ids = Tensor::empty({n, k}, DType::kI32), weights = Tensor::empty({n, k}, DType::kF32);
+  ops::moe_gate(logits, m.correction_bias, cfg_.gate_params(), ids, weights);
+
+  Tensor out = moe_experts_forward(m, x, ids, weights);
   if (trace) {
     auto& rows = trace->experts[layer];
     for (int64_t t = 0; t < n; ++t) {
@@ -231,7 +237,7 @@ Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch,
     ops::rms_norm(h, lw.input_layernorm, static_cast<float>(cfg_.rms_norm_eps), x);
     ops::add_inplace(h, attention(l, x, batch, positions, pool, opts));
     ops::rms_norm(h, lw.post_attention_layernorm, static_cast<float>(cfg_.rms_norm_eps), x);
-    ops::add_inplace(h, lw.is_moe ? moe(l, x, opts.routing) : mlp(lw.dense, x));
+    ops::add_inplace(h, lw.is_moe ? moe(l, x, opts.routing) : mlp_forward(lw.dense, x));
   }
   // Final norm and lm_head only on the rows whose logits are wanted.
   Tensor rows;

@@ -42,6 +42,12 @@ struct ForwardOptions {
   RoutingTrace* routing = nullptr;
 };
 
+// The CPU reference blocks (f32): a gated MLP, and the routed experts for given routing (ids,
+// weights [n, top_k]) plus the shared expert. Public so that other implementations (EP MoE) are
+// tested against the very code the model runs.
+Tensor mlp_forward(const MlpWeights& m, const Tensor& x);
+Tensor moe_experts_forward(const MoeWeights& m, const Tensor& x, const Tensor& ids, const Tensor& weights);
+
 // The checks every backend's forward makes: non-empty batch and sequences, page tables covering
 // prefix + new tokens with pages inside [0, num_pages), token ids inside the vocabulary.
 Status validate_batch(const ModelConfig& cfg, const std::vector<SequenceInput>& batch, int64_t num_pages,
@@ -71,7 +77,6 @@ class DeepseekV3Model {
   DeepseekV3Model(ModelConfig cfg, ModelWeights w) : cfg_(std::move(cfg)), w_(std::move(w)) {}
   Tensor attention(int64_t layer, const Tensor& x, const std::vector<SequenceInput>& batch,
                    const Tensor& positions, LatentKvPool& pool, const ForwardOptions& opts) const;
-  Tensor mlp(const MlpWeights& m, const Tensor& x) const;
   Tensor moe(int64_t layer, const Tensor& x, RoutingTrace* trace) const;
 
   ModelConfig cfg_;

@@ -264,24 +264,23 @@ struct DeepseekV3GpuModel::Impl {
     ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
     if (lw.shared.gate_proj.weight.defined()) mlp(lw.shared, x, a, residual);
 
-    Tensor base = a.take({E}, DType::kI32), counts = a.take({E}, DType::kI32), slots = a.take({T, k}, DType::kI32);
-    std::vector<int32_t> host_base(static_cast<size_t>(E));
-    std::vector<int64_t> offsets(static_cast<size_t>(E) + 1, 0);
-    int64_t rows = 0;
+    Tensor counts = a.take({E}, DType::kI32), slots = a.take({T, k}, DType::kI32);
+    Tensor base;                           // first row of each expert's block
+    std::vector<int64_t> offsets;          // packed layout only: host row offsets, E + 1 entries
+    int64_t rows = E * T;
     if (masked) {
       base = masked_bases.at(T);
-      rows = E * T;
     } else {
       ops::moe_count(ids, counts);
-      std::vector<int32_t> c(static_cast<size_t>(E));
+      std::vector<int32_t> c(static_cast<size_t>(E) + 1);
       check(cudaMemcpyAsync(c.data(), counts.raw_data(), E * 4, cudaMemcpyDeviceToHost, stream), "moe counts");
       check(cudaStreamSynchronize(stream), "moe counts sync");
-      for (int64_t e = 0; e < E; ++e) {
-        host_base[e] = static_cast<int32_t>(offsets[e]);
-        offsets[e + 1] = offsets[e] + c[e];
-      }
+      offsets.assign(static_cast<size_t>(E) + 1, 0);
+      for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + c[e];
+      for (int64_t e = 0; e < E; ++e) c[e] = static_cast<int32_t>(offsets[e]);  // c becomes the bases
       rows = offsets[E];
-      check(cudaMemcpyAsync(base.raw_data(), host_base.data(), E * 4, cudaMemcpyHostToDevice, stream), "moe bases");
+      base = a.take({E}, DType::kI32);
+      check(cudaMemcpyAsync(base.raw_data(), c.data(), E * 4, cudaMemcpyHostToDevice, stream), "moe bases");
     }
     Tensor xs = a.take({std::max<int64_t>(rows, 1), hid}, x.dtype());
     ops::moe_scatter(x, ids, base, xs, slots, counts);

@@ -20,6 +20,7 @@
 
 #include "base/clock.h"
 #include "model/config.h"
+#include "model/deepseek_v3.h"
 #include "model/dummy_weights.h"
 #include "moe/ep_test_util.h"
 #include "ops/elementwise.h"
@@ -58,39 +59,9 @@ const TinyMoe& tiny(bool fp8) {
   return models[fp8];
 }
 
-Tensor mlp(const MlpWeights& m, const Tensor& x) {
-  const int64_t n = x.size(0), inter = m.gate_proj.rows();
-  Tensor g = Tensor::empty({n, inter}, DType::kF32), u = Tensor::empty({n, inter}, DType::kF32);
-  ops::linear(x, m.gate_proj, g);
-  ops::linear(x, m.up_proj, u);
-  ops::silu_mul(g, u, g);
-  Tensor y = Tensor::empty({n, m.down_proj.rows()}, DType::kF32);
-  ops::linear(g, m.down_proj, y);
-  return y;
-}
-
+// The single-rank reference is the model's own CPU MoE block.
 Tensor single_rank_moe(const MoeWeights& m, const Tensor& x, const Tensor& ids, const Tensor& weights) {
-  const int64_t n = x.size(0), hidden = x.size(1), k = ids.size(1);
-  std::vector<std::vector<std::pair<int64_t, float>>> by_expert(m.experts.size());
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < k; ++j)
-      by_expert[static_cast<size_t>(ids.data<int32_t>()[t * k + j])].push_back({t, weights.data<float>()[t * k + j]});
-  Tensor out = mlp(m.shared, x);
-  for (size_t e = 0; e < by_expert.size(); ++e) {
-    const auto& toks = by_expert[e];
-    if (toks.empty()) continue;
-    const int64_t cnt = static_cast<int64_t>(toks.size());
-    Tensor xe = Tensor::empty({cnt, hidden}, DType::kF32);
-    for (int64_t i = 0; i < cnt; ++i)
-      std::memcpy(xe.data<float>() + i * hidden, x.data<float>() + toks[i].first * hidden, sizeof(float) * hidden);
-    Tensor ye = mlp(m.experts[e], xe);
-    for (int64_t i = 0; i < cnt; ++i) {
-      float* dst = out.data<float>() + toks[i].first * hidden;
-      const float* src = ye.data<float>() + i * hidden;
-      for (int64_t c = 0; c < hidden; ++c) dst[c] += toks[i].second * src[c];
-    }
-  }
-  return out;
+  return model::moe_experts_forward(m, x, ids, weights);
 }
 
 // Tokens per rank and step: uneven, rank 1 idle in step 0, rank 2 idle in every step (R >= 4).
@@ -126,7 +97,7 @@ TEST_P(EpMoeEquality, EqualsTheSingleRankMoe) {
         ops::linear(r.x, layer.router, logits);
         ops::moe_gate(logits, layer.correction_bias, m.cfg.gate_params(), r.ids, r.weights);
         ref = single_rank_moe(layer, r.x, r.ids, r.weights);
-        out = mlp(layer.shared, r.x);  // forward adds the routed sum onto the shared expert
+        out = model::mlp_forward(layer.shared, r.x);  // forward adds the routed sum onto the shared expert
       }
       PDSERVE_RETURN_IF_ERROR(ep_moe.forward(*comms.ep, mode, r.x, r.ids, r.weights, out));
       if (T == 0) continue;
