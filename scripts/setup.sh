@@ -10,6 +10,7 @@ PACKAGES=(
   libboost1.81-dev libpcre2-dev prometheus nginx-light
   libzmq3-dev cppzmq-dev
   clang libclang-rt-14-dev libomp-dev  # scripts/fuzz.sh: libFuzzer and OpenMP for clang
+  slurmd slurmctld munge slurm-client curl iproute2 procps  # tests/slurm: a real SLURM test cluster (slurm_fixture.sh)
 )
 
 missing=()

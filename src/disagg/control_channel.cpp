@@ -23,7 +23,7 @@ Status ControlChannel::start(const std::string& host, MessageHandler on_message,
     port_ = std::stoi(bound.substr(bound.rfind(':') + 1));
     endpoint_ = host + ":" + std::to_string(port_);
   } catch (const std::exception& e) {
-    return make_error(ErrorCode::kIo, "cannot bind the disaggregation control socket on {}: {}", host, e.what());
+    return make_error(ErrorCode::kIo, "cannot bind a ZeroMQ control socket on {}: {}", host, e.what());
   }
   thread_ = std::thread([this] { loop(); });
   return ok_status();

@@ -270,7 +270,11 @@ nlohmann::json ExpertDistributionRecorder::dump(const ExpertLocation& location) 
 
 Result<std::filesystem::path> ExpertDistributionRecorder::dump_to_dir(const std::filesystem::path& dir,
                                                                       const ExpertLocation& location) {
-  nlohmann::json j = dump(location);
+  return write_dump(dir, dump(location));
+}
+
+Result<std::filesystem::path> ExpertDistributionRecorder::write_dump(const std::filesystem::path& dir,
+                                                                     const nlohmann::json& j) const {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return make_error(ErrorCode::kIo, "cannot create {}: {}", dir.string(), ec.message());
@@ -279,7 +283,7 @@ Result<std::filesystem::path> ExpertDistributionRecorder::dump_to_dir(const std:
   std::filesystem::path json_path = dir / (stem + ".json");
   PDSERVE_RETURN_IF_ERROR(write_json_file(json_path, j, -1));
 
-  const auto& lc = j["logical_count"];
+  const auto& lc = j.at("logical_count");
   const int64_t passes = static_cast<int64_t>(lc.size());
   Tensor t = Tensor::empty({passes, opts_.layout.num_layers, opts_.layout.num_logical}, DType::kI64);
   int64_t* dst = t.data<int64_t>();

@@ -83,6 +83,8 @@ class ExpertDistributionRecorder {
   // twin holding logical_count (I64 [passes, layers, logical]); logs "Write expert distribution to
   // <path>". Returns the JSON path.
   Result<std::filesystem::path> dump_to_dir(const std::filesystem::path& dir, const ExpertLocation& location);
+  // Writes a dump object (this recorder's, or several nodes' merged) as dump_to_dir() does.
+  Result<std::filesystem::path> write_dump(const std::filesystem::path& dir, const nlohmann::json& dump) const;
 
   // Summed logical counts [layers][logical] of what is recorded now, without clearing (for EPLB).
   Matrix window_logical_counts(const ExpertLocation& location) const;

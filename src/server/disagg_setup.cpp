@@ -30,25 +30,30 @@ Result<std::unique_ptr<DisaggSetup>> DisaggSetup::create(const ServerArgs& args)
 DisaggSetup::~DisaggSetup() { stop(); }
 
 Status DisaggSetup::start(const std::string& host, const std::vector<scheduler::Scheduler*>& schedulers,
-                          const std::vector<scheduler::KvBufferView>& kv) {
+                          const std::vector<scheduler::KvBufferView>& kv, const RankPlacement& where) {
   // Peers need an address they can reach: a wildcard bind advertises loopback.
-  const std::string advertise = host == "0.0.0.0" || host == "::" || host.empty() ? "127.0.0.1" : host;
-  const int dp = static_cast<int>(schedulers.size());
-  if (opts_.mode == scheduler::DisaggMode::kPrefill) {
+  const std::string advertise = !where.advertise_host.empty()                              ? where.advertise_host
+                                : host == "0.0.0.0" || host == "::" || host.empty() ? "127.0.0.1"
+                                                                                    : host;
+  const int local = static_cast<int>(schedulers.size());
+  const int dp = where.dp_size > 0 ? where.dp_size : local;
+  const std::string bootstrap_host = where.bootstrap_host.empty() ? advertise : where.bootstrap_host;
+  if (opts_.mode == scheduler::DisaggMode::kPrefill && where.run_bootstrap) {
     PDSERVE_ASSIGN_OR_RETURN(bootstrap_, disagg::BootstrapServer::start(host, opts_.bootstrap_port));
     opts_.bootstrap_port = bootstrap_->port();
   }
-  for (int i = 0; i < dp; ++i) {
+  for (int i = 0; i < local; ++i) {
+    const int rank = where.first_rank + i;
     if (kv[static_cast<size_t>(i)].layer_ptrs.empty() && opts_.backend != disagg::Backend::kFake)
-      return make_error(ErrorCode::kUnsupported, "DP rank {} has no KV buffers to transfer", i);
+      return make_error(ErrorCode::kUnsupported, "DP rank {} has no KV buffers to transfer", rank);
     PDSERVE_ASSIGN_OR_RETURN(auto backend, disagg::make_transfer_backend(opts_.backend, kv[static_cast<size_t>(i)]));
     if (opts_.mode == scheduler::DisaggMode::kPrefill) {
-      auto m = std::make_shared<disagg::PrefillKvManager>(opts_, kv[static_cast<size_t>(i)], i, dp, std::move(backend));
-      PDSERVE_RETURN_IF_ERROR(m->start(advertise, advertise, opts_.bootstrap_port));
+      auto m = std::make_shared<disagg::PrefillKvManager>(opts_, kv[static_cast<size_t>(i)], rank, dp, std::move(backend));
+      PDSERVE_RETURN_IF_ERROR(m->start(advertise, bootstrap_host, opts_.bootstrap_port));
       schedulers[static_cast<size_t>(i)]->set_disagg_endpoints(m);
       prefill_.push_back(std::move(m));
     } else {
-      auto m = std::make_shared<disagg::DecodeKvManager>(opts_, kv[static_cast<size_t>(i)], i, std::move(backend));
+      auto m = std::make_shared<disagg::DecodeKvManager>(opts_, kv[static_cast<size_t>(i)], rank, std::move(backend));
       PDSERVE_RETURN_IF_ERROR(m->start(advertise));
       schedulers[static_cast<size_t>(i)]->set_disagg_endpoints(m);
       decode_.push_back(std::move(m));

@@ -20,6 +20,17 @@
 
 namespace pdserve::server {
 
+// Where this process's DP ranks sit in the server (multi-node: node r runs ranks
+// [first_rank, first_rank + count) of dp_size; node 0 runs the bootstrap server, the others
+// register their prefill ranks with it at bootstrap_host).
+struct RankPlacement {
+  int first_rank = 0;
+  int dp_size = 0;             // 0: the number of local ranks (one process)
+  std::string bootstrap_host;  // empty: this process's own address
+  bool run_bootstrap = true;
+  std::string advertise_host;  // empty: derived from the bind host (a wildcard advertises loopback)
+};
+
 class DisaggSetup {
  public:
   // Validates the flags and environment (clear errors at startup: unknown or unavailable backend,
@@ -33,7 +44,7 @@ class DisaggSetup {
   // Binds the bootstrap server (prefill) and every rank's control socket, registers prefill ranks,
   // and gives each scheduler its endpoints. `kv[i]` are rank i's KV buffers.
   Status start(const std::string& host, const std::vector<scheduler::Scheduler*>& schedulers,
-               const std::vector<scheduler::KvBufferView>& kv);
+               const std::vector<scheduler::KvBufferView>& kv, const RankPlacement& where = {});
   void stop();
 
   // SGLang's PD warmup body: one fake-host request per DP rank (bootstrap_room picks the rank).

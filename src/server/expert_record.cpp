@@ -144,8 +144,67 @@ Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::share
       std::make_shared<RecordingRunner>(std::move(inner), shared_from_this(), dispatch_, rank, top_k_));
 }
 
+json expert_record_node_command(ExpertBalancing* experts, const json& args) {
+  if (!experts || !experts->recorder())
+    return {{"success", false}, {"message", "the expert distribution recorder is off on this node"}};
+  const std::string action = args.is_object() ? args.value("action", "") : "";
+  if (action == "start") experts->recorder()->start();
+  else if (action == "stop") experts->recorder()->stop();
+  else if (action == "dump") return {{"success", true}, {"dump", experts->recorder()->dump(experts->location())}};
+  else return {{"success", false}, {"message", "unknown expert record action '" + action + "'"}};
+  return {{"success", true}};
+}
+
+Status merge_expert_dumps(json& into, const json& other) {
+  try {
+    json& a = into.at("logical_count");
+    const json& b = other.at("logical_count");
+    // Nodes count their own forward passes; the latest passes line up (every node was recording).
+    if (b.size() > a.size()) {
+      json padded = json::array();
+      for (size_t i = 0; i < b.size() - a.size(); ++i) {
+        json zero = b[i];
+        for (auto& row : zero)
+          for (auto& v : row) v = 0;
+        padded.push_back(std::move(zero));
+      }
+      for (auto& p : a) padded.push_back(std::move(p));
+      a = std::move(padded);
+    }
+    const size_t off = a.size() - b.size();
+    for (size_t i = 0; i < b.size(); ++i) {
+      json& pa = a[off + i];
+      const json& pb = b[i];
+      if (pa.size() != pb.size()) throw std::length_error("layer counts differ");
+      for (size_t l = 0; l < pb.size(); ++l) {
+        if (pa[l].size() != pb[l].size()) throw std::length_error("expert counts differ");
+        for (size_t e = 0; e < pb[l].size(); ++e) pa[l][e] = pa[l][e].get<int64_t>() + pb[l][e].get<int64_t>();
+      }
+    }
+    if (other.contains("records") && into.contains("records"))
+      for (const auto& r : other.at("records")) into["records"].push_back(r);
+    auto& meta = into.at("metadata");
+    meta["num_passes"] = std::max(meta.value("num_passes", int64_t{0}), other.at("metadata").value("num_passes", int64_t{0}));
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kCorrupt, "cannot merge another node's expert distribution: {}", e.what());
+  }
+  return ok_status();
+}
+
 void register_expert_record_routes(http::Server& server, std::shared_ptr<ExpertBalancing> experts,
-                                   const std::string& api_key) {
+                                   const std::string& api_key, OtherNodesRecorder others) {
+  // Every other node must have done it too; the first failure is the answer.
+  auto others_ok = [others](const std::string& action, std::shared_ptr<http::Responder>& r) {
+    if (!others) return true;
+    for (const auto& rep : others(action))
+      if (!rep.value("success", false)) {
+        r->respond(500, error_body(500, "another node's recorder failed to " + action + ": " +
+                                            rep.value("message", std::string("no answer")))
+                            .dump());
+        return false;
+      }
+    return true;
+  };
   // The recorder itself is shared by all ranks and thread safe, so the routes act on it directly.
   auto guard = [experts](std::shared_ptr<http::Responder>& r) {
     if (experts && experts->recorder()) return true;
@@ -161,21 +220,37 @@ void register_expert_record_routes(http::Server& server, std::shared_ptr<ExpertB
     r->respond(400, error_body(400, body.has_value() ? "the body must be a JSON object" : body.error().message()).dump());
     return false;
   };
-  auto start = [experts, guard, body_ok](http::Request req, std::shared_ptr<http::Responder> r) {
+  // The other nodes answer over the network: not on an I/O thread.
+  auto start = [experts, guard, body_ok, others_ok](http::Request req, std::shared_ptr<http::Responder> r) {
     if (!body_ok(req, r) || !guard(r)) return;
-    experts->recorder()->start();
-    r->respond(200, "Start recording the expert distribution.\n", "text/plain");
+    std::thread([experts, r, others_ok]() mutable {
+      experts->recorder()->start();
+      if (others_ok("start", r)) r->respond(200, "Start recording the expert distribution.\n", "text/plain");
+    }).detach();
   };
-  auto stop = [experts, guard, body_ok](http::Request req, std::shared_ptr<http::Responder> r) {
+  auto stop = [experts, guard, body_ok, others_ok](http::Request req, std::shared_ptr<http::Responder> r) {
     if (!body_ok(req, r) || !guard(r)) return;
-    experts->recorder()->stop();
-    r->respond(200, "Stop recording the expert distribution.\n", "text/plain");
+    std::thread([experts, r, others_ok]() mutable {
+      experts->recorder()->stop();
+      if (others_ok("stop", r)) r->respond(200, "Stop recording the expert distribution.\n", "text/plain");
+    }).detach();
   };
-  auto dump = [experts, guard, body_ok](http::Request req, std::shared_ptr<http::Responder> r) {
+  auto dump = [experts, guard, body_ok, others](http::Request req, std::shared_ptr<http::Responder> r) {
     if (!body_ok(req, r) || !guard(r)) return;
     // Writing a long recording takes a while: not on an I/O thread.
-    std::thread([experts, r] {
-      auto path = experts->recorder()->dump_to_dir(moe::expert_distribution_dir_from_env(), experts->location());
+    std::thread([experts, r, others] {
+      json merged = experts->recorder()->dump(experts->location());
+      if (others) {
+        for (const auto& rep : others("dump")) {
+          Status st = rep.value("success", false) ? merge_expert_dumps(merged, rep.value("dump", json()))
+                                                  : Status(Error(ErrorCode::kIo, rep.value("message", std::string("no answer"))));
+          if (!st) {
+            r->respond(500, error_body(500, "another node's recorder: " + st.error().message()).dump());
+            return;
+          }
+        }
+      }
+      auto path = experts->recorder()->write_dump(moe::expert_distribution_dir_from_env(), merged);
       if (path.has_value()) r->respond(200, "Dump expert distribution record.\n", "text/plain");
       else r->respond(500, error_body(500, path.error().message()).dump());
     }).detach();

@@ -8,7 +8,9 @@
 // balancedness figures need. The EP group is the server's ranks (--dp-size).
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <vector>
 #include <string>
 
 #include "base/status.h"
@@ -46,10 +48,23 @@ class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
   int top_k_ = 0;
 };
 
+// Multi-node: sends "start" | "stop" | "dump" to every other node's recorder (the replies of
+// expert_record_node_command, one per node). Empty on a one-process server.
+using OtherNodesRecorder = std::function<std::vector<nlohmann::json>(const std::string& action)>;
+
 // /start_expert_distribution_record, /stop_expert_distribution_record,
 // /dump_expert_distribution_record (GET and POST) with SGLang's replies; 400 with a hint when the
-// server runs without --expert-distribution-recorder-mode.
+// server runs without --expert-distribution-recorder-mode. On a multi-node server they act on every
+// node, and the dump (written by node 0) holds every node's counts.
 void register_expert_record_routes(http::Server& server, std::shared_ptr<ExpertBalancing> experts,
-                                   const std::string& api_key);
+                                   const std::string& api_key, OtherNodesRecorder others = {});
+
+// A node other than 0 answering node 0: {"action": "start"|"stop"|"dump"} -> {"success": true}
+// (plus "dump": the recorder's dump object), or {"success": false, "message": ...}.
+nlohmann::json expert_record_node_command(ExpertBalancing* experts, const nlohmann::json& args);
+
+// Adds `other`'s counts (another node's dump) into `into`: logical_count summed pass by pass,
+// aligned on the latest pass; per-pass records appended. kCorrupt when the shapes differ.
+Status merge_expert_dumps(nlohmann::json& into, const nlohmann::json& other);
 
 }  // namespace pdserve::server

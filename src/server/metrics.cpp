@@ -24,7 +24,7 @@ void Histogram::render(std::string& out, const std::string& name, const std::str
   out += fmt::format("{}_count{{{}}} {}\n", name, labels, count_);
 }
 
-Metrics::Metrics(std::string model_name, std::vector<const scheduler::Scheduler*> schedulers)
+Metrics::Metrics(std::string model_name, std::vector<const RankHandle*> schedulers)
     : model_name_(std::move(model_name)),
       schedulers_(std::move(schedulers)),
       // SGLang's bucket bounds (seconds).
@@ -67,7 +67,7 @@ std::string Metrics::render() const {
   std::vector<int> ranks;
   for (const auto* s : schedulers_) {
     stats.push_back(s->stats());
-    ranks.push_back(s->config().dp_rank);
+    ranks.push_back(s->dp_rank());
   }
   auto rank_labels = [&](size_t i) {
     return fmt::format("model_name=\"{}\",engine_type=\"unified\",tp_rank=\"0\",pp_rank=\"0\",dp_rank=\"{}\"", model, ranks[i]);

@@ -10,6 +10,7 @@
 
 #include "disagg/transfer_stats.h"
 #include "scheduler/scheduler.h"
+#include "server/rank_handle.h"
 #include "server/tokenizer_manager.h"
 
 namespace pdserve::server {
@@ -30,7 +31,7 @@ class Histogram {
 
 class Metrics final : public RequestMetricsSink {
  public:
-  Metrics(std::string model_name, std::vector<const scheduler::Scheduler*> schedulers);
+  Metrics(std::string model_name, std::vector<const RankHandle*> schedulers);
   void observe_finished(double e2e_s, double ttft_s, int64_t prompt_tokens, int64_t completion_tokens,
                         int64_t cached_tokens, bool aborted) override;
   void observe_token_gap(double seconds) override;
@@ -41,7 +42,7 @@ class Metrics final : public RequestMetricsSink {
 
  private:
   std::string model_name_;
-  std::vector<const scheduler::Scheduler*> schedulers_;
+  std::vector<const RankHandle*> schedulers_;
   mutable std::mutex mu_;
   Histogram ttft_, itl_, e2e_;
   std::function<std::vector<disagg::TransferSample>()> transfer_source_;

@@ -68,6 +68,9 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<cons
 
 Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   auto s = std::unique_ptr<ModelServer>(new ModelServer());
+  // Layout mistakes fail before a (possibly huge) model is loaded.
+  PDSERVE_RETURN_IF_ERROR(args.resolve_parallel());
+  if (args.nnodes > 1) PDSERVE_RETURN_IF_ERROR(parallel::parse_host_port(args.dist_init_addr));
   PDSERVE_ASSIGN_OR_RETURN(s->config_, model::load_model_config(args.model_path));
   const auto tok_dir = tokenizer::resolve_tokenizer_dir(args.model_path, args.tokenizer_path);
   auto tok = tokenizer::Tokenizer::load(tok_dir);
@@ -116,12 +119,14 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     sc.disagg_polling_interval = a.disaggregation_decode_polling_interval;
   }
   ModelServer* self = s.get();
-  // DP ranks: one scheduler each, with its own KV cache over the shared (read-only) weights.
-  for (int64_t rank = 0; rank < a.dp_size; ++rank) {
-    if (rank > 0 && !dynamic_cast<scheduler::DeepseekV3Runner*>(runner.get()))
-      return make_error(ErrorCode::kUnsupported, "--dp-size > 1 runs on the CPU backend only in this build");
-    auto rank_runner = rank == 0 ? runner
-                                 : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
+  // This node's DP ranks: one scheduler each, with its own KV cache over the shared (read-only)
+  // weights. Outputs go to the tokenizer manager, or on a node other than 0 to node 0.
+  for (int64_t i = 0; i < a.ranks_per_node(); ++i) {
+    const int64_t rank = a.first_local_rank() + i;
+    if (i > 0 && !dynamic_cast<scheduler::DeepseekV3Runner*>(runner.get()))
+      return make_error(ErrorCode::kUnsupported, "more than one DP rank per process runs on the CPU backend only in this build");
+    auto rank_runner = i == 0 ? runner
+                              : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
     if (s->experts_) {
       PDSERVE_ASSIGN_OR_RETURN(rank_runner, s->experts_->wrap(rank_runner, static_cast<int>(rank)));
     }
@@ -129,18 +134,19 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     sc.dp_size = static_cast<int>(a.dp_size);
     s->kv_views_.push_back(rank_runner->kv_buffers());
     s->schedulers_.push_back(std::make_unique<scheduler::Scheduler>(
-        sc, rank_runner, decoder, [self](scheduler::RequestOutput&& out) { self->tm_->on_output(std::move(out)); }));
+        sc, rank_runner, decoder, [self](scheduler::RequestOutput&& out) {
+          if (self->service_) self->service_->deliver(std::move(out));
+          else self->tm_->on_output(std::move(out));
+        }));
+    s->local_ranks_.push_back(std::make_unique<LocalRank>(s->schedulers_.back().get()));
   }
   log::info("max_total_num_tokens={}, chunked_prefill_size={}, max_prefill_tokens={}, max_running_requests={}, context_len={}{}",
             s->schedulers_[0]->max_total_num_tokens(), a.chunked_prefill_size, a.max_prefill_tokens,
             a.max_running_requests, a.context_length, avail);
-  std::vector<scheduler::Scheduler*> raw;
-  std::vector<const scheduler::Scheduler*> craw;
-  for (auto& sch : s->schedulers_) {
-    raw.push_back(sch.get());
-    craw.push_back(sch.get());
-  }
-  s->tm_ = std::make_unique<TokenizerManager>(s->tokenizer_, raw, a.served_model_name, a.context_length);
+  PDSERVE_RETURN_IF_ERROR(s->create_node_links());
+  if (!s->is_front()) return s;  // no HTTP front, tokenizer manager or metrics on the other nodes
+  std::vector<const RankHandle*> craw(s->ranks_.begin(), s->ranks_.end());
+  s->tm_ = std::make_unique<TokenizerManager>(s->tokenizer_, s->ranks_, a.served_model_name, a.context_length);
   if (s->disagg_) s->tm_->set_disagg(s->disagg_->mode(), a.disaggregation_bootstrap_port);
   if (a.enable_metrics) {
     s->metrics_ = std::make_unique<Metrics>(a.served_model_name, craw);
@@ -161,11 +167,21 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
 ModelServer::~ModelServer() { shutdown(); }
 
 Status ModelServer::start() {
-  if (disagg_) {
-    std::vector<scheduler::Scheduler*> ranks;
-    for (auto& s : schedulers_) ranks.push_back(s.get());
-    PDSERVE_RETURN_IF_ERROR(disagg_->start(args_.host, ranks, kv_views_));
+  std::vector<scheduler::Scheduler*> local;
+  for (auto& s : schedulers_) local.push_back(s.get());
+  RankPlacement where;
+  where.first_rank = static_cast<int>(args_.first_local_rank());
+  where.dp_size = static_cast<int>(args_.dp_size);
+  where.run_bootstrap = is_front();
+  if (args_.nnodes > 1) {
+    where.bootstrap_host = parallel::parse_host_port(args_.dist_init_addr)->first;
+    where.advertise_host = node_ip_;
   }
+  // Node 0's bootstrap server is up before the other nodes join, so they can register with it.
+  if (disagg_ && is_front()) PDSERVE_RETURN_IF_ERROR(disagg_->start(args_.host, local, kv_views_, where));
+  if (args_.nnodes > 1) PDSERVE_RETURN_IF_ERROR(join_nodes());
+  if (disagg_ && !is_front()) PDSERVE_RETURN_IF_ERROR(disagg_->start(args_.host, local, kv_views_, where));
+  if (shutting_down_) return make_error(ErrorCode::kInternal, "the server stopped while starting");
   for (auto& s : schedulers_) s->start();
   // As SGLang's watchdog: a batch that runs longer than --watchdog-timeout means the server is hung
   // (a stuck kernel or collective); crash loudly so a supervisor restarts it rather than serving
@@ -181,6 +197,12 @@ Status ModelServer::start() {
         }
     }
   });
+  if (!is_front()) {
+    log::info("Node {} runs DP ranks {}..{} for node 0 at {}", args_.node_rank, args_.first_local_rank(),
+              args_.first_local_rank() + args_.ranks_per_node() - 1, args_.dist_init_addr);
+    return ok_status();
+  }
+  if (args_.nnodes > 1) PDSERVE_RETURN_IF_ERROR(wait_for_remote_ranks());
   PDSERVE_RETURN_IF_ERROR(http_->start());
   if (!args_.skip_server_warmup) {
     // As SGLang: one real request through the HTTP front before declaring readiness.
@@ -206,21 +228,40 @@ Status ModelServer::start() {
   return ok_status();
 }
 
-void ModelServer::wait() { http_->wait(); }
+void ModelServer::wait() {
+  if (http_) {
+    http_->wait();
+    // The front stops when shutdown() (maybe on another thread) closes it: return only once that
+    // shutdown finished, so that nothing is torn down under it.
+    shutdown();
+  }
+  std::unique_lock lk(done_mu_);
+  done_cv_.wait(lk, [this] { return done_; });
+}
 
-void ModelServer::shutdown() {
+void ModelServer::shutdown(const std::string& reason) {
   if (shutting_down_.exchange(true)) return;
   ready_ = false;
   // Abort everything first so each client gets a final answer, then close the connections.
-  for (auto& s : schedulers_) s->stop("server shutting down");
+  const std::string message = reason == "server shutting down" ? reason : "server shutting down: " + reason;
+  if (remote_) remote_->finish_all(message);
+  for (auto& s : schedulers_) s->stop(message);
+  if (group_) group_->leave(reason);  // the other nodes stop too
   if (disagg_) disagg_->stop();
   if (http_) http_->stop(std::chrono::milliseconds(3000));
+  if (service_) service_->stop();
+  if (remote_) remote_->stop();
   if (watchdog_.joinable() && watchdog_.get_id() != std::this_thread::get_id()) watchdog_.join();
+  {
+    std::lock_guard lk(done_mu_);
+    done_ = true;
+  }
+  done_cv_.notify_all();
 }
 
 std::vector<nlohmann::json> ModelServer::fan_out(const std::string& command, const nlohmann::json& args) {
   std::vector<std::future<nlohmann::json>> futures;
-  for (auto& s : schedulers_) futures.push_back(s->control(command, args));
+  for (auto* s : ranks_) futures.push_back(s->control(command, args));
   std::vector<nlohmann::json> out;
   for (auto& f : futures) out.push_back(f.get());
   return out;
@@ -267,7 +308,7 @@ std::function<int()> add_serve_command(CLI::App& root) {
     ModelServer* s = server->get();
     http::SignalWatcher watcher([s](int signo) {
       log::info("Received {}, shutting down", signo == SIGTERM ? "SIGTERM" : "SIGINT");
-      s->shutdown();
+      s->shutdown(signo == SIGTERM ? "received SIGTERM" : "received SIGINT");
     });
     if (auto st = s->start(); !st) {
       std::fprintf(stderr, "error: %s\n", st.error().message().c_str());
@@ -275,7 +316,7 @@ std::function<int()> add_serve_command(CLI::App& root) {
       return 1;
     }
     s->wait();
-    return 0;
+    return s->failed() ? 1 : 0;
   };
 }
 

@@ -34,7 +34,7 @@ void answer_when_done(std::vector<std::future<json>> replies, std::shared_ptr<ht
 
 }  // namespace
 
-void register_profile_routes(http::Server& server, std::vector<scheduler::Scheduler*> schedulers,
+void register_profile_routes(http::Server& server, std::vector<RankHandle*> schedulers,
                              const std::string& api_key) {
   auto start = [schedulers](http::Request req, std::shared_ptr<http::Responder> r) {
     Result<json> body = req.body.empty() ? Result<json>(json::object()) : parse_json(req.body, "/start_profile body");

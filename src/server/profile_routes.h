@@ -6,13 +6,14 @@
 #include <vector>
 
 #include "http/server.h"
+#include "server/rank_handle.h"
 #include "scheduler/scheduler.h"
 
 namespace pdserve::server {
 
 // Registers both routes (GET and POST, behind the API key when one is set). `schedulers` must
 // outlive the server's routes.
-void register_profile_routes(http::Server& server, std::vector<scheduler::Scheduler*> schedulers,
+void register_profile_routes(http::Server& server, std::vector<RankHandle*> schedulers,
                              const std::string& api_key);
 
 }  // namespace pdserve::server

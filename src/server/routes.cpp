@@ -159,13 +159,21 @@ void ModelServer::register_control_routes() {
     if (t.is_number() && t.get<double>() > 1e6) return respond_error(*r, 400, "field 'forward_sleep_time' is too large");
     // Sent to the schedulers without waiting: one may be asleep in a batch (the reply would take
     // until the sleep ends), and SGLang answers at once too.
-    for (auto& s : schedulers_) (void)s->control("slow_down", {{"forward_sleep_time", t}});
+    for (auto* s : ranks_) (void)s->control("slow_down", {{"forward_sleep_time", t}});
     respond_json(*r, 200, nullptr);
   });
-  std::vector<scheduler::Scheduler*> ranks;
-  for (auto& s : schedulers_) ranks.push_back(s.get());
-  register_profile_routes(*http_, std::move(ranks), key);  // /start_profile, /stop_profile
-  register_expert_record_routes(*http_, experts_, key);  // /start|stop|dump_expert_distribution_record
+  register_profile_routes(*http_, ranks_, key);  // /start_profile, /stop_profile
+  OtherNodesRecorder other_nodes;  // multi-node: the recorders of nodes 1..N-1 act with node 0's
+  if (remote_)
+    other_nodes = [this](const std::string& action) {
+      std::vector<std::future<json>> replies;
+      for (int n = 1; n < args_.nnodes; ++n) replies.push_back(remote_->node_control(n, "expert_record", {{"action", action}}));
+      std::vector<json> out;
+      for (auto& f : replies) out.push_back(f.get());
+      return out;
+    };
+  // /start|stop|dump_expert_distribution_record
+  register_expert_record_routes(*http_, experts_, key, std::move(other_nodes));
   http_->route("POST", "/abort_request", http::require_api_key(key, [this](http::Request req, std::shared_ptr<http::Responder> r) {
     auto body = parse_json_body(req.body);
     if (!body) return respond_error(*r, 400, body.error().message());

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 namespace pdserve::server {
 
 namespace {
@@ -27,10 +29,24 @@ void add_disagg_flags(CLI::App& app, ServerArgs& a) {
                  "Poll the PD queues every N scheduler loops")->capture_default_str()->check(CLI::PositiveNumber);
 }
 
+void add_parallel_flags(CLI::App& app, ServerArgs& a) {
+  app.add_option("--tp-size,--tp", a.tp_size, "Tensor-parallel size (with --enable-dp-attention: equal to --dp-size)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  app.add_flag("--enable-dp-attention", a.enable_dp_attention,
+               "Data-parallel attention: every DP rank runs its own requests; global limits are divided among them");
+  app.add_option("--dist-init-addr", a.dist_init_addr, "HOST:PORT where node 0 waits for the other nodes");
+  app.add_option("--nnodes", a.nnodes, "Nodes (processes) of this server")->capture_default_str()->check(CLI::Range(1, 1024));
+  app.add_option("--node-rank", a.node_rank, "This node's rank (0 serves HTTP)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--dist-timeout", a.dist_timeout, "Seconds to wait for every node at startup")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
 }  // namespace
 
 void add_server_flags(CLI::App& app, ServerArgs& a) {
   add_disagg_flags(app, a);
+  add_parallel_flags(app, a);
   add_expert_flags(app, a.expert);
   app.add_option("--model-path", a.model_path, "Model folder (config.json, safetensors, tokenizer)")->required();
   app.add_option("--tokenizer-path", a.tokenizer_path, "Tokenizer folder (default: the model folder)");
@@ -70,6 +86,39 @@ void add_server_flags(CLI::App& app, ServerArgs& a) {
   app.add_flag("--trust-remote-code", a.trust_remote_code, "Accepted for compatibility (pdserve runs no remote code)");
   app.add_option("--dummy-seed", a.dummy_seed, "Seed of --load-format dummy weights")->capture_default_str();
   app.add_option("--max-request-body-bytes", a.max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+}
+
+Status ServerArgs::resolve_parallel() {
+  auto bad = [](const std::string& m) { return Status(Error(ErrorCode::kInvalidArgument, m)); };
+  if (enable_dp_attention) {
+    if (tp_size == 1) tp_size = dp_size;  // SGLang requires dp <= tp; tp 1 with dp N is a typo
+    if (tp_size != dp_size)
+      return bad(fmt::format("--tp-size {} with --dp-size {} means attention tensor parallelism of {} per DP rank, which this "
+                             "build does not have: use --tp-size {} --dp-size {}",
+                             tp_size, dp_size, tp_size / std::max<int64_t>(dp_size, 1), tp_size, tp_size));
+    // Global limits, as SGLang: each DP rank gets its share.
+    if (max_running_requests > 0) max_running_requests = std::max<int64_t>(1, max_running_requests / dp_size);
+    if (chunked_prefill_size > 0) chunked_prefill_size = std::max<int64_t>(1, chunked_prefill_size / dp_size);
+  } else if (tp_size > 1) {
+    return bad(fmt::format("--tp-size {} without --enable-dp-attention is tensor parallelism, which this build does not "
+                           "have: use --tp-size {} --dp-size {} --enable-dp-attention",
+                           tp_size, tp_size, tp_size));
+  }
+  if (node_rank >= nnodes) return bad(fmt::format("--node-rank {} must be below --nnodes {}", node_rank, nnodes));
+  if (nnodes > 1) {
+    if (dist_init_addr.empty()) return bad("--nnodes > 1 needs --dist-init-addr HOST:PORT (node 0's address)");
+    if (dp_size % nnodes != 0)
+      return bad(fmt::format("--dp-size {} must be a multiple of --nnodes {}: every node runs --dp-size / --nnodes DP ranks",
+                             dp_size, nnodes));
+  }
+  return ok_status();
+}
+
+std::string ServerArgs::node_fingerprint() const {
+  return fmt::format("tp_size={} dp_size={} enable_dp_attention={} disaggregation_mode={} page_size={} load_format={} "
+                     "dummy_seed={} context_length={}",
+                     tp_size, dp_size, enable_dp_attention, disaggregation_mode, page_size, load_format, dummy_seed,
+                     context_length);
 }
 
 Status ServerArgs::resolve(int64_t model_context_length, int64_t bytes_per_token) {
@@ -120,9 +169,13 @@ nlohmann::json ServerArgs::to_json() const {
           {"watchdog_timeout", watchdog_timeout},
           {"skip_server_warmup", skip_server_warmup},
           {"trust_remote_code", trust_remote_code},
-          {"tp_size", 1},
+          {"tp_size", tp_size},
           {"dp_size", dp_size},
           {"ep_size", 1},
+          {"enable_dp_attention", enable_dp_attention},
+          {"dist_init_addr", dist_init_addr.empty() ? nlohmann::json(nullptr) : nlohmann::json(dist_init_addr)},
+          {"nnodes", nnodes},
+          {"node_rank", node_rank},
           {"disaggregation_mode", disaggregation_mode},
           {"disaggregation_bootstrap_port", disaggregation_bootstrap_port},
           {"disaggregation_transfer_backend", disaggregation_transfer_backend},

@@ -49,6 +49,17 @@ struct ServerArgs {
   // Data parallel: independent scheduler ranks, each with its own KV cache (PD pairs by
   // bootstrap_room % dp_size).
   int64_t dp_size = 1;
+  // SGLang's parallel layout. With --enable-dp-attention every DP rank is its own attention TP
+  // group (this build has no attention TP > 1, so --tp-size must equal --dp-size), and
+  // --max-running-requests / --chunked-prefill-size are global, divided among the DP ranks.
+  int64_t tp_size = 1;
+  bool enable_dp_attention = false;
+  // Multi-node (docs/cluster.md): one process per node, each running dp_size / nnodes DP ranks;
+  // node 0 serves HTTP and forwards to the others.
+  std::string dist_init_addr;
+  int64_t nnodes = 1;
+  int64_t node_rank = 0;
+  double dist_timeout = 300;  // seconds to wait for every node at startup
   // PD disaggregation (docs/pd.md). Timeouts and heartbeats come from SGLang's environment variables.
   std::string disaggregation_mode = "null";
   int disaggregation_bootstrap_port = 8998;
@@ -62,6 +73,13 @@ struct ServerArgs {
   // Fills derived defaults from the model: context length, KV size, running-request cap.
   // `bytes_per_token` is the KV cache size of one token over all layers.
   Status resolve(int64_t model_context_length, int64_t bytes_per_token);
+  // Checks the parallel layout (tp/dp/nodes) and applies SGLang's per-rank division of the global
+  // limits under --enable-dp-attention. Call once, before resolve().
+  Status resolve_parallel();
+  int64_t ranks_per_node() const { return dp_size / nnodes; }
+  int64_t first_local_rank() const { return node_rank * ranks_per_node(); }
+  // The settings every node of one server must share (compared at rendezvous).
+  std::string node_fingerprint() const;
   ExpertArgs expert;  // EPLB placement and recorder flags (expert_args.h)
   nlohmann::json to_json() const;  // every field, for /server_info
 };

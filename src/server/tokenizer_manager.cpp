@@ -70,7 +70,7 @@ std::string visible_text(const std::string& text, bool finished, const std::opti
 }  // namespace
 
 TokenizerManager::TokenizerManager(std::shared_ptr<const tokenizer::Tokenizer> tok,
-                                   std::vector<scheduler::Scheduler*> schedulers, std::string model_name,
+                                   std::vector<RankHandle*> schedulers, std::string model_name,
                                    int64_t context_length)
     : tok_(std::move(tok)),
       schedulers_(std::move(schedulers)),

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "scheduler/scheduler.h"
+#include "server/rank_handle.h"
 #include "server/request_parsing.h"
 #include "server/response_channel.h"
 #include "tokenizer/tokenizer.h"
@@ -32,7 +33,7 @@ struct RequestMetricsSink {
 
 class TokenizerManager {
  public:
-  TokenizerManager(std::shared_ptr<const tokenizer::Tokenizer> tok, std::vector<scheduler::Scheduler*> schedulers,
+  TokenizerManager(std::shared_ptr<const tokenizer::Tokenizer> tok, std::vector<RankHandle*> schedulers,
                    std::string model_name, int64_t context_length);
 
   // Wires the scheduler's output sink here (construct schedulers with this as their sink).
@@ -73,7 +74,7 @@ class TokenizerManager {
   std::string new_rid();
 
   std::shared_ptr<const tokenizer::Tokenizer> tok_;
-  std::vector<scheduler::Scheduler*> schedulers_;
+  std::vector<RankHandle*> schedulers_;  // every DP rank of the server, by DP rank
   std::string model_name_;
   int64_t context_length_;
   RequestMetricsSink* metrics_ = nullptr;

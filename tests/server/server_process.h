@@ -106,6 +106,29 @@ class ServerProcess {
     return -1;
   }
 
+  // Waits for the process to exit on its own: the exit code (or 128 + signal), -1 if still running.
+  int wait_exit(std::chrono::seconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (!exited_ && std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return exited_ ? exit_code_ : -1;
+  }
+  // Waits until the log contains `needle` (false if the limit passed first).
+  bool wait_log(const std::string& needle, std::chrono::seconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      if (log().find(needle) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
   std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
   std::string log() const { return read_file(log_path_); }
   int port() const { return port_; }
@@ -115,6 +138,7 @@ class ServerProcess {
   int port_ = 0;
   pid_t pid_ = -1;
   bool exited_ = false;
+  int exit_code_ = -1;
   std::filesystem::path log_path_;
 };
 
