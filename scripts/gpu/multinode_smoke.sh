@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine after scripts/gpu/run_gpu_checks.sh has unpacked the binaries: a two-node
-# server (two processes, `--nnodes 2`, DP attention, one GPU rank each; both on GPU 0 with half the
-# memory each when the machine has one GPU) against a one-process server on the tiny model. The
+# server (two processes, `--nnodes 2`, DP attention, one GPU rank each; both on GPU 0 when the
+# machine has one GPU, each with a small capped KV cache) against a one-process server on the tiny
+# model. The
 # greedy outputs must match, and both nodes' ranks must have served requests.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,8 +11,8 @@ BIN=/tmp/pdserve-gpu/bin/pdserve
 export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 NGPU=$(nvidia-smi -L | wc -l)
 GPU1=$((NGPU > 1 ? 1 : 0))
-COMMON=(--model-path models/tiny-deepseek-v3 --load-format dummy --device cuda --mem-fraction-static 0.4
-        --max-running-requests 32 --context-length 2048)
+COMMON=(--model-path models/tiny-deepseek-v3 --load-format dummy --device cuda --mem-fraction-static 0.9
+        --max-total-tokens 65536 --max-running-requests 32 --context-length 2048)
 wait_ready() {  # LOG PID
   for _ in $(seq 1 240); do
     grep -q "fired up" "$1" && return 0
@@ -22,7 +23,7 @@ wait_ready() {  # LOG PID
 }
 $BIN serve "${COMMON[@]}" --port 31600 > "$OUT/mn_single.log" 2>&1 &
 SINGLE=$!
-wait_ready "$OUT/mn_single.log" $SINGLE || { echo "single server failed"; tail -5 "$OUT/mn_single.log"; exit 1; }
+wait_ready "$OUT/mn_single.log" $SINGLE || { echo "single server failed"; tail -n 5 "$OUT/mn_single.log"; exit 1; }
 NODE=(--tp-size 2 --dp-size 2 --enable-dp-attention --dist-init-addr 127.0.0.1:31657 --nnodes 2)
 $BIN serve "${COMMON[@]}" "${NODE[@]}" --node-rank 1 --base-gpu-id $GPU1 --port 31602 > "$OUT/mn_node1.log" 2>&1 &
 N1=$!
@@ -44,7 +45,7 @@ raise SystemExit(0 if same == len(prompts) else 1)
 PY
   grep -c "DP1\] Prefill batch" "$OUT/mn_node1.log" | sed 's/^/node 1 prefill batches: /'
 else
-  echo "two-node server failed"; tail -5 "$OUT/mn_node0.log" "$OUT/mn_node1.log"; rc=1
+  echo "two-node server failed"; tail -n 5 "$OUT/mn_node0.log" "$OUT/mn_node1.log"; rc=1
 fi
 kill -TERM $N0 $SINGLE 2>/dev/null
 for _ in $(seq 30); do kill -0 $N1 2>/dev/null || break; sleep 0.5; done
