@@ -177,7 +177,9 @@ class Repro {
   }
 
   Result<ChildProcess*> spawn(const std::string& name, std::vector<std::string> args) {
-    auto c = ChildProcess::spawn(name, binary_, args, out_ / (name + ".log"));
+    // The servers may write traces only under their profiler folder: make it this run's.
+    auto c = ChildProcess::spawn(name, binary_, args, out_ / (name + ".log"),
+                                 {"SGLANG_TORCH_PROFILER_DIR=" + traces_.string()});
     if (!c) return c.error();
     children_.push_back(std::make_unique<ChildProcess>(std::move(*c)));
     log::info("repro: started {} (pid {}), log {}", name, children_.back()->pid(), children_.back()->log_path().string());

@@ -37,6 +37,25 @@ std::string default_profiler_dir() {
   return "/tmp";
 }
 
+namespace {
+
+// The client picks where the server writes: only inside the profiler root, so that a request
+// cannot make the server write anywhere else on its disk (`..`, absolute paths, symlinks out).
+Status check_inside_root(const std::string& dir, const std::string& root, const char* src) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path r = fs::weakly_canonical(fs::absolute(root, ec), ec);
+  const fs::path d = fs::weakly_canonical(fs::absolute(dir, ec), ec);
+  const fs::path rel = d.lexically_relative(r);
+  if (ec || rel.empty() || *rel.begin() == "..")
+    return make_error(ErrorCode::kInvalidArgument,
+                      "{}: field 'output_dir' must be inside the profiler folder {} (SGLANG_TORCH_PROFILER_DIR), got '{}'",
+                      src, root, dir);
+  return ok_status();
+}
+
+}  // namespace
+
 Result<ProfileRequest> parse_profile_request(const json& body, const std::string& default_dir) {
   const char* src = "/start_profile body";
   if (!body.is_null() && !body.is_object())
@@ -70,6 +89,11 @@ Result<ProfileRequest> parse_profile_request(const json& body, const std::string
   (void)merge;  // accepted for compatibility: every rank's file is written either way
   PDSERVE_ASSIGN_OR_RETURN(r.profile_prefix, get_field_or<std::string>(body, "profile_prefix", src, ""));
   if (r.output_dir.empty()) r.output_dir = default_dir;
+  PDSERVE_RETURN_IF_ERROR(check_inside_root(r.output_dir, default_dir, src));
+  // The prefix starts each trace file's name: a name, not a path.
+  if (r.profile_prefix.find('/') != std::string::npos || r.profile_prefix.find('\0') != std::string::npos ||
+      r.profile_prefix.rfind("..", 0) == 0)
+    return make_error(ErrorCode::kInvalidArgument, "{}: field 'profile_prefix' must be a file name prefix (no '/', no leading '..')", src);
   return r;
 }
 

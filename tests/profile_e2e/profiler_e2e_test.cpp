@@ -56,12 +56,22 @@ TEST(ProfilerE2E, NumStepsFilesLogLinesErrorsAndAnalyze) {
   const fs::path dir = fresh_dir("a");
 
   // Bad bodies are 400 with a message, and start nothing.
-  for (const char* bad : {R"({"num_steps": 0})", R"({"activities": ["TPU"]})", R"({"bogus": 1})", "not json",
-                          R"({"num_steps": "5"})"}) {
+  // Including folders outside the profiler root (/tmp here): elsewhere, `..`, a symlink leading out,
+  // and a file-name prefix that is a path.
+  const fs::path link = fs::temp_directory_path() / ("pdserve_profiler_link_" + std::to_string(::getpid()));
+  fs::remove(link);
+  fs::create_directory_symlink("/etc", link);
+  const std::vector<std::string> bads = {
+      R"({"num_steps": 0})", R"({"activities": ["TPU"]})", R"({"bogus": 1})", "not json", R"({"num_steps": "5"})",
+      R"({"output_dir": "/etc"})", R"({"output_dir": "/tmp/../etc/pdserve"})",
+      json{{"output_dir", (link / "sub").string()}}.dump(), R"({"profile_prefix": "../x"})",
+      R"({"profile_prefix": "a/b"})"};
+  for (const auto& bad : bads) {
     auto r = c.post_json(server.url("/start_profile"), bad);
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 400) << bad << " -> " << r->body;
   }
+  fs::remove(link);
   auto stop = c.post_json(server.url("/stop_profile"), "");
   ASSERT_TRUE(stop);
   EXPECT_EQ(stop->status, 400);
