@@ -32,9 +32,12 @@ void add_expert_flags(CLI::App& app, ExpertArgs& a) {
       ->capture_default_str()->check(CLI::IsMember({"deepseek", "deepseek_hierarchical", "auto"}));
   app.add_option("--ep-dispatch-algorithm", a.ep_dispatch_algorithm, "Replica choice: static | dynamic | fake")
       ->capture_default_str()->check(CLI::IsMember({"static", "dynamic", "random", "fake"}));
-  app.add_flag("--enable-eplb", a.enable_eplb, "Online rebalancing (not implemented yet: refused at startup)");
-  app.add_option("--eplb-rebalance-num-iterations", a.eplb_rebalance_num_iterations)->capture_default_str();
-  app.add_option("--eplb-rebalance-layers-per-chunk", a.eplb_rebalance_layers_per_chunk);
+  app.add_flag("--enable-eplb", a.enable_eplb,
+               "Online expert rebalancing from the recorded window (records in stat mode unless a mode is given)");
+  app.add_option("--eplb-rebalance-num-iterations", a.eplb_rebalance_num_iterations,
+                 "Forward passes between online rebalances")->capture_default_str();
+  app.add_option("--eplb-rebalance-layers-per-chunk", a.eplb_rebalance_layers_per_chunk,
+                 "Layers whose new placement is applied per forward pass (default: all at once)");
 }
 
 }  // namespace pdserve::server

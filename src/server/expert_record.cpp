@@ -13,14 +13,15 @@ using nlohmann::json;
 namespace {
 
 // Feeds the recorder: while it records, the inner runner reports each MoE layer's chosen experts,
-// this rank's dispatcher turns them into physical copies, and the pass is recorded.
+// this rank's dispatcher turns them into physical copies, and the pass is recorded. With
+// --enable-eplb it also counts the pass for the rebalancer and, between passes, picks up the
+// placement the rebalancer published (this thread owns the dispatcher).
 class RecordingRunner final : public scheduler::ModelRunner {
  public:
   RecordingRunner(std::shared_ptr<scheduler::ModelRunner> inner, std::shared_ptr<const ExpertBalancing> owner,
                   moe::DispatchAlgorithm dispatch, int rank, int top_k)
       : inner_(std::move(inner)), owner_(std::move(owner)), recorder_(owner_->recorder()),
-        dispatcher_(std::shared_ptr<const moe::ExpertLocation>(owner_, &owner_->location()), dispatch, rank),
-        rank_(rank), top_k_(top_k) {}
+        eplb_(owner_->eplb()), placement_(eplb_, owner_->location(), dispatch, rank), rank_(rank), top_k_(top_k) {}
   int64_t vocab_size() const override { return inner_->vocab_size(); }
   int64_t num_pages() const override { return inner_->num_pages(); }
   int64_t page_size() const override { return inner_->page_size(); }
@@ -31,6 +32,14 @@ class RecordingRunner final : public scheduler::ModelRunner {
 
   Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
     const int64_t pass_id = forward_ct_++;
+    placement_.sync();
+    auto out = record_pass(batch, all_logits, pass_id);
+    if (eplb_) eplb_->on_forward_pass(pass_id);
+    return out;
+  }
+
+ private:
+  Result<Tensor> record_pass(const std::vector<model::SequenceInput>& batch, bool all_logits, int64_t pass_id) {
     if (!recorder_->recording()) return inner_->forward(batch, all_logits);
     model::RoutingTrace trace;
     inner_->set_routing_trace(&trace);
@@ -55,18 +64,18 @@ class RecordingRunner final : public scheduler::ModelRunner {
     for (auto& [layer, rows] : trace.experts) {
       auto& ids = pass.physical_ids[static_cast<int>(layer)];
       for (const auto& row : rows) ids.insert(ids.end(), row.begin(), row.end());
-      dispatcher_.to_physical(static_cast<int>(layer), ids);
+      placement_.dispatcher().to_physical(static_cast<int>(layer), ids);
     }
     if (auto st = recorder_->record(pass); !st.has_value())
       log::warning("expert distribution recorder: {}", st.error().message());  // a bug, not the request's fault
     return out;
   }
 
- private:
   std::shared_ptr<scheduler::ModelRunner> inner_;
-  std::shared_ptr<const ExpertBalancing> owner_;  // keeps the recorder and placement alive
+  std::shared_ptr<const ExpertBalancing> owner_;  // keeps the recorder, placement and rebalancer alive
   moe::ExpertDistributionRecorder* recorder_;
-  moe::ExpertDispatcher dispatcher_;
+  moe::EplbManager* eplb_;  // null without --enable-eplb
+  moe::RankExpertLocation placement_;
   int rank_, top_k_;
   int64_t forward_ct_ = 0;
 };
@@ -85,13 +94,22 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
     return std::shared_ptr<ExpertBalancing>();
   }
   if (!asked) return std::shared_ptr<ExpertBalancing>();  // nothing to place or record: no constraint on --dp-size
-  if (args.enable_eplb)
-    return make_error(ErrorCode::kUnsupported,
-                      "--enable-eplb (online rebalancing) is not implemented yet: record with "
-                      "--expert-distribution-recorder-mode, compute a placement with `pdserve eplb` and restart with "
-                      "--init-expert-location");
   auto self = std::make_shared<ExpertBalancing>();
   self->args_ = args;
+  if (args.enable_eplb) {
+    if (args.eplb_rebalance_num_iterations < 1)
+      return make_error(ErrorCode::kInvalidArgument, "--eplb-rebalance-num-iterations must be at least 1, got {}",
+                        args.eplb_rebalance_num_iterations);
+    if (args.eplb_rebalance_layers_per_chunk == 0 || args.eplb_rebalance_layers_per_chunk < -1)
+      return make_error(ErrorCode::kInvalidArgument, "--eplb-rebalance-layers-per-chunk must be at least 1, got {}",
+                        args.eplb_rebalance_layers_per_chunk);
+    // SGLang: the rebalancer needs a window; without a recorder mode it records `stat` over the
+    // last --eplb-rebalance-num-iterations passes.
+    if (args.recorder_mode.empty()) {
+      self->args_.recorder_mode = "stat";
+      self->args_.recorder_buffer_size = args.eplb_rebalance_num_iterations;
+    }
+  }
   self->top_k_ = static_cast<int>(cfg.num_experts_per_tok);
   PDSERVE_ASSIGN_OR_RETURN(self->dispatch_, moe::parse_dispatch_algorithm(args.ep_dispatch_algorithm));
   moe::ExpertLayout layout{static_cast<int>(cfg.num_hidden_layers), static_cast<int>(cfg.n_routed_experts),
@@ -121,14 +139,21 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
             layout.num_local_physical(), ep_size,
             source.kind == moe::ExpertLocationSource::Kind::kTrivial ? "trivial" : source.origin, args.eplb_algorithm,
             args.ep_dispatch_algorithm, balance);
-  if (!args.recorder_mode.empty()) {
+  if (!self->args_.recorder_mode.empty()) {
     moe::RecorderOptions ro;
-    PDSERVE_ASSIGN_OR_RETURN(ro.mode, moe::parse_recorder_mode(args.recorder_mode));
-    ro.buffer_size = args.recorder_buffer_size;
+    PDSERVE_ASSIGN_OR_RETURN(ro.mode, moe::parse_recorder_mode(self->args_.recorder_mode));
+    ro.buffer_size = self->args_.recorder_buffer_size;
     ro.layout = layout;
     ro.model = model_name;
     ro.num_groups = eplb.num_groups;
     PDSERVE_ASSIGN_OR_RETURN(self->recorder_, moe::ExpertDistributionRecorder::create(std::move(ro)));
+  }
+  if (args.enable_eplb) {
+    moe::EplbManagerOptions mo;
+    mo.rebalance_num_iterations = args.eplb_rebalance_num_iterations;
+    mo.layers_per_chunk = args.eplb_rebalance_layers_per_chunk;
+    mo.eplb = eplb;
+    PDSERVE_ASSIGN_OR_RETURN(self->eplb_, moe::EplbManager::create(mo, self->location_, self->recorder_.get()));
   }
   return self;
 }
@@ -150,7 +175,7 @@ json expert_record_node_command(ExpertBalancing* experts, const json& args) {
   const std::string action = args.is_object() ? args.value("action", "") : "";
   if (action == "start") experts->recorder()->start();
   else if (action == "stop") experts->recorder()->stop();
-  else if (action == "dump") return {{"success", true}, {"dump", experts->recorder()->dump(experts->location())}};
+  else if (action == "dump") return {{"success", true}, {"dump", experts->recorder()->dump(*experts->location())}};
   else return {{"success", false}, {"message", "unknown expert record action '" + action + "'"}};
   return {{"success", true}};
 }
@@ -239,7 +264,7 @@ void register_expert_record_routes(http::Server& server, std::shared_ptr<ExpertB
     if (!body_ok(req, r) || !guard(r)) return;
     // Writing a long recording takes a while: not on an I/O thread.
     std::thread([experts, r, others] {
-      json merged = experts->recorder()->dump(experts->location());
+      json merged = experts->recorder()->dump(*experts->location());
       if (others) {
         for (const auto& rep : others("dump")) {
           Status st = rep.value("success", false) ? merge_expert_dumps(merged, rep.value("dump", json()))

@@ -16,6 +16,7 @@
 #include "base/status.h"
 #include "http/server.h"
 #include "model/config.h"
+#include "moe/eplb_manager.h"
 #include "moe/expert_distribution.h"
 #include "moe/expert_location.h"
 #include "moe/expert_location_dispatch.h"
@@ -29,7 +30,8 @@ class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
  public:
   // Builds the placement (logging how it was made) and the recorder; null when no expert flag asks
   // for anything (default placement, no recorder). Errors: a bad flag value, a placement that does
-  // not fit the model, --enable-eplb (online rebalancing is not built yet).
+  // not fit the model. --enable-eplb without a recorder mode records in stat mode with a window of
+  // --eplb-rebalance-num-iterations passes (SGLang's default), recording from startup.
   static Result<std::shared_ptr<ExpertBalancing>> create(const ExpertArgs& args, const model::ModelConfig& cfg,
                                                          int ep_size, const std::string& model_name);
 
@@ -38,12 +40,16 @@ class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
   Result<std::shared_ptr<scheduler::ModelRunner>> wrap(std::shared_ptr<scheduler::ModelRunner> inner, int rank);
 
   moe::ExpertDistributionRecorder* recorder() const { return recorder_.get(); }
-  const moe::ExpertLocation& location() const { return *location_; }
+  // The placement in effect now (online rebalancing replaces it; the snapshot itself never changes).
+  std::shared_ptr<const moe::ExpertLocation> location() const { return eplb_ ? eplb_->location() : location_; }
+  // The online rebalancer; null without --enable-eplb.
+  moe::EplbManager* eplb() const { return eplb_.get(); }
 
  private:
   ExpertArgs args_;
-  std::shared_ptr<const moe::ExpertLocation> location_;
+  std::shared_ptr<const moe::ExpertLocation> location_;  // the initial placement
   std::unique_ptr<moe::ExpertDistributionRecorder> recorder_;
+  std::unique_ptr<moe::EplbManager> eplb_;  // after recorder_: destroyed first
   moe::DispatchAlgorithm dispatch_ = moe::DispatchAlgorithm::kStatic;
   int top_k_ = 0;
 };

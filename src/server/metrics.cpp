@@ -126,6 +126,7 @@ std::string Metrics::render() const {
     hist("sglang:kv_transfer_latency_ms", "KV transfer latency of one request (ms).", kv_latency_ms_);
     hist("sglang:kv_transfer_speed_gb_s", "KV transfer speed of one request (GB/s).", kv_speed_gb_s_);
   }
+  if (extra_source_) out += extra_source_(labels);
   return out;
 }
 

@@ -39,6 +39,8 @@ class Metrics final : public RequestMetricsSink {
   std::string render() const;
   // PD: where the KV transfer observations come from (drained at each scrape).
   void set_transfer_source(std::function<std::vector<disagg::TransferSample>()> f) { transfer_source_ = std::move(f); }
+  // More series rendered at scrape time (online EPLB's gauge and counter), given the model's labels.
+  void set_extra_source(std::function<std::string(const std::string& labels)> f) { extra_source_ = std::move(f); }
 
  private:
   std::string model_name_;
@@ -46,6 +48,7 @@ class Metrics final : public RequestMetricsSink {
   mutable std::mutex mu_;
   Histogram ttft_, itl_, e2e_;
   std::function<std::vector<disagg::TransferSample>()> transfer_source_;
+  std::function<std::string(const std::string&)> extra_source_;
   mutable Histogram kv_latency_ms_, kv_speed_gb_s_;  // fed from transfer_source_ at render time
   uint64_t finished_ = 0, aborted_ = 0;
 };

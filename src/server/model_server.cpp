@@ -94,6 +94,8 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     avail = fmt::format(", available_gpu_mem={:.2f} GB", gpu->model().memory().avail_gb);
   s->args_ = std::move(args);
   const auto& a = s->args_;
+  if (a.expert.enable_eplb && a.nnodes > 1)  // each node would rebalance on its own share of the counts
+    return make_error(ErrorCode::kUnsupported, "--enable-eplb runs on a one-node server only in this build");
   PDSERVE_ASSIGN_OR_RETURN(s->experts_, ExpertBalancing::create(a.expert, c, static_cast<int>(a.dp_size),
                                                                a.served_model_name));
 
@@ -152,6 +154,8 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     s->metrics_ = std::make_unique<Metrics>(a.served_model_name, craw);
     s->tm_->set_metrics(s->metrics_.get());
     if (s->disagg_) s->metrics_->set_transfer_source([self] { return self->disagg_->drain_samples(); });
+    if (s->experts_ && s->experts_->eplb())
+      s->metrics_->set_extra_source([self](const std::string& labels) { return self->experts_->eplb()->render_metrics(labels); });
   }
   http::ServerOptions ho;
   ho.host = a.host;
