@@ -117,6 +117,30 @@ running_req_sum() {
        END { t = 0; for (k in last) t += last[k]; print t }' "$@"
 }
 
+# The published fill: POST slow_down {forward_sleep_time: SLOW_DOWN_TIME} to DECODE_URL, then wait
+# until the global #running-req over LOG... reaches the target (TARGET_RUNNING, else
+# min(NUM_PROMPTS, MAX_CONCURRENCY)); after FILL_TIMEOUT warn and return (the published procedure
+# leaves it to the eye). A caller may define fill_poll_check, run at every poll (e.g. liveness).
+fill_decode() {  # DECODE_URL LOG...
+  local url=$1 target=${TARGET_RUNNING:-$((NUM_PROMPTS < MAX_CONCURRENCY ? NUM_PROMPTS : MAX_CONCURRENCY))}
+  shift
+  local t0=$SECONDS running
+  post_json "$url/slow_down" "{\"forward_sleep_time\": $SLOW_DOWN_TIME}"
+  while :; do
+    running=$(running_req_sum "$@")
+    if ((running >= target)); then
+      info "fill reached #running-req $running (target $target) in $((SECONDS - t0)) s"
+      return 0
+    fi
+    if ((SECONDS - t0 >= FILL_TIMEOUT)); then
+      warn "fill reached #running-req $running of target $target within $FILL_TIMEOUT s; go on anyway"
+      return 0
+    fi
+    if declare -F fill_poll_check >/dev/null; then fill_poll_check; fi
+    sleep 0.5
+  done
+}
+
 # launch_group MODE GROUP DP HEAD_ADDR NODE...: one srun step per node, node rank = position in
 # the list. Single-node groups start a plain server; larger ones rendezvous at HEAD_ADDR:DIST port.
 launch_group() {
