@@ -245,14 +245,13 @@ Result<std::unique_ptr<NodeGroup>> NodeGroup::join(const NodeGroupOptions& opts,
   g->nodes_[static_cast<size_t>(opts.node_rank)] =
       NodeInfo{opts.node_rank, node_name(), static_cast<int64_t>(::getpid()), self_attrs};
   if (opts.nnodes > 1) {
-    PDSERVE_RETURN_IF_ERROR(opts.node_rank == 0 ? g->rendezvous_as_leader(self_attrs) : g->rendezvous_as_member(self_attrs));
+    PDSERVE_RETURN_IF_ERROR(opts.node_rank == 0 ? g->rendezvous_as_leader() : g->rendezvous_as_member());
     g->start_membership();
   }
   return g;
 }
 
-Status NodeGroup::rendezvous_as_leader(const json& self_attrs) {
-  (void)self_attrs;
+Status NodeGroup::rendezvous_as_leader() {
   PDSERVE_ASSIGN_OR_RETURN(auto hp, parse_host_port(opts_.init_addr));
   PDSERVE_ASSIGN_OR_RETURN(sockaddr_in addr, resolve(hp.first, hp.second));
   const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -380,8 +379,7 @@ Status NodeGroup::rendezvous_as_leader(const json& self_attrs) {
   return ok_status();
 }
 
-Status NodeGroup::rendezvous_as_member(const json& self_attrs) {
-  (void)self_attrs;
+Status NodeGroup::rendezvous_as_member() {
   PDSERVE_ASSIGN_OR_RETURN(auto hp, parse_host_port(opts_.init_addr));
   PDSERVE_ASSIGN_OR_RETURN(sockaddr_in addr, resolve(hp.first, hp.second));
   const auto deadline = SteadyClock::now() + opts_.join_timeout;
@@ -434,8 +432,6 @@ void NodeGroup::start_membership() {
     raw->reader = std::thread([this, raw] { watch(*raw); });
   }
   heartbeat_ = std::thread([this] {
-    std::mutex m;
-    std::unique_lock lk(m);
     while (!leaving_) {
       for (auto& p : peers_) (void)send_line(p->fd, p->send_mu, json{{"type", "ping"}});
       // Short sleeps so that leave() is not held up by a long interval.

@@ -77,8 +77,9 @@ class NodeGroup {
  private:
   struct Peer;
   NodeGroup() = default;
-  Status rendezvous_as_leader(const nlohmann::json& self_attrs);
-  Status rendezvous_as_member(const nlohmann::json& self_attrs);
+  // This node's own entry (with its attrs) is in nodes_ already; these fill in the others.
+  Status rendezvous_as_leader();
+  Status rendezvous_as_member();
   void start_membership();
   void watch(Peer& p);
   void report(const NodeEvent& e);

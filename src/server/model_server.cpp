@@ -247,10 +247,10 @@ void ModelServer::shutdown(const std::string& reason) {
   if (shutting_down_.exchange(true)) return;
   ready_ = false;
   // Abort everything first so each client gets a final answer, then close the connections.
-  const std::string message = reason == "server shutting down" ? reason : "server shutting down: " + reason;
+  const std::string message = reason.empty() ? "server shutting down" : "server shutting down: " + reason;
   if (remote_) remote_->finish_all(message);
   for (auto& s : schedulers_) s->stop(message);
-  if (group_) group_->leave(reason);  // the other nodes stop too
+  if (group_) group_->leave(message);  // the other nodes stop too
   if (disagg_) disagg_->stop();
   if (http_) http_->stop(std::chrono::milliseconds(3000));
   if (service_) service_->stop();

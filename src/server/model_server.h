@@ -41,7 +41,8 @@ class ModelServer {
   void wait();
   // Graceful: stop accepting, abort queued and running requests with finish reason
   // abort("server shutting down"), let their answers reach the clients, stop. Idempotent.
-  void shutdown(const std::string& reason = "server shutting down");
+  // `reason` (e.g. "received SIGTERM") is appended to what clients and the other nodes are told.
+  void shutdown(const std::string& reason = "");
 
   uint16_t port() const { return http_ ? http_->port() : 0; }
   const ServerArgs& args() const { return args_; }

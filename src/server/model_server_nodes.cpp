@@ -11,15 +11,16 @@ namespace pdserve::server {
 
 namespace {
 
-// PDSERVE_NODE_HEARTBEAT_TIMEOUT (seconds, default 10): how long a silent node is given.
-std::chrono::milliseconds heartbeat_timeout() {
-  if (const char* v = std::getenv("PDSERVE_NODE_HEARTBEAT_TIMEOUT"); v && *v) {
-    char* end = nullptr;
-    const double s = std::strtod(v, &end);
-    if (*end == '\0' && s >= 0.5) return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
-    log::warning("PDSERVE_NODE_HEARTBEAT_TIMEOUT='{}' is not a number of seconds >= 0.5; using 10", v);
-  }
-  return std::chrono::seconds(10);
+// PDSERVE_NODE_HEARTBEAT_TIMEOUT (seconds, default 10): how long a silent node is given. A bad
+// value fails at startup (as the disaggregation variables do) rather than being replaced quietly.
+Result<std::chrono::milliseconds> heartbeat_timeout() {
+  const char* v = std::getenv("PDSERVE_NODE_HEARTBEAT_TIMEOUT");
+  if (!v || !*v) return std::chrono::milliseconds(10000);
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  if (end == v || *end != '\0' || !(s >= 0.5 && s <= 86400))
+    return make_error(ErrorCode::kInvalidArgument, "PDSERVE_NODE_HEARTBEAT_TIMEOUT={} must be seconds in [0.5, 86400]", v);
+  return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
 }
 
 }  // namespace
@@ -31,11 +32,11 @@ Status ModelServer::create_node_links() {
   if (!is_front()) {
     std::vector<scheduler::Scheduler*> local;
     for (auto& s : schedulers_) local.push_back(s.get());
-    PDSERVE_ASSIGN_OR_RETURN(service_, RankService::start(node_ip_, std::move(local)));
-    service_->set_node_handler([this](const std::string& command, const nlohmann::json& args) {
+    auto on_node_command = [this](const std::string& command, const nlohmann::json& args) {
       if (command == "expert_record") return expert_record_node_command(experts_.get(), args);
       return nlohmann::json{{"success", false}, {"message", "unknown node command '" + command + "'"}};
-    });
+    };
+    PDSERVE_ASSIGN_OR_RETURN(service_, RankService::start(node_ip_, std::move(local), std::move(on_node_command)));
     return ok_status();
   }
   PDSERVE_ASSIGN_OR_RETURN(remote_, RemoteRanks::start(node_ip_, [this](scheduler::RequestOutput&& out) {
@@ -56,7 +57,7 @@ Status ModelServer::join_nodes() {
   o.nnodes = static_cast<int>(args_.nnodes);
   o.node_rank = static_cast<int>(args_.node_rank);
   o.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(args_.dist_timeout * 1000));
-  o.heartbeat_timeout = heartbeat_timeout();
+  PDSERVE_ASSIGN_OR_RETURN(o.heartbeat_timeout, heartbeat_timeout());
   o.fingerprint = args_.node_fingerprint();
   const nlohmann::json attrs = {{"rank_endpoint", is_front() ? remote_->endpoint() : service_->endpoint()},
                                 {"first_dp_rank", args_.first_local_rank()},

@@ -210,9 +210,11 @@ void RemoteRanks::on_message(disagg::Frames&& f) {
 
 // ------------------------------------------------------------------------------ other nodes' side
 
-Result<std::unique_ptr<RankService>> RankService::start(const std::string& host, std::vector<scheduler::Scheduler*> ranks) {
+Result<std::unique_ptr<RankService>> RankService::start(const std::string& host, std::vector<scheduler::Scheduler*> ranks,
+                                                       NodeHandler on_node_command) {
   auto s = std::unique_ptr<RankService>(new RankService());
   s->ranks_ = std::move(ranks);
+  s->node_handler_ = std::move(on_node_command);
   RankService* self = s.get();
   PDSERVE_RETURN_IF_ERROR(s->channel_.start(
       host, [self](disagg::Frames&& f) { self->on_message(std::move(f)); }, [self] { self->on_tick(); }));

@@ -78,15 +78,16 @@ class RemoteRanks {
 class RankService {
  public:
   // Binds on `host`; `ranks` are this node's schedulers (global DP ranks in their configs).
-  static Result<std::unique_ptr<RankService>> start(const std::string& host, std::vector<scheduler::Scheduler*> ranks);
+  // Node commands (e.g. the expert recorder's start/stop/dump) are answered by `on_node_command`,
+  // on a thread of its own.
+  using NodeHandler = std::function<nlohmann::json(const std::string& command, const nlohmann::json& args)>;
+  static Result<std::unique_ptr<RankService>> start(const std::string& host, std::vector<scheduler::Scheduler*> ranks,
+                                                    NodeHandler on_node_command);
   ~RankService();
 
   const std::string& endpoint() const { return channel_.endpoint(); }
   // Where outputs go (node 0's RemoteRanks endpoint); set before the schedulers start.
   void set_front(const std::string& endpoint);
-  // Answers node commands (e.g. the expert recorder's start/stop/dump); runs on its own thread.
-  using NodeHandler = std::function<nlohmann::json(const std::string& command, const nlohmann::json& args)>;
-  void set_node_handler(NodeHandler h) { node_handler_ = std::move(h); }
   // The schedulers' output sink.
   void deliver(scheduler::RequestOutput&& out);
   void stop();
@@ -99,7 +100,7 @@ class RankService {
 
   disagg::ControlChannel channel_;
   std::vector<scheduler::Scheduler*> ranks_;
-  NodeHandler node_handler_;  // set before the rendezvous (node 0 cannot send earlier)
+  NodeHandler node_handler_;  // fixed before the I/O thread starts
   std::string front_;  // I/O thread only (set through the channel's task queue)
   // I/O thread only: control replies still being computed, and when statistics were last sent.
   std::vector<std::pair<uint64_t, std::future<nlohmann::json>>> pending_;

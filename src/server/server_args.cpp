@@ -91,7 +91,8 @@ void add_server_flags(CLI::App& app, ServerArgs& a) {
 Status ServerArgs::resolve_parallel() {
   auto bad = [](const std::string& m) { return Status(Error(ErrorCode::kInvalidArgument, m)); };
   if (enable_dp_attention) {
-    if (tp_size == 1) tp_size = dp_size;  // SGLang requires dp <= tp; tp 1 with dp N is a typo
+    // SGLang requires dp <= tp; an unset --tp-size (1) next to --dp-size N is read as N.
+    if (tp_size == 1) tp_size = dp_size;
     if (tp_size != dp_size)
       return bad(fmt::format("--tp-size {} with --dp-size {} means attention tensor parallelism of {} per DP rank, which this "
                              "build does not have: use --tp-size {} --dp-size {}",

@@ -179,7 +179,7 @@ TEST(MultiNode, KilledNodeIsReportedAndTheServerStops) {
       int status = 0;
       json body = greedy("request " + std::to_string(i), 100000);
       body["sampling_params"]["ignore_eos"] = true;
-      const json r = generate(*two.node0, body, &status);
+      generate(*two.node0, body, &status);
       return status;
     }));
   // Both ranks are busy before the kill.
@@ -254,6 +254,12 @@ TEST(MultiNode, BadLayoutsFailAtStartupWithAMessage) {
     EXPECT_EQ(p.wait_exit(60s), 1) << p.log();
     EXPECT_NE(p.log().find(cases[i].message), std::string::npos) << p.log();
   }
+  // A bad heartbeat timeout in the environment stops the server instead of being replaced quietly.
+  ::setenv("PDSERVE_NODE_HEARTBEAT_TIMEOUT", "soon", 1);  // inherited by the server
+  ServerProcess p(node_flags(2, 0, free_port()), "mn_bad_heartbeat");
+  ::unsetenv("PDSERVE_NODE_HEARTBEAT_TIMEOUT");
+  EXPECT_EQ(p.wait_exit(60s), 1) << p.log();
+  EXPECT_NE(p.log().find("PDSERVE_NODE_HEARTBEAT_TIMEOUT=soon must be seconds"), std::string::npos) << p.log();
 }
 
 }  // namespace
