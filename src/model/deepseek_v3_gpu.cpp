@@ -23,6 +23,7 @@
 #include "ops/linear.h"
 #include "ops/moe_dispatch.h"
 #include "ops/moe_gate.h"
+#include "ops/sampling.h"
 #endif
 
 namespace pdserve::model {
@@ -60,6 +61,10 @@ Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput
   return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
 }
 bool DeepseekV3GpuModel::last_forward_used_graph() const { return false; }
+Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>&,
+                                                                const std::vector<RowSampling>&) {
+  return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
+}
 
 #else
 
@@ -166,6 +171,16 @@ struct DeepseekV3GpuModel::Impl {
   DeviceArena arena, graph_arena;
   GpuMemoryReport mem;
   bool used_graph = false;
+  // Set by forward_sample for one call: the forward ends in ops::sample_batch on the device instead
+  // of copying the logits to the host.
+  const std::vector<RowSampling>* sampling = nullptr;
+  // Device copies of the sampling parameters and the sampled ids, grown to the largest batch seen.
+  struct SamplingBuffers {
+    Tensor f32;  // [3, cap]: temperature, top_p, min_p
+    Tensor i32;  // [2, cap]: top_k, sampled ids
+    Tensor i64;  // [2, cap]: seed, offset
+    int64_t cap = 0;
+  } sb;
 
   // Graph state: static inputs for the largest batch, one executable graph per captured size.
   struct Static {
@@ -344,9 +359,54 @@ struct DeepseekV3GpuModel::Impl {
     ops::linear(normed, w.lm_head, logits);
   }
 
+  // The forward's result from the device logits of its first `rows` rows: the host f32 logits, or,
+  // for forward_sample, the sampled ids ([rows] i32 on the host).
   Tensor download(const Tensor& dev_logits, int64_t rows) {
+    if (sampling) return sample_on_device(dev_logits.slice(0, 0, rows));
     Tensor out = Tensor::empty({rows, cfg->vocab_size}, DType::kF32);
     check(cudaMemcpyAsync(out.raw_data(), dev_logits.raw_data(), out.nbytes(), cudaMemcpyDeviceToHost, stream), "logits");
+    check(cudaStreamSynchronize(stream), "forward");
+    return out;
+  }
+
+  Tensor sample_on_device(const Tensor& dev_logits) {
+    const int64_t rows = dev_logits.size(0);
+    if (static_cast<int64_t>(sampling->size()) != rows) throw std::runtime_error("forward_sample: one RowSampling per sequence");
+    if (sb.cap < rows) {
+      check(cudaStreamSynchronize(stream), "sampling buffers");  // the old buffers may still be read
+      sb.cap = std::max<int64_t>(rows, 64);
+      sb.f32 = Tensor::empty({3, sb.cap}, DType::kF32, Device::kCuda);
+      sb.i32 = Tensor::empty({2, sb.cap}, DType::kI32, Device::kCuda);
+      sb.i64 = Tensor::empty({2, sb.cap}, DType::kI64, Device::kCuda);
+    }
+    // Staged in one host block per dtype; the copies are ordered on the stream before the sampler.
+    std::vector<float> f(static_cast<size_t>(3 * sb.cap));
+    std::vector<int32_t> k(static_cast<size_t>(sb.cap));
+    std::vector<int64_t> l(static_cast<size_t>(2 * sb.cap));
+    for (int64_t r = 0; r < rows; ++r) {
+      const RowSampling& rs = (*sampling)[static_cast<size_t>(r)];
+      f[r] = rs.params.temperature;
+      f[sb.cap + r] = rs.params.top_p;
+      f[2 * sb.cap + r] = rs.params.min_p;
+      k[r] = static_cast<int32_t>(std::clamp<int64_t>(rs.params.top_k, -1, INT32_MAX));
+      l[r] = static_cast<int64_t>(rs.seed);
+      l[sb.cap + r] = rs.offset;
+    }
+    check(cudaMemcpyAsync(sb.f32.raw_data(), f.data(), f.size() * 4, cudaMemcpyHostToDevice, stream), "sampling params");
+    check(cudaMemcpyAsync(sb.i32.raw_data(), k.data(), k.size() * 4, cudaMemcpyHostToDevice, stream), "sampling params");
+    check(cudaMemcpyAsync(sb.i64.raw_data(), l.data(), l.size() * 8, cudaMemcpyHostToDevice, stream), "sampling params");
+    ops::SamplingBatch p;
+    p.temperature = sb.f32.select(0).slice(0, 0, rows);
+    p.top_p = sb.f32.select(1).slice(0, 0, rows);
+    p.min_p = sb.f32.select(2).slice(0, 0, rows);
+    p.top_k = sb.i32.select(0).slice(0, 0, rows);
+    p.seed = sb.i64.select(0).slice(0, 0, rows);
+    p.offset = sb.i64.select(1).slice(0, 0, rows);
+    Tensor ids = sb.i32.select(1).slice(0, 0, rows);
+    ops::sample_batch(dev_logits, p, ids);
+    Tensor out = Tensor::empty({rows}, DType::kI32);
+    check(cudaMemcpyAsync(out.raw_data(), ids.raw_data(), static_cast<size_t>(rows) * 4, cudaMemcpyDeviceToHost, stream),
+          "sampled ids");
     check(cudaStreamSynchronize(stream), "forward");
     return out;
   }
@@ -583,6 +643,21 @@ Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& bat
   } catch (const std::exception& e) {
     return make_error(ErrorCode::kInternal, "GPU forward failed: {}", e.what());
   }
+}
+
+Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>& batch,
+                                                                const std::vector<RowSampling>& rows) {
+  if (rows.size() != batch.size())
+    return make_error(ErrorCode::kInvalidArgument, "forward_sample: {} sampling rows for {} sequences", rows.size(),
+                      batch.size());
+  impl_->sampling = &rows;
+  struct Reset {
+    Impl* impl;
+    ~Reset() { impl->sampling = nullptr; }
+  } reset{impl_.get()};
+  auto ids = forward(batch, {});
+  if (!ids) return ids.error();
+  return std::vector<int32_t>(ids->data<int32_t>(), ids->data<int32_t>() + ids->numel());
 }
 
 Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& opts,

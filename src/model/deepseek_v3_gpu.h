@@ -14,6 +14,7 @@
 
 #include "base/status.h"
 #include "model/deepseek_v3.h"
+#include "ops/sampling.h"
 
 namespace pdserve::model {
 
@@ -41,6 +42,14 @@ struct GpuMemoryReport {
   int64_t max_total_num_tokens = 0;
 };
 
+// One sequence's sampling for DeepseekV3GpuModel::forward_sample: the parameters and the key of
+// its draw, so that a token is a pure function of (logits, params, seed, offset).
+struct RowSampling {
+  ops::SamplingParams params;
+  uint64_t seed = 0;
+  int64_t offset = 0;  // which draw of the seed's stream (tokens generated so far)
+};
+
 class DeepseekV3GpuModel {
  public:
   // Uploads `host`'s weights to GPU `opts.device`, sizes and allocates the cache, captures the
@@ -61,6 +70,13 @@ class DeepseekV3GpuModel {
   // at most the largest captured size replay a graph; everything else runs eagerly.
   Result<Tensor> forward(const std::vector<SequenceInput>& batch, const ForwardOptions& opts = {});
   bool last_forward_used_graph() const;
+
+  // As forward (same batches, graphs and errors), but samples each sequence's next token on the
+  // device (ops::sample_batch) and copies back only the ids, not [B, vocab] f32 logits (0.5 MB a
+  // row for DeepSeek-V3). One RowSampling per sequence. Greedy rows equal the argmax of forward's
+  // logits; other rows draw with Philox keyed by (seed, offset), not with the host's generator.
+  Result<std::vector<int32_t>> forward_sample(const std::vector<SequenceInput>& batch,
+                                              const std::vector<RowSampling>& rows);
 
   // Runs the batch eagerly even when a graph would serve it (tests compare the two). With
   // graph_layout, a decode batch runs exactly what the graph of its padded size runs (masked

@@ -37,6 +37,14 @@ class ModelRunner {
   virtual KvBufferView kv_buffers() { return {}; }
   // Whether the last forward replayed a CUDA graph (the "cuda graph: True" of the decode log line).
   virtual bool last_forward_used_graph() const { return false; }
+  // Runners that can draw the next token where the logits are (the GPU) return true and implement
+  // forward_sample: one token per sequence, only the ids cross to the host. The scheduler uses it
+  // for batches that need nothing else from the logits (no logprobs, no penalties).
+  virtual bool samples_on_device() const { return false; }
+  virtual Result<std::vector<int32_t>> forward_sample(const std::vector<model::SequenceInput>& /*batch*/,
+                                                      const std::vector<model::RowSampling>& /*rows*/) {
+    return make_error(ErrorCode::kUnsupported, "{} does not sample on the device", name());
+  }
   // Makes the following forwards write each MoE layer's chosen experts into *trace (nullptr: off),
   // for the expert distribution recorder. Returns false if this runner cannot report routing.
   virtual bool set_routing_trace(model::RoutingTrace* /*trace*/) { return false; }
@@ -80,7 +88,9 @@ class DeepseekV3Runner final : public ModelRunner {
 // DeepSeek-V3 on one GPU; the cache lives on the device, sized by the model's memory planning.
 class GpuRunner final : public ModelRunner {
  public:
-  explicit GpuRunner(std::unique_ptr<model::DeepseekV3GpuModel> model) : model_(std::move(model)) {}
+  // device_sampling false keeps sampling on the host (PDSERVE_HOST_SAMPLING=1, for comparisons).
+  explicit GpuRunner(std::unique_ptr<model::DeepseekV3GpuModel> model, bool device_sampling = true)
+      : model_(std::move(model)), device_sampling_(device_sampling) {}
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t num_pages() const override { return model_->num_pages(); }
   int64_t page_size() const override { return model_->page_size(); }
@@ -91,6 +101,11 @@ class GpuRunner final : public ModelRunner {
     return model_->forward(batch, opts);
   }
   bool last_forward_used_graph() const override { return model_->last_forward_used_graph(); }
+  bool samples_on_device() const override { return device_sampling_; }
+  Result<std::vector<int32_t>> forward_sample(const std::vector<model::SequenceInput>& batch,
+                                              const std::vector<model::RowSampling>& rows) override {
+    return model_->forward_sample(batch, rows);
+  }
   KvBufferView kv_buffers() override {
     const Tensor kv = model_->kv_cache();  // [layers, pages, page_size, latent] bf16
     KvBufferView v;
@@ -106,6 +121,7 @@ class GpuRunner final : public ModelRunner {
 
  private:
   std::unique_ptr<model::DeepseekV3GpuModel> model_;
+  bool device_sampling_ = true;
 };
 
 // Returns fixed logits that favour token (last input token + 1) % vocab: deterministic, costs

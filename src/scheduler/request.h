@@ -80,7 +80,8 @@ struct Request {
   std::vector<TokenLogprob> pending_output_logprobs;
   std::vector<TokenLogprob> pending_input_logprobs;
   std::optional<FinishReason> pending_finish;  // set by the stop check, consumed by finish()
-  std::mt19937_64 rng;
+  std::mt19937_64 rng;  // host sampling
+  uint64_t seed = 0;    // rng's seed; also the key of device-side draws (with the output position)
   std::chrono::steady_clock::time_point arrival;
   // PD disaggregation (scheduler_disagg.cpp): the transfer endpoint and how many prompt pages have
   // been handed to it so far (chunked prefill sends full pages per chunk).

@@ -58,12 +58,16 @@ int32_t sample_next(const float* logits, int64_t vocab, const Request& req, std:
     }
     row = scratch.data();
   }
+  return ops::sample_token(row, vocab, sampling_op_params(sp), rng);
+}
+
+ops::SamplingParams sampling_op_params(const SamplingParams& sp) {
   ops::SamplingParams p;
   p.temperature = sp.greedy() ? 0.0f : sp.temperature;
   p.top_p = sp.top_p;
   p.top_k = sp.top_k;
   p.min_p = sp.min_p;
-  return ops::sample_token(row, vocab, p, rng);
+  return p;
 }
 
 }  // namespace pdserve::scheduler

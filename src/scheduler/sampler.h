@@ -4,6 +4,7 @@
 #include <random>
 #include <vector>
 
+#include "ops/sampling.h"
 #include "scheduler/request.h"
 
 namespace pdserve::scheduler {
@@ -17,5 +18,9 @@ TokenLogprob token_logprob(const float* logits, int64_t vocab, int32_t token, in
 // greedy). `scratch` is reused across calls to avoid allocations.
 int32_t sample_next(const float* logits, int64_t vocab, const Request& req, std::mt19937_64& rng,
                     std::vector<float>& scratch);
+
+// The op-level parameters of a request's sampling (greedy requests get temperature 0), as
+// sample_next uses them and as device-side sampling receives them.
+ops::SamplingParams sampling_op_params(const SamplingParams& sp);
 
 }  // namespace pdserve::scheduler

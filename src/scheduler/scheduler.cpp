@@ -133,8 +133,8 @@ void Scheduler::handle(GenerateInput&& in) {
   auto r = std::make_unique<Request>();
   r->in = std::move(in);
   r->arrival = Clock::now();
-  const uint64_t seed = r->in.sampling.sampling_seed.value_or(cfg_.random_seed ^ std::hash<std::string>{}(r->in.rid));
-  r->rng.seed(seed);
+  r->seed = r->in.sampling.sampling_seed.value_or(cfg_.random_seed ^ std::hash<std::string>{}(r->in.rid));
+  r->rng.seed(r->seed);
   const int64_t len = static_cast<int64_t>(r->in.input_ids.size());
   std::lock_guard<std::mutex> lock(stats_mu_);
   ++stats_.num_requests_total;
@@ -488,12 +488,36 @@ bool Scheduler::run_decode() {
     s.page_table.assign(pages.begin(), pages.end());
     batch.push_back(std::move(s));
   }
+  // On a runner that samples on the device, a batch that needs nothing else from the logits gets
+  // its tokens from there (only the ids cross to the host).
+  const bool device_sampling =
+      runner_->samples_on_device() && std::all_of(running_.begin(), running_.end(), [](const auto& r) {
+        return !r->in.return_logprob && !r->in.sampling.has_penalties() && r->in.sampling.max_new_tokens > 0;
+      });
+  std::optional<Tensor> logits;
+  std::vector<int32_t> sampled;
+  std::optional<Error> forward_error;
   profiler_.forward_begin();
-  auto logits = runner_->forward(batch, false);
+  if (device_sampling) {
+    std::vector<model::RowSampling> rows(running_.size());
+    for (size_t i = 0; i < running_.size(); ++i) {
+      const Request& r = *running_[i];
+      rows[i].params = sampling_op_params(r.in.sampling);
+      rows[i].seed = r.seed;
+      rows[i].offset = static_cast<int64_t>(r.output_ids.size());
+    }
+    auto ids = runner_->forward_sample(batch, rows);
+    if (ids) sampled = std::move(*ids);
+    else forward_error = ids.error();
+  } else {
+    auto out = runner_->forward(batch, false);
+    if (out) logits = std::move(*out);
+    else forward_error = out.error();
+  }
   profiler_.forward_end("decode", static_cast<int64_t>(batch.size()), static_cast<int64_t>(batch.size()));
-  if (!logits) {
-    log::error("decode forward failed: {}", logits.error().message());
-    while (!running_.empty()) finish(running_.back().get(), abort_reason("model error: " + logits.error().message(), 500), false);
+  if (forward_error) {
+    log::error("decode forward failed: {}", forward_error->message());
+    while (!running_.empty()) finish(running_.back().get(), abort_reason("model error: " + forward_error->message(), 500), false);
     return true;
   }
   std::vector<Request*> reqs;
@@ -504,7 +528,8 @@ bool Scheduler::run_decode() {
     rows.push_back(static_cast<int64_t>(i));
   }
   new_token_ratio_ = std::max(cfg_.min_new_token_ratio, new_token_ratio_ - cfg_.new_token_ratio_decay);
-  process_logits(reqs, *logits, rows);
+  if (device_sampling) process_tokens(reqs, sampled);
+  else process_logits(reqs, *logits, rows);
   if (++decode_steps_since_log_ >= cfg_.decode_log_interval) log_decode();
   return true;
 }
@@ -526,16 +551,27 @@ void Scheduler::process_logits(const std::vector<Request*>& reqs, const Tensor& 
     }
     const int32_t tok = sample_next(row, V, *r, r->rng, sample_scratch_);
     if (r->in.return_logprob) r->pending_output_logprobs.push_back(token_logprob(row, V, tok, r->in.top_logprobs_num));
-    r->output_ids.push_back(tok);
-    ++generated_since_log_;
-    if (check_finished(*r)) {
-      finished.push_back(r);
-    } else if (r->in.stream) {
-      emit(*r, false, std::nullopt);
-    }
+    accept_token(r, tok, finished);
   }
   for (Request* r : finished)
     if (!prefill_hand_off(r)) finish(r, *r->pending_finish, true);
+}
+
+void Scheduler::process_tokens(const std::vector<Request*>& reqs, const std::vector<int32_t>& tokens) {
+  std::vector<Request*> finished;
+  for (size_t i = 0; i < reqs.size(); ++i) accept_token(reqs[i], tokens[i], finished);
+  for (Request* r : finished)
+    if (!prefill_hand_off(r)) finish(r, *r->pending_finish, true);
+}
+
+void Scheduler::accept_token(Request* r, int32_t tok, std::vector<Request*>& finished) {
+  r->output_ids.push_back(tok);
+  ++generated_since_log_;
+  if (check_finished(*r)) {
+    finished.push_back(r);
+  } else if (r->in.stream) {
+    emit(*r, false, std::nullopt);
+  }
 }
 
 bool Scheduler::check_finished(Request& r) {

@@ -140,6 +140,10 @@ class Scheduler {
   bool run_decode();
   void retract_for_decode();
   void process_logits(const std::vector<Request*>& reqs, const Tensor& logits, const std::vector<int64_t>& rows);
+  // The same for tokens already sampled (on the device): reqs[i] gets tokens[i].
+  void process_tokens(const std::vector<Request*>& reqs, const std::vector<int32_t>& tokens);
+  // Appends one sampled token, runs the stop checks, streams it or queues the request in `finished`.
+  void accept_token(Request* r, int32_t tok, std::vector<Request*>& finished);
   bool check_finished(Request& r);
   void finish(Request* r, FinishReason reason, bool cache_kv);
   void emit(Request& r, bool finished, std::optional<FinishReason> reason);

@@ -1,7 +1,9 @@
 #include "server/model_server.h"
 
+#include <cstdlib>
 #include <chrono>
 #include <cstdio>
+#include <string_view>
 #include <thread>
 
 #include "base/logging.h"
@@ -61,7 +63,12 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<cons
   PDSERVE_ASSIGN_OR_RETURN(auto gpu, model::DeepseekV3GpuModel::create(model, go));
   args.max_total_tokens = gpu->memory().max_total_num_tokens;
   PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, 0));
-  return std::shared_ptr<scheduler::ModelRunner>(std::make_shared<scheduler::GpuRunner>(std::move(gpu)));
+  // PDSERVE_HOST_SAMPLING=1 copies the logits to the host and samples there (as the CPU backend),
+  // for comparisons; by default the GPU draws the tokens (docs/gpu.md).
+  const char* host_sampling = std::getenv("PDSERVE_HOST_SAMPLING");
+  const bool device_sampling = !(host_sampling && std::string_view(host_sampling) == "1");
+  return std::shared_ptr<scheduler::ModelRunner>(
+      std::make_shared<scheduler::GpuRunner>(std::move(gpu), device_sampling));
 }
 
 }  // namespace

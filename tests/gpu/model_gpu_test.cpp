@@ -187,6 +187,63 @@ TEST(ModelGpu, GraphReplayEqualsEagerOfTheSameBatch) {
   EXPECT_LT(rel_l2(packed->data<float>(), graph->data<float>(), graph->numel()), 3e-2);
 }
 
+// forward_sample draws on the device what the scheduler would draw from forward's logits: greedy
+// rows are the logits' argmax (prefill eagerly, decode through a graph), seeded rows repeat for
+// the same (seed, offset), stay inside top_k and vary with the offset.
+TEST(ModelGpu, DeviceSamplingMatchesTheLogits) {
+  Pair p = load_pair(kSrc + "/models/tiny-deepseek-v3", LoadFormat::kDummy, {4});
+  ASSERT_TRUE(p.gpu);
+  const int64_t V = p.cpu->config().vocab_size;
+  auto batch = prefill_batch(random_prompts(3, V, 11), 8);
+  std::vector<RowSampling> greedy(3);
+  auto check_greedy = [&](const char* what) {
+    auto logits = p.gpu->forward(batch);
+    ASSERT_TRUE(logits.has_value()) << logits.error().message();
+    auto ids = p.gpu->forward_sample(batch, greedy);  // the same inputs again: the same KV writes
+    ASSERT_TRUE(ids.has_value()) << ids.error().message();
+    ASSERT_EQ(ids->size(), batch.size());
+    for (size_t s = 0; s < batch.size(); ++s)
+      EXPECT_EQ((*ids)[s], argmax(logits->data<float>() + s * V, V)) << what << " row " << s;
+  };
+  check_greedy("prefill");
+  for (auto& s : batch) {
+    s.prefix_len = static_cast<int64_t>(s.tokens.size());
+    s.tokens = {7};
+  }
+  check_greedy("decode");
+  EXPECT_TRUE(p.gpu->last_forward_used_graph());
+
+  auto logits = p.gpu->forward(batch);
+  ASSERT_TRUE(logits.has_value());
+  std::vector<RowSampling> hot(3);
+  for (auto& r : hot) {
+    r.params.temperature = 100.0f;  // nearly flat over the top 5: every draw is a real choice
+    r.params.top_k = 5;
+    r.seed = 42;
+  }
+  std::vector<std::vector<int32_t>> seen(3);
+  for (int64_t offset = 0; offset < 32; ++offset) {
+    for (auto& r : hot) r.offset = offset;
+    auto a = p.gpu->forward_sample(batch, hot);
+    auto b = p.gpu->forward_sample(batch, hot);
+    ASSERT_TRUE(a.has_value() && b.has_value());
+    EXPECT_EQ(*a, *b) << "offset " << offset << ": the same key must give the same tokens";
+    for (size_t s = 0; s < 3; ++s) {
+      const float* row = logits->data<float>() + s * V;
+      const int64_t above = std::count_if(row, row + V, [&](float v) { return v > row[(*a)[s]]; });
+      EXPECT_LT(above, 5) << "row " << s << " drew token " << (*a)[s] << " outside the top 5";
+      seen[s].push_back((*a)[s]);
+    }
+  }
+  for (auto& v : seen) {
+    std::sort(v.begin(), v.end());
+    EXPECT_GE(std::unique(v.begin(), v.end()) - v.begin(), 2) << "32 offsets drew a single token";
+  }
+  auto wrong = p.gpu->forward_sample(batch, std::vector<RowSampling>(2));
+  ASSERT_FALSE(wrong.has_value());
+  EXPECT_NE(wrong.error().message().find("sampling rows"), std::string::npos) << wrong.error().message();
+}
+
 TEST(ModelGpu, RejectsBadBatchesLikeTheCpu) {
   Pair p = load_pair(kSrc + "/models/tiny-deepseek-v3", LoadFormat::kDummy);
   ASSERT_TRUE(p.gpu);
