@@ -159,7 +159,21 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
       mla::decode_core(c, s);
       if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
     });
-    row(copy_gbs, "decode core (" + tag + ")", core_us, core_flops, kv_bytes + act_bytes);
+    row(copy_gbs, "decode core mma.sync (" + tag + ")", core_us, core_flops, kv_bytes + act_bytes);
+    if (mla::decode_core_wgmma_supported()) {
+      const double wg_us = time_us([&] {
+        mla::decode_core_wgmma(c, s);
+        if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
+      });
+      row(copy_gbs, "decode core wgmma (" + tag + ")", wg_us, core_flops, kv_bytes + act_bytes);
+      // Where the time goes: the same kernel with phases switched off (its outputs are then wrong).
+      const std::pair<int, const char*> phases[] = {{1, "loads only"}, {2 | 4, "MMAs only"}, {1 | 2, "loads + QK"},
+                                                    {1 | 4, "loads + PV"}};
+      for (const auto& [mask, what] : phases) {
+        const double us = time_us([&] { mla::decode_core_wgmma_phases(c, s, mask); });
+        std::printf("|   wgmma core, %-30s | %9.1f |\n", what, us);
+      }
+    }
     const int b = static_cast<int>(batch), hh = static_cast<int>(h), r = static_cast<int>(d.kv_lora_rank);
     const int nope = static_cast<int>(d.qk_nope_head_dim), v = static_cast<int>(d.v_head_dim);
     const double uk_us = time_us([&] {

@@ -27,14 +27,17 @@ prefix = [next((i for i, (p, q) in enumerate(zip(x["output_ids"], y["output_ids"
 print(f"identical sequences: {same}/{len(a)}; common prefix lengths: {prefix}")
 PY
 
-# One server per mode: CUDA graphs (the default), then --disable-cuda-graph for the comparison.
+# One server per mode: CUDA graphs with device sampling (the default), the same with sampling on
+# the host (PDSERVE_HOST_SAMPLING=1), then --disable-cuda-graph; SERVE_MODES picks a subset.
 PORT=31555
-for mode in graphs eager; do
+for mode in ${SERVE_MODES:-graphs graphs-host-sampling eager}; do
   echo "== serve: mini-deepseek-v3 on one GPU ($mode)"
   extra=""
   [[ $mode == eager ]] && extra="--disable-cuda-graph"
+  host_sampling=0
+  [[ $mode == graphs-host-sampling ]] && host_sampling=1
   LOG="$OUT/serve_mini_$mode.log"
-  $BIN serve --model-path models/mini-deepseek-v3 --load-format dummy --port $PORT --decode-log-interval 4 \
+  PDSERVE_HOST_SAMPLING=$host_sampling $BIN serve --model-path models/mini-deepseek-v3 --load-format dummy --port $PORT --decode-log-interval 4 \
     --max-running-requests 64 --context-length 4096 --chunked-prefill-size 4096 --max-prefill-tokens 8192 $extra \
     > "$LOG" 2>&1 &
   PID=$!
@@ -67,7 +70,7 @@ print(f"32 concurrent requests x 48 tokens: all complete={ok}, wall {wall:.2f} s
 sys.exit(0 if ok else 1)
 PY
   grep "Decode batch" "$LOG" | tail -2 | cut -c1-240
-  if [[ $mode == graphs ]]; then
+  if [[ $mode != eager ]]; then
     grep -q "cuda graph: True" "$LOG" || { echo "no decode batch ran with a CUDA graph"; rc=1; }
   fi
   kill -TERM $PID; wait $PID

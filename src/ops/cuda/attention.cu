@@ -14,8 +14,10 @@
 //   4. merge splits -> o_lat                                 (decode_combine, only with splits)
 //   5. out = o_lat W_UV^T per head                           (gemm_bf16)
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cuda_common.h"
@@ -265,6 +267,18 @@ void kv_gather_paged(const Tensor& pool, const Tensor& page_table, const Tensor&
 
 // ---- decode ---------------------------------------------------------------------------------------
 
+// The decode core: the Hopper wgmma kernel where the device has one, else the mma.sync kernel;
+// PDSERVE_MLA_DECODE_KERNEL=mma forces the latter (comparisons, a suspected kernel bug). Decided
+// once per process (the device kind does not change under a running server).
+static bool use_wgmma_decode() {
+  static const bool use = [] {
+    const char* v = std::getenv("PDSERVE_MLA_DECODE_KERNEL");
+    if (v && std::string_view(v) == "mma") return false;
+    return mla::decode_core_wgmma_supported();
+  }();
+  return use;
+}
+
 int mla_decode_num_splits(int64_t batch, const MlaDims& d, int64_t max_seq_len, DType pool_dtype) {
   return decode_fast(d, pool_dtype) ? choose_splits(batch, d.num_heads, max_seq_len, num_sms()) : 1;
 }
@@ -345,7 +359,8 @@ void mla_decode_paged(const Tensor& q, const Tensor& pool, const Tensor& page_ta
   c.o_lat = o_lat;
   c.o_part = o_part;
   c.lse_part = lse_part;
-  mla::decode_core(c, stream);
+  if (use_wgmma_decode()) mla::decode_core_wgmma(c, stream);
+  else mla::decode_core(c, stream);
   if (splits > 1) mla::decode_combine(o_part, lse_part, o_lat, batch, heads, splits, stream);
   mla::gemm_bf16(mla::Operand{o_lat, Elem::kBF16, rank, int64_t(heads) * rank}, b_uv, /*b_kn=*/false, c_out, batch,
                  vdim, rank, heads, stream);

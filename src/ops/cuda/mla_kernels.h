@@ -66,6 +66,14 @@ struct DecodeCoreArgs {
 };
 size_t decode_core_smem_bytes();
 void decode_core(const DecodeCoreArgs& a, cudaStream_t stream);
+// The same on Hopper wgmma (mla_decode_wgmma.cu): sm_90 only (decode_core_wgmma_supported()).
+// v_desc_variant selects the shared-memory descriptor offsets of the V operand (0 = the layout
+// documented there; 1 = leading/stride swapped, for the layout probe test only).
+bool decode_core_wgmma_supported();
+void decode_core_wgmma(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant = 0);
+// Benchmark only (wrong results): runs the wgmma core with some per-tile phases switched off
+// (bit 1 KV tile loads, 2 Q K^T, 4 P V) to show where its time goes.
+void decode_core_wgmma_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases);
 // Merges the splits of decode_core into o_lat bf16 [B, H, 512].
 void decode_combine(const float* o_part, const float* lse_part, void* o_lat, int batch, int heads, int num_splits,
                     cudaStream_t stream);

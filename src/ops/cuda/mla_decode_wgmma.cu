@@ -1,0 +1,274 @@
+// MLA decode core on Hopper warpgroup MMA (wgmma), FlashMLA's division of work: the same contract
+// as decode_core (mla_kernels.h), for sm_90a.
+//
+// One CTA per (64-head block, KV split, sequence), two warpgroups (256 threads). Shared memory
+// holds the 64 absorbed queries (64 x 576 bf16), two 64-token KV tiles (cp.async double buffer,
+// gathered row by row through the page table) and P (64 x 64 bf16), all in the 128-byte swizzled
+// layout wgmma reads directly: nine [rows][64] blocks per 576-wide matrix.
+//
+// Per tile:
+//   S = Q K^T      warpgroup g computes tokens 32g .. 32g+31 for all 64 heads (m64n32k16 x 36),
+//                  so the operands go from shared memory to the tensor cores once, not once per
+//                  warp through ldmatrix as in the mma.sync kernel;
+//   softmax        row maxima of both halves exchanged through shared memory, P written as bf16;
+//   O += P V       warpgroup g owns value columns 256g .. 256g+255 (m64n256k16 x 4, V read as an
+//                  MN-major operand straight from the KV tile).
+// Predicted (docs/perf/kernels.md): about 2x the mma.sync kernel for 256 x 2000 on an H200.
+#include <cfloat>
+#include <stdexcept>
+#include <string>
+
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/mla_device.h"
+#include "ops/cuda/mla_kernels.h"
+#include "ops/cuda/wgmma.cuh"
+
+namespace pdserve::ops::cuda::mla {
+
+namespace {
+
+constexpr int kH = kDecodeHeadsPerCta, kN = kDecodeTokensPerTile, kL = kDecodeLatent, kV = kDecodeValue;
+constexpr int kThreads = 256;
+constexpr int kBlocks = kL / 64;                  // 9 swizzled blocks per 576-wide row
+constexpr uint32_t kBlockBytes = 64u * 128u;      // [64 rows][64 bf16]
+constexpr uint32_t kMatBytes = kBlocks * kBlockBytes;  // 73,728: Q or one KV tile
+constexpr uint32_t kQOff = 0, kKvOff = kMatBytes, kPOff = 3 * kMatBytes, kRedOff = kPOff + kBlockBytes;
+constexpr size_t kSmemBytes = kRedOff + 4 * kH * sizeof(float) + 1024;  // + alignment slack
+constexpr float kLog2e = 1.4426950408889634f;
+// Phases of a tile, all on in real use; the benchmark switches some off to see where time goes.
+constexpr int kPhaseLoad = 1, kPhaseScores = 2, kPhaseValues = 4, kAllPhases = 7;
+static_assert(kH == 64 && kN == 64 && kL == 576 && kV == 512, "the warpgroup split assumes DeepSeek's dims");
+
+// 16-byte chunk `ci` (0..71) of matrix row `r` in the swizzled block layout.
+__device__ __forceinline__ uint32_t chunk_offset(int r, int ci) {
+  return uint32_t(ci >> 3) * kBlockBytes + wgmma::sw128_offset(r, (ci & 7) * 8);
+}
+
+// Gathers KV tile `tile` of sequence b (rows past the end zero-filled) into the swizzled tile.
+// Four threads per row, so each thread looks its row's page up once per tile (a dependent global
+// load per chunk would put the table's latency in front of every copy); thread t copies chunks
+// t % 4 + 4k of row t / 4.
+__device__ __forceinline__ void load_kv_tile(uint8_t* dst, const DecodeCoreArgs& a, int b, int len, int tile, int tid) {
+  static_assert(kThreads == 4 * kN && (kL / 8) % 4 == 0, "4 threads per row");
+  const bf16* pool = static_cast<const bf16*>(a.pool);
+  const int row = tid >> 2, c0 = tid & 3;
+  const int pos = tile * kN + row;
+  const bool valid = pos < len;
+  const bf16* src = pool;
+  if (valid) {
+    const int page = a.page_table[b * a.page_table_stride + pos / a.page_size];
+    src = pool + (int64_t(page) * a.page_size + pos % a.page_size) * kL;
+  }
+#pragma unroll
+  for (int k = 0; k < kL / 32; ++k) {
+    const int ci = c0 + 4 * k;
+    cp_async16(dst + chunk_offset(row, ci), valid ? src + ci * 8 : src, valid);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) decode_core_wgmma_kernel(const DecodeCoreArgs a, int v_lbo, int v_sbo, int phases) {
+  extern __shared__ uint8_t smem_raw[];
+  // wgmma's swizzle works on absolute address bits: every block must start 1024-byte aligned.
+  const uint32_t raw_addr = smem_addr(smem_raw);
+  uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
+  const uint32_t base = smem_addr(smem);
+  float* red_max = reinterpret_cast<float*>(smem + kRedOff);  // [2][64]
+  float* red_sum = red_max + 2 * kH;                           // [2][64]
+
+  const int hb = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int g = lane >> 2, q = lane & 3;
+  const int h0 = hb * kH;
+  const int len = a.seq_lens[b];
+  const int tiles = (len + kN - 1) / kN;
+  const int per_split = (tiles + a.num_splits - 1) / a.num_splits;
+  const int t_begin = split * per_split, t_end = min(tiles, t_begin + per_split);
+
+  if (t_begin >= t_end) {  // an empty split (short sequence): contributes nothing to the combine
+    if (a.num_splits == 1) {  // only for seq_len 0 (a padding slot): zeros
+      for (int i = tid; i < kH * kV; i += kThreads) {
+        const int h = h0 + i / kV;
+        if (h < a.heads) static_cast<bf16*>(a.o_lat)[(int64_t(b) * a.heads + h) * kV + i % kV] = __float2bfloat16_rn(0.0f);
+      }
+      return;
+    }
+    for (int i = tid; i < kH * kV; i += kThreads) {
+      const int h = h0 + i / kV;
+      if (h < a.heads) a.o_part[((int64_t(b) * a.num_splits + split) * a.heads + h) * kV + i % kV] = 0.0f;
+    }
+    for (int r = tid; r < kH; r += kThreads)
+      if (h0 + r < a.heads) a.lse_part[(int64_t(b) * a.num_splits + split) * a.heads + h0 + r] = -INFINITY;
+    return;
+  }
+
+  // Q block (rows past the head count are zero: they score 0 and are never written out).
+  {
+    const bf16* qg = static_cast<const bf16*>(a.q_abs);
+    constexpr int kRowChunks = kL / 8;
+    for (int i = tid; i < kH * kRowChunks; i += kThreads) {
+      const int row = i / kRowChunks, ci = i - row * kRowChunks;
+      const bool valid = h0 + row < a.heads;
+      const bf16* src = qg + (int64_t(b) * a.heads + (valid ? h0 + row : 0)) * kL + ci * 8;
+      cp_async16(smem + kQOff + chunk_offset(row, ci), src, valid);
+    }
+  }
+  load_kv_tile(smem + kKvOff, a, b, len, t_begin, tid);
+  cp_async_commit();
+
+  const float scale_log2 = a.scale * kLog2e;
+  const int row0 = warp * 16 + g;  // this thread's rows of S and O: row0 and row0 + 8
+  float o[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.0f, 0.0f};  // this thread's share of the row sums (its columns of its half)
+
+  for (int t = t_begin; t < t_end; ++t) {
+    const int stage = (t - t_begin) & 1;
+    cp_async_wait<0>();
+    wgmma::fence_proxy_async();  // the tile's cp.async writes, visible to the async proxy
+    __syncthreads();             // ... of every thread; and every thread is done with tile t-1
+    if (t + 1 < t_end && (phases & kPhaseLoad)) {
+      load_kv_tile(smem + kKvOff + (stage ^ 1) * kMatBytes, a, b, len, t + 1, tid);
+      cp_async_commit();
+    }
+    const uint32_t kv = base + kKvOff + stage * kMatBytes;
+
+    // ---- S = Q K^T: 64 heads x this warpgroup's 32 tokens ----
+    float s[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) s[i] = 0.0f;
+    if (phases & kPhaseScores) {
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kL / 16; ++kk) {
+      const uint32_t koff = (kk >> 2) * kBlockBytes + (kk & 3) * 32;
+      const uint64_t da = wgmma::make_desc(base + kQOff + koff, 16, 1024);
+      const uint64_t db = wgmma::make_desc(kv + wg * 32 * 128 + koff, 16, 1024);
+      wgmma::wgmma_m64n32k16_ss(s, da, db, kk > 0);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+    }
+
+    // ---- online softmax ----
+    const bool tail = (t + 1) * kN > len;
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int tok = t * kN + wg * 32 + (i >> 2) * 8 + 2 * q + (i & 1);
+      s[i] = (tail && tok >= len) ? -INFINITY : s[i] * scale_log2;
+      mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+    }
+    mx[0] = quad_max(mx[0]);
+    mx[1] = quad_max(mx[1]);
+    if (q == 0) {
+      red_max[wg * kH + row0] = mx[0];
+      red_max[wg * kH + row0 + 8] = mx[1];
+    }
+    __syncthreads();
+    float alpha[2];
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int r = row0 + 8 * hi;
+      const float m_new = fmaxf(m_run[hi], fmaxf(red_max[r], red_max[kH + r]));
+      alpha[hi] = exp2f(m_run[hi] - m_new);
+      m_run[hi] = m_new;
+    }
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        const __nv_bfloat162 pv =
+            __floats2bfloat162_rn(exp2f(s[4 * j + 2 * hi] - m_run[hi]), exp2f(s[4 * j + 2 * hi + 1] - m_run[hi]));
+        sum[hi] += __low2float(pv) + __high2float(pv);
+        const int col = wg * 32 + j * 8 + 2 * q;
+        *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + wgmma::sw128_offset(row0 + 8 * hi, col)) = pv;
+      }
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) l_run[hi] = l_run[hi] * alpha[hi] + sum[hi];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) o[i] *= alpha[(i >> 1) & 1];
+    wgmma::fence_proxy_async();  // P's st.shared, visible to the async proxy
+    __syncthreads();
+
+    // ---- O += P V: this warpgroup's 256 value columns ----
+    if (phases & kPhaseValues) {
+    wgmma::fence();
+#pragma unroll
+    for (int ks = 0; ks < kN / 16; ++ks) {
+      const uint64_t da = wgmma::make_desc(base + kPOff + ks * 32, 16, 1024);
+      const uint64_t db = wgmma::make_desc(kv + wg * 4 * kBlockBytes + ks * 16 * 128, v_lbo, v_sbo);
+      wgmma::wgmma_m64n256k16_ss_tb(o, da, db, 1);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+    }
+  }
+
+  // ---- finish: row sums from both token halves, normalize, write ----
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const float l = quad_sum(l_run[hi]);
+    if (q == 0) red_sum[wg * kH + row0 + 8 * hi] = l;
+  }
+  __syncthreads();
+  const bool direct = a.num_splits == 1;
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const int r = row0 + 8 * hi;
+    const int h = h0 + r;
+    if (h >= a.heads) continue;
+    const float l = red_sum[r] + red_sum[kH + r];
+    const float inv = 1.0f / l;
+    const int64_t row = direct ? int64_t(b) * a.heads + h : (int64_t(b) * a.num_splits + split) * a.heads + h;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const int col = wg * 256 + j * 8 + 2 * q;
+      if (direct)
+        store2(static_cast<bf16*>(a.o_lat) + row * kV + col, o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
+      else
+        store2(a.o_part + row * kV + col, o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
+    }
+    if (!direct && wg == 0 && q == 0) a.lse_part[row] = m_run[hi] + log2f(l);
+  }
+}
+
+}  // namespace
+
+bool decode_core_wgmma_supported() {
+  int dev = 0, major = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return false;
+  return major == 9 && static_cast<size_t>(optin) >= kSmemBytes;
+}
+
+namespace {
+void launch(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant, int phases) {
+  if (a.batch <= 0) return;
+  if (a.num_splits < 1 || (a.num_splits > 1 && (a.o_part == nullptr || a.lse_part == nullptr)) ||
+      (a.num_splits == 1 && a.o_lat == nullptr))
+    throw std::invalid_argument("mla decode_core_wgmma: bad split outputs");
+  if (!decode_core_wgmma_supported())
+    throw std::runtime_error("mla decode_core_wgmma needs an sm_90 GPU with " + std::to_string(kSmemBytes) +
+                             " B of shared memory per block");
+  check(cudaFuncSetAttribute(decode_core_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
+        "cudaFuncSetAttribute(decode_core_wgmma)");
+  // V is read MN-major: the leading offset steps between 64-column blocks (64 tokens x 128 B), the
+  // stride offset between 8-token atoms. Variant 1 swaps them (kept for the layout probe test).
+  const int lbo = v_desc_variant == 0 ? int(kBlockBytes) : 1024, sbo = v_desc_variant == 0 ? 1024 : int(kBlockBytes);
+  const dim3 grid(ceil_div(a.heads, kH), a.num_splits, a.batch);
+  decode_core_wgmma_kernel<<<grid, kThreads, kSmemBytes, stream>>>(a, lbo, sbo, phases);
+  check_launch("mla decode_core_wgmma");
+}
+}  // namespace
+
+void decode_core_wgmma(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant) {
+  launch(a, stream, v_desc_variant, kAllPhases);
+}
+
+void decode_core_wgmma_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases) { launch(a, stream, 0, phases); }
+
+}  // namespace pdserve::ops::cuda::mla
