@@ -37,7 +37,8 @@ for mode in ${SERVE_MODES:-graphs graphs-host-sampling eager}; do
   host_sampling=0
   [[ $mode == graphs-host-sampling ]] && host_sampling=1
   LOG="$OUT/serve_mini_$mode.log"
-  PDSERVE_HOST_SAMPLING=$host_sampling $BIN serve --model-path models/mini-deepseek-v3 --load-format dummy --port $PORT --decode-log-interval 4 \
+  mkdir -p "$OUT/prof"
+  SGLANG_TORCH_PROFILER_DIR="$OUT" PDSERVE_HOST_SAMPLING=$host_sampling $BIN serve --model-path models/mini-deepseek-v3 --load-format dummy --port $PORT --decode-log-interval 4 \
     --max-running-requests 64 --context-length 4096 --chunked-prefill-size 4096 --max-prefill-tokens 8192 $extra \
     > "$LOG" 2>&1 &
   PID=$!
@@ -70,6 +71,30 @@ print(f"32 concurrent requests x 48 tokens: all complete={ok}, wall {wall:.2f} s
 sys.exit(0 if ok else 1)
 PY
   grep "Decode batch" "$LOG" | tail -2 | cut -c1-240
+  if [[ $mode == graphs ]]; then
+    # A 5-step profile while 16 requests decode: the trace must hold CUPTI kernel records.
+    python3 - $PORT "$OUT/prof" <<'PY' || rc=1
+import glob, gzip, json, os, sys, threading, time, urllib.request
+port, out = sys.argv[1], sys.argv[2]
+def post(path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r: return r.read()
+ts = [threading.Thread(target=post, args=("/generate", {"text": f"profile {i}", "sampling_params": {"max_new_tokens": 64, "temperature": 0, "ignore_eos": True}})) for i in range(16)]
+for t in ts: t.start()
+time.sleep(0.05)
+post("/start_profile", {"num_steps": 5, "output_dir": out})
+for t in ts: t.join()
+time.sleep(1)
+files = glob.glob(os.path.join(out, "*.trace.json.gz"))
+ev = json.load(gzip.open(files[0]))["traceEvents"] if files else []
+cats = {}
+for e in ev: cats[e.get("cat")] = cats.get(e.get("cat"), 0) + 1
+print(f"profile: {len(files)} trace file(s), events by category: {cats}")
+k = [e for e in ev if e.get("cat") == "kernel"]
+if k: print("  e.g. kernel", k[0]["name"][:80], f"{k[0].get('dur')} us")
+sys.exit(0 if k else 1)
+PY
+  fi
   if [[ $mode != eager ]]; then
     grep -q "cuda graph: True" "$LOG" || { echo "no decode batch ran with a CUDA graph"; rc=1; }
   fi

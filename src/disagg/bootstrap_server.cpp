@@ -6,7 +6,14 @@ namespace pdserve::disagg {
 
 using nlohmann::json;
 
-Result<std::unique_ptr<BootstrapServer>> BootstrapServer::start(const std::string& host, int port) {
+http::Headers bootstrap_headers(const std::string& api_key) {
+  http::Headers h{{"Content-Type", "application/json"}};
+  if (!api_key.empty()) h.add("Authorization", "Bearer " + api_key);
+  return h;
+}
+
+Result<std::unique_ptr<BootstrapServer>> BootstrapServer::start(const std::string& host, int port,
+                                                                const std::string& api_key) {
   auto s = std::unique_ptr<BootstrapServer>(new BootstrapServer());
   http::ServerOptions o;
   o.host = host;
@@ -15,13 +22,18 @@ Result<std::unique_ptr<BootstrapServer>> BootstrapServer::start(const std::strin
   o.max_body_bytes = 1 << 20;
   s->http_ = std::make_unique<http::Server>(o);
   BootstrapServer* self = s.get();
-  s->http_->route("PUT", "/route", [self](http::Request req, std::shared_ptr<http::Responder> r) { self->put_route(req, *r); });
-  s->http_->route("GET", "/route", [self](http::Request req, std::shared_ptr<http::Responder> r) { self->get_route(req, *r); });
+  s->http_->route("PUT", "/route", http::require_api_key(api_key, [self](http::Request req, std::shared_ptr<http::Responder> r) {
+                    self->put_route(req, *r);
+                  }));
+  s->http_->route("GET", "/route", http::require_api_key(api_key, [self](http::Request req, std::shared_ptr<http::Responder> r) {
+                    self->get_route(req, *r);
+                  }));
   s->http_->route("GET", "/health", [](http::Request, std::shared_ptr<http::Responder> r) { r->respond(200, "OK", "text/plain"); });
   if (auto st = s->http_->start(); !st)
     return make_error(st.error().code(), "cannot start the disaggregation bootstrap server on {}:{}: {}", host, port,
                       st.error().message());
-  log::info("Disaggregation bootstrap server listening on {}:{}", host, s->http_->port());
+  log::info("Disaggregation bootstrap server listening on {}:{}{}", host, s->http_->port(),
+            api_key.empty() ? "" : " (API key required on /route)");
   return s;
 }
 

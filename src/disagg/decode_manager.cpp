@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "base/logging.h"
+#include "disagg/bootstrap_server.h"
 #include "disagg/fake_endpoints.h"
 #include "http/client.h"
 
@@ -43,11 +44,16 @@ class DecodeKvManager::Receiver final : public scheduler::KvReceiver {
     // (its destructor joins them); the channel runs tasks only while the manager lives.
     DecodeKvManager* m = m_.get();
     auto room = r_;
-    m_->channel_.post(r.endpoint, {"XFER", std::to_string(r.room), m_->channel_.endpoint(), pack_pages(r.pages)},
-                      [m, room](const std::string& err) {
-                        std::lock_guard<std::mutex> lock(m->mu_);
-                        m->fail_locked(*room, "cannot send the destination pages: " + err, false);
-                      });
+    for (const auto& t : r.targets) {
+      const std::string pages = t.dummy ? std::string() : pack_pages(r.pages);
+      const int required = t.dummy ? 1 : r.dests_per_real_rank;
+      m_->channel_.post(t.endpoint,
+                        {"XFER", std::to_string(r.room), m_->channel_.endpoint(), pages, std::to_string(required), t.dummy ? "1" : "0"},
+                        [m, room](const std::string& err) {
+                          std::lock_guard<std::mutex> lock(m->mu_);
+                          m->fail_locked(*room, "cannot send the destination pages: " + err, true);
+                        });
+    }
   }
   scheduler::TransferMetadata metadata() const override {
     std::lock_guard<std::mutex> lock(m_->mu_);
@@ -64,8 +70,16 @@ class DecodeKvManager::Receiver final : public scheduler::KvReceiver {
 };
 
 DecodeKvManager::DecodeKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank,
-                                 std::unique_ptr<TransferBackend> backend)
-    : opts_(std::move(opts)), kv_(std::move(kv)), layout_(KvLayout::of(kv_)), dp_rank_(dp_rank), backend_(std::move(backend)) {}
+                                 std::unique_ptr<TransferBackend> backend, AttnTp attn_tp)
+    : opts_(std::move(opts)),
+      kv_(std::move(kv)),
+      layout_(KvLayout::of(kv_)),
+      dp_rank_(dp_rank),
+      attn_tp_(attn_tp),
+      backend_(std::move(backend)) {
+  layout_.attn_tp_size = attn_tp_.size;
+  layout_.mla = attn_tp_.mla;
+}
 
 DecodeKvManager::~DecodeKvManager() { stop(); }
 
@@ -74,8 +88,8 @@ Status DecodeKvManager::start(const std::string& host) {
   PDSERVE_RETURN_IF_ERROR(channel_.start(host, [this](Frames&& f) { on_message(std::move(f)); }, {}));
   handshake_thread_ = std::thread([this] { handshake_loop(); });
   heartbeat_thread_ = std::thread([this] { heartbeat_loop(); });
-  log::info("Decode DP{} KV transfer endpoint {} (backend {}, layout {})", dp_rank_, channel_.endpoint(), backend_->name(),
-            layout_.to_string());
+  log::info("Decode DP{} attention TP{} KV transfer endpoint {} (backend {}, layout {})", dp_rank_, attn_tp_.rank,
+            channel_.endpoint(), backend_->name(), layout_.to_string());
   return ok_status();
 }
 
@@ -129,24 +143,32 @@ void DecodeKvManager::fail_locked(Room& r, const std::string& why, bool tell_pre
   if (terminal(r.status)) return;
   r.status = KvPoll::kFailed;
   r.failure = why;
-  if (tell_prefill && r.xfer_sent) channel_.post(r.endpoint, {"ABORT", std::to_string(r.room), channel_.endpoint(), why});
+  if (tell_prefill && r.xfer_sent)
+    for (const auto& t : r.targets) channel_.post(t.endpoint, {"ABORT", std::to_string(r.room), channel_.endpoint(), why});
 }
 
-void DecodeKvManager::update_rooms_locked(const std::string& addr, int group) {
+void DecodeKvManager::update_rooms_locked(const std::string& addr) {
   auto pit = prefills_.find(addr);
-  const Conn* c = nullptr;
-  if (pit != prefills_.end()) {
-    auto git = pit->second.groups.find(group);
-    if (git != pit->second.groups.end()) c = &git->second;
-  }
+  if (pit == prefills_.end()) return;
   for (auto& [id, r] : rooms_) {
-    if (r->addr != addr || r->group != group || r->status != KvPoll::kBootstrapping) continue;
-    if (!c) continue;
-    if (c->state == ConnState::kReady) {
-      r->endpoint = c->endpoint;
+    if (r->addr != addr || r->targets.empty() || r->status != KvPoll::kBootstrapping) continue;
+    // Ready once every prefill rank it pairs with accepted our registration.
+    bool ready = true;
+    for (auto& t : r->targets) {
+      auto cit = pit->second.conns.find({r->group, t.tp_rank});
+      if (cit == pit->second.conns.end() || cit->second.state == ConnState::kPending) {
+        ready = false;
+      } else if (cit->second.state == ConnState::kFailed) {
+        fail_locked(*r, cit->second.failure, false);
+        ready = false;
+        break;
+      } else {
+        t.endpoint = cit->second.endpoint;
+      }
+    }
+    if (ready) {
+      r->endpoint = r->targets.front().endpoint;
       r->status = KvPoll::kWaitingForInput;
-    } else if (c->state == ConnState::kFailed) {
-      fail_locked(*r, c->failure, false);
     }
   }
 }
@@ -182,65 +204,82 @@ void DecodeKvManager::handshake(const std::shared_ptr<Room>& room) {
     std::lock_guard<std::mutex> lock(mu_);
     fail_locked(*room, why, false);
   };
-  int dp_size = 0;
+  int dp_size = 0, prefill_tp = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = prefills_.find(addr);
-    if (it != prefills_.end()) dp_size = it->second.dp_size;
+    if (it != prefills_.end()) dp_size = it->second.dp_size, prefill_tp = it->second.attn_tp_size;
   }
   if (dp_size == 0) {
-    auto r = client.get("http://" + addr + "/route?engine_rank=-1&target_dp_group=-1&target_pp_rank=-1", timeout);
+    auto r = client.request("GET", "http://" + addr + "/route?engine_rank=-1&target_dp_group=-1&target_pp_rank=-1", {},
+                            bootstrap_headers(opts_.api_key), timeout);
     if (!r) return fail(fmt::format("cannot reach the prefill bootstrap server at {}: {}", addr, r.error().message()));
     if (r->status != 200) return fail(fmt::format("the prefill bootstrap server at {} answered {}: {}", addr, r->status, r->body));
     try {
-      dp_size = nlohmann::json::parse(r->body).at("prefill_dp_size").get<int>();
+      const auto topo = nlohmann::json::parse(r->body);
+      dp_size = topo.at("prefill_dp_size").get<int>();
+      prefill_tp = topo.value("prefill_attn_tp_size", 1);
     } catch (const std::exception& e) {
       return fail(fmt::format("bad topology from the prefill bootstrap server at {}: {}", addr, e.what()));
     }
-    if (dp_size <= 0) return fail(fmt::format("the prefill bootstrap server at {} reports dp size {}", addr, dp_size));
+    if (dp_size <= 0 || prefill_tp <= 0)
+      return fail(fmt::format("the prefill bootstrap server at {} reports dp size {}, attention TP size {}", addr, dp_size, prefill_tp));
     std::lock_guard<std::mutex> lock(mu_);
     prefills_[addr].dp_size = dp_size;
+    prefills_[addr].attn_tp_size = prefill_tp;
   }
-  // SGLang's pairing: both sides pick DP rank bootstrap_room % dp_size, so no message is needed.
+  // SGLang's pairing: both sides pick DP rank bootstrap_room % dp_size, so no message is needed;
+  // within the group, the attention-TP ranks of attn_tp_targets.
   const int group = static_cast<int>(room->room % static_cast<uint64_t>(dp_size));
+  auto targets = attn_tp_targets(attn_tp_.size, attn_tp_.rank, prefill_tp);
+  if (!targets) return fail(fmt::format("cannot pair with the prefill at {}: {}", addr, targets.error().message()));
   {
     std::lock_guard<std::mutex> lock(mu_);
     room->group = group;
-    auto& p = prefills_[addr];
-    p.dp_size = dp_size;
-    auto git = p.groups.find(group);
-    if (git != p.groups.end()) {
-      if (git->second.state == ConnState::kFailed) {
-        // Fail this request with the reason, and let the next one try to register again.
-        fail_locked(*room, git->second.failure, false);
-        p.groups.erase(git);
-      } else {
-        update_rooms_locked(addr, group);  // ready: now; pending: when REGR arrives
+    room->dests_per_real_rank = targets->dests_per_real_rank;
+    room->targets.clear();
+    for (size_t i = 0; i < targets->ranks.size(); ++i) room->targets.push_back(Target{targets->ranks[i], "", i > 0});
+  }
+  for (const int tp_rank : targets->ranks) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto& p = prefills_[addr];
+      auto cit = p.conns.find({group, tp_rank});
+      if (cit != p.conns.end()) {
+        if (cit->second.state == ConnState::kFailed) {
+          // Fail this request with the reason, and let the next one try to register again.
+          fail_locked(*room, cit->second.failure, false);
+          p.conns.erase(cit);
+          return;
+        }
+        continue;  // ready, or pending until its REGR arrives
       }
-      return;
     }
+    auto r = client.request("GET", fmt::format("http://{}/route?engine_rank={}&target_dp_group={}&target_pp_rank=0", addr, tp_rank, group),
+                            {}, bootstrap_headers(opts_.api_key), timeout);
+    if (!r) return fail(fmt::format("cannot reach the prefill bootstrap server at {}: {}", addr, r.error().message()));
+    if (r->status != 200) return fail(fmt::format("the prefill bootstrap server at {} answered {}: {}", addr, r->status, r->body));
+    std::string endpoint;
+    try {
+      const auto j = nlohmann::json::parse(r->body);
+      endpoint = bootstrap_addr(j.at("rank_ip").get<std::string>(), j.at("rank_port").get<int>());
+    } catch (const std::exception& e) {
+      return fail(fmt::format("bad rank address from the prefill bootstrap server at {}: {}", addr, e.what()));
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto& c = prefills_[addr].conns[{group, tp_rank}];
+      c.state = ConnState::kPending;
+      c.endpoint = endpoint;
+    }
+    channel_.post(endpoint, {"REG", channel_.endpoint(), layout_.to_json().dump(), descriptor_},
+                  [this, addr, endpoint](const std::string& err) {
+                    lose_prefill(addr, fmt::format("cannot register with prefill rank {} (bootstrap_addr: {}): {}", endpoint,
+                                                   addr, err));
+                  });
   }
-  auto r = client.get(fmt::format("http://{}/route?engine_rank=0&target_dp_group={}&target_pp_rank=0", addr, group), timeout);
-  if (!r) return fail(fmt::format("cannot reach the prefill bootstrap server at {}: {}", addr, r.error().message()));
-  if (r->status != 200) return fail(fmt::format("the prefill bootstrap server at {} answered {}: {}", addr, r->status, r->body));
-  std::string endpoint;
-  try {
-    const auto j = nlohmann::json::parse(r->body);
-    endpoint = bootstrap_addr(j.at("rank_ip").get<std::string>(), j.at("rank_port").get<int>());
-  } catch (const std::exception& e) {
-    return fail(fmt::format("bad rank address from the prefill bootstrap server at {}: {}", addr, e.what()));
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto& c = prefills_[addr].groups[group];
-    c.state = ConnState::kPending;
-    c.endpoint = endpoint;
-  }
-  channel_.post(endpoint, {"REG", channel_.endpoint(), layout_.to_json().dump(), descriptor_},
-                [this, addr, endpoint](const std::string& err) {
-                  lose_prefill(addr, fmt::format("cannot register with prefill rank {} (bootstrap_addr: {}): {}", endpoint,
-                                                       addr, err));
-                });
+  std::lock_guard<std::mutex> lock(mu_);
+  update_rooms_locked(addr);  // ready: now; pending: when the REGRs arrive
 }
 
 void DecodeKvManager::heartbeat_loop() {
@@ -277,13 +316,16 @@ void DecodeKvManager::on_message(Frames&& f) {
     const std::string& endpoint = f[1];
     const bool ok = f[2] == "OK";
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [addr, p] : prefills_)
-      for (auto& [group, c] : p.groups)
+    for (auto& [addr, p] : prefills_) {
+      bool changed = false;
+      for (auto& [key, c] : p.conns)
         if (c.endpoint == endpoint && c.state == ConnState::kPending) {
           c.state = ok ? ConnState::kReady : ConnState::kFailed;
           if (!ok) c.failure = fmt::format("prefill rank {} refused the registration: {}", endpoint, f[2]);
-          update_rooms_locked(addr, group);
+          changed = true;
         }
+      if (changed) update_rooms_locked(addr);
+    }
     return;
   }
   auto id = parse_u64(f[1], "room");

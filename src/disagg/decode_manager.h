@@ -1,6 +1,7 @@
 // The decode rank's side of PD disaggregation (SGLang's KVManager in decode mode + KVReceiver): it
 // finds the prefill rank of each request through the prefill's bootstrap server (DP group =
-// bootstrap_room % prefill dp size), registers once per prefill rank (layout + backend descriptor),
+// bootstrap_room % prefill dp size; within the group, the attention-TP ranks of attn_tp_targets),
+// registers once per prefill rank (layout + backend descriptor),
 // sends each request's destination pages, applies arriving KV, and watches every prefill it talks
 // to with heartbeats.
 //
@@ -35,7 +36,8 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
  public:
   using Clock = std::chrono::steady_clock;
 
-  DecodeKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank, std::unique_ptr<TransferBackend> backend);
+  DecodeKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank, std::unique_ptr<TransferBackend> backend,
+                  AttnTp attn_tp = {});
   ~DecodeKvManager() override;
 
   Status start(const std::string& host);
@@ -56,9 +58,14 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
     std::string failure;
   };
   struct Prefill {  // one bootstrap address
-    int dp_size = 0;
-    std::map<int, Conn> groups;
+    int dp_size = 0, attn_tp_size = 0;
+    std::map<std::pair<int, int>, Conn> conns;  // (DP group, attention-TP rank)
     int heartbeat_failures = 0;
+  };
+  struct Target {  // a prefill attention-TP rank this room pairs with
+    int tp_rank = 0;
+    std::string endpoint;
+    bool dummy = false;  // gets an XFER without pages: another rank sends the KV
   };
   struct Room {
     uint64_t room = 0;
@@ -66,7 +73,9 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
     int group = -1;
     scheduler::KvPoll status = scheduler::KvPoll::kBootstrapping;
     std::string failure;
-    std::string endpoint;  // prefill rank, once known
+    std::vector<Target> targets;  // targets[0] sends the KV; known after the topology query
+    int dests_per_real_rank = 1;  // decode ranks the sending prefill rank hears from
+    std::string endpoint;         // the sending prefill rank, once known
     std::vector<int32_t> pages;
     std::vector<int32_t> sorted_pages;  // for checking that DATA writes only this room's pages
     scheduler::TransferMetadata meta;
@@ -79,7 +88,7 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
   void handshake_loop();
   void heartbeat_loop();
   void handshake(const std::shared_ptr<Room>& room);
-  void update_rooms_locked(const std::string& addr, int group);
+  void update_rooms_locked(const std::string& addr);
   void fail_locked(Room& r, const std::string& why, bool tell_prefill);
   void lose_prefill(const std::string& addr, const std::string& why);
   scheduler::KvPoll poll(Room& r);
@@ -88,6 +97,7 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
   scheduler::KvBufferView kv_;
   KvLayout layout_;
   int dp_rank_;
+  AttnTp attn_tp_;
   std::unique_ptr<TransferBackend> backend_;
   std::string descriptor_;
   ControlChannel channel_;

@@ -1,5 +1,6 @@
 #include "disagg/options.h"
 
+#include <cstdio>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -91,6 +92,16 @@ Status load_disagg_env(DisaggOptions& o) {
   double chunk = static_cast<double>(o.max_chunk_bytes);
   PDSERVE_RETURN_IF_ERROR(read_double("PDSERVE_DISAGGREGATION_CHUNK_BYTES", chunk, 4096.0));
   o.max_chunk_bytes = static_cast<int64_t>(chunk);
+  if (const char* hold = std::getenv("PDSERVE_DISAGGREGATION_TEST_HOLD_RID_PREFIX"); hold && *hold) o.test_hold_rid_prefix = hold;
+  if (const char* tp = std::getenv("PDSERVE_DISAGGREGATION_TEST_ATTN_TP"); tp && *tp) {
+    int size = 0, rank = -1;
+    char extra = 0;
+    if (std::sscanf(tp, "%d:%d%c", &size, &rank, &extra) != 2 || size < 1 || size > 64 || rank < 0 || rank >= size)
+      return make_error(ErrorCode::kInvalidArgument,
+                        "PDSERVE_DISAGGREGATION_TEST_ATTN_TP={} must be SIZE:RANK with 1 <= SIZE <= 64 and 0 <= RANK < SIZE", tp);
+    o.test_attn_tp_size = size;
+    o.test_attn_tp_rank = rank;
+  }
   return ok_status();
 }
 

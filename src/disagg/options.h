@@ -29,6 +29,9 @@ struct DisaggOptions {
   int bootstrap_port = 8998;
   std::string ib_device;           // accepted and reported (no RDMA backend in this build)
   std::string advertise_host;      // address peers use to reach this server's ranks
+  // The server's --api-key: the prefill's bootstrap server requires it on /route, and this side
+  // sends it there (prefill registration PUT /route, decode GET /route). Empty: no key.
+  std::string api_key;
   // Environment (SGLANG_DISAGGREGATION_*; a PDSERVE_ spelling wins when both are set).
   double bootstrap_timeout_s = 300;   // sender in Bootstrapping, receiver handshake
   double waiting_timeout_s = 300;     // receiver after init, sender waiting for the decode's ack
@@ -36,6 +39,17 @@ struct DisaggOptions {
   int heartbeat_max_failure = 2;      // consecutive failures that declare the prefill lost (min 1)
   double test_failure_prob = 0;       // DISAGGREGATION_TEST_FAILURE_PROB: fail this fraction of transfers
   int64_t max_chunk_bytes = 4 << 20;  // PDSERVE_DISAGGREGATION_CHUNK_BYTES: one transfer call at most
+  // PDSERVE_DISAGGREGATION_TEST_HOLD_RID_PREFIX (test hook, prefill): requests whose rid starts with
+  // it never send their KV, so they stay in the inflight queue (Transferring) until aborted or the
+  // acknowledgement deadline passes. Lets tests catch that state without racing the transfer.
+  std::string test_hold_rid_prefix;
+  // PDSERVE_DISAGGREGATION_TEST_ATTN_TP=SIZE:RANK (test hook; servers with --dp-size 1): this
+  // server acts as attention-TP rank RANK of SIZE. Servers of this build compute attention whole
+  // (attention TP 1), and with MLA every attention-TP rank holds the whole latent cache, so SIZE
+  // such servers given the same requests are, to the KV transfer, one attention-TP group: how the
+  // e2e tests pair different attention-TP sizes. A prefill of rank > 0 starts no bootstrap server
+  // and registers with the one at --disaggregation-bootstrap-port (rank 0's).
+  int test_attn_tp_size = 1, test_attn_tp_rank = 0;
 };
 
 // Reads the environment variables into `o` (flags already set). Errors name the variable.

@@ -1,8 +1,11 @@
 #include "disagg/prefill_manager.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "base/logging.h"
+#include "disagg/bootstrap_server.h"
 #include "disagg/fake_endpoints.h"
 #include "http/client.h"
 
@@ -58,14 +61,18 @@ class PrefillKvManager::Sender final : public scheduler::KvSender {
 };
 
 PrefillKvManager::PrefillKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank, int dp_size,
-                                   std::unique_ptr<TransferBackend> backend)
+                                   std::unique_ptr<TransferBackend> backend, AttnTp attn_tp)
     : opts_(std::move(opts)),
       kv_(std::move(kv)),
       layout_(KvLayout::of(kv_)),
       dp_rank_(dp_rank),
       dp_size_(dp_size),
+      attn_tp_(attn_tp),
       backend_(std::move(backend)),
-      last_gc_(Clock::now()) {}
+      last_gc_(Clock::now()) {
+  layout_.attn_tp_size = attn_tp_.size;
+  layout_.mla = attn_tp_.mla;
+}
 
 PrefillKvManager::~PrefillKvManager() { stop(); }
 
@@ -74,23 +81,23 @@ void PrefillKvManager::stop() { channel_.stop(); }
 Status PrefillKvManager::start(const std::string& host, const std::string& bootstrap_host, int bootstrap_port) {
   PDSERVE_RETURN_IF_ERROR(channel_.start(
       host, [this](Frames&& f) { on_message(std::move(f)); }, [this] { on_tick(); }));
-  // SGLang's registration body; attention TP is 1 (pure DP), one pipeline stage.
-  const nlohmann::json reg = {{"role", "Prefill"},       {"attn_tp_size", 1},         {"attn_tp_rank", 0},
+  // SGLang's registration body (system DP ranks, this rank's attention-TP place), one pipeline stage.
+  const nlohmann::json reg = {{"role", "Prefill"},       {"attn_tp_size", attn_tp_.size}, {"attn_tp_rank", attn_tp_.rank},
                               {"attn_dp_size", 1},       {"attn_dp_rank", 0},         {"pp_size", 1},
                               {"pp_rank", 0},            {"system_dp_size", dp_size_}, {"system_dp_rank", dp_rank_},
                               {"rank_ip", host},         {"rank_port", channel_.port()}};
   const std::string url = "http://" + bootstrap_addr(bootstrap_host, bootstrap_port) + "/route";
   http::Client client;
-  auto r = client.request("PUT", url, reg.dump(), http::Headers{{"Content-Type", "application/json"}}, std::chrono::seconds(5));
+  auto r = client.request("PUT", url, reg.dump(), bootstrap_headers(opts_.api_key), std::chrono::seconds(5));
   if (!r || r->status != 200)
     return make_error(ErrorCode::kIo, "prefill DP{} could not register with the bootstrap server at {}: {}", dp_rank_,
                       url, r ? r->body : r.error().message());
-  log::info("Prefill DP{} KV transfer endpoint {} registered (backend {}, layout {})", dp_rank_, channel_.endpoint(),
-            backend_->name(), layout_.to_string());
+  log::info("Prefill DP{} attention TP{} KV transfer endpoint {} registered (backend {}, layout {})", dp_rank_, attn_tp_.rank,
+            channel_.endpoint(), backend_->name(), layout_.to_string());
   return ok_status();
 }
 
-std::unique_ptr<scheduler::KvSender> PrefillKvManager::make_sender(const std::string&, const scheduler::BootstrapInfo& b,
+std::unique_ptr<scheduler::KvSender> PrefillKvManager::make_sender(const std::string& rid, const scheduler::BootstrapInfo& b,
                                                                    int64_t num_pages) {
   if (b.host == kFakeBootstrapHost) return std::make_unique<FakeSender>();
   std::lock_guard<std::mutex> lock(mu_);
@@ -111,14 +118,10 @@ std::unique_ptr<scheduler::KvSender> PrefillKvManager::make_sender(const std::st
   }
   r.has_sender = true;
   r.owner_gone = false;
+  r.held = !opts_.test_hold_rid_prefix.empty() && rid.rfind(opts_.test_hold_rid_prefix, 0) == 0;
   r.num_pages = num_pages;
   r.created = Clock::now();
-  if (r.status == KvPoll::kBootstrapping && r.info) {
-    if (static_cast<int64_t>(r.dst_pages.size()) != num_pages)
-      fail_locked(r, fmt::format("the decode allocated {} pages, the prompt needs {}", r.dst_pages.size(), num_pages), true);
-    else
-      r.status = KvPoll::kWaitingForInput;
-  }
+  check_ready_locked(r);
   return std::make_unique<Sender>(shared_from_this(), slot);
 }
 
@@ -138,7 +141,7 @@ KvPoll PrefillKvManager::poll(Room& r) {
                 false);
   } else if (r.status == KvPoll::kTransferring && r.last_sent && seconds(now - r.last_send_done) > opts_.waiting_timeout_s) {
     fail_locked(r, fmt::format("Request {} timed out after {:.1f}s waiting for the decode ({}) to acknowledge the KV", r.room,
-                               opts_.waiting_timeout_s, r.session), true);
+                               opts_.waiting_timeout_s, sessions_of(r)), true);
   }
   return r.status;
 }
@@ -147,7 +150,24 @@ void PrefillKvManager::fail_locked(Room& r, const std::string& why, bool tell_de
   if (terminal(r.status)) return;
   r.status = KvPoll::kFailed;
   r.failure = why;
-  if (tell_decode && r.info) channel_.post(r.session, {"FAIL", std::to_string(r.room), why});
+  if (tell_decode)
+    for (const auto& d : r.dests) channel_.post(d.session, {"FAIL", std::to_string(r.room), why});
+}
+
+void PrefillKvManager::check_ready_locked(Room& r) {
+  if (!r.has_sender || r.status != KvPoll::kBootstrapping || r.required == 0 ||
+      static_cast<int>(r.dests.size()) < r.required)
+    return;
+  for (const auto& d : r.dests)
+    if (!d.dummy && static_cast<int64_t>(d.pages.size()) != r.num_pages)
+      return fail_locked(r, fmt::format("the decode allocated {} pages, the prompt needs {}", d.pages.size(), r.num_pages), true);
+  r.status = KvPoll::kWaitingForInput;
+}
+
+std::string PrefillKvManager::sessions_of(const Room& r) {
+  std::string out;
+  for (const auto& d : r.dests) out += (out.empty() ? "" : ", ") + d.session;
+  return out;
 }
 
 void PrefillKvManager::on_message(Frames&& f) {
@@ -192,6 +212,15 @@ void PrefillKvManager::on_message(Frames&& f) {
       return;
     }
     auto pages = unpack_pages(f[3]);
+    // required: how many decode ranks will ask for this room (their attention TP over ours);
+    // dummy: this rank pairs with the decode but another prefill rank sends the KV.
+    int required = 1;
+    bool dummy = false;
+    if (f.size() >= 6) {
+      auto req = parse_u64(f[4], "required");
+      required = req && *req >= 1 && *req <= 1024 ? static_cast<int>(*req) : 0;
+      dummy = f[5] == "1";
+    }
     auto& slot = rooms_[*room_id];
     if (!slot) {
       slot = std::make_shared<Room>();
@@ -205,15 +234,19 @@ void PrefillKvManager::on_message(Frames&& f) {
       return;
     }
     r.info = true;
-    r.session = session;
-    r.dst_pages = pages ? std::move(*pages) : std::vector<int32_t>{};
+    auto dit = std::find_if(r.dests.begin(), r.dests.end(), [&](const Dest& d) { return d.session == session; });
+    if (dit == r.dests.end()) dit = r.dests.insert(r.dests.end(), Dest{session, {}, false, false});
+    dit->dummy = dummy;
+    dit->pages = pages && !dummy ? std::move(*pages) : std::vector<int32_t>{};
     if (!pages) {
       fail_locked(r, pages.error().message(), true);
-    } else if (r.has_sender && r.status == KvPoll::kBootstrapping) {
-      if (static_cast<int64_t>(r.dst_pages.size()) != r.num_pages)
-        fail_locked(r, fmt::format("the decode allocated {} pages, the prompt needs {}", r.dst_pages.size(), r.num_pages), true);
-      else
-        r.status = KvPoll::kWaitingForInput;
+    } else if (required == 0 || (r.required != 0 && r.required != required)) {
+      fail_locked(r, fmt::format("bad or inconsistent XFER for room {}: 'required' is {} after {} (the number of decode ranks "
+                                 "pairing with this prefill rank, 1..1024)",
+                                 r.room, f.size() >= 6 ? f[4] : std::string("1"), r.required), true);
+    } else {
+      r.required = required;
+      check_ready_locked(r);
     }
     return;
   }
@@ -228,14 +261,23 @@ void PrefillKvManager::on_message(Frames&& f) {
       r->status = KvPoll::kFailed;
       r->failure = why;
       rooms_[*room_id] = r;
-    } else {
+    } else if (!terminal(it->second->status)) {
+      // Not echoed to the decode rank that aborted; other decode ranks of this room are told.
       fail_locked(*it->second, why, false);
+      for (const auto& d : it->second->dests)
+        if (d.session != session) channel_.post(d.session, {"FAIL", f[1], why});
     }
     return;
   }
   if (kind == "ACK" && it != rooms_.end()) {
     Room& r = *it->second;
-    if (r.status == KvPoll::kTransferring && r.last_sent) {
+    if (r.status != KvPoll::kTransferring || !r.last_sent) return;
+    bool all = true;
+    for (auto& d : r.dests) {
+      if (d.session == session) d.acked = true;
+      all = all && (d.dummy || d.acked);
+    }
+    if (all) {
       r.status = KvPoll::kSuccess;
       stats_.record(seconds(Clock::now() - r.first_send), r.bytes);
     }
@@ -244,56 +286,79 @@ void PrefillKvManager::on_message(Frames&& f) {
 
 void PrefillKvManager::transfer(std::shared_ptr<Room> room, std::vector<int32_t> src, int64_t first, bool last,
                                 std::optional<scheduler::TransferMetadata> meta) {
-  std::string session;
-  std::vector<int32_t> dst;
+  // (session, destination pages) of every decode rank that gets the bytes.
+  std::vector<std::pair<std::string, std::vector<int32_t>>> targets;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Room& r = *room;
     if (r.status != KvPoll::kTransferring) return;
-    auto sit = sessions_.find(r.session);
-    if (sit == sessions_.end() || sit->second.failed) {
-      fail_locked(r, "decode session " + r.session + " failed: " + (sit == sessions_.end() ? "unknown" : sit->second.failure), true);
+    if (first < 0 || first + static_cast<int64_t>(src.size()) > r.num_pages) {
+      fail_locked(r, fmt::format("pages [{}, {}) are outside the {} destination pages", first, first + static_cast<int64_t>(src.size()),
+                                 r.num_pages), true);
       return;
     }
-    if (first < 0 || first + static_cast<int64_t>(src.size()) > static_cast<int64_t>(r.dst_pages.size())) {
-      fail_locked(r, fmt::format("pages [{}, {}) are outside the {} destination pages", first, first + static_cast<int64_t>(src.size()),
-                                 r.dst_pages.size()), true);
-      return;
+    for (const auto& d : r.dests) {
+      if (d.dummy) continue;
+      auto sit = sessions_.find(d.session);
+      if (sit == sessions_.end() || sit->second.failed) {
+        fail_locked(r, "decode session " + d.session + " failed: " + (sit == sessions_.end() ? "unknown" : sit->second.failure), true);
+        return;
+      }
     }
     if (opts_.test_failure_prob > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < opts_.test_failure_prob) {
       fail_locked(r, "injected transfer failure (DISAGGREGATION_TEST_FAILURE_PROB)", true);
       return;
     }
-    session = r.session;
-    dst.assign(r.dst_pages.begin() + first, r.dst_pages.begin() + first + static_cast<int64_t>(src.size()));
+    if (r.held) {
+      // Test hook: the room stays Transferring (inflight) with its deadline running, as if the
+      // bytes were still on their way.
+      if (last && !r.last_sent) {
+        r.last_sent = true;
+        r.last_send_done = Clock::now();
+        log::info("Holding the KV of room {} (PDSERVE_DISAGGREGATION_TEST_HOLD_RID_PREFIX)", r.room);
+      }
+      return;
+    }
+    for (const auto& d : r.dests)
+      if (!d.dummy)
+        targets.emplace_back(d.session, std::vector<int32_t>(d.pages.begin() + first,
+                                                             d.pages.begin() + first + static_cast<int64_t>(src.size())));
+    if (targets.empty()) {
+      // Every decode rank that paired with this rank gets the KV from another prefill
+      // attention-TP rank (same prompt, same latent cache): nothing to send, nobody will ack.
+      if (last) r.status = KvPoll::kSuccess;
+      return;
+    }
   }
   // The pages stay owned by the request until this room ends, so reading them unlocked is safe.
   const std::string room_str = std::to_string(room->room);
   int64_t bytes = 0;
-  for (const auto& blocks : plan_chunks(merge_runs(src, dst), layout_, opts_.max_chunk_bytes)) {
-    auto payload = backend_->write(session, blocks);
-    Status st = payload ? ok_status() : Status(payload.error());
-    if (st && (!payload->empty() || std::string_view(backend_->name()) == "tcp")) {
-      st = channel_.send_now(session, {"DATA", room_str, pack_blocks(blocks), std::move(*payload)});
-    }
-    for (const auto& b : blocks) bytes += b.len;
-    if (!st) {
-      std::lock_guard<std::mutex> lock(mu_);
-      // The session is gone: later transfers to it fail at once instead of each waiting.
-      sessions_[session] = Session{true, st.error().message()};
-      fail_locked(*room, "KV transfer to " + session + " failed: " + st.error().message(), false);
-      return;
-    }
-  }
-  Status st = ok_status();
-  if (last) st = channel_.send_now(session, {"DONE", room_str, metadata_to_json(meta.value_or(scheduler::TransferMetadata{}))});
-  std::lock_guard<std::mutex> lock(mu_);
-  room->bytes += bytes;
-  if (!st) {
+  // A decode rank's failure fails the room; the others are told (FAIL) by fail_locked.
+  auto failed = [&](const std::string& session, const Status& st) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // The session is gone: later transfers to it fail at once instead of each waiting.
     sessions_[session] = Session{true, st.error().message()};
     fail_locked(*room, "KV transfer to " + session + " failed: " + st.error().message(), false);
-    return;
+    for (const auto& d : room->dests)
+      if (d.session != session) channel_.post(d.session, {"FAIL", room_str, room->failure});
+  };
+  for (const auto& [session, dst] : targets) {
+    for (const auto& blocks : plan_chunks(merge_runs(src, dst), layout_, opts_.max_chunk_bytes)) {
+      auto payload = backend_->write(session, blocks);
+      Status st = payload ? ok_status() : Status(payload.error());
+      if (st && (!payload->empty() || std::string_view(backend_->name()) == "tcp")) {
+        st = channel_.send_now(session, {"DATA", room_str, pack_blocks(blocks), std::move(*payload)});
+      }
+      for (const auto& b : blocks) bytes += b.len;
+      if (!st) return failed(session, st);
+    }
+    if (last) {
+      Status st = channel_.send_now(session, {"DONE", room_str, metadata_to_json(meta.value_or(scheduler::TransferMetadata{}))});
+      if (!st) return failed(session, st);
+    }
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  room->bytes += bytes;
   if (last) {
     room->last_sent = true;
     room->last_send_done = Clock::now();

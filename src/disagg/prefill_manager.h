@@ -34,7 +34,7 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
   using Clock = std::chrono::steady_clock;
 
   PrefillKvManager(DisaggOptions opts, scheduler::KvBufferView kv, int dp_rank, int dp_size,
-                   std::unique_ptr<TransferBackend> backend);
+                   std::unique_ptr<TransferBackend> backend, AttnTp attn_tp = {});
   ~PrefillKvManager() override;
 
   // Binds the control socket on `host` and registers this rank (PUT /route) with the bootstrap
@@ -52,13 +52,22 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
 
  private:
   class Sender;
+  // One decode rank that asked for this room's KV (XFER). A dummy one (the decode pairs with
+  // several prefill attention-TP ranks and another of them sends) gets nothing but failures.
+  struct Dest {
+    std::string session;         // the decode rank's endpoint
+    std::vector<int32_t> pages;  // empty for a dummy
+    bool dummy = false, acked = false;
+  };
   struct Room {
     uint64_t room = 0;
     scheduler::KvPoll status = scheduler::KvPoll::kBootstrapping;
     std::string failure;
     bool has_sender = false, owner_gone = false, info = false, last_sent = false;
-    std::string session;             // decode endpoint (after XFER)
-    std::vector<int32_t> dst_pages;  // after XFER
+    bool held = false;               // test hook: never send (DisaggOptions::test_hold_rid_prefix)
+    int required = 0;                // decode ranks to hear from (XFER's `required`; > 1 when the
+                                     // decode's attention TP is larger)
+    std::vector<Dest> dests;         // after XFER
     int64_t num_pages = 0;
     int64_t bytes = 0;
     Clock::time_point created, first_send, last_send_done;
@@ -71,6 +80,8 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
   void on_message(Frames&& f);
   void on_tick();
   void fail_locked(Room& r, const std::string& why, bool tell_decode);
+  void check_ready_locked(Room& r);  // Bootstrapping -> WaitingForInput once every decode rank asked
+  static std::string sessions_of(const Room& r);
   void transfer(std::shared_ptr<Room> room, std::vector<int32_t> src, int64_t first, bool last,
                 std::optional<scheduler::TransferMetadata> meta);
   scheduler::KvPoll poll(Room& r);
@@ -79,6 +90,7 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
   scheduler::KvBufferView kv_;
   KvLayout layout_;
   int dp_rank_, dp_size_;
+  AttnTp attn_tp_;
   std::unique_ptr<TransferBackend> backend_;
   ControlChannel channel_;
   TransferStats stats_;

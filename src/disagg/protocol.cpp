@@ -12,28 +12,66 @@ KvLayout KvLayout::of(const scheduler::KvBufferView& v) {
 }
 
 nlohmann::json KvLayout::to_json() const {
-  return {{"num_layers", num_layers}, {"bytes_per_token", bytes_per_token}, {"page_size", page_size}, {"dtype", dtype}};
+  return {{"num_layers", num_layers}, {"bytes_per_token", bytes_per_token}, {"page_size", page_size}, {"dtype", dtype},
+          {"attn_tp_size", attn_tp_size}, {"mla", mla}};
 }
 
 Result<KvLayout> KvLayout::from_json(const nlohmann::json& j) {
   try {
-    return KvLayout{j.at("num_layers").get<int64_t>(), j.at("bytes_per_token").get<int64_t>(),
-                    j.at("page_size").get<int64_t>(), j.at("dtype").get<std::string>()};
+    KvLayout l{j.at("num_layers").get<int64_t>(), j.at("bytes_per_token").get<int64_t>(), j.at("page_size").get<int64_t>(),
+               j.at("dtype").get<std::string>()};
+    l.attn_tp_size = j.at("attn_tp_size").get<int64_t>();
+    l.mla = j.at("mla").get<bool>();
+    if (l.attn_tp_size < 1) return make_error(ErrorCode::kInvalidArgument, "bad KV layout in registration: attn_tp_size {}", l.attn_tp_size);
+    return l;
   } catch (const std::exception& e) {
     return make_error(ErrorCode::kInvalidArgument, "bad KV layout in registration: {}", e.what());
   }
 }
 
 std::string KvLayout::to_string() const {
-  return fmt::format("layers={} bytes_per_token={} page_size={} dtype={}", num_layers, bytes_per_token, page_size, dtype);
+  return fmt::format("layers={} bytes_per_token={} page_size={} dtype={} attn_tp_size={} kv={}", num_layers, bytes_per_token,
+                     page_size, dtype, attn_tp_size, mla ? "mla" : "split-by-heads");
 }
 
 Status check_layout(const KvLayout& p, const KvLayout& d) {
-  if (p.num_layers == d.num_layers && p.bytes_per_token == d.bytes_per_token && p.page_size == d.page_size &&
-      p.dtype == d.dtype)
-    return ok_status();
-  return make_error(ErrorCode::kInvalidArgument, "KV layout mismatch: prefill has {}, decode has {}", p.to_string(),
-                    d.to_string());
+  if (p.num_layers != d.num_layers || p.bytes_per_token != d.bytes_per_token || p.page_size != d.page_size ||
+      p.dtype != d.dtype || p.mla != d.mla)
+    return make_error(ErrorCode::kInvalidArgument, "KV layout mismatch: prefill has {}, decode has {}", p.to_string(),
+                      d.to_string());
+  if (p.attn_tp_size == d.attn_tp_size) return ok_status();
+  if (!p.mla)
+    return make_error(ErrorCode::kInvalidArgument,
+                      "KV layout mismatch: prefill attention TP size {} and decode attention TP size {} differ, and the KV "
+                      "cache is split by heads; only an MLA latent cache (whole on every attention-TP rank) can pair "
+                      "different attention-TP sizes (prefill has {}, decode has {})",
+                      p.attn_tp_size, d.attn_tp_size, p.to_string(), d.to_string());
+  if (p.attn_tp_size % d.attn_tp_size != 0 && d.attn_tp_size % p.attn_tp_size != 0)
+    return make_error(ErrorCode::kInvalidArgument,
+                      "KV layout mismatch: prefill attention TP size {} and decode attention TP size {}: one must divide "
+                      "the other",
+                      p.attn_tp_size, d.attn_tp_size);
+  return ok_status();
+}
+
+Result<AttnTpTargets> attn_tp_targets(int decode_tp_size, int decode_tp_rank, int prefill_tp_size) {
+  if (decode_tp_size < 1 || prefill_tp_size < 1 || decode_tp_rank < 0 || decode_tp_rank >= decode_tp_size)
+    return make_error(ErrorCode::kInvalidArgument, "bad attention TP: decode rank {} of {}, prefill size {}", decode_tp_rank,
+                      decode_tp_size, prefill_tp_size);
+  if (decode_tp_size % prefill_tp_size != 0 && prefill_tp_size % decode_tp_size != 0)
+    return make_error(ErrorCode::kInvalidArgument,
+                      "prefill attention TP size {} and decode attention TP size {}: one must divide the other",
+                      prefill_tp_size, decode_tp_size);
+  AttnTpTargets t;
+  if (decode_tp_size >= prefill_tp_size) {
+    const int ratio = decode_tp_size / prefill_tp_size;
+    t.ranks = {decode_tp_rank / ratio};
+    t.dests_per_real_rank = ratio;
+  } else {
+    const int ratio = prefill_tp_size / decode_tp_size;
+    for (int i = 0; i < ratio; ++i) t.ranks.push_back(decode_tp_rank * ratio + i);
+  }
+  return t;
 }
 
 std::vector<PageRun> merge_runs(std::span<const int32_t> src, std::span<const int32_t> dst) {

@@ -4,7 +4,9 @@
 //
 //   decode -> prefill rank (its PULL socket)
 //     REG   session, layout-json, backend-descriptor      once per (decode rank, prefill rank)
-//     XFER  room, session, dst-pages (int32 array)        per request, after pre-allocation
+//     XFER  room, session, dst-pages (int32 array),       per request, after pre-allocation, to
+//           required, dummy                               every prefill attention-TP rank it pairs
+//                                                         with (see attn_tp_targets)
 //     ABORT room, session, message                        decode gave the request up
 //     ACK   room, session                                 KV + metadata arrived (prefill frees)
 //   prefill rank -> decode rank (its PULL socket)
@@ -36,6 +38,11 @@ struct KvLayout {
   int64_t bytes_per_token = 0;  // per layer
   int64_t page_size = 0;
   std::string dtype;
+  // The rank's attention-TP group size, and whether its KV is MLA's latent cache, which every
+  // attention-TP rank holds whole (not split by heads): only then can sides of different
+  // attention-TP sizes pair, one prefill rank's cache standing for its whole group's.
+  int64_t attn_tp_size = 1;
+  bool mla = true;
 
   static KvLayout of(const scheduler::KvBufferView& v);
   int64_t bytes_per_page() const { return bytes_per_token * page_size; }
@@ -43,8 +50,29 @@ struct KvLayout {
   static Result<KvLayout> from_json(const nlohmann::json& j);
   std::string to_string() const;  // "layers=4 bytes_per_token=320 page_size=1 dtype=f32"
 };
-// Error naming both sides' values when they differ.
+// A rank's place in its server's attention-TP group and the kind of its KV cache (KvLayout's
+// attn_tp_size and mla). Servers of this build run attention TP 1 with DeepSeek's MLA cache.
+struct AttnTp {
+  int size = 1;
+  int rank = 0;
+  bool mla = true;
+};
+
+// Error naming both sides' values when they differ. Different attention-TP sizes are accepted for
+// MLA caches when one size divides the other, refused otherwise with the reason.
 Status check_layout(const KvLayout& prefill, const KvLayout& decode);
+
+// The prefill attention-TP ranks a decode attention-TP rank pairs with (SGLang's rules for MLA):
+//   decode size D >= prefill size P: one prefill rank, d / (D / P); it hears from D / P decode ranks
+//     and sends the KV to each of them (dests_per_real_rank = D / P);
+//   D < P: the P / D ranks from d * (P / D); the first sends the KV, the others get a dummy request
+//     (no pages) so that their senders, which run the same prompt in lockstep, can finish.
+// ranks[0] is the one that sends the KV. Error when neither size divides the other.
+struct AttnTpTargets {
+  std::vector<int> ranks;
+  int dests_per_real_rank = 1;
+};
+Result<AttnTpTargets> attn_tp_targets(int decode_tp_size, int decode_tp_rank, int prefill_tp_size);
 
 // A run of pages contiguous on both sides: src_page.., dst_page.., count pages.
 struct PageRun {

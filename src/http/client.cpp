@@ -59,6 +59,10 @@ struct Connection::Impl {
   ClientOptions options;
   std::optional<beast::tcp_stream> stream;
   beast::flat_buffer buffer;
+  // Where body bytes are read to. Kept with the (pooled) connection and allocated once: as an
+  // array in exchange()'s coroutine frame it made every request allocate and free 16 KiB.
+  static constexpr std::size_t kChunkBytes = 16 * 1024;
+  std::unique_ptr<char[]> chunk;
   std::string authority;
   bool reusable = false;
 
@@ -189,10 +193,10 @@ struct Connection::Impl {
     }
     SseParser sse;
     bool stopped = false;
-    std::array<char, 16 * 1024> chunk;
+    if (!chunk) chunk = std::make_unique<char[]>(kChunkBytes);
     while (!parser->is_done()) {
-      parser->get().body().data = chunk.data();
-      parser->get().body().size = chunk.size();
+      parser->get().body().data = chunk.get();
+      parser->get().body().size = kChunkBytes;
       // read_some, not read: read() waits until the 16 KiB buffer is full, which would hold SSE
       // events back until the end of a slow stream.
       auto [ec, n] = co_await bhttp::async_read_some(*stream, buffer, *parser, kNoThrow);
@@ -202,9 +206,9 @@ struct Connection::Impl {
         a.what = "read body";
         co_return a;
       }
-      std::size_t got = chunk.size() - parser->get().body().size;
+      std::size_t got = kChunkBytes - parser->get().body().size;
       if (got == 0) continue;
-      std::string_view data(chunk.data(), got);
+      std::string_view data(chunk.get(), got);
       if (!streaming) {
         if (a.response.body.size() + got > options.max_response_bytes) {
           a.ec = bhttp::error::body_limit;
@@ -294,7 +298,7 @@ asio::awaitable<Result<Response>> Connection::stream(ClientRequest request, Stre
   co_return co_await impl_->run(std::move(request), &callbacks);
 }
 
-bool Connection::connected() const { return impl_->stream.has_value() && impl_->reusable; }
+bool Connection::connected() const { return impl_->still_alive(); }
 const std::string& Connection::authority() const { return impl_->authority; }
 void Connection::close() { impl_->close(); }
 
@@ -319,11 +323,27 @@ struct AsyncClient::Pool {
     return std::make_unique<Connection>(executor, options);
   }
 
+  Clock::time_point next_sweep{};
+
   void release(std::unique_ptr<Connection> c) {
     if (!c->connected()) return;
+    std::vector<std::unique_ptr<Connection>> closed;  // destroyed after the lock is released
     std::lock_guard lock(mu);
     auto& list = idle[c->authority()];
     if (list.size() < options.max_idle_per_host) list.push_back(std::move(c));
+    // Idle connections whose peer closed them (a worker that died, restarted or went idle-timeout)
+    // sit in CLOSE-WAIT at the bottom of the LIFO stacks until a burst reaches them, or forever
+    // for a host no longer used: drop them, at most once a second (one peek per idle socket).
+    const auto now = Clock::now();
+    if (now < next_sweep) return;
+    next_sweep = now + std::chrono::seconds(1);
+    for (auto it = idle.begin(); it != idle.end();) {
+      auto& conns = it->second;
+      for (auto& x : conns)
+        if (!x->connected()) closed.push_back(std::move(x));
+      std::erase(conns, nullptr);
+      it = conns.empty() ? idle.erase(it) : std::next(it);
+    }
   }
 
   // Runs one request on a pooled connection. `self` keeps the pool alive for the whole call.

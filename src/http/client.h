@@ -99,7 +99,8 @@ class Connection {
   boost::asio::awaitable<Result<Response>> request(ClientRequest request);
   boost::asio::awaitable<Result<Response>> stream(ClientRequest request, StreamCallbacks callbacks);
 
-  // True if a socket is open and the last exchange left it reusable.
+  // True if a socket is open, the last exchange left it reusable and the peer has not closed it
+  // (a non-blocking peek).
   bool connected() const;
   // The connected peer's "host:port" authority, empty when not connected.
   const std::string& authority() const;

@@ -329,6 +329,7 @@ Status Server::run() {
 
 void Server::stop(std::chrono::milliseconds grace) { core_->stop(grace); }
 std::uint16_t Server::port() const { return core_->port.load(); }
+boost::asio::io_context& Server::io_context() { return core_->io_context; }
 std::size_t Server::connection_count() const { return core_->connection_count(); }
 bool Server::stopping() const { return core_->stopping.load(); }
 

@@ -24,6 +24,10 @@
 #include "base/status.h"
 #include "http/message.h"
 
+namespace boost::asio {
+class io_context;
+}
+
 namespace pdserve::http {
 
 namespace detail {
@@ -144,6 +148,10 @@ class Server {
   void stop(std::chrono::milliseconds grace);
 
   std::uint16_t port() const;
+  // The I/O loop the server's threads run, for handlers that do their own asynchronous work on
+  // those same threads instead of handing it to another thread (the router's upstream requests).
+  // Work posted to it must be finished or abandoned by stop(); it lives as long as the Server.
+  boost::asio::io_context& io_context();
   // Open connections right now (for tests and metrics).
   std::size_t connection_count() const;
   bool stopping() const;

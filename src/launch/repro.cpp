@@ -132,13 +132,19 @@ class Repro {
     PDSERVE_RETURN_IF_ERROR(start_router());
     step_ = "start benchmark";
     PDSERVE_RETURN_IF_ERROR(start_bench());
-    step_ = "slow-down fill";
-    PDSERVE_RETURN_IF_ERROR(fill());
-    step_ = "release slow-down";
-    PDSERVE_RETURN_IF_ERROR(post_decode("/slow_down", json{{"forward_sleep_time", nullptr}}));
-    // The batch running when the release arrives may still be in its sleep; profiling it would
-    // count the sleep as step time. Let it finish first.
-    std::this_thread::sleep_for(std::chrono::duration<double>(o_.slow_down_time + 0.25));
+    if (hold_fill()) {
+      // The hold releases itself (target or timeout): no release step, no sleeping batch to wait for.
+      step_ = "hold fill";
+      PDSERVE_RETURN_IF_ERROR(fill_by_hold());
+    } else {
+      step_ = "slow-down fill";
+      PDSERVE_RETURN_IF_ERROR(fill());
+      step_ = "release slow-down";
+      PDSERVE_RETURN_IF_ERROR(post_decode("/slow_down", json{{"forward_sleep_time", nullptr}}));
+      // The batch running when the release arrives may still be in its sleep; profiling it would
+      // count the sleep as step time. Let it finish first.
+      std::this_thread::sleep_for(std::chrono::duration<double>(o_.slow_down_time + 0.25));
+    }
     step_ = "profile";
     PDSERVE_RETURN_IF_ERROR(profile());
     step_ = "wait for benchmark";
@@ -289,6 +295,45 @@ class Repro {
     return ok_status();
   }
 
+  bool hold_fill() const { return o_.fill == "hold"; }
+
+  // The hold fill (server/decode_hold.h): decode runs no step until Σ #running-req reaches the
+  // target, then the server releases it; we poll its state (the log has no Decode lines meanwhile).
+  Status fill_by_hold() {
+    const auto t0 = Clock::now();
+    PDSERVE_RETURN_IF_ERROR(
+        post_decode("/hold_decode", json{{"until_running", o_.target_running}, {"timeout", o_.fill_timeout}}));
+    json state;
+    auto released = [&] {
+      http::Client client;
+      auto r = client.get(url(decode_port_) + "/hold_decode", ms(10));
+      if (!r || r->status != 200) return false;
+      state = json::parse(r->body, nullptr, false);
+      return state.is_object() && !state.value("holding", true);
+    };
+    // The server ends the hold by itself at the timeout; the margin covers a slow last poll.
+    PDSERVE_RETURN_IF_ERROR(wait_until(released, o_.fill_timeout + 30,
+                                       fmt::format("the decode hold to release (GET {}/hold_decode)", url(decode_port_)),
+                                       {prefill_, decode_, router_}));
+    fill_seconds_ = std::chrono::duration<double>(Clock::now() - t0).count();
+    fill_reached_ = state["running_at_release"].is_number_integer() ? state["running_at_release"].get<int64_t>() : 0;
+    fill_released_by_ = state.value("released_by", "");
+    if (fill_released_by_ == "target") {
+      log::info("repro: hold fill reached #running-req {} (target {}) in {:.1f} s", fill_reached_, o_.target_running,
+                fill_seconds_);
+    } else {
+      log::warning("repro: hold fill released by {} at #running-req {} of {} after {:.1f} s; profiling anyway",
+                   fill_released_by_, fill_reached_, o_.target_running, fill_seconds_);
+    }
+    return ok_status();
+  }
+
+  std::string fill_description() const {
+    if (hold_fill())
+      return fmt::format("hold (POST /hold_decode: no decode step until the target; released by {})", fill_released_by_);
+    return fmt::format("SGLang-style fixed sleep ({} s per decode batch)", o_.slow_down_time);
+  }
+
   Status profile() {
     LogFollower f(decode_->log_path());
     f.update();
@@ -345,10 +390,10 @@ class Repro {
     if (*code != 0) return make_error(ErrorCode::kInternal, "analyze exited with code {}; see {}", *code, (out_ / "report.txt").string());
     write_summary();
     std::cout << fmt::format(
-        "\nfill: SGLang-style fixed sleep ({} s per decode batch), #running-req {} of target {} after {:.1f} s\n"
+        "\nfill: {}, #running-req {} of target {} after {:.1f} s\n"
         "files in {}: prefill.log decode.log router.log bench.log bench.jsonl traces/ report.txt report.json "
         "report.html repro.json\n",
-        o_.slow_down_time, fill_reached_, o_.target_running, fill_seconds_, out_.string());
+        fill_description(), fill_reached_, o_.target_running, fill_seconds_, out_.string());
     std::cout.flush();
     return ok_status();
   }
@@ -363,8 +408,10 @@ class Repro {
               {"max_concurrency", o_.max_concurrency},
               {"prefill_dp_size", o_.prefill_dp_size},
               {"decode_dp_size", o_.decode_dp_size},
-              {"fill", {{"method", "slow_down"}, {"forward_sleep_time", o_.slow_down_time}, {"target_running", o_.target_running},
-                        {"reached_running", fill_reached_}, {"seconds", fill_seconds_}}},
+              {"fill", {{"method", hold_fill() ? "hold" : "slow_down"},
+                        {"forward_sleep_time", hold_fill() ? json(nullptr) : json(o_.slow_down_time)},
+                        {"released_by", hold_fill() ? json(fill_released_by_) : json(nullptr)},
+                        {"target_running", o_.target_running}, {"reached_running", fill_reached_}, {"seconds", fill_seconds_}}},
               {"profile_steps", o_.profile_steps},
               {"ports", {{"prefill", prefill_port_}, {"decode", decode_port_}, {"router", router_port_}, {"bootstrap", bootstrap_port_}}},
               {"exit_codes", exit_codes_}};
@@ -383,6 +430,7 @@ class Repro {
   ChildProcess *prefill_ = nullptr, *decode_ = nullptr, *router_ = nullptr, *bench_ = nullptr;
   double fill_seconds_ = 0;
   int64_t fill_reached_ = 0;
+  std::string fill_released_by_;  // hold fill: "target" | "timeout" | ...
   std::map<std::string, int> exit_codes_;
 };
 
@@ -411,7 +459,13 @@ std::function<int()> add_repro_command(CLI::App& root) {
   app->add_option("--decode-dp-size", o->decode_dp_size)->capture_default_str()->check(CLI::PositiveNumber);
   app->add_option("--target-running", o->target_running, "Fill until decode's #running-req reaches this (0: min(prompts, concurrency))")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
-  app->add_option("--slow-down-time,--forward-sleep-time", o->slow_down_time, "Seconds each decode batch sleeps during the fill")
+  app->add_option("--fill", o->fill,
+                  "How decode's batch is filled: hold (/hold_decode: no decode step until the target, fast) | "
+                  "slow-down (SGLang's /slow_down fixed sleep, the published procedure)")
+      ->capture_default_str()
+      ->transform(CLI::Transformer(std::map<std::string, std::string>{{"slow_down", "slow-down"}}))
+      ->check(CLI::IsMember({"hold", "slow-down"}));
+  app->add_option("--slow-down-time,--forward-sleep-time", o->slow_down_time, "Seconds each decode batch sleeps during a slow-down fill")
       ->capture_default_str()->check(CLI::PositiveNumber);
   app->add_option("--profile-steps,--num-steps", o->profile_steps, "/start_profile num_steps")->capture_default_str()->check(CLI::Range(2, 1000));
   app->add_option("--ready-timeout", o->ready_timeout, "Seconds each server may take to be ready")->capture_default_str();

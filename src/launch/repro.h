@@ -23,7 +23,10 @@ struct ReproOptions {
   int prefill_dp_size = 1;
   int decode_dp_size = 1;
   int target_running = 0;  // 0: min(num_prompts, max_concurrency)
-  double slow_down_time = 1.0;  // seconds every decode batch sleeps during the fill
+  // How decode's batch is filled before the profile: "hold" (POST /hold_decode: no decode step
+  // until #running-req reaches the target) or "slow-down" (SGLang's /slow_down fixed sleep).
+  std::string fill = "hold";
+  double slow_down_time = 1.0;  // seconds every decode batch sleeps during a slow-down fill
   int profile_steps = 5;
   double ready_timeout = 300;    // per server, seconds
   double fill_timeout = 120;

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "base/logging.h"
+#include "base/trace_spans.h"
 #include "model/dummy_weights.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
@@ -71,7 +72,14 @@ Tensor moe_experts_forward(const MoeWeights& m, const Tensor& x, const Tensor& i
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j)
       by_expert[static_cast<size_t>(ids.data<int32_t>()[t * k + j])].push_back({t, weights.data<float>()[t * k + j]});
-  Tensor out = m.shared.gate_proj.weight.defined() ? mlp_forward(m.shared, x) : Tensor::empty({n, hidden}, DType::kF32);
+  Tensor out;
+  if (m.shared.gate_proj.weight.defined()) {
+    trace::ScopedSpan span("shared_experts");
+    out = mlp_forward(m.shared, x);
+  } else {
+    out = Tensor::empty({n, hidden}, DType::kF32);
+  }
+  trace::ScopedSpan routed_span("routed_experts");
   for (size_t e = 0; e < by_expert.size(); ++e) {
     const auto& toks = by_expert[e];
     if (toks.empty()) continue;
@@ -94,10 +102,12 @@ Tensor DeepseekV3Model::moe(int64_t layer, const Tensor& x, RoutingTrace* trace)
   const auto& m = w_.layers[static_cast<size_t>(layer)].moe;
   const int64_t n = x.size(0), k = cfg_.num_experts_per_tok;
   Tensor logits = Tensor::empty({n, cfg_.n_routed_experts}, DType::kF32);
-  ops::linear(x, m.router, logits);
   Tensor ids = Tensor::empty({n, k}, DType::kI32), weights = Tensor::empty({n, k}, DType::kF32);
-  ops::moe_gate(logits, m.correction_bias, cfg_.gate_params(), ids, weights);
-
+  {
+    trace::ScopedSpan span("moe_gate");
+    ops::linear(x, m.router, logits);
+    ops::moe_gate(logits, m.correction_bias, cfg_.gate_params(), ids, weights);
+  }
   Tensor out = moe_experts_forward(m, x, ids, weights);
   if (trace) {
     auto& rows = trace->experts[layer];
@@ -230,13 +240,29 @@ Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch,
   }
   const int64_t hidden = cfg_.hidden_size;
   Tensor h = Tensor::empty({n, hidden}, DType::kF32);
-  ops::embedding(ids, w_.embed_tokens, h);
+  {
+    trace::ScopedSpan span("embed_tokens");
+    ops::embedding(ids, w_.embed_tokens, h);
+  }
   Tensor x = Tensor::empty({n, hidden}, DType::kF32);
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    // Span names follow the HF module names (model.layers.N.self_attn, .mlp, ...).
+    trace::ScopedSpan layer_span("layers", static_cast<int32_t>(l));
     const auto& lw = w_.layers[static_cast<size_t>(l)];
-    ops::rms_norm(h, lw.input_layernorm, static_cast<float>(cfg_.rms_norm_eps), x);
-    ops::add_inplace(h, attention(l, x, batch, positions, pool, opts));
-    ops::rms_norm(h, lw.post_attention_layernorm, static_cast<float>(cfg_.rms_norm_eps), x);
+    {
+      trace::ScopedSpan span("input_layernorm");
+      ops::rms_norm(h, lw.input_layernorm, eps, x);
+    }
+    {
+      trace::ScopedSpan span("self_attn");
+      ops::add_inplace(h, attention(l, x, batch, positions, pool, opts));
+    }
+    {
+      trace::ScopedSpan span("post_attention_layernorm");
+      ops::rms_norm(h, lw.post_attention_layernorm, eps, x);
+    }
+    trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
     ops::add_inplace(h, lw.is_moe ? moe(l, x, opts.routing) : mlp_forward(lw.dense, x));
   }
   // Final norm and lm_head only on the rows whose logits are wanted.
@@ -252,7 +278,11 @@ Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch,
     }
   }
   Tensor normed = Tensor::empty(rows.shape(), DType::kF32);
-  ops::rms_norm(rows, w_.norm, static_cast<float>(cfg_.rms_norm_eps), normed);
+  {
+    trace::ScopedSpan span("norm");
+    ops::rms_norm(rows, w_.norm, eps, normed);
+  }
+  trace::ScopedSpan span("lm_head");
   Tensor logits = Tensor::empty({rows.size(0), cfg_.vocab_size}, DType::kF32);
   ops::linear(normed, w_.lm_head, logits);
   return logits;

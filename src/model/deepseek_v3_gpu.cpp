@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 
 #include "base/logging.h"
+#include "base/trace_spans.h"
 
 #ifdef PDSERVE_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -274,10 +275,17 @@ struct DeepseekV3GpuModel::Impl {
     const int64_t T = x.size(0), E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, hid = cfg->hidden_size;
     const int64_t inter = cfg->moe_intermediate_size;
     Tensor logits = a.take({T, E}, DType::kF32);
-    ops::linear(x, lw.router, logits);
     Tensor ids = a.take({T, k}, DType::kI32), wts = a.take({T, k}, DType::kF32);
-    ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
-    if (lw.shared.gate_proj.weight.defined()) mlp(lw.shared, x, a, residual);
+    {
+      trace::ScopedSpan span("moe_gate");
+      ops::linear(x, lw.router, logits);
+      ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
+    }
+    if (lw.shared.gate_proj.weight.defined()) {
+      trace::ScopedSpan span("shared_experts");
+      mlp(lw.shared, x, a, residual);
+    }
+    trace::ScopedSpan routed_span("routed_experts");
 
     Tensor counts = a.take({E}, DType::kI32), slots = a.take({T, k}, DType::kI32);
     Tensor base;                           // first row of each expert's block
@@ -335,15 +343,31 @@ struct DeepseekV3GpuModel::Impl {
             RoutingTrace* trace, Tensor& logits) {
     const int64_t T = in.ids.size(0), hid = cfg->hidden_size;
     const float eps = static_cast<float>(cfg->rms_norm_eps);
+    // CPU spans (base/trace_spans.h) time the launches on the host; the kernels' device times come
+    // from CUPTI. A replayed CUDA graph runs none of this code, so it has no layer spans.
     Tensor resid = a.take({T, hid}, DType::kF32);
-    ops::embedding(in.ids, w.embed_tokens, resid);
+    {
+      trace::ScopedSpan span("embed_tokens");
+      ops::embedding(in.ids, w.embed_tokens, resid);
+    }
     Tensor xb = a.take({T, hid}, act), xf = a.take({T, hid}, DType::kF32);
     for (int64_t l = 0; l < cfg->num_hidden_layers; ++l) {
+      trace::ScopedSpan layer_span("layers", static_cast<int32_t>(l));
       const auto& lw = w.layers[static_cast<size_t>(l)];
-      ops::rms_norm(resid, lw.input_layernorm, eps, xb);
-      attention(l, xb, in, h, a, decode, resid);
-      // f32 into the MLP: the router reads f32 like HF's gate does.
-      ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
+      {
+        trace::ScopedSpan span("input_layernorm");
+        ops::rms_norm(resid, lw.input_layernorm, eps, xb);
+      }
+      {
+        trace::ScopedSpan span("self_attn");
+        attention(l, xb, in, h, a, decode, resid);
+      }
+      {
+        // f32 into the MLP: the router reads f32 like HF's gate does.
+        trace::ScopedSpan span("post_attention_layernorm");
+        ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
+      }
+      trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
       if (lw.is_moe)
         moe(l, xf, a, masked, trace, resid);
       else
@@ -355,7 +379,11 @@ struct DeepseekV3GpuModel::Impl {
       ops::embedding(in.last_rows, Weight{resid, Tensor()}, rows);
     }
     Tensor normed = a.take(rows.shape(), act);
-    ops::rms_norm(rows, w.norm, eps, normed);
+    {
+      trace::ScopedSpan span("norm");
+      ops::rms_norm(rows, w.norm, eps, normed);
+    }
+    trace::ScopedSpan span("lm_head");
     ops::linear(normed, w.lm_head, logits);
   }
 

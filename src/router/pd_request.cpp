@@ -10,6 +10,13 @@ namespace pdserve::router {
 
 using json = nlohmann::json;
 
+namespace {
+
+// The room is already random and unique enough; deriving the rid from it ties logs together.
+std::string generated_rid(uint64_t room) { return fmt::format("router-{:016x}", room); }
+
+}  // namespace
+
 std::size_t batch_size(const json& body, RouteKind route) {
   if (route != RouteKind::kGenerate || !body.is_object()) return 0;
   if (auto t = body.find("text"); t != body.end() && t->is_array()) return t->size();
@@ -54,14 +61,43 @@ std::vector<std::string> ensure_rid(json& body, std::size_t batch, const std::ve
         if (r.is_string()) rids.push_back(r.get<std::string>());
     return rids;
   }
-  // The room is already random and unique enough; deriving the rid from it ties logs together.
   for (std::size_t i = 0; i < std::max<std::size_t>(batch, 1); ++i)
-    rids.push_back(fmt::format("router-{:016x}", rooms.at(i)));
+    rids.push_back(generated_rid(rooms.at(i)));
   if (batch == 0) {
     body["rid"] = rids[0];
   } else {
     body["rid"] = rids;
   }
+  return rids;
+}
+
+std::optional<std::vector<std::string>> ensure_rid_text(std::string& raw, const json& body, std::size_t batch,
+                                                       const std::vector<uint64_t>& rooms) {
+  if (!body.is_object()) return std::nullopt;
+  if (auto it = body.find("rid"); it != body.end()) {
+    if (it->is_null()) return std::nullopt;  // replacing a member's value needs the DOM
+    json unchanged = *it;                     // the client's rids: the text stays as it is
+    json probe = json::object({{"rid", std::move(unchanged)}});
+    return ensure_rid(probe, batch, rooms);
+  }
+  // The body parsed as an object, so only whitespace (or a UTF-8 byte order mark, which the
+  // parser skips) comes before its opening brace.
+  const std::size_t open = raw.find('{');
+  if (open == std::string::npos) return std::nullopt;
+  // The same rids ensure_rid() makes, written as JSON directly (they need no escaping): this
+  // runs once per request, and building them through a json value cost more than the insertion.
+  std::vector<std::string> rids;
+  std::string member = batch == 0 ? "\"rid\":" : "\"rid\":[";
+  for (std::size_t i = 0; i < std::max<std::size_t>(batch, 1); ++i) {
+    rids.push_back(generated_rid(rooms.at(i)));
+    if (i > 0) member += ',';
+    member.append("\"").append(rids.back()).append("\"");
+  }
+  if (batch > 0) member += ']';
+  const std::size_t next = raw.find_first_not_of(" \t\r\n", open + 1);
+  const bool empty_object = next != std::string::npos && raw[next] == '}';
+  if (!empty_object) member += ',';
+  raw.insert(open + 1, member);
   return rids;
 }
 

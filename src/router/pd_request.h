@@ -34,6 +34,14 @@ std::vector<uint64_t> make_rooms(std::size_t batch);
 // on the workers when the client leaves; keeps rids the client chose. Returns the rids.
 std::vector<std::string> ensure_rid(nlohmann::json& body, std::size_t batch, const std::vector<uint64_t>& rooms);
 
+// ensure_rid() on the request's raw text instead of re-serializing its DOM. `raw` is the text that
+// parsed into `body` (an object). Without a `rid` member, `"rid":...` is inserted right after the
+// opening brace and every other byte stays as the client sent it; with the client's own rid the
+// text is left alone. Returns the rids, or nullopt when only a DOM rewrite can do it (`"rid":
+// null`, which must be replaced, not duplicated).
+std::optional<std::vector<std::string>> ensure_rid_text(std::string& raw, const nlohmann::json& body,
+                                                       std::size_t batch, const std::vector<uint64_t>& rooms);
+
 // The text cache_aware matches on: `text`/`prompt` (first item of a list), chat messages' contents,
 // or input ids written as text.
 std::string request_text(const nlohmann::json& body, RouteKind route);

@@ -1,7 +1,8 @@
 // One client request through the router: worker (or prefill/decode pair) selection, the upstream
 // exchange, retries on another worker, streaming relay, and aborts when the client leaves.
-// Everything of one request runs as coroutines on one upstream loop (single thread), so the
-// request's state needs no locks; only the client-disconnect callback comes from another thread.
+// Everything of one request runs as coroutines on one upstream lane: a strand of the client-facing
+// server's own I/O loop (no hop to another thread), so the request's state needs no locks; only
+// the client-disconnect callback may come from another I/O thread.
 #include <set>
 
 #include <boost/asio/co_spawn.hpp>
@@ -54,6 +55,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
   RouteKind kind = RouteKind::kGenerate;
   std::string path;
   json body;
+  std::string raw_body;  // as the client sent it (plain mode forwards it with a rid inserted)
   bool stream = false;
   bool logprob = false;
   std::size_t batch = 0;
@@ -61,7 +63,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
   http::Headers headers;
   std::shared_ptr<http::Responder> responder;
   Admission::TicketPtr ticket;
-  UpstreamLoops::Loop* loop = nullptr;
+  UpstreamLanes::Lane* lane = nullptr;
   std::chrono::milliseconds timeout{0};
   double started = Clock::monotonic();
   std::atomic<bool> client_gone{false};
@@ -90,15 +92,15 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     targets = std::move(t);
   }
 
-  // POST /abort_request for each rid on each worker, fire and forget on this request's loop.
+  // POST /abort_request for each rid on each worker, fire and forget on this request's lane.
   void abort_on(const std::vector<std::pair<WorkerPtr, std::vector<std::string>>>& on) {
     for (const auto& [w, rids] : on) {
       for (const auto& rid : rids) {
-        auto* client = loop->client.get();
+        auto* client = lane->client.get();
         std::string url = w->url() + "/abort_request";
         std::string payload = json{{"rid", rid}}.dump();
         http::Headers h = headers;
-        asio::co_spawn(loop->io, [client, url, payload, h]() -> asio::awaitable<void> {
+        asio::co_spawn(lane->executor, [client, url, payload, h]() -> asio::awaitable<void> {
           (void)co_await client->request(http::ClientRequest("POST", url, payload, h, std::chrono::seconds(5)));
         }, asio::detached);
       }
@@ -114,7 +116,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     }
     if (!t.empty()) log::info("router: client left; aborting {} on {} worker(s)", t[0].second.empty() ? "" : t[0].second[0], t.size());
     auto self = shared_from_this();
-    asio::post(loop->io, [self, t] { self->abort_on(t); });
+    asio::post(lane->executor, [self, t] { self->abort_on(t); });
   }
 
   void finish_failure(const Failure& f) {
@@ -157,7 +159,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
   }
 
   asio::awaitable<Step> plain_attempt(WorkerPtr w, std::string payload, Failure& f) {
-    auto* client = loop->client.get();
+    auto* client = lane->client.get();
     http::ClientRequest req("POST", w->url() + path, std::move(payload), headers, timeout);
     if (!stream) {
       auto r = co_await client->request(std::move(req));
@@ -211,7 +213,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
 
   asio::awaitable<Step> pd_attempt(WorkerPtr p, WorkerPtr d, std::string payload, std::vector<std::string> rids,
                                    Failure& f) {
-    auto* client = loop->client.get();
+    auto* client = lane->client.get();
     auto& m = router->metrics_;
     m.inc("sgl_router_pd_prefill_requests_total", {{"worker", p->url()}});
     m.inc("sgl_router_pd_decode_requests_total", {{"worker", d->url()}});
@@ -358,7 +360,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
         auto wait = retry_backoff(r.retry_, attempt - 1, static_cast<double>(random_u64() >> 11) * 0x1.0p-53);
         r.metrics_.observe("sgl_router_retry_backoff_duration_seconds", {{"attempt", std::to_string(attempt)}},
                            std::chrono::duration<double>(wait).count());
-        asio::steady_timer t(self->loop->io, wait);
+        asio::steady_timer t(self->lane->executor, wait);
         co_await t.async_wait(asio::use_awaitable);
         if (self->client_gone) break;
       }
@@ -370,12 +372,19 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
           continue;
         }
         tried.insert(w.get());
-        json body = self->body;
         auto rooms = make_rooms(self->batch);
-        auto rids = ensure_rid(body, self->batch, rooms);
-        self->set_targets({{w, rids}});
+        // The body is forwarded as it came, with a rid inserted in its text: no copy of the
+        // parsed body and no re-serialization on the hot path.
+        std::string payload = self->raw_body;
+        auto rids = ensure_rid_text(payload, self->body, self->batch, rooms);
+        if (!rids) {
+          json body = self->body;
+          rids = ensure_rid(body, self->batch, rooms);
+          payload = body.dump();
+        }
+        self->set_targets({{w, *rids}});
         LoadGuard load(w);
-        step = co_await self->plain_attempt(w, body.dump(), failure);
+        step = co_await self->plain_attempt(w, std::move(payload), failure);
       } else {
         auto p = self->pick(WorkerType::kPrefill, *r.prefill_policy_, tried);
         auto d = self->pick(WorkerType::kDecode, *r.decode_policy_, tried);
@@ -423,6 +432,7 @@ void Router::handle_generation(RouteKind kind, std::string path, http::Request r
     metrics_.inc("sgl_router_request_errors_total", {{"route", route_label(kind)}, {"error_type", "400"}});
     return;
   }
+  if (!args_.pd_disaggregation) self->raw_body = std::move(req.body);
   self->router = this;
   self->kind = kind;
   self->path = std::move(path);
@@ -444,7 +454,7 @@ void Router::handle_generation(RouteKind kind, std::string path, http::Request r
       self->headers.add(name, value);
   }
   self->responder = responder;
-  self->loop = &loops_->next();
+  self->lane = &lanes_->next();
   self->timeout = std::chrono::seconds(args_.request_timeout_secs);
   std::weak_ptr<ProxyRequest> weak = self;
   responder->on_close([weak] {
@@ -452,7 +462,7 @@ void Router::handle_generation(RouteKind kind, std::string path, http::Request r
   });
   admission_->admit(responder, [this, self](Admission::TicketPtr ticket) {
     self->ticket = std::move(ticket);
-    asio::co_spawn(self->loop->io, ProxyRequest::run(self), [](std::exception_ptr e) {
+    asio::co_spawn(self->lane->executor, ProxyRequest::run(self), [](std::exception_ptr e) {
       if (!e) return;
       try {
         std::rethrow_exception(e);

@@ -1,5 +1,7 @@
 #include "router/router.h"
 
+#include <sched.h>
+
 #include <future>
 
 #include <boost/asio/co_spawn.hpp>
@@ -29,11 +31,29 @@ Result<std::unique_ptr<Router>> Router::create(RouterArgs args) {
   for (const auto& p : a.prefill) PDSERVE_RETURN_IF_ERROR(r->registry_.add(p.url, WorkerType::kPrefill, p.bootstrap_port, cb));
   for (const auto& d : a.decode) PDSERVE_RETURN_IF_ERROR(r->registry_.add(d, WorkerType::kDecode, std::nullopt, cb));
   r->admission_ = Admission::create(a.max_concurrent_requests, a.queue_size, std::chrono::seconds(a.queue_timeout_secs));
+  // Health checks and fan-outs only: requests go through the server's own threads (lanes_).
+  r->loops_ = std::make_unique<UpstreamLoops>(1, r->upstream_client_options());
+  return r;
+}
+
+namespace {
+
+// The CPUs this process may run on (taskset / cgroup cpusets shrink it), as nginx's
+// `worker_processes auto` counts them; hardware_concurrency() would count the whole machine.
+int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
+http::ClientOptions Router::upstream_client_options() const {
   http::ClientOptions co;
   co.user_agent = "pdserve-router";
   co.max_idle_per_host = 4096;
-  r->loops_ = std::make_unique<UpstreamLoops>(std::max(1u, std::thread::hardware_concurrency()), co);
-  return r;
+  return co;
 }
 
 Router::~Router() { shutdown(); }
@@ -219,10 +239,12 @@ Status Router::start() {
   http::ServerOptions so;
   so.host = args_.host;
   so.port = static_cast<uint16_t>(args_.port);
-  so.io_threads = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+  so.io_threads = usable_cpus();
   so.max_body_bytes = static_cast<std::size_t>(args_.max_payload_size);
   so.max_connections = 100'000;
   http_ = std::make_unique<http::Server>(so);
+  lanes_ = std::make_unique<UpstreamLanes>(http_->io_context(), static_cast<std::size_t>(so.io_threads),
+                                           upstream_client_options());
   register_routes(*http_);
   if (auto st = http_->start(); !st) return st.error().with_context("router --port");
   if (args_.prometheus_port >= 0) {

@@ -1,6 +1,8 @@
 // `pdserve router`: SGLang's router in front of plain workers (--worker-urls) or prefill/decode
-// pairs (--pd-disaggregation). One process: an HTTP server for clients, upstream loops towards
-// the workers, a health-check thread and a maintenance thread (queue deadlines, tree eviction).
+// pairs (--pd-disaggregation). One process: an HTTP server for clients with one I/O thread per
+// usable CPU, which also runs the requests to the workers (upstream.h), an upstream loop for health
+// checks and fan-outs, a health-check thread and a maintenance thread (queue deadlines, tree
+// eviction).
 #pragma once
 
 #include <atomic>
@@ -72,6 +74,7 @@ class Router {
   // GET `target` on the first available worker (prefill in PD mode) and relay the answer.
   void proxy_first(const std::string& target, std::shared_ptr<http::Responder> r);
   void count_breaker(const WorkerPtr& w, bool success);
+  http::ClientOptions upstream_client_options() const;
 
   RouterArgs args_;
   RetryConfig retry_;
@@ -83,6 +86,8 @@ class Router {
   std::shared_ptr<Admission> admission_;
   std::unique_ptr<UpstreamLoops> loops_;
   std::unique_ptr<http::Server> http_;
+  // On http_'s io_context, so declared after it: destroyed first, while that io_context exists.
+  std::unique_ptr<UpstreamLanes> lanes_;
   std::unique_ptr<http::Server> prometheus_;
   std::thread health_thread_, maintenance_thread_;
   std::mutex stop_mu_;

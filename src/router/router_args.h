@@ -41,7 +41,9 @@ struct RouterArgs {
   bool dp_aware = false;
 
   // Server
-  std::string host = "0.0.0.0";
+  // Loopback unless --host says otherwise (SGLang binds 0.0.0.0; exposing is an explicit choice here,
+  // issue 12; scripts/slurm and scripts/local pass --host).
+  std::string host = "127.0.0.1";
   int port = 30000;
   int64_t max_payload_size = int64_t{512} << 20;
   std::string api_key;
@@ -78,7 +80,7 @@ struct RouterArgs {
   int64_t queue_timeout_secs = 60;
 
   // Prometheus exporter (a second listener, as the Rust router; /metrics is on --port too)
-  std::string prometheus_host = "0.0.0.0";
+  std::string prometheus_host = "127.0.0.1";  // as --host: loopback unless asked
   int prometheus_port = 29000;  // 0: an ephemeral port; -1: no separate listener
 
   // Checks combinations and fills `prefill` from `prefill_groups`; errors name the flag.

@@ -57,8 +57,9 @@ constexpr std::array kFamilies = {
 constexpr std::array<double, 20> kBuckets = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,   2.5,
                                               5,     10,    15,   30,    45,   60,  90,   120, 180, 240};
 
-std::string escape(std::string_view v) {
-  std::string out;
+// Appends `v` with Prometheus label-value escaping. Called for every counter update (several per
+// request), so it appends in place instead of building temporaries.
+void append_escaped(std::string& out, std::string_view v) {
   for (char c : v) {
     if (c == '\\' || c == '"') out += '\\';
     if (c == '\n') {
@@ -67,7 +68,6 @@ std::string escape(std::string_view v) {
     }
     out += c;
   }
-  return out;
 }
 
 std::string number(double v) {
@@ -81,10 +81,15 @@ std::string braces(const std::string& labels) { return labels.empty() ? "" : "{"
 }  // namespace
 
 std::string format_labels(const Labels& labels) {
+  std::size_t size = 0;
+  for (const auto& [k, v] : labels) size += k.size() + v.size() + 4;
   std::string out;
+  out.reserve(size);
   for (const auto& [k, v] : labels) {
     if (!out.empty()) out += ',';
-    out += fmt::format("{}=\"{}\"", k, escape(v));
+    out.append(k).append("=\"");
+    append_escaped(out, v);
+    out += '"';
   }
   return out;
 }

@@ -30,3 +30,20 @@ void UpstreamLoops::stop() {
 }
 
 }  // namespace pdserve::router
+
+namespace pdserve::router {
+
+UpstreamLanes::UpstreamLanes(boost::asio::io_context& io, std::size_t io_threads, http::ClientOptions options) {
+  for (std::size_t i = 0; i < std::max<std::size_t>(io_threads, 1); ++i) {
+    auto lane = std::make_unique<Lane>(io_threads > 1 ? Executor(boost::asio::make_strand(io)) : Executor(io.get_executor()));
+    // The pool's sockets get the lane's executor too, so that their timeout timers run in it.
+    lane->client = std::make_unique<http::AsyncClient>(lane->executor, options);
+    lanes_.push_back(std::move(lane));
+  }
+}
+
+UpstreamLanes::Lane& UpstreamLanes::next() {
+  return *lanes_[next_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
+}
+
+}  // namespace pdserve::router

@@ -40,6 +40,8 @@ Scheduler::Scheduler(SchedulerConfig cfg, std::shared_ptr<ModelRunner> runner, s
   kc.max_pages_per_request = static_cast<int32_t>(max_pages_per_req);
   kc.enable_radix_cache = !cfg_.disable_radix_cache && !decode;  // as SGLang: decode is chunk cache only
   cache_ = std::make_unique<cache::KvCacheManager>(kc);
+  // A runner whose KV lives on the GPU runs its forwards there: profiles record its kernels.
+  profiler_.set_device_tracing(runner_->kv_buffers().on_device);
   update_stats();
 }
 
@@ -214,6 +216,23 @@ void Scheduler::handle(Control&& c) {
       forward_sleep_s_.reset();
     }
     reply = nullptr;
+  } else if (c.command == "hold_decode") {
+    const auto& t = c.args.contains("timeout_s") ? c.args["timeout_s"] : nlohmann::json();
+    if (!t.is_number() || t.get<double>() <= 0) {
+      reply = {{"success", false}, {"message", "hold_decode needs a positive 'timeout_s'"}};
+    } else {
+      // The deadline makes a hold end even if whoever asked for it never releases it.
+      decode_hold_since_ = Clock::now();
+      decode_hold_until_ = decode_hold_since_ + std::chrono::duration_cast<Clock::duration>(
+                                                    std::chrono::duration<double>(t.get<double>()));
+      log::info("Decode hold: no decode batches until released (timeout {}s). #running-req: {}", t.get<double>(),
+                running_.size());
+      reply = {{"success", true}, {"running", static_cast<int64_t>(running_.size())}};
+    }
+  } else if (c.command == "release_decode") {
+    const bool was = decode_hold_until_.has_value();
+    if (was) end_decode_hold(c.args.value("reason", "released"));
+    reply = {{"success", true}, {"was_holding", was}, {"running", static_cast<int64_t>(running_.size())}};
   } else if (c.command == "get_load") {
     int64_t tokens = 0;
     for (const auto& r : running_) tokens += r->total_tokens();
@@ -245,11 +264,33 @@ void Scheduler::handle(Control&& c) {
   c.reply.set_value(std::move(reply));
 }
 
+bool Scheduler::decode_held() {
+  if (!decode_hold_until_) return false;
+  if (Clock::now() < *decode_hold_until_) return true;
+  end_decode_hold("timeout");
+  return false;
+}
+
+void Scheduler::end_decode_hold(const std::string& reason) {
+  log::info("Decode hold released ({}) after {:.2f}s. #running-req: {}", reason,
+            std::chrono::duration<double>(Clock::now() - decode_hold_since_).count(), running_.size());
+  decode_hold_until_.reset();
+}
+
 bool Scheduler::step() {
   drain_inbox();
   if (cfg_.disagg_mode != DisaggMode::kNull) process_disagg_queues();
   if (waiting_.empty() && running_.empty() && !chunked_owner_) {
     update_stats();
+    return false;
+  }
+  const bool held = decode_held();
+  if (held && waiting_.empty() && !chunked_owner_) {
+    // Nothing but held decode work: no batch (the profiler does not count one); wait briefly for
+    // the inbox instead of spinning a core while PD transfers land.
+    update_stats();
+    std::unique_lock<std::mutex> lock(inbox_mu_);
+    inbox_cv_.wait_for(lock, std::chrono::milliseconds(2), [&] { return !inbox_.empty() || stopping_.load(); });
     return false;
   }
   profiler_.batch_begin();  // before the sleep, as SGLang's profiler predicate
@@ -264,7 +305,7 @@ bool Scheduler::step() {
   // The watchdog measures the batch itself, not the slow_down sleep (which SGLang excludes too).
   batch_started_ns_ = Clock::now().time_since_epoch().count();
   bool worked = run_prefill();
-  if (!worked) worked = run_decode();
+  if (!worked && !held) worked = run_decode();
   batch_started_ns_ = 0;
   profiler_.batch_end(worked, static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()));
   if (worked) {

@@ -94,7 +94,8 @@ class Scheduler {
   void submit(GenerateInput in);
   // Aborts requests whose rid starts with `rid_prefix` (SGLang's prefix match), or all.
   void abort(const std::string& rid_prefix, bool abort_all, const std::string& message = "aborted by client");
-  // Control commands, answered by the loop: flush_cache, slow_down, get_load, internal_state.
+  // Control commands, answered by the loop: flush_cache, slow_down, get_load, internal_state,
+  // hold_decode {"timeout_s": S} / release_decode {"reason": str} (the hold fill, server/decode_hold.h).
   std::future<nlohmann::json> control(const std::string& command, nlohmann::json args = {});
 
   // PD mode: the endpoints that create per-request senders (prefill) or receivers (decode). Set
@@ -186,6 +187,13 @@ class Scheduler {
   std::vector<std::unique_ptr<Request>> running_;
   std::unique_ptr<Request> chunked_owner_;  // a request mid-way through chunked prefill
   std::optional<double> forward_sleep_s_;
+  // hold_decode: until released or this deadline no decode step runs (prefill and PD transfers go
+  // on), so arriving requests pile up in the running batch without any finishing.
+  std::optional<std::chrono::steady_clock::time_point> decode_hold_until_;
+  std::chrono::steady_clock::time_point decode_hold_since_;
+  // Whether decode is held now; ends the hold (logged) once its deadline passed.
+  bool decode_held();
+  void end_decode_hold(const std::string& reason);
   double new_token_ratio_;
   int64_t decode_steps_since_log_ = 0;
   int64_t generated_since_log_ = 0;

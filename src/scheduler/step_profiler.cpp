@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <set>
 
+#include <fmt/format.h>
+
 #include "base/json.h"
 #include "base/logging.h"
 
@@ -186,9 +188,8 @@ Status StepProfiler::start(ProfileRequest req) {
     if (req_.start_step && !req_.profile_by_stage) {
       s.start_ct = std::max(*req_.start_step, forward_ct_ + 1);
       if (req_.num_steps) s.target_ct = *s.start_ct + *req_.num_steps;
-    } else {
-      s.recording = true;
-      if (req_.num_steps && !req_.profile_by_stage) s.target_ct = forward_ct_ + *req_.num_steps;
+    } else if (req_.num_steps && !req_.profile_by_stage) {
+      s.target_ct = forward_ct_ + *req_.num_steps;
     }
     return s;
   };
@@ -198,6 +199,8 @@ Status StepProfiler::start(ProfileRequest req) {
   } else {
     stages_.push_back(make(""));
   }
+  for (auto& s : stages_)
+    if (!s.start_ct) begin_recording(s);
   if (stages_.front().recording)
     log::info("Profiling starts. Traces will be saved to: {} (with profile id: {})", req_.output_dir, req_.profile_id);
   return ok_status();
@@ -224,6 +227,7 @@ std::string StepProfiler::finish(Stage& s) {
   events.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", pid}, {"tid", rank_.tp_rank},
                     {"args", {{"name", "scheduler" + label.substr(process_name_.size())}}}});
   for (auto& e : s.events) events.push_back(std::move(e));
+  append_kernel_events(s, events, pid);
   json doc{{"schemaVersion", 1},
            {"displayTimeUnit", "ms"},
            {"otherData", {{"producer", "pdserve"},
@@ -261,21 +265,88 @@ void StepProfiler::batch_begin() {
     return;
   }
   if (s.start_ct && *s.start_ct == forward_ct_ && !s.recording) {
-    s.recording = true;
+    begin_recording(s);
     log::info("Profiling starts. Traces will be saved to: {} (with profile id: {})", req_.output_dir, req_.profile_id);
   }
 }
 
-void StepProfiler::forward_begin() { forward_t0_ = now_us(); }
+void StepProfiler::begin_recording(Stage& s) {
+  s.recording = true;
+  const bool gpu = std::find(req_.activities.begin(), req_.activities.end(), "GPU") != req_.activities.end();
+  if (!device_tracing_ || !gpu) return;
+  auto t = ops::cuda::KernelTracer::start();
+  if (t) {
+    s.kernels = std::move(*t);
+  } else {
+    log::warning("profiler: no GPU kernel timings in this trace: {}", t.error().message());
+  }
+}
+
+bool StepProfiler::any_recording() const {
+  return std::any_of(stages_.begin(), stages_.end(), [](const Stage& s) { return s.recording; });
+}
+
+double StepProfiler::trace_us(int64_t steady_ns) const {
+  return epoch_us_ + (static_cast<double>(steady_ns) / 1000.0 - steady0_us_);
+}
+
+void StepProfiler::forward_begin() {
+  spans_.clear();
+  // The model's spans cost a branch each unless a capture is on (base/trace_spans.h).
+  if (any_recording()) trace::tls_span_buffer = &spans_;
+  forward_t0_ = now_us();
+}
 
 void StepProfiler::forward_end(const char* kind, int64_t batch_size, int64_t tokens) {
+  trace::tls_span_buffer = nullptr;
   forward_dur_ = now_us() - forward_t0_;
   batch_kind_ = kind;
   batch_size_ = batch_size;
   batch_tokens_ = tokens;
 }
 
+void StepProfiler::append_span_events(json& events, int pid) const {
+  for (const auto& r : spans_.records) {
+    if (r.end_ns == 0) continue;  // still open: a forward that threw past its spans
+    const bool layer = r.index >= 0;
+    // dur from the two rounded ends (epoch µs carry ~0.25 µs of precision): ts + dur is then the
+    // end exactly, so a child that ends nanoseconds before its parent never appears to outlast it.
+    const double ts = trace_us(r.start_ns), end = trace_us(r.end_ns);
+    json e{{"ph", "X"}, {"cat", layer ? "layer" : "op"},
+           {"name", layer ? fmt::format("{}.{}", r.name, r.index) : std::string(r.name)},
+           {"pid", pid}, {"tid", rank_.tp_rank}, {"ts", ts}, {"dur", end - ts}};
+    if (layer) e["args"] = {{"layer", r.index}};
+    events.push_back(std::move(e));
+  }
+}
+
+void StepProfiler::append_kernel_events(Stage& s, json& events, int pid) const {
+  if (!s.kernels) return;
+  const auto kernels = s.kernels->stop();
+  s.kernels.reset();
+  // One track per stream, below the scheduler's, as the PyTorch profiler's GPU rows.
+  constexpr int kStreamTidBase = 1000000;
+  std::set<uint32_t> streams;
+  size_t w = 0;
+  for (const auto& k : kernels) {
+    const double ts = trace_us(k.start_ns), end = trace_us(k.end_ns);
+    // Only kernels inside a recorded batch: not those of batches of the other stage's kind.
+    while (w < s.batch_windows_us.size() && s.batch_windows_us[w].second < ts) ++w;
+    if (w == s.batch_windows_us.size()) break;
+    if (end < s.batch_windows_us[w].first) continue;
+    streams.insert(k.stream);
+    events.push_back({{"ph", "X"}, {"cat", "kernel"}, {"name", k.name}, {"pid", pid},
+                      {"tid", kStreamTidBase + static_cast<int>(k.stream)}, {"ts", ts}, {"dur", end - ts},
+                      {"args", {{"device", k.device}, {"stream", k.stream}, {"correlation", k.correlation},
+                                {"graph", k.graph}}}});
+  }
+  for (uint32_t st : streams)
+    events.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", pid}, {"tid", kStreamTidBase + static_cast<int>(st)},
+                      {"args", {{"name", fmt::format("GPU stream {}", st)}}}});
+}
+
 void StepProfiler::batch_end(bool worked, int64_t running, int64_t queued) {
+  trace::tls_span_buffer = nullptr;
   if (stages_.empty() || !worked || !batch_kind_) return;
   const int pid = static_cast<int>(::getpid());
   const double end = now_us();
@@ -294,6 +365,8 @@ void StepProfiler::batch_end(bool worked, int64_t running, int64_t queued) {
                         {"args", args}});
     s.events.push_back({{"ph", "C"}, {"name", "running-req"}, {"pid", pid}, {"tid", rank_.tp_rank},
                         {"ts", batch_t0_}, {"args", {{"running", running}, {"queued", queued}}}});
+    append_span_events(s.events, pid);
+    s.batch_windows_us.emplace_back(batch_t0_, end);
     ++s.captured;
     // By stage: each stage ends after num_steps batches of its own kind.
     if (!s.name.empty() && req_.num_steps && s.captured >= *req_.num_steps) {

@@ -11,11 +11,17 @@
 // forward count S. Without num_steps it runs until stop(). profile_by_stage keeps separate EXTEND
 // and DECODE traces of num_steps batches of that kind each.
 //
+// Inside each forward span the trace has the model's layer and op spans (base/trace_spans.h:
+// `layers.N` with `self_attn`, `moe`, `moe_gate`, ... inside), recorded only while a capture is on.
+// On a GPU runner with "GPU" in activities, a stage also records the kernels CUPTI reports
+// (ops/cuda/cupti_tracer.h) during its batches, as a separate track per stream.
+//
 // Thread model: every method is called on the scheduler's loop thread (control commands are
 // answered there), so there is no locking.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +29,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "base/trace_spans.h"
+#include "ops/cuda/cupti_tracer.h"
 
 namespace pdserve::scheduler {
 
@@ -73,6 +81,8 @@ class StepProfiler {
   void batch_end(bool worked, int64_t running, int64_t queued);
 
   bool active() const { return !stages_.empty(); }
+  // Whether captures record GPU kernels (CUPTI): set by the scheduler when its runner is on a GPU.
+  void set_device_tracing(bool on) { device_tracing_ = on; }
   int64_t forward_ct() const { return forward_ct_; }
 
  private:
@@ -82,6 +92,8 @@ class StepProfiler {
     int64_t captured = 0;    // batches of this stage's kind captured (by-stage counting)
     bool recording = false;
     nlohmann::json events = nlohmann::json::array();
+    std::vector<std::pair<double, double>> batch_windows_us;  // recorded batches, trace clock
+    std::unique_ptr<ops::cuda::KernelTracer> kernels;         // CUPTI session while recording on a GPU
   };
 
   Status start(ProfileRequest req);
@@ -89,6 +101,13 @@ class StepProfiler {
   std::string finish(Stage& s);
   double now_us() const;
   bool stage_matches(const Stage& s, const char* kind) const;
+  void begin_recording(Stage& s);
+  bool any_recording() const;
+  double trace_us(int64_t steady_ns) const;
+  // The layer/op spans of the batch just ended, as Chrome "X" events.
+  void append_span_events(nlohmann::json& events, int pid) const;
+  // The stage's kernels that ran inside its recorded batches, as Chrome "X" events plus track names.
+  void append_kernel_events(Stage& s, nlohmann::json& events, int pid) const;
 
   TraceRank rank_;
   std::string process_name_;
@@ -101,6 +120,8 @@ class StepProfiler {
   const char* batch_kind_ = nullptr;
   int64_t batch_size_ = 0, batch_tokens_ = 0;
   double forward_dur_ = 0;
+  bool device_tracing_ = false;
+  trace::SpanBuffer spans_;  // this batch's layer/op spans (installed on the thread during forwards)
 };
 
 nlohmann::json to_json(const ProfileRequest& r);

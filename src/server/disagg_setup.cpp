@@ -15,6 +15,7 @@ Result<std::unique_ptr<DisaggSetup>> DisaggSetup::create(const ServerArgs& args)
   s->opts_.backend = backend;
   s->opts_.bootstrap_port = args.disaggregation_bootstrap_port;
   s->opts_.ib_device = args.disaggregation_ib_device;
+  s->opts_.api_key = args.api_key;  // the bootstrap server requires it; the decode sends it
   PDSERVE_RETURN_IF_ERROR(disagg::load_disagg_env(s->opts_));
   if (!args.disaggregation_ib_device.empty())
     log::warning("--disaggregation-ib-device {} is recorded but unused: the {} backend does not use RDMA devices",
@@ -38,22 +39,33 @@ Status DisaggSetup::start(const std::string& host, const std::vector<scheduler::
   const int local = static_cast<int>(schedulers.size());
   const int dp = where.dp_size > 0 ? where.dp_size : local;
   const std::string bootstrap_host = where.bootstrap_host.empty() ? advertise : where.bootstrap_host;
-  if (opts_.mode == scheduler::DisaggMode::kPrefill && where.run_bootstrap) {
-    PDSERVE_ASSIGN_OR_RETURN(bootstrap_, disagg::BootstrapServer::start(host, opts_.bootstrap_port));
+  // Test hook (DisaggOptions::test_attn_tp_*): attention-TP rank > 0 of an emulated group uses
+  // rank 0's bootstrap server.
+  const bool tp_follower = opts_.test_attn_tp_rank > 0;
+  if (opts_.test_attn_tp_size > 1 && (dp != 1 || where.first_rank != 0))
+    return make_error(ErrorCode::kInvalidArgument, "PDSERVE_DISAGGREGATION_TEST_ATTN_TP needs --dp-size 1 on one node");
+  if (opts_.mode == scheduler::DisaggMode::kPrefill && where.run_bootstrap && !tp_follower) {
+    // Bound on --host, as SGLang (server_args.host:disaggregation_bootstrap_port).
+    PDSERVE_ASSIGN_OR_RETURN(bootstrap_, disagg::BootstrapServer::start(host, opts_.bootstrap_port, opts_.api_key));
     opts_.bootstrap_port = bootstrap_->port();
   }
+  // Every rank is its own attention-TP group of one (server_args refuses attention TP > 1) unless
+  // the test hook says otherwise, and the DeepSeek runner's KV is the MLA latent cache; a peer with
+  // another attention-TP size still pairs (disagg::attn_tp_targets).
+  const disagg::AttnTp attn_tp{opts_.test_attn_tp_size, opts_.test_attn_tp_rank, true};
   for (int i = 0; i < local; ++i) {
     const int rank = where.first_rank + i;
     if (kv[static_cast<size_t>(i)].layer_ptrs.empty() && opts_.backend != disagg::Backend::kFake)
       return make_error(ErrorCode::kUnsupported, "DP rank {} has no KV buffers to transfer", rank);
     PDSERVE_ASSIGN_OR_RETURN(auto backend, disagg::make_transfer_backend(opts_.backend, kv[static_cast<size_t>(i)]));
     if (opts_.mode == scheduler::DisaggMode::kPrefill) {
-      auto m = std::make_shared<disagg::PrefillKvManager>(opts_, kv[static_cast<size_t>(i)], rank, dp, std::move(backend));
+      auto m = std::make_shared<disagg::PrefillKvManager>(opts_, kv[static_cast<size_t>(i)], rank, dp, std::move(backend),
+                                                        attn_tp);
       PDSERVE_RETURN_IF_ERROR(m->start(advertise, bootstrap_host, opts_.bootstrap_port));
       schedulers[static_cast<size_t>(i)]->set_disagg_endpoints(m);
       prefill_.push_back(std::move(m));
     } else {
-      auto m = std::make_shared<disagg::DecodeKvManager>(opts_, kv[static_cast<size_t>(i)], rank, std::move(backend));
+      auto m = std::make_shared<disagg::DecodeKvManager>(opts_, kv[static_cast<size_t>(i)], rank, std::move(backend), attn_tp);
       PDSERVE_RETURN_IF_ERROR(m->start(advertise));
       schedulers[static_cast<size_t>(i)]->set_disagg_endpoints(m);
       decode_.push_back(std::move(m));

@@ -169,6 +169,12 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   ho.port = static_cast<uint16_t>(a.port);
   ho.io_threads = 2;
   ho.max_body_bytes = static_cast<size_t>(a.max_body_bytes);
+  auto ms = [](double seconds) { return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)); };
+  ho.header_timeout = ms(a.http_header_timeout);
+  ho.body_timeout = ms(a.http_body_timeout);
+  ho.idle_timeout = ms(a.http_idle_timeout);
+  ho.write_timeout = ms(a.http_write_timeout);
+  ho.max_queued_bytes = static_cast<size_t>(a.http_max_queued_bytes);
   ho.error_body = [](int status, std::string_view msg) { return error_body(status, std::string(msg)).dump(); };
   s->http_ = std::make_unique<http::Server>(ho);
   s->register_routes();

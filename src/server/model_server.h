@@ -16,6 +16,7 @@
 #include "model/deepseek_v3.h"
 #include "parallel/node_group.h"
 #include "scheduler/scheduler.h"
+#include "server/decode_hold.h"
 #include "server/disagg_setup.h"
 #include "server/expert_record.h"
 #include "server/metrics.h"
@@ -90,6 +91,7 @@ class ModelServer {
   std::mutex done_mu_;
   std::condition_variable done_cv_;
   bool done_ = false;
+  std::unique_ptr<DecodeHold> decode_hold_;  // /hold_decode; declared last so it goes before the ranks
 };
 
 // Registers `serve`; the returned callback runs it (exit code).

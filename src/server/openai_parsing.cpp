@@ -139,8 +139,9 @@ Result<OpenAIRequest> parse_openai_completion(const json& body, const ParseLimit
     if (prompts[i].text ? prompts[i].text->empty() : prompts[i].input_ids.empty())
       return bad(prompts.size() > 1 ? "prompt " + std::to_string(i) + " is empty" : std::string("the prompt is empty"));
   if (body.contains("logprobs") && !body["logprobs"].is_null()) {
-    if (!body["logprobs"].is_number_integer() || body["logprobs"].get<int64_t>() < 0 || body["logprobs"].get<int64_t>() > 20)
-      return bad("field 'logprobs' must be an integer in [0, 20]");
+    if (!body["logprobs"].is_number_integer() || body["logprobs"].get<int64_t>() < 0 ||
+        body["logprobs"].get<int64_t>() > kMaxTopLogprobs)
+      return bad("field 'logprobs' must be an integer in [0, " + std::to_string(kMaxTopLogprobs) + "]");
     out.logprobs = true;
     out.top_logprobs = body["logprobs"].get<int64_t>();
     for (auto& q : prompts) {
@@ -152,7 +153,9 @@ Result<OpenAIRequest> parse_openai_completion(const json& body, const ParseLimit
     if (!body["echo"].is_boolean()) return bad("field 'echo' must be true or false");
     out.echo = body["echo"].get<bool>();
   }
-  if (static_cast<int64_t>(prompts.size()) * out.n > limits.max_batch) return bad("too many prompts x n in one request");
+  if (static_cast<int64_t>(prompts.size()) * out.n > limits.max_batch)
+    return bad("the request asks for " + std::to_string(static_cast<int64_t>(prompts.size()) * out.n) +
+               " generations (prompts x n); the limit is " + std::to_string(limits.max_batch));
   out.items = expand_n(std::move(prompts), out.n);
   PDSERVE_RETURN_IF_ERROR(parse_bootstrap_fields(body, out.items));
   return out;
@@ -229,8 +232,8 @@ Result<OpenAIRequest> parse_openai_chat(const json& body, const ParseLimits& lim
   }
   if (body.contains("top_logprobs") && !body["top_logprobs"].is_null()) {
     if (!body["top_logprobs"].is_number_integer() || body["top_logprobs"].get<int64_t>() < 0 ||
-        body["top_logprobs"].get<int64_t>() > 20)
-      return bad("field 'top_logprobs' must be an integer in [0, 20]");
+        body["top_logprobs"].get<int64_t>() > kMaxTopLogprobs)
+      return bad("field 'top_logprobs' must be an integer in [0, " + std::to_string(kMaxTopLogprobs) + "]");
     out.top_logprobs = body["top_logprobs"].get<int64_t>();
   }
   if (out.n > limits.max_batch) return bad("field 'n' exceeds the limit of " + std::to_string(limits.max_batch));

@@ -82,6 +82,28 @@ Result<std::vector<std::string>> get_stop(const json& v, const std::string& fiel
   return out;
 }
 
+// token_ids_logprob (one id list for every prompt, or a list of them, one per prompt): accepted
+// for SGLang clients but not computed here (docs/server.md); still checked and capped so that it
+// cannot carry unbounded or out-of-vocabulary data.
+Status check_token_ids_logprob(const json& body, size_t prompts, int64_t vocab) {
+  if (!body.contains("token_ids_logprob") || body["token_ids_logprob"].is_null()) return ok_status();
+  const json& v = body["token_ids_logprob"];
+  if (!v.is_array()) return Status(bad("field 'token_ids_logprob' must be a list of token ids, got " + type_name(v)));
+  const bool per_prompt = !v.empty() && v[0].is_array();
+  if (per_prompt && v.size() != prompts)
+    return Status(bad("field 'token_ids_logprob' has " + std::to_string(v.size()) + " lists for " + std::to_string(prompts) +
+                      " prompts"));
+  for (size_t i = 0; i < (per_prompt ? v.size() : 1); ++i) {
+    const json& ids = per_prompt ? v[i] : v;
+    const std::string f = per_prompt ? "token_ids_logprob[" + std::to_string(i) + "]" : "token_ids_logprob";
+    if (ids.is_array() && static_cast<int64_t>(ids.size()) > kMaxTokenIdsLogprob)
+      return Status(bad("field '" + f + "' has " + std::to_string(ids.size()) + " ids; the limit is " +
+                        std::to_string(kMaxTokenIdsLogprob)));
+    if (auto parsed = get_ids(ids, f, vocab); !parsed) return Status(parsed.error());
+  }
+  return ok_status();
+}
+
 // `v` is either one value for all items or a list with one value per item.
 const json& per_item(const json& v, size_t i, bool is_list) { return is_list ? v[i] : v; }
 
@@ -288,7 +310,8 @@ Result<GenerateRequestBody> parse_generate(const json& body, const ParseLimits& 
     }));
     PDSERVE_RETURN_IF_ERROR(item_field("top_logprobs_num", i, [&](const json& v, const std::string& f) -> Status {
       PDSERVE_ASSIGN_OR_RETURN(p.top_logprobs_num, get_int(v, f));
-      if (p.top_logprobs_num < 0 || p.top_logprobs_num > 20) return Status(bad("field '" + f + "' must be in [0, 20]"));
+      if (p.top_logprobs_num < 0 || p.top_logprobs_num > kMaxTopLogprobs)
+        return Status(bad("field '" + f + "' must be in [0, " + std::to_string(kMaxTopLogprobs) + "]"));
       return ok_status();
     }));
     PDSERVE_RETURN_IF_ERROR(item_field("rid", i, [&](const json& v, const std::string& f) -> Status {
@@ -297,6 +320,7 @@ Result<GenerateRequestBody> parse_generate(const json& body, const ParseLimits& 
     }));
     PDSERVE_RETURN_IF_ERROR(p.sampling.validate(limits.vocab_size));
   }
+  PDSERVE_RETURN_IF_ERROR(check_token_ids_logprob(body, n, limits.vocab_size));
   if (body.contains("stream") && !body["stream"].is_null()) {
     PDSERVE_ASSIGN_OR_RETURN(out.stream, get_bool(body["stream"], "stream"));
   }

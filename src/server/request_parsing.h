@@ -48,9 +48,17 @@ struct GenerateRequestBody {
   bool return_text_in_logprobs = false;
 };
 
+// Caps on what one request may ask for (docs/reliability.md, "Access control and limits"); each
+// breach is a 400 naming the field and the limit. n (64) and stop strings (64 of at most 1024 bytes)
+// are checked by scheduler::SamplingParams::validate; max_new_tokens against the context length by
+// the tokenizer manager (it needs the prompt's length).
+inline constexpr int64_t kMaxGenerationsPerRequest = 1024;  // prompts x n
+inline constexpr int64_t kMaxTopLogprobs = 20;              // top_logprobs_num, logprobs, top_logprobs (as OpenAI)
+inline constexpr int64_t kMaxTokenIdsLogprob = 256;         // ids in token_ids_logprob (per prompt)
+
 struct ParseLimits {
   int64_t vocab_size = 0;
-  int64_t max_batch = 1024;  // prompts per request (after n expansion)
+  int64_t max_batch = kMaxGenerationsPerRequest;  // prompts per request (after n expansion)
 };
 
 // SGLang's /generate (GenerateReqInput).

@@ -48,7 +48,7 @@ void ModelServer::register_routes() {
     const bool open = path.rfind("/health", 0) == 0 || path == "/metrics";
     http_->route(method, path, open ? std::move(h) : http::require_api_key(key, std::move(h)));
   };
-  const ParseLimits limits{config_.vocab_size, 1024};
+  const ParseLimits limits{config_.vocab_size, kMaxGenerationsPerRequest};
 
   auto generate = [this, limits](http::Request req, std::shared_ptr<http::Responder> r) {
     if (shutting_down_) return respond_error(*r, 503, "the server is shutting down");
@@ -163,6 +163,8 @@ void ModelServer::register_control_routes() {
     respond_json(*r, 200, nullptr);
   });
   register_profile_routes(*http_, ranks_, key);  // /start_profile, /stop_profile
+  decode_hold_ = std::make_unique<DecodeHold>(ranks_);  // /hold_decode (the hold fill, decode_hold.h)
+  register_hold_decode_route(*http_, *decode_hold_, key);
   OtherNodesRecorder other_nodes;  // multi-node: the recorders of nodes 1..N-1 act with node 0's
   if (remote_)
     other_nodes = [this](const std::string& action) {
@@ -189,7 +191,7 @@ void ModelServer::register_control_routes() {
 
 void ModelServer::register_openai_routes() {
   const std::string key = args_.api_key;
-  const ParseLimits limits{config_.vocab_size, 1024};
+  const ParseLimits limits{config_.vocab_size, kMaxGenerationsPerRequest};
   auto openai = [this, limits](bool chat) {
     return [this, limits, chat](http::Request req, std::shared_ptr<http::Responder> r) {
       if (shutting_down_) return respond_error(*r, 503, "the server is shutting down");

@@ -42,6 +42,22 @@ void add_parallel_flags(CLI::App& app, ServerArgs& a) {
       ->check(CLI::PositiveNumber);
 }
 
+void add_http_limit_flags(CLI::App& app, ServerArgs& a) {
+  const auto seconds = CLI::Range(0.001, 86400.0);
+  app.add_option("--http-header-timeout", a.http_header_timeout, "Seconds for a client to send a request's head")
+      ->capture_default_str()->check(seconds);
+  app.add_option("--http-body-timeout", a.http_body_timeout, "Seconds for a client to send a request's body")
+      ->capture_default_str()->check(seconds);
+  app.add_option("--http-idle-timeout", a.http_idle_timeout, "Seconds a keep-alive connection may wait for its next request")
+      ->capture_default_str()->check(seconds);
+  app.add_option("--http-write-timeout", a.http_write_timeout,
+                 "Seconds one write may wait for a client that stopped reading (then the request is aborted)")
+      ->capture_default_str()->check(seconds);
+  app.add_option("--http-max-queued-bytes", a.http_max_queued_bytes,
+                 "Bytes of a streamed answer that may wait for a slow reader (then the request is aborted)")
+      ->capture_default_str()->check(CLI::Range(int64_t{1024}, int64_t{1} << 40));
+}
+
 }  // namespace
 
 void add_server_flags(CLI::App& app, ServerArgs& a) {
@@ -85,7 +101,9 @@ void add_server_flags(CLI::App& app, ServerArgs& a) {
   app.add_flag("--skip-server-warmup", a.skip_server_warmup);
   app.add_flag("--trust-remote-code", a.trust_remote_code, "Accepted for compatibility (pdserve runs no remote code)");
   app.add_option("--dummy-seed", a.dummy_seed, "Seed of --load-format dummy weights")->capture_default_str();
-  app.add_option("--max-request-body-bytes", a.max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+  app.add_option("--max-request-body-bytes", a.max_body_bytes, "Larger request bodies get 413")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  add_http_limit_flags(app, a);
 }
 
 Status ServerArgs::resolve_parallel() {
@@ -170,6 +188,12 @@ nlohmann::json ServerArgs::to_json() const {
           {"watchdog_timeout", watchdog_timeout},
           {"skip_server_warmup", skip_server_warmup},
           {"trust_remote_code", trust_remote_code},
+          {"max_request_body_bytes", max_body_bytes},
+          {"http_header_timeout", http_header_timeout},
+          {"http_body_timeout", http_body_timeout},
+          {"http_idle_timeout", http_idle_timeout},
+          {"http_write_timeout", http_write_timeout},
+          {"http_max_queued_bytes", http_max_queued_bytes},
           {"tp_size", tp_size},
           {"dp_size", dp_size},
           {"ep_size", 1},

@@ -46,6 +46,12 @@ struct ServerArgs {
   bool trust_remote_code = false;  // accepted for command-line compatibility; nothing is executed
   int64_t dummy_seed = 0;
   int64_t max_body_bytes = 64 << 20;
+  // Slow-client protection of the HTTP front (pdserve's; SGLang relies on uvicorn's defaults):
+  // seconds to receive a request head, then its body, between keep-alive requests, and for one
+  // write to a client that stopped reading; bytes of a streamed answer waiting for a slow reader.
+  // Past any of them the connection is closed and its requests aborted (their KV freed).
+  double http_header_timeout = 30, http_body_timeout = 60, http_idle_timeout = 60, http_write_timeout = 60;
+  int64_t http_max_queued_bytes = 16 << 20;
   // Data parallel: independent scheduler ranks, each with its own KV cache (PD pairs by
   // bootstrap_room % dp_size).
   int64_t dp_size = 1;

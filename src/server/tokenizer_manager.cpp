@@ -134,6 +134,18 @@ void TokenizerManager::submit(std::vector<PromptItem> items, ApiFormat format, b
                                                      "({} tokens)", it.input_ids.size(), context_length_)));
       return;
     }
+    // As SGLang's _validate_one_request: an explicit max_new_tokens must fit in the context with the
+    // prompt (null, INT32_MAX here, means "until the context is full" and is not checked).
+    const int64_t max_new = p.sampling.max_new_tokens;
+    const int64_t prompt_len = static_cast<int64_t>(it.input_ids.size());
+    if (max_new != INT32_MAX && max_new >= context_length_ - prompt_len) {  // no sum: max_new may be near INT64_MAX
+      const char* field = format == ApiFormat::kNative ? "max_new_tokens" : "max_tokens";
+      ch->send_json(400, error_body(400, fmt::format("{} = {} with a prompt of {} tokens exceeds the model's context length "
+                                                     "({} tokens): {} may be at most {}",
+                                                     field, max_new, prompt_len, context_length_, field,
+                                                     context_length_ - prompt_len - 1)));
+      return;
+    }
     if (disagg_mode_ != scheduler::DisaggMode::kNull && (!p.bootstrap_room || !p.bootstrap_host)) {
       ch->send_json(400, error_body(400, p.bootstrap_room ? "Disaggregated request received without bootstrap host"
                                                           : "Disaggregated request received without bootstrap room id"));

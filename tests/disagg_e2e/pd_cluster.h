@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <future>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -26,13 +27,41 @@ inline std::vector<std::string> pd_flags(std::vector<std::string> extra) {
   return f;
 }
 
+using Env = std::vector<std::pair<std::string, std::string>>;
+
+// How each running server was started, so that it can be started again (wait_ready_or_restart).
+struct Launch {
+  std::vector<std::string> flags;
+  std::string name;
+  Env env;
+};
+inline std::map<const ServerProcess*, Launch>& launches() {
+  static std::map<const ServerProcess*, Launch> m;
+  return m;
+}
+
 // Starts a server with `env` set for the child only (set around the fork, then restored).
-inline std::unique_ptr<ServerProcess> start_server(std::vector<std::string> flags, const std::string& name,
-                                                   const std::vector<std::pair<std::string, std::string>>& env = {}) {
+inline std::unique_ptr<ServerProcess> start_server(std::vector<std::string> flags, const std::string& name, const Env& env = {}) {
   for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+  Launch launch{flags, name, env};
   auto p = std::make_unique<ServerProcess>(pd_flags(std::move(flags)), name);
   for (const auto& [k, v] : env) ::unsetenv(k.c_str());
+  launches()[p.get()] = std::move(launch);
   return p;
+}
+
+// Waits until `s` is ready. free_port() hands out a port that another process (another server's
+// ephemeral ZeroMQ socket, with ten servers starting at once) may take before the server binds it:
+// such a server exits with "cannot listen on", and is started again on a fresh port, twice at most.
+inline bool wait_ready_or_restart(std::unique_ptr<ServerProcess>& s) {
+  for (int attempt = 0;; ++attempt) {
+    if (s->wait_ready()) return true;
+    auto it = launches().find(s.get());
+    if (attempt == 2 || it == launches().end() || s->log().find("cannot listen on") == std::string::npos) return false;
+    Launch l = std::move(it->second);
+    launches().erase(it);
+    s = start_server(l.flags, l.name + "_again", l.env);
+  }
 }
 
 struct Reply {

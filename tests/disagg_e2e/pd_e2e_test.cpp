@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <sstream>
 #include <map>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "disagg_e2e/pd_cluster.h"
 
@@ -65,26 +67,43 @@ double metric_sum(const ServerProcess& s, const std::string& name) {
 class PdE2E : public ::testing::Test {
  protected:
   static inline std::unique_ptr<ServerProcess> single, p1, d2, p2, d1, p3;
-  static inline int b1 = 0, b2 = 0, b3 = 0;  // bootstrap ports of p1, p2, p3
+  // Attention TP 2 on one side (test hook PDSERVE_DISAGGREGATION_TEST_ATTN_TP, docs/pd.md): the
+  // prefill group tp0 + tp1 (bootstrap port b4, tp0's), and the decode group dt0 + dt1.
+  static inline std::unique_ptr<ServerProcess> tp0, tp1, dt0, dt1;
+  static inline int b1 = 0, b2 = 0, b3 = 0, b4 = 0;  // bootstrap ports of p1, p2, p3, tp0
 
   static void SetUpTestSuite() {
     b1 = free_port();
     b2 = free_port();
     b3 = free_port();
+    b4 = free_port();
+    // tp1 registers with tp0's bootstrap server: tp0 starts first, tp1 once tp0 is up (below).
+    tp0 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b4)}, "pd_tp0",
+                       with({{"PDSERVE_DISAGGREGATION_TEST_ATTN_TP", "2:0"}}));
     single = start_server({}, "pd_single");
-    p1 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b1)}, "pd_p1", kPdEnv);
+    // Requests whose rid starts with "hold-" never send their KV from p1 (test hook; the abort test).
+    p1 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b1)}, "pd_p1",
+                      with({{"PDSERVE_DISAGGREGATION_TEST_HOLD_RID_PREFIX", "hold-"}}));
     d2 = start_server({"--disaggregation-mode", "decode", "--dp-size", "2", "--enable-metrics"}, "pd_d2", kPdEnv);
-    p2 = start_server({"--disaggregation-mode", "prefill", "--dp-size", "2", "--disaggregation-bootstrap-port", std::to_string(b2)},
+    // SGLang's DP-attention prefill command (--tp 2 --dp 2 --enable-dp-attention: two DP ranks of
+    // attention TP 1) against decodes started with --tp 1.
+    p2 = start_server({"--disaggregation-mode", "prefill", "--tp-size", "2", "--dp-size", "2", "--enable-dp-attention",
+                       "--disaggregation-bootstrap-port", std::to_string(b2)},
                       "pd_p2", with({{"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "10"}, {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT", "10"}}));
     d1 = start_server({"--disaggregation-mode", "decode"}, "pd_d1", kPdEnv);
     // 10% of p3's transfers fail at random (SGLang's test hook).
     p3 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b3), "--enable-metrics"},
                       "pd_p3",
                       with({{"DISAGGREGATION_TEST_FAILURE_PROB", "0.1"}}));
-    for (auto* s : {&single, &p1, &d2, &p2, &d1, &p3}) ASSERT_TRUE((*s)->wait_ready()) << (*s)->log();
+    dt0 = start_server({"--disaggregation-mode", "decode"}, "pd_dt0", with({{"PDSERVE_DISAGGREGATION_TEST_ATTN_TP", "2:0"}}));
+    dt1 = start_server({"--disaggregation-mode", "decode"}, "pd_dt1", with({{"PDSERVE_DISAGGREGATION_TEST_ATTN_TP", "2:1"}}));
+    ASSERT_TRUE(wait_ready_or_restart(tp0)) << tp0->log();
+    tp1 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b4)}, "pd_tp1",
+                       with({{"PDSERVE_DISAGGREGATION_TEST_ATTN_TP", "2:1"}}));
+    for (auto* s : {&single, &p1, &d2, &p2, &d1, &p3, &tp1, &dt0, &dt1}) ASSERT_TRUE(wait_ready_or_restart(*s)) << (*s)->log();
   }
   static void TearDownTestSuite() {
-    for (auto* s : {&single, &p1, &d2, &p2, &d1, &p3}) s->reset();
+    for (auto* s : {&single, &p1, &d2, &p2, &d1, &p3, &tp0, &tp1, &dt0, &dt1}) s->reset();
   }
 
   // Greedy outputs of the single server for `prompts`, all sent at once.
@@ -125,6 +144,48 @@ class PdE2E : public ::testing::Test {
 
 TEST_F(PdE2E, PrefillDp1DecodeDp2EqualsSingleServer) { expect_equal_to_single(*p1, *d2, b1); }
 
+// Different attention-TP sizes (MLA: one prefill rank's latent cache stands for its group's). Every
+// member of a group gets each request, as the ranks of one attention-TP group do; every decode
+// rank's output must be the single server's.
+TEST_F(PdE2E, DifferentAttentionTpSizesEqualSingleServer) {
+  const auto prompts = make_prompts(20, 13);
+  const auto want = reference(prompts, 8);
+  struct Pairing {
+    const char* name;
+    std::vector<ServerProcess*> prefills, decodes;
+    int port;
+  };
+  const std::vector<Pairing> pairings = {{"prefill attention TP 2, decode 1", {tp0.get(), tp1.get()}, {d1.get()}, b4},
+                                         {"prefill attention TP 1, decode 2", {p1.get()}, {dt0.get(), dt1.get()}, b1}};
+  for (const auto& pr : pairings) {
+    SCOPED_TRACE(pr.name);
+    std::vector<std::vector<std::future<Reply>>> fs(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const json body = pd_body(prompts[i], 8, pr.port, random_room());
+      for (auto* s : pr.prefills) fs[i].push_back(std::async(std::launch::async, [s, body] { return post(s->url("/generate"), body); }));
+      for (auto* s : pr.decodes) fs[i].push_back(std::async(std::launch::async, [s, body] { return post(s->url("/generate"), body); }));
+    }
+    for (size_t i = 0; i < prompts.size(); ++i)
+      for (size_t k = 0; k < fs[i].size(); ++k) {
+        Reply r = fs[i][k].get();
+        ASSERT_EQ(r.status, 200) << "prompt " << i << " server " << k << ": " << r.body.dump() << r.error;
+        const auto ids = r.body["output_ids"].get<std::vector<int32_t>>();
+        if (k < pr.prefills.size())
+          EXPECT_EQ(ids, std::vector<int32_t>{want[i][0]}) << "prefill " << k << " prompt " << i;
+        else
+          EXPECT_EQ(ids, want[i]) << "decode " << k - pr.prefills.size() << " prompt " << i << " (" << prompts[i].size() << " tokens)";
+      }
+    for (auto* s : pr.prefills) EXPECT_TRUE(wait_all_free(*s, std::chrono::seconds(20)));
+    for (auto* s : pr.decodes) EXPECT_TRUE(wait_all_free(*s, std::chrono::seconds(20)));
+  }
+  // The KV came from one prefill rank of the group: tp1 (the dummy pairing) moved no bytes.
+  const json info1 = get_json(tp1->url("/server_info"));
+  ASSERT_TRUE(info1.contains("disaggregation")) << info1.dump();
+  EXPECT_EQ(info1["disaggregation"]["ranks"][0]["bytes"], 0) << info1["disaggregation"].dump();
+  const json info0 = get_json(tp0->url("/server_info"));
+  EXPECT_GT(info0["disaggregation"]["ranks"][0]["bytes"].get<int64_t>(), 0) << info0["disaggregation"].dump();
+}
+
 TEST_F(PdE2E, PrefillDp2DecodeDp1EqualsSingleServer) { expect_equal_to_single(*p2, *d1, b2); }
 
 TEST_F(PdE2E, RequestsWithoutBootstrapFieldsAre400) {
@@ -155,12 +216,13 @@ TEST_F(PdE2E, HealthGenerateUsesTheFakeBootstrapHost) {
   }
 }
 
-// Abort in each queue state: the request ends with an abort finish reason and no page stays owned.
-TEST_F(PdE2E, AbortInEveryQueueStateFreesTheKv) {
-  // Prefill bootstrap queue: the decode never sends its pages.
-  // Decode transfer queue: the prefill never gets the request (pages allocated, XFER sent).
-  // Decode prealloc queue: a bootstrap server that accepts connections but never answers.
-  const int silent_port = free_port();
+// Abort in each queue state of both sides. Each case holds the request in its state by
+// construction (no decode for it, a bootstrap server that never answers, the prefill's hold hook,
+// /slow_down), waits until the server reports it there, aborts it on one side and checks: that
+// client gets finish_reason abort with a message, the peer's client (if it sent the request) gets a
+// 500 with a message, the KV pages on BOTH servers return to all-free, and the pair serves again.
+TEST_F(PdE2E, AbortInEveryQueueStateFreesTheKvOnBothSides) {
+  const int silent_port = free_port();  // accepts connections, never answers: decode stuck in the handshake
   int silent = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -168,43 +230,98 @@ TEST_F(PdE2E, AbortInEveryQueueStateFreesTheKv) {
   a.sin_port = htons(static_cast<uint16_t>(silent_port));
   ASSERT_EQ(::bind(silent, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
   ASSERT_EQ(::listen(silent, 16), 0);
+  auto in_state = [](ServerProcess* s, std::vector<std::string> fields) {
+    return [s, fields] {
+      int64_t n = 0;
+      for (const auto& f : fields) n += queue_count(*s, f);
+      return n > 0;
+    };
+  };
   struct Case {
-    const char* name;
-    ServerProcess* server;
-    json body;
-    const char* queue;  // the internal_state counter that shows the request in its state
+    std::string name;
+    ServerProcess *prefill, *decode;  // the pair; the request goes to the sides flagged below
+    int bootstrap_port;
+    bool to_prefill, to_decode;
+    bool abort_on_prefill;
+    int prompt_len, max_new;
+    std::vector<std::function<bool()>> state;  // all true: the request is in the state under test
+    double slow_down_s = 0;                       // /slow_down on the prefill while the case runs
   };
-  const std::vector<int32_t> ids(100, 42);
-  std::vector<Case> cases = {
-      {"prefill bootstrap", p1.get(), pd_body(ids, 4, b1, random_room()), "num_prealloc_reqs"},
-      {"decode transfer", d2.get(), pd_body(ids, 4, b1, random_room()), "num_transfer_reqs"},
-      {"decode prealloc", d2.get(), pd_body(ids, 4, silent_port, random_room()), "num_prealloc_reqs"},
-      // Decode running: a long generation (p2 + d1 pair), aborted mid-way.
-      {"decode running", d1.get(), pd_body(ids, 4000, b2, random_room()), "num_running_reqs"},
-  };
+  std::vector<Case> cases;
+  // Prefill bootstrap queue: no decode ever sends the destination pages.
+  cases.push_back({"prefill-bootstrap", p1.get(), d2.get(), b1, true, false, true, 100, 4,
+                   {in_state(p1.get(), {"num_prealloc_reqs"})}});
+  // Prefill waiting/running: every prefill batch sleeps 1 s and the 640-token prompt needs 10 chunks
+  // of 64, so the request is still waiting or being prefilled when aborted.
+  cases.push_back({"prefill-running", p1.get(), d2.get(), b1, true, true, true, 640, 4,
+                   {in_state(p1.get(), {"num_queue_reqs", "num_running_reqs"}), in_state(d2.get(), {"num_transfer_reqs"})}, 1.0});
+  // Prefill inflight queue: the hold hook (rid prefix "hold-") keeps the KV from being sent, so the
+  // request waits for the decode's acknowledgement while the decode waits in its transfer queue.
+  cases.push_back({"hold-prefill-inflight", p1.get(), d2.get(), b1, true, true, true, 100, 4,
+                   {in_state(p1.get(), {"num_inflight_reqs"}), in_state(d2.get(), {"num_transfer_reqs"})}});
+  // Decode transfer queue, the prefill holding the same request in its inflight queue.
+  cases.push_back({"hold-decode-transfer", p1.get(), d2.get(), b1, true, true, false, 100, 4,
+                   {in_state(p1.get(), {"num_inflight_reqs"}), in_state(d2.get(), {"num_transfer_reqs"})}});
+  // Decode transfer queue, the prefill never got the request (pages allocated, XFER sent).
+  cases.push_back({"decode-transfer-no-prefill", p1.get(), d2.get(), b1, false, true, false, 100, 4,
+                   {in_state(d2.get(), {"num_transfer_reqs"})}});
+  // Decode prealloc queue: the handshake never completes.
+  cases.push_back({"decode-prealloc", p1.get(), d2.get(), silent_port, false, true, false, 100, 4,
+                   {in_state(d2.get(), {"num_prealloc_reqs"})}});
+  // Decode running batch: a long generation, aborted mid-way (the prefill is done with it).
+  cases.push_back({"decode-running", p2.get(), d1.get(), b2, true, true, false, 100, 4000,
+                   {in_state(d1.get(), {"num_running_reqs"})}});
   for (auto& c : cases) {
-    std::string rid = std::string("abort-") + c.name;
-    std::replace(rid.begin(), rid.end(), ' ', '-');
-    c.body["rid"] = rid;
-    std::future<Reply> peer;
-    if (std::string(c.name) == "decode running")
-      peer = std::async(std::launch::async, [&] { return post(p2->url("/generate"), c.body); });
-    auto f = std::async(std::launch::async, [&] { return post(c.server->url("/generate"), c.body); });
-    // Abort only once the request is seen in the state under test.
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (queue_count(*c.server, c.queue) == 0 && std::chrono::steady_clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    EXPECT_GT(queue_count(*c.server, c.queue), 0) << c.name;
-    Reply ab = post(c.server->url("/abort_request"), {{"rid", rid}});
-    EXPECT_EQ(ab.status, 200) << c.name;
-    Reply r = f.get();
-    ASSERT_FALSE(r.body.is_discarded()) << c.name << ": " << r.error;
-    EXPECT_EQ(r.body["meta_info"]["finish_reason"]["type"], "abort") << c.name << ": " << r.body.dump();
-    if (peer.valid()) peer.get();
-    EXPECT_TRUE(wait_all_free(*c.server, std::chrono::seconds(10))) << c.name;
+    SCOPED_TRACE(c.name);
+    if (c.slow_down_s > 0) {
+      ASSERT_EQ(post(c.prefill->url("/slow_down"), {{"forward_sleep_time", c.slow_down_s}}).status, 200);
+    }
+    json body = pd_body(std::vector<int32_t>(static_cast<size_t>(c.prompt_len), 42), c.max_new, c.bootstrap_port, random_room());
+    body["rid"] = c.name + "-" + std::to_string(random_room());
+    std::future<Reply> pf, df;
+    if (c.to_prefill) pf = std::async(std::launch::async, [&] { return post(c.prefill->url("/generate"), body, 60); });
+    if (c.to_decode) df = std::async(std::launch::async, [&] { return post(c.decode->url("/generate"), body, 60); });
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    auto reached = [&] { return std::all_of(c.state.begin(), c.state.end(), [](const auto& f) { return f(); }); };
+    bool in = false;
+    while (!(in = reached()) && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_TRUE(in) << "never saw the request in the state under test";
+    ServerProcess* aborter = c.abort_on_prefill ? c.prefill : c.decode;
+    const auto aborted = std::chrono::steady_clock::now();
+    EXPECT_EQ(post(aborter->url("/abort_request"), {{"rid", body["rid"]}}).status, 200);
+    std::future<Reply>& mine = c.abort_on_prefill ? pf : df;
+    std::future<Reply>& peer = c.abort_on_prefill ? df : pf;
+    Reply r = mine.get();
+    ASSERT_FALSE(r.body.is_discarded()) << r.error;
+    EXPECT_EQ(r.body["meta_info"]["finish_reason"]["type"], "abort") << r.body.dump();
+    EXPECT_FALSE(r.body["meta_info"]["finish_reason"].value("message", "").empty()) << r.body.dump();
+    if (peer.valid()) {
+      Reply pr = peer.get();
+      if (c.name == "decode-running") {
+        EXPECT_EQ(pr.status, 200) << pr.body.dump();  // the prefill finished its part before the abort
+      } else {
+        // The peer learns of the abort through the control channel (well before its 20 s deadlines)
+        // and fails its side with a message.
+        EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - aborted).count(), 8.0);
+        EXPECT_EQ(pr.status, 500) << pr.body.dump() << pr.error;
+        EXPECT_FALSE(pr.body.value("message", "").empty()) << pr.body.dump();
+      }
+    }
+    if (c.slow_down_s > 0) {
+      EXPECT_EQ(post(c.prefill->url("/slow_down"), {{"forward_sleep_time", nullptr}}).status, 200);
+    }
+    EXPECT_TRUE(wait_all_free(*c.prefill, std::chrono::seconds(25))) << "prefill " << kv_state(*c.prefill).in_requests;
+    EXPECT_TRUE(wait_all_free(*c.decode, std::chrono::seconds(25))) << "decode " << kv_state(*c.decode).in_requests;
   }
   ::close(silent);
-  for (auto* s : {p1.get(), d2.get(), p2.get(), d1.get()}) EXPECT_TRUE(wait_all_free(*s, std::chrono::seconds(25)));
+  // Both pairs serve again, with the single server's output.
+  const std::vector<int32_t> ids = {11, 12, 13, 14, 15, 16, 17};
+  const auto want = reference({ids}, 5)[0];
+  for (auto [p, d, port] : {std::tuple{p1.get(), d2.get(), b1}, std::tuple{p2.get(), d1.get(), b2}}) {
+    auto [pr, dr] = pd_generate(*p, *d, pd_body(ids, 5, port, random_room()));
+    EXPECT_EQ(dr.status, 200) << dr.body.dump();
+    EXPECT_EQ(dr.body["output_ids"].get<std::vector<int32_t>>(), want);
+  }
 }
 
 // 300 requests through a prefill that fails 10% of its transfers: each one either completes with the

@@ -206,6 +206,22 @@ TEST(Server, HeaderTimeoutClosesSlowloris) {
   EXPECT_TRUE(testing::eventually([&] { return server->connection_count() == 0; }));
 }
 
+TEST(Server, IdleKeepAliveConnectionIsClosed) {
+  ServerOptions o;
+  o.idle_timeout = 300ms;  // the header timeout stays at 30 s: only the idle timeout can close it
+  auto server = start_server(o, [](Server& s) { s.route("GET", "/", ok_handler); });
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_NE(raw.read_until("ok", 2s).find("200"), std::string::npos);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool closed = false;
+  raw.read_until_close(3s, &closed);
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  EXPECT_TRUE(closed);
+  EXPECT_GE(elapsed, 200ms);
+  EXPECT_LT(elapsed, 2s);
+}
+
 TEST(Server, ApiKeyChecked) {
   auto server = start_server({}, [](Server& s) {
     s.route("GET", "/secret", require_api_key("sk-123", ok_handler));

@@ -217,6 +217,36 @@ TEST_F(StreamTest, BackpressureBoundsTheQueue) {
   EXPECT_FALSE(r->is_open());
 }
 
+TEST_F(StreamTest, WriteTimeoutClosesAStalledReaderBeforeTheQueueLimit) {
+  ServerOptions o;
+  o.write_timeout = 300ms;
+  o.max_queued_bytes = std::size_t{1} << 30;  // out of reach: only the write timeout can end it
+  start(o);
+  RawSocket raw(server_->port());  // never reads
+  raw.send(raw_get("/hang"));
+  ASSERT_TRUE(eventually([&] { std::lock_guard l(mu_); return held_ != nullptr; }));
+  std::shared_ptr<Responder> r;
+  {
+    std::lock_guard l(mu_);
+    r = held_;
+  }
+  ASSERT_TRUE(r->start_stream(200));
+  const std::string chunk(64 << 10, 'x');
+  // Fill the kernel buffers, then keep about 1 MB queued: a write is stuck from then on.
+  const auto start_time = std::chrono::steady_clock::now();
+  while (closes_.load() == 0 && std::chrono::steady_clock::now() - start_time < 10s) {
+    if (r->queued_bytes() < (1u << 20)) {
+      if (!r->send_chunk(chunk)) break;
+    } else {
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+  ASSERT_TRUE(eventually([&] { return closes_.load() == 1; }));
+  EXPECT_LT(std::chrono::steady_clock::now() - start_time, 10s);
+  EXPECT_FALSE(r->is_open());
+  EXPECT_FALSE(r->send_chunk("late"));
+}
+
 TEST_F(StreamTest, StopLetsInFlightStreamFinish) {
   start();
   Client client;

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/child_process.h"
+#include "profile/trace_reader.h"
 #include "server/server_process.h"
 
 namespace {
@@ -81,10 +82,11 @@ void expect_no_children_left(const std::string& console, size_t expected) {
   for (pid_t p : pids) EXPECT_TRUE(gone(p)) << "child pid " << p << " outlived repro";
 }
 
-TEST(ReproE2E, RunsTheWorkflowAndReportsPerGpuThroughput) {
-  const auto out = fresh_dir("ok");
+// The whole run with the given fill; checks everything but the fill's own lines.
+void run_and_check(const std::string& fill, const std::string& expected_fill_line, const std::string& method) {
+  const auto out = fresh_dir("ok_" + method);
   const auto console = out.parent_path() / (out.filename().string() + ".console");
-  auto repro = start_repro(out, console);
+  auto repro = start_repro(out, console, fill.empty() ? std::map<std::string, std::string>{} : std::map<std::string, std::string>{{"--fill", fill}});
   const int rc = wait_exit(repro, std::chrono::seconds(80));
   const std::string text = read_file(console);
   ASSERT_EQ(rc, 0) << text;
@@ -109,18 +111,42 @@ TEST(ReproE2E, RunsTheWorkflowAndReportsPerGpuThroughput) {
   const double step = std::stod(m[2]), rate = std::stod(m[3]);
   EXPECT_GT(step, 0);
   EXPECT_NEAR(rate, 8.0 / step, 0.01 * rate + 0.5);
-  EXPECT_NE(text.find("fill: SGLang-style fixed sleep (0.5 s per decode batch), #running-req 8 of target 8"), std::string::npos);
+  EXPECT_NE(text.find(expected_fill_line), std::string::npos) << text;
 
   const json summary = json::parse(read_file(out / "repro.json"));
-  EXPECT_EQ(summary["fill"]["method"], "slow_down");
+  EXPECT_EQ(summary["fill"]["method"], method);
   EXPECT_EQ(summary["fill"]["reached_running"], 8);
   for (const char* c : {"prefill", "decode", "router", "bench"}) EXPECT_EQ(summary["exit_codes"][c], 0) << c;
   const auto& window = summary["report"]["windows"][0];
   EXPECT_EQ(window["global_batch"], 8.0);
   EXPECT_GT(window["tokens_per_s_per_gpu"].get<double>(), 0);
   expect_no_children_left(text, 4);
+  if (method == "hold") EXPECT_EQ(summary["fill"]["released_by"], "target");
+  // The profile of the filled batch carries the model's layer spans (base/trace_spans.h): one per
+  // decoder layer of the tiny model (4) in every forward.
+  for (const auto& e : fs::directory_iterator(out / "traces")) {
+    auto trace = profile::read_chrome_trace(e.path().string());
+    ASSERT_TRUE(trace.has_value());
+    size_t forwards = 0, layers = 0;
+    for (const auto& ev : trace->events) {
+      forwards += ev.ph == "X" && ev.cat == "forward";
+      layers += ev.ph == "X" && ev.cat == "layer";
+    }
+    EXPECT_GT(forwards, 0u);
+    EXPECT_EQ(layers, 4 * forwards);
+  }
   fs::remove_all(out);
   fs::remove(console);
+}
+
+TEST(ReproE2E, RunsTheWorkflowAndReportsPerGpuThroughput) {
+  // The default fill: decode holds its batches (/hold_decode) until #running-req reaches 8.
+  run_and_check("", "fill: hold (POST /hold_decode: no decode step until the target; released by target), #running-req 8 of target 8",
+                "hold");
+}
+
+TEST(ReproE2E, SlowDownFillIsThePublishedOne) {
+  run_and_check("slow-down", "fill: SGLang-style fixed sleep (0.5 s per decode batch), #running-req 8 of target 8", "slow_down");
 }
 
 TEST(ReproE2E, SigintStopsEveryChild) {
@@ -137,7 +163,7 @@ TEST(ReproE2E, SigintStopsEveryChild) {
   const int rc = wait_exit(repro, std::chrono::seconds(30));
   const std::string text = read_file(console);
   EXPECT_EQ(rc, 130) << text;
-  EXPECT_NE(text.find("interrupted by signal 2 during step 'slow-down fill'"), std::string::npos) << text;
+  EXPECT_NE(text.find("interrupted by signal 2 during step 'hold fill'"), std::string::npos) << text;
   expect_no_children_left(text, 4);
   fs::remove_all(out);
   fs::remove(console);

@@ -32,7 +32,7 @@ TEST(RouterArgs, DefaultsAreSglangs) {
   ASSERT_FALSE(p.exit) << p.err;
   const auto& a = p.args;
   EXPECT_EQ(a.policy, "cache_aware");
-  EXPECT_EQ(a.host, "0.0.0.0");
+  EXPECT_EQ(a.host, "127.0.0.1");  // not SGLang's 0.0.0.0: exposing takes --host (docs/reliability.md)
   EXPECT_EQ(a.port, 30000);
   EXPECT_DOUBLE_EQ(a.cache_threshold, 0.3);
   EXPECT_EQ(a.balance_abs_threshold, 64);
@@ -59,7 +59,7 @@ TEST(RouterArgs, DefaultsAreSglangs) {
   EXPECT_EQ(a.queue_size, 100);
   EXPECT_EQ(a.queue_timeout_secs, 60);
   EXPECT_EQ(a.prometheus_port, 29000);
-  EXPECT_EQ(a.prometheus_host, "0.0.0.0");
+  EXPECT_EQ(a.prometheus_host, "127.0.0.1");
 }
 
 TEST(RouterArgs, PdModePrefillWithAndWithoutBootstrapPort) {

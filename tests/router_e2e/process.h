@@ -72,6 +72,7 @@ class Process {
     return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
   }
   std::string log() const { return read_file(log_); }
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;

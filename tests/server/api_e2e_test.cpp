@@ -274,5 +274,64 @@ TEST_F(ApiE2E, BadInputGetsAClearError) {
   EXPECT_EQ(post("/generate", {{"text", "ok"}, {"sampling_params", {{"max_new_tokens", 1}}}}).status, 200);
 }
 
+// Every cap of docs/reliability.md ("Access control and limits") answers 400 (413 for the body)
+// with a message that names the field and the limit.
+TEST_F(ApiE2E, EveryCapAnswersWithItsLimit) {
+  const std::vector<int> ten(10, 7);
+  // max_new_tokens + prompt must stay below --context-length 512 (SGLang's rule).
+  expect_400(post("/generate", {{"input_ids", ten}, {"sampling_params", {{"max_new_tokens", 502}}}}),
+             "max_new_tokens = 502 with a prompt of 10 tokens exceeds the model's context length (512 tokens): "
+             "max_new_tokens may be at most 501");
+  expect_400(post("/generate", {{"input_ids", ten}, {"sampling_params", {{"max_new_tokens", int64_t{1} << 62}}}}),
+             "at most 501");
+  expect_400(post("/v1/completions", {{"prompt", ten}, {"max_tokens", 600}}), "max_tokens may be at most 501");
+  expect_400(post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 5000}}),
+             "max_tokens may be at most");
+  // Within the limit is served (and null means "until the context is full", not a breach).
+  EXPECT_EQ(post("/generate", {{"input_ids", ten}, {"sampling_params", {{"max_new_tokens", 2}}}}).status, 200);
+  EXPECT_EQ(post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", nullptr},
+                                          {"stop_token_ids", {0}}, {"min_tokens", 0}, {"n", 1}, {"temperature", 0},
+                                          {"max_completion_tokens", 2}})
+                .status,
+            200);
+  // n and prompts x n.
+  expect_400(post("/generate", {{"text", "x"}, {"sampling_params", {{"n", 65}}}}), "n must be in [1, 64]");
+  expect_400(post("/generate", {{"text", std::vector<std::string>(20, "a")}, {"sampling_params", {{"n", 60}}}}),
+             "asks for 1200 generations; the limit is 1024");
+  expect_400(post("/v1/completions", {{"prompt", std::vector<std::string>(20, "a")}, {"n", 60}}),
+             "asks for 1200 generations (prompts x n); the limit is 1024");
+  // Stop strings: at most 64, each 1 to 1024 bytes.
+  expect_400(post("/generate", {{"text", "x"}, {"sampling_params", {{"stop", std::vector<std::string>(65, "s")}}}}),
+             "more than 64 strings");
+  expect_400(post("/generate", {{"text", "x"}, {"sampling_params", {{"stop", std::string(1025, 's')}}}}), "1 to 1024 bytes");
+  expect_400(post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                                           {"stop", std::vector<std::string>(65, "s")}}),
+             "more than 64 strings");
+  EXPECT_EQ(post("/generate", {{"text", "x"}, {"sampling_params", {{"stop", std::vector<std::string>(64, std::string(1024, 's'))},
+                                                                   {"max_new_tokens", 1}}}})
+                .status,
+            200);
+  // Logprob counts: at most 20 in every API.
+  expect_400(post("/generate", {{"text", "x"}, {"return_logprob", true}, {"top_logprobs_num", 21}}), "must be in [0, 20]");
+  expect_400(post("/v1/completions", {{"prompt", "x"}, {"logprobs", 21}}), "'logprobs' must be an integer in [0, 20]");
+  expect_400(post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"logprobs", true},
+                                           {"top_logprobs", 21}}),
+             "'top_logprobs' must be an integer in [0, 20]");
+  // token_ids_logprob: at most 256 ids per prompt, inside the vocabulary, one list per prompt.
+  expect_400(post("/generate", {{"text", "x"}, {"token_ids_logprob", std::vector<int>(257, 1)}}),
+             "'token_ids_logprob' has 257 ids; the limit is 256");
+  expect_400(post("/generate", {{"text", "x"}, {"token_ids_logprob", {1, 999999}}}), "outside the vocabulary");
+  expect_400(post("/generate", {{"text", {"a", "b"}}, {"token_ids_logprob", {{1}, {2}, {3}}}}), "3 lists for 2 prompts");
+  expect_400(post("/generate", {{"text", "x"}, {"token_ids_logprob", "1"}}), "must be a list");
+  EXPECT_EQ(post("/generate", {{"text", {"a", "b"}}, {"token_ids_logprob", {{1}, {2, 3}}},
+                               {"sampling_params", {{"max_new_tokens", 1}}}})
+                .status,
+            200);
+  // Body size: 413 naming --max-request-body-bytes' value.
+  auto big = post_raw("/generate", std::string(300000, ' '));
+  EXPECT_EQ(big.status, 413);
+  EXPECT_NE(big.body.find("200000 bytes"), std::string::npos) << big.body;
+}
+
 }  // namespace
 }  // namespace pdserve::test

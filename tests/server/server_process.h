@@ -48,12 +48,14 @@ inline std::string read_file(const std::filesystem::path& p) {
 class ServerProcess {
  public:
   // Starts `pdserve serve` on models/tiny-deepseek-v3 with dummy weights plus `extra` flags.
-  explicit ServerProcess(std::vector<std::string> extra, const std::string& name) {
+  // `pass_host` false leaves --host out, so the server binds its default address.
+  explicit ServerProcess(std::vector<std::string> extra, const std::string& name, bool pass_host = true) {
     port_ = free_port();
     log_path_ = std::filesystem::temp_directory_path() / ("pdserve_" + name + "_" + std::to_string(::getpid()) + ".log");
     std::vector<std::string> args = {PDSERVE_BINARY, "serve", "--model-path",
                                      std::string(PDSERVE_SOURCE_DIR) + "/models/tiny-deepseek-v3", "--load-format", "dummy",
-                                     "--port", std::to_string(port_), "--host", "127.0.0.1"};
+                                     "--port", std::to_string(port_)};
+    if (pass_host) args.insert(args.end(), {"--host", "127.0.0.1"});
     args.insert(args.end(), extra.begin(), extra.end());
     pid_ = ::fork();
     if (pid_ == 0) {

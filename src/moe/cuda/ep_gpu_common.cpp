@@ -1,0 +1,117 @@
+#if defined(PDSERVE_HAVE_CUDA)
+
+#include "moe/cuda/ep_gpu_common.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace pdserve::moe::gpu::detail {
+
+Status cuda_status(cudaError_t e, const std::string& what) {
+  if (e == cudaSuccess) return ok_status();
+  return make_error(ErrorCode::kInternal, "{}: {}", what, cudaGetErrorString(e));
+}
+
+Status enable_peer_access(const std::vector<int>& devices, const std::string& who) {
+  int count = 0;
+  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaGetDeviceCount(&count), who + ": cudaGetDeviceCount"));
+  for (int d : devices)
+    if (d < 0 || d >= count)
+      return make_error(ErrorCode::kInvalidArgument, "{}: device {} does not exist ({} visible)", who, d, count);
+  for (int a : devices)
+    for (int b : devices) {
+      if (a == b) continue;
+      int can = 0;
+      PDSERVE_RETURN_IF_ERROR(cuda_status(cudaDeviceCanAccessPeer(&can, a, b), who + ": cudaDeviceCanAccessPeer"));
+      if (!can)
+        return make_error(ErrorCode::kInvalidArgument, "{}: GPU {} cannot access GPU {} (no peer access between them)", who, a, b);
+      PDSERVE_RETURN_IF_ERROR(cuda_status(cudaSetDevice(a), who + ": cudaSetDevice"));
+      const cudaError_t e = cudaDeviceEnablePeerAccess(b, 0);
+      if (e == cudaErrorPeerAccessAlreadyEnabled)
+        (void)cudaGetLastError();  // not an error: clear it so later checks do not see it
+      else
+        PDSERVE_RETURN_IF_ERROR(cuda_status(e, fmt::format("{}: cudaDeviceEnablePeerAccess({} -> {})", who, a, b)));
+    }
+  return ok_status();
+}
+
+Result<int> pick_blocks(const std::vector<int>& devices, int wanted, const std::function<Result<int>(int device)>& prepare,
+                        const std::string& who) {
+  std::vector<int> used = devices;
+  std::sort(used.begin(), used.end());
+  used.erase(std::unique(used.begin(), used.end()), used.end());
+  int fit = 1 << 30, share = 1 << 30;
+  for (int d : used) {
+    const int n = static_cast<int>(std::count(devices.begin(), devices.end(), d));
+    PDSERVE_RETURN_IF_ERROR(cuda_status(cudaSetDevice(d), who + ": cudaSetDevice"));
+    int sms = 0;
+    PDSERVE_RETURN_IF_ERROR(cuda_status(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, d), who + ": attribute"));
+    auto per_sm = prepare(d);
+    if (!per_sm) return per_sm.error();
+    fit = std::min(fit, *per_sm * sms / n);
+    share = std::min(share, std::max(1, sms / n));
+  }
+  if (fit < 1) return make_error(ErrorCode::kInvalidArgument, "{}: the kernels do not fit on the GPU", who);
+  if (wanted > fit)
+    return make_error(ErrorCode::kInvalidArgument, "{}: blocks {} per rank: only {} fit with every rank's kernels resident at once",
+                      who, wanted, fit);
+  return wanted > 0 ? wanted : std::min(fit, share);
+}
+
+Result<void*> alloc_mapped(size_t bytes) {
+  void* p = nullptr;
+  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc"));
+  std::memset(p, 0, bytes);
+  return p;
+}
+
+Tensor device_zeros(const Shape& shape, DType dtype) {
+  Tensor t = Tensor::empty(shape, dtype, Device::kCuda);
+  if (t.nbytes() > 0) {
+    const cudaError_t e = cudaMemset(t.raw_data(), 0, t.nbytes());
+    if (e != cudaSuccess) throw std::runtime_error(std::string("cudaMemset: ") + cudaGetErrorString(e));
+  }
+  return t;
+}
+
+namespace {
+const char* phase_name(int32_t phase) {
+  switch (phase) {
+    case kLlPhaseCounts: return "dispatch (waiting for token counts)";
+    case kLlPhaseDispatchData: return "dispatch (waiting for token rows)";
+    case kLlPhaseCombineData: return "combine (waiting for expert outputs)";
+    default: return "exchange";
+  }
+}
+}  // namespace
+
+Status report_status(const LlError& err, const ReportContext& ctx) {
+  const int32_t code = err.code;
+  if (code == kLlOk) return ok_status();
+  const std::string who = fmt::format("{} (GPU {}), call #{}", ctx.who, ctx.device, static_cast<int64_t>(err.epoch));
+  switch (code) {
+    case kLlTimeout:
+      return make_error(ErrorCode::kInternal,
+                        "{}: {} timed out after {} ms: rank {} did not arrive (it never called, stalled, or failed before "
+                        "launching); the EP group is unusable now",
+                        who, phase_name(err.phase), ctx.timeout.count(), err.peer);
+    case kLlAborted:
+      return make_error(ErrorCode::kInternal, "{}: {} aborted while waiting for rank {}: {}", who, phase_name(err.phase),
+                        err.peer, ctx.abort_reason);
+    case kLlBadExpert:
+      return make_error(ErrorCode::kInvalidArgument, "{}: topk_ids[{}, {}] = {} is outside [-1, {}) (skipped)", who,
+                        err.peer / ctx.top_k, err.peer % ctx.top_k, static_cast<int64_t>(err.value), ctx.num_experts);
+    case kLlOverflow:
+      return make_error(ErrorCode::kInvalidArgument,
+                        "{}: token {} overflowed an expert slab (row {} of {}): a token's expert ids must be distinct", who,
+                        err.peer / ctx.top_k, static_cast<int64_t>(err.value), ctx.slab_rows);
+    default: return make_error(ErrorCode::kInternal, "{}: unknown kernel error code {}", who, code);
+  }
+}
+
+}  // namespace pdserve::moe::gpu::detail
+
+#endif  // PDSERVE_HAVE_CUDA
