@@ -281,7 +281,8 @@ Row run_normal_case(const Options& o, const std::vector<int>& devices, int64_t T
     partial[i] = Tensor::empty({R * T, o.hidden}, DType::kBF16, Device::kCuda);
     ck(cudaMemset(partial[i].raw_data(), 0, partial[i].nbytes()), "memset");
     sink[i] = Tensor::empty({R * T * disp_row}, DType::kF8E4M3, Device::kCuda);
-    source[i] = Tensor::empty({T * disp_row}, DType::kF8E4M3, Device::kCuda);
+    // A token goes to every rank owning one of its experts: up to R rows of it leave this rank.
+    source[i] = Tensor::empty({R * T * disp_row}, DType::kF8E4M3, Device::kCuda);
     ck(cudaStreamCreateWithFlags(&streams[i], cudaStreamNonBlocking), "stream");
   }
   ck(cudaDeviceSynchronize(), "setup");
