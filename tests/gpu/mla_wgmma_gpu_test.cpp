@@ -68,6 +68,25 @@ CoreRun make_inputs(const CoreCase& c, uint32_t seed) {
   return r;
 }
 
+// The core's arguments for case c over its inputs and outputs (o_part / lse empty without splits).
+mla::DecodeCoreArgs core_args(const CoreCase& c, const CoreRun& in, Tensor& o_lat, Tensor& o_part, Tensor& lse) {
+  mla::DecodeCoreArgs a;
+  a.q_abs = in.q_abs.raw_data();
+  a.pool = in.pool.raw_data();
+  a.page_size = c.page_size;
+  a.page_table = in.table.data<int32_t>();
+  a.page_table_stride = in.max_pages;
+  a.seq_lens = in.lens.data<int32_t>();
+  a.batch = static_cast<int>(c.lens.size());
+  a.heads = c.heads;
+  a.num_splits = c.splits;
+  a.scale = 0.1352337788608801f;
+  a.o_lat = o_lat.raw_data();
+  a.o_part = c.splits > 1 ? o_part.data<float>() : nullptr;
+  a.lse_part = c.splits > 1 ? lse.data<float>() : nullptr;
+  return a;
+}
+
 // Runs one core (wgmma variant, or -1 for mma.sync) and the combine; returns o_lat as host f32.
 Tensor run_core(const CoreCase& c, const CoreRun& in, int variant) {
   const int batch = static_cast<int>(c.lens.size());
@@ -77,20 +96,7 @@ Tensor run_core(const CoreCase& c, const CoreRun& in, int variant) {
     o_part = poisoned_device({batch, c.splits, c.heads, mla::kDecodeValue});
     lse = poisoned_device({batch, c.splits, c.heads});
   }
-  mla::DecodeCoreArgs a;
-  a.q_abs = in.q_abs.raw_data();
-  a.pool = in.pool.raw_data();
-  a.page_size = c.page_size;
-  a.page_table = in.table.data<int32_t>();
-  a.page_table_stride = in.max_pages;
-  a.seq_lens = in.lens.data<int32_t>();
-  a.batch = batch;
-  a.heads = c.heads;
-  a.num_splits = c.splits;
-  a.scale = 0.1352337788608801f;
-  a.o_lat = o_lat.raw_data();
-  a.o_part = c.splits > 1 ? o_part.data<float>() : nullptr;
-  a.lse_part = c.splits > 1 ? lse.data<float>() : nullptr;
+  const mla::DecodeCoreArgs a = core_args(c, in, o_lat, o_part, lse);
   cudaStream_t s = ops::cuda::current_stream();
   if (variant < 0) mla::decode_core(a, s);
   else mla::decode_core_wgmma(a, s, variant);
@@ -148,18 +154,8 @@ TEST(MlaWgmmaGpu, GraphReplayEqualsEager) {
   const CoreCase c{{200, 3, 64}, 128, 16, 1};
   const CoreRun in = make_inputs(c, 950);
   const Tensor eager = run_core(c, in, 0);
-  Tensor o_lat = poisoned_device({3, 128, mla::kDecodeValue}, DType::kBF16);
-  mla::DecodeCoreArgs a;
-  a.q_abs = in.q_abs.raw_data();
-  a.pool = in.pool.raw_data();
-  a.page_size = c.page_size;
-  a.page_table = in.table.data<int32_t>();
-  a.page_table_stride = in.max_pages;
-  a.seq_lens = in.lens.data<int32_t>();
-  a.batch = 3;
-  a.heads = 128;
-  a.scale = 0.1352337788608801f;
-  a.o_lat = o_lat.raw_data();
+  Tensor o_lat = poisoned_device({3, 128, mla::kDecodeValue}, DType::kBF16), none;
+  const mla::DecodeCoreArgs a = core_args(c, in, o_lat, none, none);
   cudaStream_t s = nullptr;
   ops::cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "stream");
   mla::decode_core_wgmma(a, s);  // sets the kernel's shared-memory attribute outside the capture

@@ -6,22 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include "scheduler/tiny_model.h"
+
 #include "model/generate.h"
 #include "scheduler/scheduler.h"
 
 namespace pdserve::scheduler {
 namespace {
 
-const std::string kModel = std::string(PDSERVE_SOURCE_DIR) + "/tests/golden/data/tiny-bf16";
-
-std::shared_ptr<const model::DeepseekV3Model> tiny_model() {
-  static std::shared_ptr<const model::DeepseekV3Model> m = [] {
-    auto r = model::DeepseekV3Model::load(kModel, {});
-    EXPECT_TRUE(r.has_value());
-    return std::shared_ptr<const model::DeepseekV3Model>(std::move(*r));
-  }();
-  return m;
-}
 
 // Greedy ids of one prompt alone, through offline generate (the reference path).
 std::vector<int32_t> alone(const std::vector<int32_t>& prompt, int64_t max_new) {

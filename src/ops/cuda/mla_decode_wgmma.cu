@@ -80,24 +80,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_core_wgmma_kernel(const De
   const int g = lane >> 2, q = lane & 3;
   const int h0 = hb * kH;
   const int len = a.seq_lens[b];
-  const int tiles = (len + kN - 1) / kN;
-  const int per_split = (tiles + a.num_splits - 1) / a.num_splits;
-  const int t_begin = split * per_split, t_end = min(tiles, t_begin + per_split);
-
-  if (t_begin >= t_end) {  // an empty split (short sequence): contributes nothing to the combine
-    if (a.num_splits == 1) {  // only for seq_len 0 (a padding slot): zeros
-      for (int i = tid; i < kH * kV; i += kThreads) {
-        const int h = h0 + i / kV;
-        if (h < a.heads) static_cast<bf16*>(a.o_lat)[(int64_t(b) * a.heads + h) * kV + i % kV] = __float2bfloat16_rn(0.0f);
-      }
-      return;
-    }
-    for (int i = tid; i < kH * kV; i += kThreads) {
-      const int h = h0 + i / kV;
-      if (h < a.heads) a.o_part[((int64_t(b) * a.num_splits + split) * a.heads + h) * kV + i % kV] = 0.0f;
-    }
-    for (int r = tid; r < kH; r += kThreads)
-      if (h0 + r < a.heads) a.lse_part[(int64_t(b) * a.num_splits + split) * a.heads + h0 + r] = -INFINITY;
+  const SplitTiles st = decode_split_tiles(a, b, split);
+  const int t_begin = st.begin, t_end = st.end;
+  if (t_begin >= t_end) {
+    decode_write_empty_split<kThreads>(a, b, split, h0, tid);
     return;
   }
 

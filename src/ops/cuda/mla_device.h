@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "ops/cuda/mla_kernels.h"
+
 namespace pdserve::ops::cuda::mla {
 
 using bf16 = __nv_bfloat16;
@@ -149,6 +151,40 @@ __device__ __forceinline__ float online_softmax_step(float* s_sc, int n, float* 
   l_run = l_run * alpha + sum;
   m_run = m_new;
   return alpha;
+}
+
+
+// ---- decode core: the work split shared by the mma.sync and wgmma kernels --------------------------
+
+// The 64-token tiles [begin, end) of sequence b that KV split `split` covers.
+struct SplitTiles {
+  int begin, end;
+};
+__device__ __forceinline__ SplitTiles decode_split_tiles(const DecodeCoreArgs& a, int b, int split) {
+  const int tiles = (a.seq_lens[b] + kDecodeTokensPerTile - 1) / kDecodeTokensPerTile;
+  const int per_split = (tiles + a.num_splits - 1) / a.num_splits;
+  const int begin = split * per_split;
+  return {begin, min(tiles, begin + per_split)};
+}
+
+// What an empty split (a short sequence) writes for heads h0 .. h0+63: nothing for the combine
+// (zero partials, -inf log-sum-exp), or zeros for a seq_len 0 padding slot without splits.
+template <int kThreads>
+__device__ __forceinline__ void decode_write_empty_split(const DecodeCoreArgs& a, int b, int split, int h0, int tid) {
+  constexpr int kH = kDecodeHeadsPerCta, kV = kDecodeValue;
+  if (a.num_splits == 1) {
+    for (int i = tid; i < kH * kV; i += kThreads) {
+      const int h = h0 + i / kV;
+      if (h < a.heads) static_cast<bf16*>(a.o_lat)[(int64_t(b) * a.heads + h) * kV + i % kV] = __float2bfloat16_rn(0.0f);
+    }
+    return;
+  }
+  for (int i = tid; i < kH * kV; i += kThreads) {
+    const int h = h0 + i / kV;
+    if (h < a.heads) a.o_part[((int64_t(b) * a.num_splits + split) * a.heads + h) * kV + i % kV] = 0.0f;
+  }
+  for (int r = tid; r < kH; r += kThreads)
+    if (h0 + r < a.heads) a.lse_part[(int64_t(b) * a.num_splits + split) * a.heads + h0 + r] = -INFINITY;
 }
 
 }  // namespace pdserve::ops::cuda::mla
