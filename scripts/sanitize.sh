@@ -2,7 +2,11 @@
 # Sanitizer builds (g++, PDSERVE_CUDA=OFF):
 #   asan: build-asan/ with AddressSanitizer + UndefinedBehaviorSanitizer (leak checking on, any
 #         UB finding aborts), running every unit and e2e test (ctest -LE gpu), as the README's
-#         test command does in build/.
+#         test command does in build/. ASAN_SCOPE=ci (what .ci/run runs, to stay within its time
+#         limit) leaves out the e2e suites in ASAN_CI_SKIP: disagg_e2e (10 minutes under ASan, and
+#         its 20 s KV transfer deadlines expire there: docs/reliability.md) and those whose time
+#         goes to process start-up, fixed-length load and scripts rather than to parsing; run the
+#         default (all) before merging changes to parsers or memory ownership, and nightly.
 #   tsan: build-tsan/ with ThreadSanitizer, running the unit tests of the threaded modules:
 #         scheduler, http, parallel, and router/disagg where present.
 # Each prints its wall time; a failing test or a sanitizer report fails the script.
@@ -10,6 +14,7 @@
 #   scripts/sanitize.sh            # both
 #   scripts/sanitize.sh tsan       # one of them
 #   CTEST_ARGS="-R Radix" scripts/sanitize.sh asan
+#   ASAN_SCOPE=ci scripts/sanitize.sh asan
 #   TSAN_MODULES=http scripts/sanitize.sh tsan
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,11 +38,18 @@ run_asan() {
   configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
   cmake --build "$dir" -j "$JOBS"
   local built=$SECONDS
+  local select=(-LE gpu)
+  case ${ASAN_SCOPE:-all} in
+    all) ;;
+    ci) local skip=${ASAN_CI_SKIP:-disagg_e2e reliability_e2e multinode_e2e soak_e2e slurm_e2e launch_e2e local_scripts_e2e}
+        select+=(-E "^(${skip// /|})\$") ;;
+    *) echo "sanitize.sh: unknown ASAN_SCOPE '$ASAN_SCOPE' (all, ci)" >&2; return 2 ;;
+  esac
   # exitcode 23 is ASan's own; a leak at exit of a server the e2e tests started fails them too.
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0} \
   UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-    ctest --test-dir "$dir" --output-on-failure -j "$JOBS" -LE gpu ${CTEST_ARGS:-}
-  echo "sanitize.sh: asan+ubsan: build $((built - start)) s, tests $((SECONDS - built)) s"
+    ctest --test-dir "$dir" --output-on-failure -j "$JOBS" "${select[@]}" ${CTEST_ARGS:-}
+  echo "sanitize.sh: asan+ubsan (${ASAN_SCOPE:-all}): build $((built - start)) s, tests $((SECONDS - built)) s"
 }
 
 run_tsan() {

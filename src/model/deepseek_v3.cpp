@@ -98,7 +98,7 @@ Tensor moe_experts_forward(const MoeWeights& m, const Tensor& x, const Tensor& i
   return out;
 }
 
-Tensor DeepseekV3Model::moe(int64_t layer, const Tensor& x, RoutingTrace* trace) const {
+Result<Tensor> DeepseekV3Model::moe(int64_t layer, const Tensor& x, const ForwardOptions& opts) const {
   const auto& m = w_.layers[static_cast<size_t>(layer)].moe;
   const int64_t n = x.size(0), k = cfg_.num_experts_per_tok;
   Tensor logits = Tensor::empty({n, cfg_.n_routed_experts}, DType::kF32);
@@ -108,8 +108,14 @@ Tensor DeepseekV3Model::moe(int64_t layer, const Tensor& x, RoutingTrace* trace)
     ops::linear(x, m.router, logits);
     ops::moe_gate(logits, m.correction_bias, cfg_.gate_params(), ids, weights);
   }
-  Tensor out = moe_experts_forward(m, x, ids, weights);
-  if (trace) {
+  Tensor out;
+  if (opts.routed) {
+    out = mlp_forward(m.shared, x);
+    PDSERVE_RETURN_IF_ERROR(opts.routed->forward(layer, x, ids, weights, out));
+  } else {
+    out = moe_experts_forward(m, x, ids, weights);
+  }
+  if (auto* trace = opts.routing) {
     auto& rows = trace->experts[layer];
     for (int64_t t = 0; t < n; ++t) {
       std::vector<int32_t> r(ids.data<int32_t>() + t * k, ids.data<int32_t>() + (t + 1) * k);
@@ -224,9 +230,27 @@ Status validate_batch(const ModelConfig& cfg, const std::vector<SequenceInput>& 
   return ok_status();
 }
 
+Status DeepseekV3Model::idle_forward(RoutedExperts& routed) const {
+  const int64_t hidden = cfg_.hidden_size, k = cfg_.num_experts_per_tok;
+  Tensor x = Tensor::empty({0, hidden}, DType::kF32), out = Tensor::empty({0, hidden}, DType::kF32);
+  Tensor ids = Tensor::empty({0, k}, DType::kI32), weights = Tensor::empty({0, k}, DType::kF32);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    if (!w_.layers[static_cast<size_t>(l)].is_moe) continue;
+    trace::ScopedSpan span("moe", static_cast<int32_t>(l));
+    PDSERVE_RETURN_IF_ERROR(routed.forward(l, x, ids, weights, out));
+  }
+  return ok_status();
+}
+
 Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch, LatentKvPool& pool,
                                         const ForwardOptions& opts) const {
-  PDSERVE_RETURN_IF_ERROR(validate_batch(cfg_, batch, pool.num_pages(), pool.page_size()));
+  if (Status valid = validate_batch(cfg_, batch, pool.num_pages(), pool.page_size()); !valid.has_value()) {
+    if (opts.routed) {
+      if (Status idle = idle_forward(*opts.routed); !idle.has_value())
+        log::error("idle pass after a rejected batch failed: {}", idle.error().message());
+    }
+    return valid.error();
+  }
   int64_t n = 0;
   for (const auto& seq : batch) n += static_cast<int64_t>(seq.tokens.size());
   Tensor ids = Tensor::empty({n}, DType::kI32), positions = Tensor::empty({n}, DType::kI32);
@@ -263,7 +287,12 @@ Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch,
       ops::rms_norm(h, lw.post_attention_layernorm, eps, x);
     }
     trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
-    ops::add_inplace(h, lw.is_moe ? moe(l, x, opts.routing) : mlp_forward(lw.dense, x));
+    if (lw.is_moe) {
+      PDSERVE_ASSIGN_OR_RETURN(Tensor y, moe(l, x, opts));
+      ops::add_inplace(h, y);
+    } else {
+      ops::add_inplace(h, mlp_forward(lw.dense, x));
+    }
   }
   // Final norm and lm_head only on the rows whose logits are wanted.
   Tensor rows;

@@ -36,10 +36,27 @@ struct RoutingTrace {
   std::map<int64_t, std::vector<std::vector<int32_t>>> experts;
 };
 
+// The routed half of each MoE layer when it is computed elsewhere than on this rank's own weights:
+// expert parallelism (moe/ep_model_experts.h) sends the tokens to the ranks holding their experts.
+// The model runs the gate and the shared expert on its own tokens and hands over the rest.
+class RoutedExperts {
+ public:
+  virtual ~RoutedExperts() = default;
+  // x [n, hidden] f32 and the gate's choice (ids [n, top_k] i32 logical experts, weights [n, top_k]
+  // f32); adds the routed experts' weighted sum into out [n, hidden]. n may be 0 (an idle rank's
+  // pass: its peers' exchanges still need it). Called for every MoE layer in layer order.
+  virtual Status forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                         Tensor& out) = 0;
+  // Before each pass (real or idle): facts gathered over the whole group, the same on every rank,
+  // from which an implementation picks how tokens travel in this pass (every rank the same way).
+  virtual void begin_step(int64_t group_max_tokens, bool group_extends) = 0;
+};
+
 struct ForwardOptions {
   bool all_logits = false;         // logits of every new token instead of each sequence's last
   bool force_absorbed = false;     // use the absorbed MLA form for prefill too (tests)
   RoutingTrace* routing = nullptr;
+  RoutedExperts* routed = nullptr;  // nullptr: every expert is local
 };
 
 // The CPU reference blocks (f32): a gated MLP, and the routed experts for given routing (ids,
@@ -70,14 +87,21 @@ class DeepseekV3Model {
   // returns f32 logits: [num_sequences, vocab] (last token of each), or [total_new_tokens, vocab]
   // with all_logits. Sequences with one new token and a prefix use the absorbed decode form;
   // others the expanded prefill form. Errors for ids out of range or uncovered page tables.
+  // With opts.routed, a batch that fails validation still runs an idle pass (idle_forward) before
+  // the error returns, so that the rank's peers are not left waiting in their exchanges.
   Result<Tensor> forward(const std::vector<SequenceInput>& batch, LatentKvPool& pool,
                          const ForwardOptions& opts = {}) const;
+
+  // A pass without tokens (SGLang's idle batch under expert parallelism): every MoE layer's routed
+  // part with n = 0, in layer order, so that a rank with no requests takes part in its peers'
+  // token exchanges.
+  Status idle_forward(RoutedExperts& routed) const;
 
  private:
   DeepseekV3Model(ModelConfig cfg, ModelWeights w) : cfg_(std::move(cfg)), w_(std::move(w)) {}
   Tensor attention(int64_t layer, const Tensor& x, const std::vector<SequenceInput>& batch,
                    const Tensor& positions, LatentKvPool& pool, const ForwardOptions& opts) const;
-  Tensor moe(int64_t layer, const Tensor& x, RoutingTrace* trace) const;
+  Result<Tensor> moe(int64_t layer, const Tensor& x, const ForwardOptions& opts) const;
 
   ModelConfig cfg_;
   ModelWeights w_;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -230,8 +231,15 @@ Result<Tensor> SafetensorsFile::tensor(const std::string& name) const {
     return make_error(ErrorCode::kUnsupported, "{}: tensor '{}' has dtype {}, which pdserve cannot load",
                       path_.string(), name, t.dtype_name);
   // MAP_PRIVATE + PROT_READ: writing through the view faults instead of touching the file.
-  auto storage = Storage::borrow(const_cast<char*>(data_ + t.data_begin), t.data_end - t.data_begin, mapping_);
-  return Tensor::from_storage(std::move(storage), 0, t.shape, t.dtype);
+  const char* bytes = data_ + t.data_begin;
+  auto storage = Storage::borrow(const_cast<char*>(bytes), t.data_end - t.data_begin, mapping_);
+  Tensor view = Tensor::from_storage(std::move(storage), 0, t.shape, t.dtype);
+  // The format packs tensors without padding, so one after an odd-sized tensor (e.g. 15 fp8 bytes)
+  // can start at any address; reading it as float/int through data<T>() would be undefined
+  // (UBSan: misaligned load). Such a tensor is copied into aligned memory; aligned ones (Hugging
+  // Face's writer orders tensors by element size, so all of theirs) stay zero-copy.
+  if (reinterpret_cast<uintptr_t>(bytes) % dtype_size(t.dtype) != 0) return view.clone();
+  return view;
 }
 
 Result<Checkpoint> Checkpoint::open(const std::filesystem::path& dir) {

@@ -38,7 +38,8 @@ class SafetensorsFile {
   const std::filesystem::path& path() const { return path_; }
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  // A zero-copy view into the mapping (keeps the mapping alive).
+  // A zero-copy view into the mapping (keeps the mapping alive); a copy for a tensor whose start
+  // is not aligned to its element size.
   Result<Tensor> tensor(const std::string& name) const;
 
  private:

@@ -24,6 +24,14 @@ struct KvBufferView {
   bool on_device = false;       // GPU memory (cuda-ipc) or host memory (tcp)
 };
 
+// What every rank of an expert-parallel group learns before a pass (SGLang's prepare_mlp_sync_batch):
+// gathered over the group, so the same on every rank.
+struct GroupStep {
+  int64_t max_tokens = 0;   // most new tokens any rank runs in this pass (0: nobody runs one)
+  bool any_extend = false;  // some rank runs a prefill/extend batch
+  bool any_awake = false;   // some rank has queued or running work (0 tokens may mean held or blocked)
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -48,13 +56,20 @@ class ModelRunner {
   // Makes the following forwards write each MoE layer's chosen experts into *trace (nullptr: off),
   // for the expert distribution recorder. Returns false if this runner cannot report routing.
   virtual bool set_routing_trace(model::RoutingTrace* /*trace*/) { return false; }
+  // Expert parallelism: the group's facts before each pass (real or idle), and a pass without
+  // tokens of this rank's own so that its peers' token exchanges complete. No-ops for runners that
+  // hold every expert.
+  virtual void begin_group_step(const GroupStep& /*step*/) {}
+  virtual Status idle_forward() { return ok_status(); }
 };
 
 // DeepSeek-V3 on its paged latent cache.
 class DeepseekV3Runner final : public ModelRunner {
  public:
-  DeepseekV3Runner(std::shared_ptr<const model::DeepseekV3Model> model, int64_t max_total_tokens, int64_t page_size)
-      : model_(std::move(model)), pool_(model_->make_kv_pool(max_total_tokens, page_size)) {}
+  // `routed`: this rank's share of the experts under expert parallelism (nullptr: all local).
+  DeepseekV3Runner(std::shared_ptr<const model::DeepseekV3Model> model, int64_t max_total_tokens, int64_t page_size,
+                   std::shared_ptr<model::RoutedExperts> routed = nullptr)
+      : model_(std::move(model)), pool_(model_->make_kv_pool(max_total_tokens, page_size)), routed_(std::move(routed)) {}
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t num_pages() const override { return pool_->num_pages(); }
   int64_t page_size() const override { return pool_->page_size(); }
@@ -63,8 +78,13 @@ class DeepseekV3Runner final : public ModelRunner {
     model::ForwardOptions opts;
     opts.all_logits = all_logits;
     opts.routing = routing_;
+    opts.routed = routed_.get();
     return model_->forward(batch, *pool_, opts);
   }
+  void begin_group_step(const GroupStep& step) override {
+    if (routed_) routed_->begin_step(step.max_tokens, step.any_extend);
+  }
+  Status idle_forward() override { return routed_ ? model_->idle_forward(*routed_) : ok_status(); }
   bool set_routing_trace(model::RoutingTrace* trace) override {
     routing_ = trace;
     return true;
@@ -82,6 +102,7 @@ class DeepseekV3Runner final : public ModelRunner {
  private:
   std::shared_ptr<const model::DeepseekV3Model> model_;
   std::unique_ptr<model::LatentKvPool> pool_;
+  std::shared_ptr<model::RoutedExperts> routed_;
   model::RoutingTrace* routing_ = nullptr;
 };
 

@@ -16,6 +16,10 @@ namespace {
 log::RankPrefix rank_prefix(const SchedulerConfig& cfg) {
   log::RankPrefix p;
   if (cfg.dp_size > 1) p.dp_rank = cfg.dp_rank;
+  p.tp_rank = cfg.tp_rank;
+  p.tp_size = cfg.tp_size;
+  p.ep_rank = cfg.ep_rank;
+  p.ep_size = cfg.ep_size;
   return p;
 }
 
@@ -63,6 +67,8 @@ void Scheduler::stop(const std::string& reason) {
     }
     stop_reason_ = reason;
   }
+  // A peer blocked in an exchange with this rank would otherwise wait out the collective timeout.
+  if (sync_) sync_->abort(reason);
   inbox_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   // Nothing is lost: everything still queued or running ends with a clear abort.
@@ -108,6 +114,16 @@ std::future<nlohmann::json> Scheduler::control(const std::string& command, nlohm
 
 void Scheduler::loop() {
   while (!stopping_) {
+    if (sync_) {
+      // Lockstep: every iteration of an awake group is one agreement (scheduler_group.cpp).
+      if (!wait_for_group_work()) continue;
+      if (!step() && !group_asleep_) {
+        // Awake but nobody ran a pass (held decode, PD transfers only): poll again soon.
+        std::unique_lock<std::mutex> lock(inbox_mu_);
+        inbox_cv_.wait_for(lock, std::chrono::milliseconds(1), [&] { return !inbox_.empty() || stopping_.load(); });
+      }
+      continue;
+    }
     // Idle: block until a message arrives (step() then takes it); busy: step() polls.
     if (waiting_.empty() && running_.empty() && !chunked_owner_ && !disagg_busy()) {
       std::unique_lock<std::mutex> lock(inbox_mu_);
@@ -277,7 +293,9 @@ void Scheduler::end_decode_hold(const std::string& reason) {
   decode_hold_until_.reset();
 }
 
-bool Scheduler::step() {
+bool Scheduler::step() { return sync_ ? group_step() : step_local(); }
+
+bool Scheduler::step_local() {
   drain_inbox();
   if (cfg_.disagg_mode != DisaggMode::kNull) process_disagg_queues();
   if (waiting_.empty() && running_.empty() && !chunked_owner_) {
@@ -419,7 +437,8 @@ bool Scheduler::run_prefill() {
   }
   log_prefill(new_seqs, new_tokens, cached_in_batch);
   profiler_.forward_begin();
-  auto logits = runner_->forward(batch, all_logits);
+  const Status joined = join_group_pass(new_tokens, true);
+  auto logits = joined.has_value() ? runner_->forward(batch, all_logits) : Result<Tensor>(joined.error());
   profiler_.forward_end("prefill", static_cast<int64_t>(batch.size()), new_tokens);
   if (!logits) {
     log::error("prefill forward failed: {}", logits.error().message());
@@ -539,7 +558,9 @@ bool Scheduler::run_decode() {
   std::vector<int32_t> sampled;
   std::optional<Error> forward_error;
   profiler_.forward_begin();
-  if (device_sampling) {
+  if (Status joined = join_group_pass(static_cast<int64_t>(batch.size()), false); !joined.has_value()) {
+    forward_error = joined.error();
+  } else if (device_sampling) {
     std::vector<model::RowSampling> rows(running_.size());
     for (size_t i = 0; i < running_.size(); ++i) {
       const Request& r = *running_[i];

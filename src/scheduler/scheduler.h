@@ -27,6 +27,7 @@
 #include "scheduler/model_runner.h"
 #include "scheduler/request.h"
 #include "scheduler/step_profiler.h"
+#include "scheduler/step_sync.h"
 
 namespace pdserve::scheduler {
 
@@ -41,6 +42,11 @@ class TextDecoder {
 struct SchedulerConfig {
   int dp_rank = 0;
   int dp_size = 1;
+  // For the log prefix only: SGLang names each rank's TP and EP position ("DP3 TP3 EP3").
+  int tp_rank = 0;
+  int tp_size = 1;
+  int ep_rank = 0;
+  int ep_size = 1;
   int64_t max_running_requests = 256;
   int64_t chunked_prefill_size = 8192;   // tokens per prefill chunk; <= 0 disables chunking
   int64_t max_prefill_tokens = 16384;    // new tokens in one prefill batch
@@ -101,6 +107,9 @@ class Scheduler {
   // PD mode: the endpoints that create per-request senders (prefill) or receivers (decode). Set
   // before start(); without it a PD request fails with a clear error.
   void set_disagg_endpoints(std::shared_ptr<DisaggEndpoints> e) { disagg_ = std::move(e); }
+  // Expert parallelism: run in lockstep with the other DP ranks of the group (step_sync.h). Call
+  // before start().
+  void set_step_sync(std::shared_ptr<StepSync> sync);
 
   // One iteration: take inbox, maybe sleep (slow_down), run one prefill or decode batch. Returns
   // true if it did any work. Only for tests, when the thread is not started.
@@ -133,6 +142,7 @@ class Scheduler {
   using Message = std::variant<GenerateInput, Abort, Control>;
 
   void loop();
+  bool step_local();   // one iteration of a rank on its own: the old step()
   void drain_inbox();  // takes every queued message, without waiting (loop() does the waiting)
   void handle(GenerateInput&& in);
   void handle(Abort&& a);
@@ -167,6 +177,13 @@ class Scheduler {
   void disagg_fail(std::unique_ptr<Request> r, const std::string& message, bool transfer_phase);
   std::string disagg_prefill_log() const;
   std::string disagg_decode_log() const;
+  // Expert-parallel lockstep (scheduler_group.cpp).
+  bool wait_for_group_work();  // false: woke without work (timeout or stop)
+  bool group_step();           // step() under a StepSync
+  Status join_group_pass(int64_t tokens, bool extend);  // before a real forward
+  bool idle_group_pass();      // when this rank had no forward in the iteration; true if it ran one
+  void group_failed(const std::string& reason);
+  void fail_everything(const std::string& reason, int status);
 
   SchedulerConfig cfg_;
   std::shared_ptr<ModelRunner> runner_;
@@ -205,6 +222,11 @@ class Scheduler {
   std::list<std::unique_ptr<Request>> prealloc_queue_;   // decode: handshake / waiting for KV memory
   std::list<std::unique_ptr<Request>> transfer_queue_;   // decode: KV being received
   int64_t disagg_loop_ct_ = 0;
+  std::shared_ptr<StepSync> sync_;  // null: this rank runs on its own
+  uint64_t agreements_ = 0;         // agreements made so far (the same count on every rank)
+  bool group_asleep_ = true;        // the group agreed nobody has work; wait for a message or a ring
+  bool agreed_this_step_ = false;
+  std::optional<std::string> group_error_;  // the group broke: every request fails with this
 
   mutable std::mutex stats_mu_;
   SchedulerStats stats_;

@@ -29,6 +29,8 @@ class RecordingRunner final : public scheduler::ModelRunner {
   scheduler::KvBufferView kv_buffers() override { return inner_->kv_buffers(); }
   bool last_forward_used_graph() const override { return inner_->last_forward_used_graph(); }
   bool set_routing_trace(model::RoutingTrace* trace) override { return inner_->set_routing_trace(trace); }
+  void begin_group_step(const scheduler::GroupStep& step) override { inner_->begin_group_step(step); }
+  Status idle_forward() override { return inner_->idle_forward(); }
 
   Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
     const int64_t pass_id = forward_ct_++;

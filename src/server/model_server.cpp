@@ -9,6 +9,7 @@
 #include "base/logging.h"
 #include "http/client.h"
 #include "http/signals.h"
+#include "moe/ep_dispatch_low_latency.h"
 #include "scheduler/model_runner.h"
 
 namespace pdserve::server {
@@ -92,6 +93,25 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   const auto& c = s->config_;
   if (!(args.watchdog_timeout > 0)) return make_error(ErrorCode::kInvalidArgument, "--watchdog-timeout must be positive");
   PDSERVE_ASSIGN_OR_RETURN(s->disagg_, DisaggSetup::create(args));
+  for (const auto& note : args.layout->notes()) log::info("{}", note);
+  if (args.enable_two_batch_overlap)
+    log::warning("--enable-two-batch-overlap is accepted but not implemented: passes run without the overlap");
+  if (args.expert_parallel()) {
+    if (args.nnodes > 1)
+      return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
+    if (args.device == "cuda" || (args.device == "auto" && model::cuda_device_available()))
+      return make_error(ErrorCode::kUnsupported,
+                        "--moe-a2a-backend deepep runs on CPU ranks in this build: pass --device cpu (the GPU "
+                        "dispatch/combine kernels of src/moe/cuda are not wired into the GPU model yet)");
+    if (args.expert.ep_num_redundant_experts > 0 || args.expert.enable_eplb)
+      return make_error(ErrorCode::kUnsupported,
+                        "--moe-a2a-backend deepep with redundant experts or --enable-eplb is not supported in this build");
+    PDSERVE_ASSIGN_OR_RETURN(const int64_t max_dispatch, moe::max_dispatch_tokens_per_rank_from_env());
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(args.watchdog_timeout * 500));
+    PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, timeout, max_dispatch));
+    log::info("DeepEP MoE: {} EP ranks, {} routed experts each, --deepep-mode {}, low-latency buffers for {} tokens "
+              "per rank", args.ep_size, c.n_routed_experts / args.ep_size, args.deepep_mode, max_dispatch);
+  }
   PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args));
   if (args.context_length > c.max_position_embeddings)
     log::warning("--context-length {} is longer than the model's max_position_embeddings {}", args.context_length,
@@ -134,19 +154,28 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     const int64_t rank = a.first_local_rank() + i;
     if (i > 0 && !dynamic_cast<scheduler::DeepseekV3Runner*>(runner.get()))
       return make_error(ErrorCode::kUnsupported, "more than one DP rank per process runs on the CPU backend only in this build");
-    auto rank_runner = i == 0 ? runner
-                              : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
+    std::shared_ptr<scheduler::ModelRunner> rank_runner =
+        s->ep_ranks_ ? std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size,
+                                                                     s->ep_ranks_->experts(static_cast<int>(rank)))
+        : i == 0     ? runner
+                     : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
     if (s->experts_) {
       PDSERVE_ASSIGN_OR_RETURN(rank_runner, s->experts_->wrap(rank_runner, static_cast<int>(rank)));
     }
     sc.dp_rank = static_cast<int>(rank);
     sc.dp_size = static_cast<int>(a.dp_size);
+    // With DP attention each DP rank is tp/dp consecutive TP ranks; it logs as the first.
+    sc.tp_size = static_cast<int>(a.tp_size);
+    sc.tp_rank = static_cast<int>(rank * (a.tp_size / std::max<int64_t>(1, a.dp_size)));
+    sc.ep_size = s->ep_ranks_ ? static_cast<int>(a.ep_size) : 1;
+    sc.ep_rank = s->ep_ranks_ ? static_cast<int>(rank) : 0;
     s->kv_views_.push_back(rank_runner->kv_buffers());
     s->schedulers_.push_back(std::make_unique<scheduler::Scheduler>(
         sc, rank_runner, decoder, [self](scheduler::RequestOutput&& out) {
           if (self->service_) self->service_->deliver(std::move(out));
           else self->tm_->on_output(std::move(out));
         }));
+    if (s->ep_ranks_) s->schedulers_.back()->set_step_sync(s->ep_ranks_->sync(static_cast<int>(rank)));
     s->local_ranks_.push_back(std::make_unique<LocalRank>(s->schedulers_.back().get()));
   }
   log::info("max_total_num_tokens={}, chunked_prefill_size={}, max_prefill_tokens={}, max_running_requests={}, context_len={}{}",

@@ -18,6 +18,7 @@
 #include "scheduler/scheduler.h"
 #include "server/decode_hold.h"
 #include "server/disagg_setup.h"
+#include "server/ep_ranks.h"
 #include "server/expert_record.h"
 #include "server/metrics.h"
 #include "server/rank_handle.h"
@@ -71,6 +72,7 @@ class ModelServer {
   model::ModelConfig config_;
   std::shared_ptr<const model::DeepseekV3Model> model_;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
+  std::unique_ptr<EpRanks> ep_ranks_;  // expert parallelism; declared before the schedulers that use it
   std::vector<std::unique_ptr<scheduler::Scheduler>> schedulers_;  // this node's DP ranks
   std::vector<std::unique_ptr<LocalRank>> local_ranks_;
   std::vector<RankHandle*> ranks_;  // node 0: every DP rank of the server, by DP rank; others: local

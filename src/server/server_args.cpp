@@ -34,6 +34,17 @@ void add_parallel_flags(CLI::App& app, ServerArgs& a) {
       ->capture_default_str()->check(CLI::Range(1, 1024));
   app.add_flag("--enable-dp-attention", a.enable_dp_attention,
                "Data-parallel attention: every DP rank runs its own requests; global limits are divided among them");
+  app.add_option("--ep-size,--ep", a.ep_size, "Expert-parallel size (--moe-a2a-backend deepep sets it to --tp-size)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  app.add_option("--moe-a2a-backend", a.moe_a2a_backend, "How MoE tokens move between EP ranks: none | deepep")
+      ->capture_default_str();
+  app.add_option("--deepep-mode", a.deepep_mode, "normal | low_latency | auto (normal for prefill, low-latency for decode)")
+      ->capture_default_str();
+  app.add_option("--moe-dense-tp-size", a.moe_dense_tp_size, "TP size of the dense layers (only 1: data-parallel)")
+      ->check(CLI::Range(1, 1024));
+  app.add_flag("--enable-dp-lm-head", a.enable_dp_lm_head, "LM head per DP rank (needs --enable-dp-attention)");
+  app.add_flag("--enable-two-batch-overlap", a.enable_two_batch_overlap,
+               "Accepted; this build runs passes without the two-batch overlap");
   app.add_option("--dist-init-addr", a.dist_init_addr, "HOST:PORT where node 0 waits for the other nodes");
   app.add_option("--nnodes", a.nnodes, "Nodes (processes) of this server")->capture_default_str()->check(CLI::Range(1, 1024));
   app.add_option("--node-rank", a.node_rank, "This node's rank (0 serves HTTP)")->capture_default_str()
@@ -123,6 +134,20 @@ Status ServerArgs::resolve_parallel() {
                            "have: use --tp-size {} --dp-size {} --enable-dp-attention",
                            tp_size, tp_size, tp_size));
   }
+  parallel::ParallelConfig pc;
+  pc.tp_size = static_cast<int>(tp_size);
+  pc.dp_size = static_cast<int>(dp_size);
+  pc.ep_size = static_cast<int>(ep_size);
+  pc.enable_dp_attention = enable_dp_attention;
+  pc.enable_dp_lm_head = enable_dp_lm_head;
+  pc.moe_dense_tp_size = static_cast<int>(moe_dense_tp_size);
+  PDSERVE_ASSIGN_OR_RETURN(pc.moe_a2a_backend, parallel::parse_moe_a2a_backend(moe_a2a_backend));
+  PDSERVE_ASSIGN_OR_RETURN(pc.deepep_mode, parallel::parse_deepep_mode(deepep_mode));
+  PDSERVE_ASSIGN_OR_RETURN(layout, parallel::RankLayout::create(pc));
+  ep_size = layout->rank(0).moe_ep_size;  // deepep forces EP = TP, as SGLang
+  if (ep_size > 1 && pc.moe_a2a_backend != parallel::MoeA2aBackend::kDeepEp)
+    return bad(fmt::format("--ep-size {} needs --moe-a2a-backend deepep in this build (the all-gather EP MoE of "
+                           "--moe-a2a-backend none is not implemented)", ep_size));
   if (node_rank >= nnodes) return bad(fmt::format("--node-rank {} must be below --nnodes {}", node_rank, nnodes));
   if (nnodes > 1) {
     if (dist_init_addr.empty()) return bad("--nnodes > 1 needs --dist-init-addr HOST:PORT (node 0's address)");
@@ -134,10 +159,10 @@ Status ServerArgs::resolve_parallel() {
 }
 
 std::string ServerArgs::node_fingerprint() const {
-  return fmt::format("tp_size={} dp_size={} enable_dp_attention={} disaggregation_mode={} page_size={} load_format={} "
-                     "dummy_seed={} context_length={}",
-                     tp_size, dp_size, enable_dp_attention, disaggregation_mode, page_size, load_format, dummy_seed,
-                     context_length);
+  return fmt::format("tp_size={} dp_size={} enable_dp_attention={} ep_size={} moe_a2a_backend={} deepep_mode={} "
+                     "disaggregation_mode={} page_size={} load_format={} dummy_seed={} context_length={}",
+                     tp_size, dp_size, enable_dp_attention, ep_size, moe_a2a_backend, deepep_mode, disaggregation_mode,
+                     page_size, load_format, dummy_seed, context_length);
 }
 
 Status ServerArgs::resolve(int64_t model_context_length, int64_t bytes_per_token) {
@@ -198,6 +223,12 @@ nlohmann::json ServerArgs::to_json() const {
           {"dp_size", dp_size},
           {"ep_size", 1},
           {"enable_dp_attention", enable_dp_attention},
+          {"ep_size", ep_size},
+          {"moe_a2a_backend", moe_a2a_backend},
+          {"deepep_mode", deepep_mode},
+          {"moe_dense_tp_size", moe_dense_tp_size > 0 ? nlohmann::json(moe_dense_tp_size) : nlohmann::json(nullptr)},
+          {"enable_dp_lm_head", enable_dp_lm_head},
+          {"enable_two_batch_overlap", enable_two_batch_overlap},
           {"dist_init_addr", dist_init_addr.empty() ? nlohmann::json(nullptr) : nlohmann::json(dist_init_addr)},
           {"nnodes", nnodes},
           {"node_rank", node_rank},

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "parallel/rank_layout.h"
 #include "server/expert_args.h"
 
 namespace pdserve::server {
@@ -60,6 +61,18 @@ struct ServerArgs {
   // --max-running-requests / --chunked-prefill-size are global, divided among the DP ranks.
   int64_t tp_size = 1;
   bool enable_dp_attention = false;
+  // Expert parallelism (docs/parallel.md §6): with --moe-a2a-backend deepep the DP ranks split the
+  // routed experts (EP size = TP size, as SGLang forces) and exchange tokens in every MoE layer,
+  // running in lockstep. --deepep-mode auto: normal for prefill passes, low-latency for decode.
+  int64_t ep_size = 1;
+  std::string moe_a2a_backend = "none";
+  std::string deepep_mode = "auto";
+  int64_t moe_dense_tp_size = 0;         // 0 = unset; only 1 (dense layers data-parallel) is supported
+  bool enable_dp_lm_head = false;        // the LM head is per DP rank here anyway (no vocab TP)
+  bool enable_two_batch_overlap = false; // accepted; passes run without the overlap (logged)
+  // The layout those flags give (resolve_parallel): ranks, groups, SGLang's notes.
+  std::optional<parallel::RankLayout> layout;
+  bool expert_parallel() const { return moe_a2a_backend == "deepep" && ep_size > 1; }
   // Multi-node (docs/cluster.md): one process per node, each running dp_size / nnodes DP ranks;
   // node 0 serves HTTP and forwards to the others.
   std::string dist_init_addr;

@@ -80,7 +80,7 @@ TEST(MultiNode, TwoNodesGiveTheSameGreedyOutputAsOneProcess) {
 
   // Node 1's rank really ran requests (its own log, with its DP rank), and control commands
   // reach both ranks.
-  EXPECT_NE(two.node1->log().find("DP1] Prefill batch"), std::string::npos) << two.node1->log();
+  EXPECT_NE(two.node1->log().find("DP1 TP1] Prefill batch"), std::string::npos) << two.node1->log();
   http::Client c;
   auto load = c.get(two.node0->url("/get_load"));
   ASSERT_TRUE(load && load->status == 200);

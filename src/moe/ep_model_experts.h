@@ -1,0 +1,53 @@
+// The routed experts of every MoE layer of DeepSeek-V3 under expert parallelism on CPU ranks: the
+// model (model/deepseek_v3.h) runs attention, the gate and the shared expert on this rank's own
+// tokens and hands the rest to this object, which exchanges tokens with the EP group through one
+// EpMoe per MoE layer holding this rank's slice of the experts.
+//
+// The mode of each pass comes from facts gathered over the group before it (begin_step), so every
+// rank runs the same exchange: --deepep-mode auto gives normal for passes in which any rank
+// extends (prefill) and low-latency otherwise; a pass with more tokens on some rank than the
+// low-latency buffers hold (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK) runs in normal mode
+// instead of failing, since both modes compute the same result.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+
+#include "model/deepseek_v3.h"
+#include "moe/ep_moe.h"
+#include "parallel/communicator.h"
+#include "parallel/rank_layout.h"
+
+namespace pdserve::moe {
+
+class EpModelExperts final : public model::RoutedExperts {
+ public:
+  // `ep`: this rank's communicator of its EP group (size = EP size, this rank's index = its EP
+  // rank); it must outlive the object. The model's weights are shared (views), not copied.
+  static Result<std::unique_ptr<EpModelExperts>> create(std::shared_ptr<const model::DeepseekV3Model> model,
+                                                        parallel::Communicator& ep, parallel::DeepEpMode mode,
+                                                        EpMoeOptions opts);
+
+  void begin_step(int64_t group_max_tokens, bool group_extends) override;
+  Status forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                 Tensor& out) override;
+
+  // The mode the current pass runs in (after begin_step).
+  parallel::DeepEpMode step_mode() const { return step_mode_; }
+  const EpGeometry& geometry() const { return geo_; }
+
+ private:
+  EpModelExperts() = default;
+
+  std::shared_ptr<const model::DeepseekV3Model> model_;  // keeps the expert weights alive
+  parallel::Communicator* ep_ = nullptr;
+  parallel::DeepEpMode configured_ = parallel::DeepEpMode::kAuto;
+  parallel::DeepEpMode step_mode_ = parallel::DeepEpMode::kNormal;
+  EpGeometry geo_;
+  EpMoeOptions opts_;
+  std::map<int64_t, EpMoe> layers_;  // MoE layer index -> its exchange and local experts
+  bool warned_overflow_ = false;
+};
+
+}  // namespace pdserve::moe

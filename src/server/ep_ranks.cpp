@@ -1,0 +1,114 @@
+#include "server/ep_ranks.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+#include <functional>
+#include <mutex>
+
+#include "base/logging.h"
+#include "moe/ep_model_experts.h"
+
+namespace pdserve::server {
+
+namespace {
+
+// What the ranks of one group share for sleeping and waking (step_sync.h).
+struct Doorbell {
+  std::atomic<uint64_t> rung_upto{0};  // ring(e) makes it > e: "someone rang for epoch e"
+  std::mutex mu;
+  std::vector<std::function<void()>> wakers;
+};
+
+class CommStepSync final : public scheduler::StepSync {
+ public:
+  CommStepSync(parallel::Communicator& comm, std::shared_ptr<Doorbell> bell, parallel::LocalWorld& world, bool stall)
+      : comm_(comm), bell_(std::move(bell)), world_(world), stall_(stall) {}
+
+  Result<scheduler::GroupStep> agree(int64_t tokens, bool extend, bool awake) override {
+    if (stall_ && tokens > 0) {
+      // Test hook (PDSERVE_EP_TEST_STALL_RANK): this rank hangs before its first pass with tokens,
+      // as a stuck kernel would; its peers must turn that into an error, the watchdog into an exit.
+      log::warning("PDSERVE_EP_TEST_STALL_RANK: this rank stalls");
+      std::this_thread::sleep_for(std::chrono::hours(1));
+    }
+    Tensor mine = Tensor::empty({1, 3}, DType::kI64);
+    mine.data<int64_t>()[0] = tokens;
+    mine.data<int64_t>()[1] = extend ? 1 : 0;
+    mine.data<int64_t>()[2] = awake ? 1 : 0;
+    Tensor all = Tensor::empty({comm_.size(), 3}, DType::kI64);
+    PDSERVE_RETURN_IF_ERROR(comm_.all_gather(mine, all));
+    scheduler::GroupStep g;
+    for (int64_t r = 0; r < comm_.size(); ++r) {
+      const int64_t* row = all.data<int64_t>() + r * 3;
+      g.max_tokens = std::max(g.max_tokens, row[0]);
+      g.any_extend = g.any_extend || row[1] != 0;
+      g.any_awake = g.any_awake || row[2] != 0;
+    }
+    return g;
+  }
+
+  void ring(uint64_t epoch) override {
+    uint64_t cur = bell_->rung_upto.load();
+    while (cur <= epoch && !bell_->rung_upto.compare_exchange_weak(cur, epoch + 1)) {
+    }
+    std::vector<std::function<void()>> wakers;
+    {
+      std::lock_guard<std::mutex> lock(bell_->mu);
+      wakers = bell_->wakers;
+    }
+    for (auto& w : wakers) w();
+  }
+  bool rung(uint64_t epoch) const override { return bell_->rung_upto.load() > epoch; }
+  void set_waker(std::function<void()> wake) override {
+    std::lock_guard<std::mutex> lock(bell_->mu);
+    bell_->wakers.push_back(std::move(wake));
+  }
+  void abort(const std::string& reason) override { world_.abort_all(reason); }
+
+ private:
+  parallel::Communicator& comm_;
+  std::shared_ptr<Doorbell> bell_;
+  parallel::LocalWorld& world_;
+  bool stall_ = false;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& layout,
+                                                 std::shared_ptr<const model::DeepseekV3Model> model,
+                                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank) {
+  auto e = std::unique_ptr<EpRanks>(new EpRanks());
+  parallel::CollectiveOptions opts;
+  opts.timeout = timeout;
+  e->world_ = std::make_unique<parallel::LocalWorld>(layout, opts);
+  moe::EpMoeOptions mo;
+  mo.max_dispatch_tokens_per_rank = max_dispatch_tokens_per_rank;
+  // One doorbell per EP group; with --moe-a2a-backend deepep there is one group of all ranks.
+  std::vector<std::shared_ptr<Doorbell>> bells(static_cast<size_t>(layout.world_size()));
+  for (const auto& members : layout.ep_groups()) {
+    auto bell = std::make_shared<Doorbell>();
+    for (int m : members) bells[static_cast<size_t>(m)] = bell;
+  }
+  const char* stall = std::getenv("PDSERVE_EP_TEST_STALL_RANK");
+  const int stall_rank = stall ? std::atoi(stall) : -1;
+  for (int r = 0; r < layout.world_size(); ++r) {
+    auto& comms = e->world_->comms(r);
+    PDSERVE_ASSIGN_OR_RETURN(auto experts,
+                             moe::EpModelExperts::create(model, *comms.ep, layout.config().deepep_mode, mo));
+    Rank rank;
+    rank.experts = std::shared_ptr<model::RoutedExperts>(std::move(experts));
+    rank.sync = std::make_shared<CommStepSync>(*comms.ep, bells[static_cast<size_t>(r)], *e->world_, r == stall_rank);
+    e->ranks_.push_back(std::move(rank));
+  }
+  return e;
+}
+
+EpRanks::~EpRanks() = default;
+
+void EpRanks::abort(const std::string& reason) {
+  if (world_) world_->abort_all(reason);
+}
+
+}  // namespace pdserve::server
