@@ -173,17 +173,6 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
         const double us = time_us([&] { mla::decode_core_wgmma_phases(c, s, mask); });
         std::printf("|   wgmma core, %-30s | %9.1f |\n", what, us);
       }
-      if (mla::decode_core_seesaw_supported()) {
-        const double ss_us = time_us([&] {
-          mla::decode_core_seesaw(c, s);
-          if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
-        });
-        row(copy_gbs, "decode core seesaw (" + tag + ")", ss_us, core_flops, kv_bytes + act_bytes);
-        mla::DecodeCoreArgs c64s = c;
-        c64s.heads = 64;
-        const double ss64_us = time_us([&] { mla::decode_core_seesaw(c64s, s); });
-        std::printf("|   seesaw core, 64 heads (one block per seq)   | %9.1f |\n", ss64_us);
-      }
       // One head block instead of two: each sequence's KV is then read by one CTA, not two. If
       // the loads take half as long, the second block's read costs HBM bandwidth (no L2 reuse),
       // and sharing one read between the two blocks (a cluster) is the next lever.

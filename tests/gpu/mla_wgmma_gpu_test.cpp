@@ -1,5 +1,4 @@
-// The Hopper (wgmma) MLA decode cores (the first one and the seesaw one) against the mma.sync
-// decode core on the same inputs (the
+// The Hopper (wgmma) MLA decode core against the mma.sync decode core on the same inputs (the
 // latter is checked against the CPU op in attention_gpu_test.cpp, which also runs the wgmma core
 // through mla_decode_paged wherever the device supports it). Both read the same bf16 queries and
 // cache and round P to bf16, so they differ only by accumulation order and the bf16 output:
@@ -88,10 +87,7 @@ mla::DecodeCoreArgs core_args(const CoreCase& c, const CoreRun& in, Tensor& o_la
   return a;
 }
 
-constexpr int kMmaSync = -1, kSeesaw = 10;
-
-// Runs one core (wgmma V-descriptor variant 0/1, kMmaSync or kSeesaw) and the combine; returns
-// o_lat as host f32.
+// Runs one core (wgmma variant, or -1 for mma.sync) and the combine; returns o_lat as host f32.
 Tensor run_core(const CoreCase& c, const CoreRun& in, int variant) {
   const int batch = static_cast<int>(c.lens.size());
   Tensor o_lat = poisoned_device({batch, c.heads, mla::kDecodeValue}, DType::kBF16);
@@ -102,8 +98,7 @@ Tensor run_core(const CoreCase& c, const CoreRun& in, int variant) {
   }
   const mla::DecodeCoreArgs a = core_args(c, in, o_lat, o_part, lse);
   cudaStream_t s = ops::cuda::current_stream();
-  if (variant == kMmaSync) mla::decode_core(a, s);
-  else if (variant == kSeesaw) mla::decode_core_seesaw(a, s);
+  if (variant < 0) mla::decode_core(a, s);
   else mla::decode_core_wgmma(a, s, variant);
   if (c.splits > 1) mla::decode_combine(a.o_part, a.lse_part, a.o_lat, batch, c.heads, c.splits, s);
   ops::cuda::check(cudaStreamSynchronize(s), "decode core");
@@ -131,7 +126,7 @@ TEST(MlaWgmmaGpu, DecodeCoreMatchesTheMmaSyncCore) {
   for (const CoreCase& c : cases()) {
     SCOPED_TRACE(fmt::format("heads {} page {} splits {} B {}", c.heads, c.page_size, c.splits, c.lens.size()));
     const CoreRun in = make_inputs(c, ++seed);
-    const Tensor want = run_core(c, in, kMmaSync);
+    const Tensor want = run_core(c, in, -1);
     const Tensor got = run_core(c, in, 0);
     ASSERT_TRUE(nan_free(got)) << "wgmma core left poisoned (NaN) outputs";
     const double err = rel_max_err(got, want);
@@ -141,32 +136,11 @@ TEST(MlaWgmmaGpu, DecodeCoreMatchesTheMmaSyncCore) {
   }
 }
 
-// The seesaw core on the same cases, plus sequence lengths that leave the last pair of 32-token
-// sub-tiles without its second half (odd sub-tile counts) and splits that end mid-pair.
-TEST(MlaWgmmaGpu, SeesawCoreMatchesTheMmaSyncCore) {
-  if (!mla::decode_core_seesaw_supported()) GTEST_SKIP() << "not an sm_90 device";
-  std::vector<CoreCase> all = cases();
-  all.push_back({{31, 32, 33, 95, 96, 97, 160, 1}, 128, 1, 1});
-  all.push_back({{4000, 33, 1999, 161}, 64, 64, 5});
-  uint32_t seed = 700;
-  for (const CoreCase& c : all) {
-    SCOPED_TRACE(fmt::format("heads {} page {} splits {} B {}", c.heads, c.page_size, c.splits, c.lens.size()));
-    const CoreRun in = make_inputs(c, ++seed);
-    const Tensor want = run_core(c, in, kMmaSync);
-    const Tensor got = run_core(c, in, kSeesaw);
-    ASSERT_TRUE(nan_free(got)) << "seesaw core left poisoned (NaN) outputs";
-    const double err = rel_max_err(got, want);
-    std::printf("  seesaw core heads %d page %d splits %d: rel err %.2e vs mma.sync\n", c.heads, c.page_size,
-                c.splits, err);
-    EXPECT_LT(err, 1e-2);
-  }
-}
-
 TEST(MlaWgmmaGpu, VOperandLayoutProbe) {
   if (!mla::decode_core_wgmma_supported()) GTEST_SKIP() << "not an sm_90 device";
   const CoreCase c{{300, 70}, 64, 64, 1};
   const CoreRun in = make_inputs(c, 900);
-  const Tensor want = run_core(c, in, kMmaSync);
+  const Tensor want = run_core(c, in, -1);
   const double err0 = rel_max_err(run_core(c, in, 0), want);
   const double err1 = rel_max_err(run_core(c, in, 1), want);
   std::printf("  V descriptor variant 0 (LBO = column block, SBO = 8-token atom): rel err %.2e\n", err0);

@@ -267,21 +267,16 @@ void kv_gather_paged(const Tensor& pool, const Tensor& page_table, const Tensor&
 
 // ---- decode ---------------------------------------------------------------------------------------
 
-// The decode core: on Hopper the seesaw wgmma kernel, else the mma.sync kernel.
-// PDSERVE_MLA_DECODE_KERNEL=wgmma|mma forces the first wgmma kernel or the mma.sync one
-// (comparisons, a suspected kernel bug). Decided once per process (the device kind does not
-// change under a running server).
-enum class DecodeKernel { kMma, kWgmma, kSeesaw };
-static DecodeKernel decode_kernel() {
-  static const DecodeKernel k = [] {
+// The decode core: the Hopper wgmma kernel where the device has one, else the mma.sync kernel;
+// PDSERVE_MLA_DECODE_KERNEL=mma forces the latter (comparisons, a suspected kernel bug). Decided
+// once per process (the device kind does not change under a running server).
+static bool use_wgmma_decode() {
+  static const bool use = [] {
     const char* v = std::getenv("PDSERVE_MLA_DECODE_KERNEL");
-    const std::string_view want = v ? v : "";
-    if (want == "mma") return DecodeKernel::kMma;
-    if (want == "wgmma" && mla::decode_core_wgmma_supported()) return DecodeKernel::kWgmma;
-    if (mla::decode_core_seesaw_supported()) return DecodeKernel::kSeesaw;
-    return mla::decode_core_wgmma_supported() ? DecodeKernel::kWgmma : DecodeKernel::kMma;
+    if (v && std::string_view(v) == "mma") return false;
+    return mla::decode_core_wgmma_supported();
   }();
-  return k;
+  return use;
 }
 
 int mla_decode_num_splits(int64_t batch, const MlaDims& d, int64_t max_seq_len, DType pool_dtype) {
@@ -364,11 +359,8 @@ void mla_decode_paged(const Tensor& q, const Tensor& pool, const Tensor& page_ta
   c.o_lat = o_lat;
   c.o_part = o_part;
   c.lse_part = lse_part;
-  switch (decode_kernel()) {
-    case DecodeKernel::kSeesaw: mla::decode_core_seesaw(c, stream); break;
-    case DecodeKernel::kWgmma: mla::decode_core_wgmma(c, stream); break;
-    case DecodeKernel::kMma: mla::decode_core(c, stream); break;
-  }
+  if (use_wgmma_decode()) mla::decode_core_wgmma(c, stream);
+  else mla::decode_core(c, stream);
   if (splits > 1) mla::decode_combine(o_part, lse_part, o_lat, batch, heads, splits, stream);
   mla::gemm_bf16(mla::Operand{o_lat, Elem::kBF16, rank, int64_t(heads) * rank}, b_uv, /*b_kn=*/false, c_out, batch,
                  vdim, rank, heads, stream);

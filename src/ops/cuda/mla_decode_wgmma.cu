@@ -174,12 +174,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_core_wgmma_kernel(const De
       }
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) l_run[hi] = l_run[hi] * alpha[hi] + sum[hi];
-    // Skipped when the warp's running maxima did not move (the common case once a sequence's
-    // largest scores have been seen): 128 multiplies per thread per tile.
-    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-      for (int i = 0; i < 128; ++i) o[i] *= alpha[(i >> 1) & 1];
-    }
+    for (int i = 0; i < 128; ++i) o[i] *= alpha[(i >> 1) & 1];
     wgmma::fence_proxy_async();  // P's st.shared, visible to the async proxy
     __syncthreads();
 

@@ -74,10 +74,6 @@ void decode_core_wgmma(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_
 // Benchmark only (wrong results): runs the wgmma core with some per-tile phases switched off
 // (bit 1 KV tile loads, 2 Q K^T, 4 P V) to show where its time goes.
 void decode_core_wgmma_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases);
-// The same with FlashMLA's staggered ("seesaw") warpgroup schedule over 32-token sub-tiles
-// (mla_decode_seesaw.cu): sm_90 only (decode_core_seesaw_supported()).
-bool decode_core_seesaw_supported();
-void decode_core_seesaw(const DecodeCoreArgs& a, cudaStream_t stream);
 // Merges the splits of decode_core into o_lat bf16 [B, H, 512].
 void decode_combine(const float* o_part, const float* lse_part, void* o_lat, int batch, int heads, int num_splits,
                     cudaStream_t stream);

@@ -43,13 +43,6 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Arrives at hardware barrier `id` without waiting (the producer side of a named-barrier handoff:
-// the consumers bar.sync on the same id with the same total `threads`). Release semantics: this
-// thread's earlier shared-memory writes are visible to the threads that complete the barrier.
-__device__ __forceinline__ void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
 // D[64 x 32] (+)= A[64 x 16] * B[16 x 32], both operands in shared memory (descriptors),
 // f32 accumulators: 16 per thread. B is K-major.
 __device__ __forceinline__ void wgmma_m64n32k16_ss(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
