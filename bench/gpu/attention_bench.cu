@@ -144,6 +144,7 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
     c.q_abs = q_abs.raw_data();
     c.pool = pool.raw_data();
     c.page_size = static_cast<int>(page_size);
+    c.pool_pages = num_pages;  // 64-token pages: the wgmma core loads tiles with TMA
     c.page_table = table.data<int32_t>();
     c.page_table_stride = pages_per_seq;
     c.seq_lens = lens.data<int32_t>();
@@ -166,7 +167,15 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
         if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
       });
       row(copy_gbs, "decode core wgmma (" + tag + ")", wg_us, core_flops, kv_bytes + act_bytes);
-      // Where the time goes: the same kernel with phases switched off (its outputs are then wrong).
+      mla::DecodeCoreArgs c_copies = c;
+      c_copies.pool_pages = 0;  // the same kernel with per-thread cp.async tile loads
+      const double cp_us = time_us([&] {
+        mla::decode_core_wgmma(c_copies, s);
+        if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
+      });
+      row(copy_gbs, "  wgmma core, cp.async tile loads", cp_us, core_flops, kv_bytes + act_bytes);
+      // Where the time goes: the same kernel (cp.async loads) with phases switched off (its outputs
+      // are then wrong).
       const std::pair<int, const char*> phases[] = {{1, "loads only"}, {2 | 4, "MMAs only"}, {1 | 2, "loads + QK"},
                                                     {1 | 4, "loads + PV"}};
       for (const auto& [mask, what] : phases) {

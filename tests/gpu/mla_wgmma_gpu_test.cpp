@@ -40,7 +40,9 @@ Tensor bf16_device(const Shape& shape, uint32_t seed, float scale) {
   return h.to(Device::kCuda);
 }
 
-CoreRun make_inputs(const CoreCase& c, uint32_t seed) {
+// nan_tails: the pool rows past each sequence's end in its last page hold NaN (a reused page's
+// stale contents may); a core must not let them reach the output.
+CoreRun make_inputs(const CoreCase& c, uint32_t seed, bool nan_tails = false) {
   CoreRun r;
   int pages = 0;
   for (int l : c.lens) {
@@ -64,7 +66,19 @@ CoreRun make_inputs(const CoreCase& c, uint32_t seed) {
   std::copy(c.lens.begin(), c.lens.end(), l.data<int32_t>());
   r.lens = l.to(Device::kCuda);
   r.q_abs = bf16_device({batch, c.heads, mla::kDecodeLatent}, seed + 1, 1.5f);
-  r.pool = bf16_device({pages + 1, c.page_size, mla::kDecodeLatent}, seed + 2, 1.5f);
+  Tensor pool_f = random_host({pages + 1, c.page_size, mla::kDecodeLatent}, seed + 2, 1.5f);
+  if (nan_tails) {
+    for (size_t b = 0; b < c.lens.size(); ++b) {
+      if (c.lens[b] == 0) continue;
+      const int last = table[b * r.max_pages + (c.lens[b] - 1) / c.page_size];
+      for (int row = (c.lens[b] - 1) % c.page_size + 1; row < c.page_size; ++row)
+        std::fill_n(pool_f.data<float>() + (int64_t(last) * c.page_size + row) * mla::kDecodeLatent, mla::kDecodeLatent,
+                    std::nanf(""));
+    }
+  }
+  Tensor pool_h = Tensor::empty(pool_f.shape(), DType::kBF16);
+  convert_from_f32(DType::kBF16, pool_f.data<float>(), pool_h.raw_data(), static_cast<size_t>(pool_f.numel()));
+  r.pool = pool_h.to(Device::kCuda);
   return r;
 }
 
@@ -74,6 +88,7 @@ mla::DecodeCoreArgs core_args(const CoreCase& c, const CoreRun& in, Tensor& o_la
   a.q_abs = in.q_abs.raw_data();
   a.pool = in.pool.raw_data();
   a.page_size = c.page_size;
+  a.pool_pages = in.pool.size(0);  // 64-token pages: the wgmma core's TMA tile loads
   a.page_table = in.table.data<int32_t>();
   a.page_table_stride = in.max_pages;
   a.seq_lens = in.lens.data<int32_t>();
@@ -136,6 +151,19 @@ TEST(MlaWgmmaGpu, DecodeCoreMatchesTheMmaSyncCore) {
   }
 }
 
+// Stale NaN rows after each sequence's end in its last page (64-token pages: the TMA loads read
+// them) leave the output finite and equal to the mma.sync core's, which never reads them.
+TEST(MlaWgmmaGpu, StaleRowsPastTheEndDoNotReachTheOutput) {
+  if (!mla::decode_core_wgmma_supported()) GTEST_SKIP() << "not an sm_90 device";
+  const CoreCase c{{100, 1, 64, 129, 2000}, 128, 64, 2};
+  const CoreRun in = make_inputs(c, 990, /*nan_tails=*/true);
+  const Tensor want = run_core(c, in, -1);
+  ASSERT_TRUE(nan_free(want)) << "the reference read a row past the end";
+  const Tensor got = run_core(c, in, 0);
+  ASSERT_TRUE(nan_free(got)) << "stale rows past the end reached the wgmma core's output";
+  EXPECT_LT(rel_max_err(got, want), 1e-2);
+}
+
 TEST(MlaWgmmaGpu, VOperandLayoutProbe) {
   if (!mla::decode_core_wgmma_supported()) GTEST_SKIP() << "not an sm_90 device";
   const CoreCase c{{300, 70}, 64, 64, 1};
@@ -148,10 +176,13 @@ TEST(MlaWgmmaGpu, VOperandLayoutProbe) {
   EXPECT_LT(err0, 1e-2) << "the documented layout does not match; variant 1 gives " << err1;
 }
 
-// A padded batch replayed from a CUDA graph equals the eager run bit for bit.
-TEST(MlaWgmmaGpu, GraphReplayEqualsEager) {
+// A padded batch replayed from a CUDA graph equals the eager run bit for bit (16-token pages: the
+// cp.async tile loads; 64: TMA, whose tensor map travels in the captured kernel parameters).
+class MlaWgmmaGraph : public ::testing::TestWithParam<int> {};
+INSTANTIATE_TEST_SUITE_P(Pages, MlaWgmmaGraph, ::testing::Values(16, 64));
+TEST_P(MlaWgmmaGraph, GraphReplayEqualsEager) {
   if (!mla::decode_core_wgmma_supported()) GTEST_SKIP() << "not an sm_90 device";
-  const CoreCase c{{200, 3, 64}, 128, 16, 1};
+  const CoreCase c{{200, 3, 64}, 128, GetParam(), 1};
   const CoreRun in = make_inputs(c, 950);
   const Tensor eager = run_core(c, in, 0);
   Tensor o_lat = poisoned_device({3, 128, mla::kDecodeValue}, DType::kBF16), none;

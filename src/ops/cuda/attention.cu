@@ -349,6 +349,7 @@ void mla_decode_paged(const Tensor& q, const Tensor& pool, const Tensor& page_ta
   c.q_abs = q_abs;
   c.pool = pool.raw_data();
   c.page_size = static_cast<int>(pool.size(1));
+  c.pool_pages = pool.size(0);
   c.page_table = page_table.data<int32_t>();
   c.page_table_stride = page_table.strides()[0];
   c.seq_lens = seq_lens.data<int32_t>();

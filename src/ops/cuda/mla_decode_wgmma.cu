@@ -21,6 +21,7 @@
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/mla_device.h"
 #include "ops/cuda/mla_kernels.h"
+#include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace pdserve::ops::cuda::mla {
@@ -33,7 +34,8 @@ constexpr int kBlocks = kL / 64;                  // 9 swizzled blocks per 576-w
 constexpr uint32_t kBlockBytes = 64u * 128u;      // [64 rows][64 bf16]
 constexpr uint32_t kMatBytes = kBlocks * kBlockBytes;  // 73,728: Q or one KV tile
 constexpr uint32_t kQOff = 0, kKvOff = kMatBytes, kPOff = 3 * kMatBytes, kRedOff = kPOff + kBlockBytes;
-constexpr size_t kSmemBytes = kRedOff + 4 * kH * sizeof(float) + 1024;  // + alignment slack
+constexpr uint32_t kBarOff = kRedOff + 4 * kH * sizeof(float);  // two mbarriers (TMA tiles)
+constexpr size_t kSmemBytes = kBarOff + 2 * sizeof(uint64_t) + 1024;  // + alignment slack
 constexpr float kLog2e = 1.4426950408889634f;
 // Phases of a tile, all on in real use; the benchmark switches some off to see where time goes.
 constexpr int kPhaseLoad = 1, kPhaseScores = 2, kPhaseValues = 4, kAllPhases = 7;
@@ -66,7 +68,23 @@ __device__ __forceinline__ void load_kv_tile(uint8_t* dst, const DecodeCoreArgs&
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 1) decode_core_wgmma_kernel(const DecodeCoreArgs a, int v_lbo, int v_sbo, int phases) {
+// TMA variant (page_size a multiple of 64): tile t is rows [page * page_size + (64 t) % page_size,
+// + 64) of the pool seen as a [tokens][576] matrix, so one thread loads it as nine 64x64 boxes that
+// land already swizzled, and completes an mbarrier with the byte count. It replaces 18 cp.async
+// per thread per tile (the Nsight Compute profile's lg_throttle stalls) and the page lookup per row.
+__device__ __forceinline__ void tma_kv_tile(uint32_t dst, uint32_t bar, const CUtensorMap* map, const DecodeCoreArgs& a,
+                                            int b, int tile) {
+  const int pos = tile * kN;
+  const int page = a.page_table[b * a.page_table_stride + pos / a.page_size];
+  const int row = page * a.page_size + pos % a.page_size;
+  tma::mbar_arrive_expect_tx(bar, kMatBytes);
+#pragma unroll
+  for (int blk = 0; blk < kBlocks; ++blk) tma::load_2d(dst + blk * kBlockBytes, map, blk * 64, row, bar);
+}
+
+template <bool kTma>
+__global__ void __launch_bounds__(kThreads, 1)
+    decode_core_wgmma_kernel(const DecodeCoreArgs a, int v_lbo, int v_sbo, int phases, const __grid_constant__ CUtensorMap kv_map) {
   extern __shared__ uint8_t smem_raw[];
   // wgmma's swizzle works on absolute address bits: every block must start 1024-byte aligned.
   const uint32_t raw_addr = smem_addr(smem_raw);
@@ -98,7 +116,18 @@ __global__ void __launch_bounds__(kThreads, 1) decode_core_wgmma_kernel(const De
       cp_async16(smem + kQOff + chunk_offset(row, ci), src, valid);
     }
   }
-  load_kv_tile(smem + kKvOff, a, b, len, t_begin, tid);
+  const uint32_t bars = base + kBarOff;  // mbarrier of stage s at bars + 8 s
+  if constexpr (kTma) {
+    if (tid == 0) {
+      tma::mbar_init(bars, 1);
+      tma::mbar_init(bars + 8, 1);
+      tma::fence_mbar_init();
+    }
+    __syncthreads();
+    if (tid == 0) tma_kv_tile(base + kKvOff, bars, &kv_map, a, b, t_begin);
+  } else {
+    load_kv_tile(smem + kKvOff, a, b, len, t_begin, tid);
+  }
   cp_async_commit();
 
   const float scale_log2 = a.scale * kLog2e;
@@ -112,11 +141,28 @@ __global__ void __launch_bounds__(kThreads, 1) decode_core_wgmma_kernel(const De
   for (int t = t_begin; t < t_end; ++t) {
     const int stage = (t - t_begin) & 1;
     cp_async_wait<0>();
-    wgmma::fence_proxy_async();  // the tile's cp.async writes, visible to the async proxy
+    if constexpr (kTma) {
+      tma::mbar_wait(bars + 8 * stage, ((t - t_begin) >> 1) & 1);
+      // A page holds stale (maybe NaN) rows past the sequence: zero them, or P = 0 times NaN in P V
+      // would poison the output (the cp.async path zero-fills them instead of reading them).
+      const int valid_rows = len - t * kN;
+      if (valid_rows < kN) {
+        uint8_t* tile_ptr = smem + kKvOff + stage * kMatBytes;
+        for (int i = tid; i < (kN - valid_rows) * (kL / 8); i += kThreads) {
+          const int r = valid_rows + i / (kL / 8), ci = i % (kL / 8);
+          *reinterpret_cast<uint4*>(tile_ptr + chunk_offset(r, ci)) = make_uint4(0, 0, 0, 0);
+        }
+      }
+    }
+    wgmma::fence_proxy_async();  // the tile's cp.async (or zeroing) writes, visible to the async proxy
     __syncthreads();             // ... of every thread; and every thread is done with tile t-1
     if (t + 1 < t_end && (phases & kPhaseLoad)) {
-      load_kv_tile(smem + kKvOff + (stage ^ 1) * kMatBytes, a, b, len, t + 1, tid);
-      cp_async_commit();
+      if constexpr (kTma) {
+        if (tid == 0) tma_kv_tile(base + kKvOff + (stage ^ 1) * kMatBytes, bars + 8 * (stage ^ 1), &kv_map, a, b, t + 1);
+      } else {
+        load_kv_tile(smem + kKvOff + (stage ^ 1) * kMatBytes, a, b, len, t + 1, tid);
+        cp_async_commit();
+      }
     }
     const uint32_t kv = base + kKvOff + stage * kMatBytes;
 
@@ -232,6 +278,15 @@ bool decode_core_wgmma_supported() {
 }
 
 namespace {
+template <bool kTma>
+void launch_kernel(const DecodeCoreArgs& a, cudaStream_t stream, int lbo, int sbo, int phases, const CUtensorMap& map) {
+  check(cudaFuncSetAttribute(decode_core_wgmma_kernel<kTma>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
+        "cudaFuncSetAttribute(decode_core_wgmma)");
+  const dim3 grid(ceil_div(a.heads, kH), a.num_splits, a.batch);
+  decode_core_wgmma_kernel<kTma><<<grid, kThreads, kSmemBytes, stream>>>(a, lbo, sbo, phases, map);
+  check_launch("mla decode_core_wgmma");
+}
+
 void launch(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant, int phases) {
   if (a.batch <= 0) return;
   if (a.num_splits < 1 || (a.num_splits > 1 && (a.o_part == nullptr || a.lse_part == nullptr)) ||
@@ -240,14 +295,16 @@ void launch(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant, in
   if (!decode_core_wgmma_supported())
     throw std::runtime_error("mla decode_core_wgmma needs an sm_90 GPU with " + std::to_string(kSmemBytes) +
                              " B of shared memory per block");
-  check(cudaFuncSetAttribute(decode_core_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
-        "cudaFuncSetAttribute(decode_core_wgmma)");
   // V is read MN-major: the leading offset steps between 64-column blocks (64 tokens x 128 B), the
   // stride offset between 8-token atoms. Variant 1 swaps them (kept for the layout probe test).
   const int lbo = v_desc_variant == 0 ? int(kBlockBytes) : 1024, sbo = v_desc_variant == 0 ? 1024 : int(kBlockBytes);
-  const dim3 grid(ceil_div(a.heads, kH), a.num_splits, a.batch);
-  decode_core_wgmma_kernel<<<grid, kThreads, kSmemBytes, stream>>>(a, lbo, sbo, phases);
-  check_launch("mla decode_core_wgmma");
+  // TMA tiles need whole 64-token tiles inside a page, the pool's size for the map, and every
+  // phase on (the benchmark's phase switches run the cp.async path).
+  CUtensorMap map{};
+  const bool tma = a.pool_pages > 0 && a.page_size % kN == 0 && phases == kAllPhases &&
+                   tma::encode_bf16_2d_sw128(&map, a.pool, uint64_t(a.pool_pages) * a.page_size, kL, kL * sizeof(bf16), kN);
+  if (tma) launch_kernel<true>(a, stream, lbo, sbo, phases, map);
+  else launch_kernel<false>(a, stream, lbo, sbo, phases, map);
 }
 }  // namespace
 

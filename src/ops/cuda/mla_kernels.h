@@ -57,6 +57,9 @@ struct DecodeCoreArgs {
   int64_t page_table_stride = 0;
   const int32_t* seq_lens = nullptr;
   int batch = 0, heads = 0, num_splits = 1;
+  // Pages in the pool. Set (> 0) with page_size a multiple of 64, the wgmma core loads each
+  // 64-token tile (one contiguous piece of a page) with TMA instead of per-thread copies.
+  int64_t pool_pages = 0;
   float scale = 0.0f;
   // num_splits == 1: the normalized latent output, bf16 [B, H, 512].
   void* o_lat = nullptr;
