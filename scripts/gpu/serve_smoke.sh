@@ -28,7 +28,9 @@ print(f"identical sequences: {same}/{len(a)}; common prefix lengths: {prefix}")
 PY
 
 # One server per mode: CUDA graphs with device sampling (the default), the same with sampling on
-# the host (PDSERVE_HOST_SAMPLING=1), then --disable-cuda-graph; SERVE_MODES picks a subset.
+# the host (PDSERVE_HOST_SAMPLING=1), then --disable-cuda-graph; SERVE_MODES picks a subset,
+# SERVE_EXTRA adds server flags (e.g. "--page-size 64") and SERVE_TAG names that run's files. Each
+# mode writes the 32 concurrent requests' output ids to $OUT/serve_ids_<mode><tag>.json.
 PORT=31555
 for mode in ${SERVE_MODES:-graphs graphs-host-sampling eager}; do
   echo "== serve: mini-deepseek-v3 on one GPU ($mode)"
@@ -36,10 +38,10 @@ for mode in ${SERVE_MODES:-graphs graphs-host-sampling eager}; do
   [[ $mode == eager ]] && extra="--disable-cuda-graph"
   host_sampling=0
   [[ $mode == graphs-host-sampling ]] && host_sampling=1
-  LOG="$OUT/serve_mini_$mode.log"
+  LOG="$OUT/serve_mini_$mode${SERVE_TAG:-}.log"
   mkdir -p "$OUT/prof"
   SGLANG_TORCH_PROFILER_DIR="$OUT" PDSERVE_HOST_SAMPLING=$host_sampling $BIN serve --model-path models/mini-deepseek-v3 --load-format dummy --port $PORT --decode-log-interval 4 \
-    --max-running-requests 64 --context-length 4096 --chunked-prefill-size 4096 --max-prefill-tokens 8192 $extra \
+    --max-running-requests 64 --context-length 4096 --chunked-prefill-size 4096 --max-prefill-tokens 8192 $extra ${SERVE_EXTRA:-} \
     > "$LOG" 2>&1 &
   PID=$!
   for i in $(seq 1 ${SERVE_WAIT:-300}); do
@@ -48,7 +50,7 @@ for mode in ${SERVE_MODES:-graphs graphs-host-sampling eager}; do
     sleep 1
   done
   grep -E "Load weight|KV Cache|Capture cuda graph|max_total_num_tokens|fired up" "$LOG" | cut -c1-220
-  python3 - $PORT <<'PY' || rc=1
+  python3 - $PORT "$OUT/serve_ids_$mode${SERVE_TAG:-}.json" <<'PY' || rc=1
 import json, sys, time, urllib.request, concurrent.futures as cf
 port = sys.argv[1]
 def gen(i, n=48):
@@ -68,6 +70,7 @@ with cf.ThreadPoolExecutor(32) as ex:
 wall = time.time() - t0
 ok = all(j["meta_info"]["completion_tokens"] == 48 for j, _ in res)
 print(f"32 concurrent requests x 48 tokens: all complete={ok}, wall {wall:.2f} s, {32 * 48 / wall:.1f} tok/s")
+json.dump([j["output_ids"] for j, _ in res], open(sys.argv[2], "w"))
 sys.exit(0 if ok else 1)
 PY
   grep "Decode batch" "$LOG" | tail -2 | cut -c1-240
