@@ -30,7 +30,8 @@ PY
 # One server per mode: CUDA graphs with device sampling (the default), the same with sampling on
 # the host (PDSERVE_HOST_SAMPLING=1), then --disable-cuda-graph; SERVE_MODES picks a subset,
 # SERVE_EXTRA adds server flags (e.g. "--page-size 64") and SERVE_TAG names that run's files. Each
-# mode writes the 32 concurrent requests' output ids to $OUT/serve_ids_<mode><tag>.json.
+# mode writes the output ids of the 32 concurrent and 8 sequential requests to
+# $OUT/serve_ids_<mode><tag>.json.
 PORT=31555
 for mode in ${SERVE_MODES:-graphs graphs-host-sampling eager}; do
   echo "== serve: mini-deepseek-v3 on one GPU ($mode)"
@@ -70,7 +71,10 @@ with cf.ThreadPoolExecutor(32) as ex:
 wall = time.time() - t0
 ok = all(j["meta_info"]["completion_tokens"] == 48 for j, _ in res)
 print(f"32 concurrent requests x 48 tokens: all complete={ok}, wall {wall:.2f} s, {32 * 48 / wall:.1f} tok/s")
-json.dump([j["output_ids"] for j, _ in res], open(sys.argv[2], "w"))
+# Eight more one at a time: the same batch shapes in every run, so two runs' ids must be equal
+# wherever only a kernel's load path differs (e.g. --page-size 64's TMA tiles).
+seq = [gen(100 + i)[0]["output_ids"] for i in range(8)]
+json.dump({"concurrent": [j["output_ids"] for j, _ in res], "sequential": seq}, open(sys.argv[2], "w"))
 sys.exit(0 if ok else 1)
 PY
   grep "Decode batch" "$LOG" | tail -2 | cut -c1-240
