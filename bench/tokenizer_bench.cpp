@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/thread_pool.h"
+#include "bench_paths.h"
 #include "tokenizer/corpus.h"
 #include "tokenizer/tokenizer.h"
 
@@ -51,7 +52,7 @@ std::vector<std::string> hf_only_strings() {
 int main(int argc, char** argv) {
   CLI::App app{"Tokenizer throughput: pdserve vs the npm DeepSeek-V3 tokenizer"};
   double mb = 50;
-  std::string tokenizer_path = std::string(PDSERVE_SOURCE_DIR) + "/models/deepseek-v3";
+  std::string tokenizer_path = std::string(pdserve_bench_source_dir) + "/models/deepseek-v3";
   std::string write_corpus, write_parity;
   bool skip_npm = false;
   app.add_option("--mb", mb, "Corpus size in MB")->capture_default_str();
@@ -105,7 +106,7 @@ int main(int argc, char** argv) {
   if (!skip_npm) {
     const std::string in = "/tmp/pdserve_tokenizer_bench_corpus.json", out = "/tmp/pdserve_tokenizer_bench_npm.json";
     std::ofstream(in) << nlohmann::json(docs).dump();
-    const std::string cmd = "node " + std::string(PDSERVE_SOURCE_DIR) + "/tests/tokenizer/node/peer.mjs bench " + in + " " + out;
+    const std::string cmd = "node " + std::string(pdserve_bench_source_dir) + "/tests/tokenizer/node/peer.mjs bench " + in + " " + out;
     if (std::system(cmd.c_str()) != 0) {
       std::fprintf(stderr, "error: the npm tokenizer run failed (%s)\n", cmd.c_str());
       return 1;

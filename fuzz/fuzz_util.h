@@ -12,6 +12,8 @@
 #include <string_view>
 #include <system_error>
 
+#include "fuzz/fuzz_paths.h"
+
 namespace pdserve::fuzz {
 
 // One folder per fuzzing process (libFuzzer's -jobs/-fork run several), removed at exit. Kept in
@@ -49,7 +51,7 @@ inline std::string_view as_view(const uint8_t* data, size_t size) {
 // folder this build was configured from.
 inline std::filesystem::path source_dir() {
   if (const char* env = std::getenv("PDSERVE_SOURCE_DIR"); env && *env) return env;
-  return PDSERVE_SOURCE_DIR;
+  return kConfiguredSourceDir;
 }
 
 }  // namespace pdserve::fuzz

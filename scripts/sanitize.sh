@@ -46,6 +46,9 @@ run_asan() {
     *) echo "sanitize.sh: unknown ASAN_SCOPE '$ASAN_SCOPE' (all, ci)" >&2; return 2 ;;
   esac
   # exitcode 23 is ASan's own; a leak at exit of a server the e2e tests started fails them too.
+  # The e2e suites' own deadlines (KV transfer timeouts, waits for pages to come back) stretch by
+  # PDSERVE_TEST_TIME_SCALE: instrumented servers run several times slower.
+  export PDSERVE_TEST_TIME_SCALE=${PDSERVE_TEST_TIME_SCALE:-4}
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0} \
   UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     ctest --test-dir "$dir" --output-on-failure -j "$JOBS" "${select[@]}" ${CTEST_ARGS:-}

@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "disagg_e2e/pd_cluster.h"
+#include "test_time.h"
 
 namespace pdserve::test {
 namespace {
@@ -22,8 +23,8 @@ namespace {
 const std::vector<std::pair<std::string, std::string>> kPdEnv = {
     {"SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL", "2"},
     {"SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE", "2"},
-    {"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "20"},
-    {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT", "20"}};
+    {"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", scaled_str(20)},
+    {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT", scaled_str(20)}};
 
 std::vector<std::pair<std::string, std::string>> with(std::vector<std::pair<std::string, std::string>> extra) {
   auto e = kPdEnv;
@@ -89,7 +90,7 @@ class PdE2E : public ::testing::Test {
     // attention TP 1) against decodes started with --tp 1.
     p2 = start_server({"--disaggregation-mode", "prefill", "--tp-size", "2", "--dp-size", "2", "--enable-dp-attention",
                        "--disaggregation-bootstrap-port", std::to_string(b2)},
-                      "pd_p2", with({{"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "10"}, {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT", "10"}}));
+                      "pd_p2", with({{"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", scaled_str(10)}, {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT", scaled_str(10)}}));
     d1 = start_server({"--disaggregation-mode", "decode"}, "pd_d1", kPdEnv);
     // 10% of p3's transfers fail at random (SGLang's test hook).
     p3 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b3), "--enable-metrics"},
@@ -137,8 +138,8 @@ class PdE2E : public ::testing::Test {
       EXPECT_EQ(pr.body["meta_info"]["completion_tokens"], 1);
       EXPECT_EQ(pr.body["output_ids"][0], want[i][0]);
     }
-    EXPECT_TRUE(wait_all_free(p, std::chrono::seconds(20)));
-    EXPECT_TRUE(wait_all_free(d, std::chrono::seconds(20)));
+    EXPECT_TRUE(wait_all_free(p, scaled(20)));
+    EXPECT_TRUE(wait_all_free(d, scaled(20)));
   }
 };
 
@@ -175,8 +176,8 @@ TEST_F(PdE2E, DifferentAttentionTpSizesEqualSingleServer) {
         else
           EXPECT_EQ(ids, want[i]) << "decode " << k - pr.prefills.size() << " prompt " << i << " (" << prompts[i].size() << " tokens)";
       }
-    for (auto* s : pr.prefills) EXPECT_TRUE(wait_all_free(*s, std::chrono::seconds(20)));
-    for (auto* s : pr.decodes) EXPECT_TRUE(wait_all_free(*s, std::chrono::seconds(20)));
+    for (auto* s : pr.prefills) EXPECT_TRUE(wait_all_free(*s, scaled(20)));
+    for (auto* s : pr.decodes) EXPECT_TRUE(wait_all_free(*s, scaled(20)));
   }
   // The KV came from one prefill rank of the group: tp1 (the dummy pairing) moved no bytes.
   const json info1 = get_json(tp1->url("/server_info"));
@@ -204,13 +205,13 @@ TEST_F(PdE2E, WrongBootstrapPortFailsFastNamingTheAddress) {
   EXPECT_EQ(r.status, 500);
   EXPECT_NE(r.body.dump().find("127.0.0.1:" + std::to_string(wrong)), std::string::npos) << r.body.dump();
   EXPECT_LT(s, 3.0);
-  EXPECT_TRUE(wait_all_free(*d2, std::chrono::seconds(5)));
+  EXPECT_TRUE(wait_all_free(*d2, scaled(5)));
 }
 
 TEST_F(PdE2E, HealthGenerateUsesTheFakeBootstrapHost) {
   http::Client c;
   for (auto* s : {p1.get(), d2.get()}) {
-    auto r = c.get(s->url("/health_generate"), std::chrono::seconds(30));
+    auto r = c.get(s->url("/health_generate"), scaled(30));
     ASSERT_TRUE(r.has_value());
     EXPECT_EQ(r->status, 200);
   }
@@ -281,7 +282,7 @@ TEST_F(PdE2E, AbortInEveryQueueStateFreesTheKvOnBothSides) {
     std::future<Reply> pf, df;
     if (c.to_prefill) pf = std::async(std::launch::async, [&] { return post(c.prefill->url("/generate"), body, 60); });
     if (c.to_decode) df = std::async(std::launch::async, [&] { return post(c.decode->url("/generate"), body, 60); });
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    const auto until = std::chrono::steady_clock::now() + scaled(15);
     auto reached = [&] { return std::all_of(c.state.begin(), c.state.end(), [](const auto& f) { return f(); }); };
     bool in = false;
     while (!(in = reached()) && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -310,8 +311,8 @@ TEST_F(PdE2E, AbortInEveryQueueStateFreesTheKvOnBothSides) {
     if (c.slow_down_s > 0) {
       EXPECT_EQ(post(c.prefill->url("/slow_down"), {{"forward_sleep_time", nullptr}}).status, 200);
     }
-    EXPECT_TRUE(wait_all_free(*c.prefill, std::chrono::seconds(25))) << "prefill " << kv_state(*c.prefill).in_requests;
-    EXPECT_TRUE(wait_all_free(*c.decode, std::chrono::seconds(25))) << "decode " << kv_state(*c.decode).in_requests;
+    EXPECT_TRUE(wait_all_free(*c.prefill, scaled(25))) << "prefill " << kv_state(*c.prefill).in_requests;
+    EXPECT_TRUE(wait_all_free(*c.decode, scaled(25))) << "decode " << kv_state(*c.decode).in_requests;
   }
   ::close(silent);
   // Both pairs serve again, with the single server's output.
@@ -353,8 +354,8 @@ TEST_F(PdE2E, RandomTransferFailuresLeakNothing) {
   EXPECT_TRUE(problems.empty()) << problems.size() << " bad answers, first: " << (problems.empty() ? "" : problems[0]);
   EXPECT_GT(failed.load(), 5);   // about 30 expected
   EXPECT_GT(ok.load(), 200);
-  EXPECT_TRUE(wait_all_free(*p3, std::chrono::seconds(30)));
-  EXPECT_TRUE(wait_all_free(*d2, std::chrono::seconds(30)));
+  EXPECT_TRUE(wait_all_free(*p3, scaled(30)));
+  EXPECT_TRUE(wait_all_free(*d2, scaled(30)));
   // Failures are counted on both sides (SGLang's metric names).
   EXPECT_GT(metric_sum(*p3, "sglang:num_transfer_failed_reqs_total"), 0);
   EXPECT_GT(metric_sum(*d2, "sglang:num_transfer_failed_reqs_total"), 0);
@@ -383,7 +384,7 @@ TEST_F(PdE2E, KillPrefillDuringTransfers) {
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   EXPECT_GT(failed, 0);
   EXPECT_LT(s, 25.0);  // heartbeat (2 s x 2) or the 20 s waiting timeout, whichever first
-  EXPECT_TRUE(wait_all_free(*d2, std::chrono::seconds(10)));
+  EXPECT_TRUE(wait_all_free(*d2, scaled(10)));
   // A prefill back on the same bootstrap port: the decode looks it up afresh.
   p3 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b3)}, "pd_p3b", kPdEnv);
   ASSERT_TRUE(p3->wait_ready()) << p3->log();
@@ -401,7 +402,7 @@ TEST_F(PdE2E, KillDecodeFreesThePrefillsPages) {
     decode.push_back(std::async(std::launch::async, [&, body] { return post(d1->url("/generate"), body, 60); }));
   }
   // Kill once the prefill holds requests for the decode (queued, computing or in flight).
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  const auto until = std::chrono::steady_clock::now() + scaled(10);
   while (queue_count(*p2, "num_queue_reqs") + queue_count(*p2, "num_running_reqs") + queue_count(*p2, "num_inflight_reqs") < 4 &&
          std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -413,7 +414,7 @@ TEST_F(PdE2E, KillDecodeFreesThePrefillsPages) {
   }
   for (auto& f : decode) f.get();
   EXPECT_GT(failed, 0);  // the kill hit requests the prefill still held
-  EXPECT_TRUE(wait_all_free(*p2, std::chrono::seconds(30))) << p2->log().substr(0, 2000);
+  EXPECT_TRUE(wait_all_free(*p2, scaled(30))) << p2->log().substr(0, 2000);
 }
 
 }  // namespace

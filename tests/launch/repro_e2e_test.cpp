@@ -18,6 +18,7 @@
 #include "launch/child_process.h"
 #include "profile/trace_reader.h"
 #include "server/server_process.h"
+#include "test_time.h"
 
 namespace {
 
@@ -87,7 +88,7 @@ void run_and_check(const std::string& fill, const std::string& expected_fill_lin
   const auto out = fresh_dir("ok_" + method);
   const auto console = out.parent_path() / (out.filename().string() + ".console");
   auto repro = start_repro(out, console, fill.empty() ? std::map<std::string, std::string>{} : std::map<std::string, std::string>{{"--fill", fill}});
-  const int rc = wait_exit(repro, std::chrono::seconds(80));
+  const int rc = wait_exit(repro, test::scaled(80));
   const std::string text = read_file(console);
   ASSERT_EQ(rc, 0) << text;
 
@@ -154,7 +155,7 @@ TEST(ReproE2E, SigintStopsEveryChild) {
   const auto console = out.parent_path() / (out.filename().string() + ".console");
   // A fill that cannot finish (target above the requests) keeps repro busy until the signal.
   auto repro = start_repro(out, console, {{"--target-running", "100"}, {"--fill-timeout", "120"}});
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  const auto until = std::chrono::steady_clock::now() + test::scaled(60);
   while (read_file(console).find("started bench") == std::string::npos && std::chrono::steady_clock::now() < until &&
          repro.running())
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

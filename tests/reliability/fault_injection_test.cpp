@@ -9,6 +9,7 @@
 #include <csignal>
 
 #include "reliability/load_driver.h"
+#include "test_time.h"
 
 namespace pdserve::test {
 namespace {
@@ -97,8 +98,8 @@ TEST_F(FaultInjectionE2E, TenPercentTransferFailuresUnder600Requests) {
   LoadResult warm;
   run_load(url, prompts, want, 100, kConcurrency, warm);
   EXPECT_EQ(warm.wrong + warm.no_answer, 0) << warm.summary();
-  ASSERT_TRUE(wait_all_free(local(prefill_port), 30s).all_free());
-  ASSERT_TRUE(wait_all_free(local(decode_port), 30s).all_free());
+  ASSERT_TRUE(wait_all_free(local(prefill_port), test::scaled(30)).all_free());
+  ASSERT_TRUE(wait_all_free(local(decode_port), test::scaled(30)).all_free());
   const int fds_before[3] = {open_fds(router.pid()), open_fds(prefill.pid()), open_fds(decode.pid())};
   const double failed_before = metric_sum(local(decode_port, "/metrics"), "sglang:num_transfer_failed_reqs_total");
 
@@ -123,7 +124,7 @@ TEST_F(FaultInjectionE2E, TenPercentTransferFailuresUnder600Requests) {
 
   // No leaks: every page and queue slot free on both servers, no PD room left on the prefill,
   // nothing in flight in the router, no descriptor (socket) more than after the warm-up.
-  const Accounting pa = wait_all_free(local(prefill_port), 30s), da = wait_all_free(local(decode_port), 30s);
+  const Accounting pa = wait_all_free(local(prefill_port), test::scaled(30)), da = wait_all_free(local(decode_port), test::scaled(30));
   EXPECT_TRUE(pa.all_free()) << "prefill: " << pa.text();
   EXPECT_TRUE(da.all_free()) << "decode: " << da.text();
   EXPECT_TRUE(eventually([&] { return router_in_flight(local(router_port)) == 0; }, 10s));
@@ -192,7 +193,7 @@ TEST_F(FaultInjectionE2E, PrefillAndDecodeKilledMidRunAndRestarted) {
   LoadResult load;
   std::atomic<bool> keep_going{true};
   std::thread load_thread([&] { run_load(router_url + "/generate", prompts, want, 600, kConcurrency, load, &keep_going); });
-  auto finished_at_least = [&](int n) { return eventually([&] { return load.finished() >= n; }, 60s); };
+  auto finished_at_least = [&](int n) { return eventually([&] { return load.finished() >= n; }, test::scaled(60)); };
 
   EXPECT_TRUE(finished_at_least(100)) << load.summary();
   const int finished_at_prefill_kill = load.finished();
@@ -213,7 +214,7 @@ TEST_F(FaultInjectionE2E, PrefillAndDecodeKilledMidRunAndRestarted) {
   // Accounting all free on the survivors and on the restarted servers; nothing in flight in the
   // router, and no descriptor of the dead workers' connections left behind.
   for (int i = 0; i < 2; ++i) {
-    const Accounting pa = wait_all_free(local(pports[i]), 30s), da = wait_all_free(local(dports[i]), 30s);
+    const Accounting pa = wait_all_free(local(pports[i]), test::scaled(30)), da = wait_all_free(local(dports[i]), test::scaled(30));
     EXPECT_TRUE(pa.all_free()) << "prefill " << i << ": " << pa.text();
     EXPECT_TRUE(da.all_free()) << "decode " << i << ": " << da.text();
   }

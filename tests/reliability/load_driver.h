@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "router_e2e/process.h"
+#include "test_time.h"
 
 namespace pdserve::test {
 
@@ -179,7 +180,7 @@ inline std::vector<json> reference_outputs(const std::string& generate_url, cons
     threads.emplace_back([&] {
       http::Client c;
       for (size_t i = next++; i < prompts.size(); i = next++) {
-        auto r = c.post_json(generate_url, greedy_body(prompts[i], false).dump(), std::chrono::seconds(60));
+        auto r = c.post_json(generate_url, greedy_body(prompts[i], false).dump(), test::scaled(60));
         if (r && r->status == 200) out[i] = json::parse(r->body, nullptr, false)["output_ids"];
       }
     });
