@@ -3,9 +3,8 @@
 #   asan: build-asan/ with AddressSanitizer + UndefinedBehaviorSanitizer (leak checking on, any
 #         UB finding aborts), running every unit and e2e test (ctest -LE gpu), as the README's
 #         test command does in build/. ASAN_SCOPE=ci (what .ci/run runs, to stay within its time
-#         limit) leaves out the e2e suites in ASAN_CI_SKIP: disagg_e2e (10 minutes under ASan, and
-#         its 20 s KV transfer deadlines expire there: docs/reliability.md) and those whose time
-#         goes to process start-up, fixed-length load and scripts rather than to parsing; run the
+#         limit) leaves out the e2e suites in ASAN_CI_SKIP, those whose time goes to process
+#         start-up, fixed-length load and scripts rather than to parsing or fault paths; run the
 #         default (all) before merging changes to parsers or memory ownership, and nightly.
 #   tsan: build-tsan/ with ThreadSanitizer, running the unit tests of the threaded modules:
 #         scheduler, http, parallel, and router/disagg where present.
@@ -41,7 +40,7 @@ run_asan() {
   local select=(-LE gpu)
   case ${ASAN_SCOPE:-all} in
     all) ;;
-    ci) local skip=${ASAN_CI_SKIP:-disagg_e2e reliability_e2e multinode_e2e soak_e2e slurm_e2e launch_e2e local_scripts_e2e}
+    ci) local skip=${ASAN_CI_SKIP:-multinode_e2e soak_e2e slurm_e2e launch_e2e local_scripts_e2e}
         select+=(-E "^(${skip// /|})\$") ;;
     *) echo "sanitize.sh: unknown ASAN_SCOPE '$ASAN_SCOPE' (all, ci)" >&2; return 2 ;;
   esac
