@@ -167,6 +167,11 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
         if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
       });
       row(copy_gbs, "decode core wgmma (" + tag + ")", wg_us, core_flops, kv_bytes + act_bytes);
+      const double one_us = time_us([&] {
+        mla::decode_core_wgmma_one_schedule(c, s);
+        if (splits > 1) mla::decode_combine(c.o_part, c.lse_part, c.o_lat, c.batch, c.heads, splits, s);
+      });
+      row(copy_gbs, "  wgmma core, TMA, one schedule (no ping-pong)", one_us, core_flops, kv_bytes + act_bytes);
       mla::DecodeCoreArgs c_copies = c;
       c_copies.pool_pages = 0;  // the same kernel with per-thread cp.async tile loads
       const double cp_us = time_us([&] {
@@ -182,6 +187,13 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
         const double us = time_us([&] { mla::decode_core_wgmma_phases(c, s, mask); });
         std::printf("|   wgmma core, %-30s | %9.1f |\n", what, us);
       }
+      const std::pair<int, const char*> pp_phases[] = {{2 | 4, "MMAs + softmax"}, {1, "loads + softmax"},
+                                                       {1 | 2, "loads + QK"}, {1 | 4, "loads + PV"}, {2, "QK only"},
+                                                       {0, "softmax + barriers only"}};
+      for (const auto& [mask, what] : pp_phases) {
+        const double us = time_us([&] { mla::decode_core_pingpong_phases(c, s, mask); });
+        std::printf("|   ping-pong core, %-26s | %9.1f |\n", what, us);
+      }
       // One head block instead of two: each sequence's KV is then read by one CTA, not two. If
       // the loads take half as long, the second block's read costs HBM bandwidth (no L2 reuse),
       // and sharing one read between the two blocks (a cluster) is the next lever.
@@ -189,7 +201,9 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
       c64.heads = 64;
       const double one_block_us = time_us([&] { mla::decode_core_wgmma_phases(c64, s, 7); });
       const double one_block_loads_us = time_us([&] { mla::decode_core_wgmma_phases(c64, s, 1); });
+      const double one_block_pp_us = time_us([&] { mla::decode_core_wgmma(c64, s); });
       std::printf("|   wgmma core, 64 heads (one block per seq)    | %9.1f |\n", one_block_us);
+      std::printf("|   ping-pong core, 64 heads                    | %9.1f |\n", one_block_pp_us);
       std::printf("|   wgmma core, 64 heads, loads only            | %9.1f |\n", one_block_loads_us);
     }
     const int b = static_cast<int>(batch), hh = static_cast<int>(h), r = static_cast<int>(d.kv_lora_rank);

@@ -102,7 +102,10 @@ mla::DecodeCoreArgs core_args(const CoreCase& c, const CoreRun& in, Tensor& o_la
   return a;
 }
 
-// Runs one core (wgmma variant, or -1 for mma.sync) and the combine; returns o_lat as host f32.
+constexpr int kMmaSync = -1, kOneSchedule = -2;
+
+// Runs one core (a wgmma V-descriptor variant, kMmaSync or kOneSchedule, the wgmma core without
+// its ping-pong) and the combine; returns o_lat as host f32.
 Tensor run_core(const CoreCase& c, const CoreRun& in, int variant) {
   const int batch = static_cast<int>(c.lens.size());
   Tensor o_lat = poisoned_device({batch, c.heads, mla::kDecodeValue}, DType::kBF16);
@@ -113,7 +116,8 @@ Tensor run_core(const CoreCase& c, const CoreRun& in, int variant) {
   }
   const mla::DecodeCoreArgs a = core_args(c, in, o_lat, o_part, lse);
   cudaStream_t s = ops::cuda::current_stream();
-  if (variant < 0) mla::decode_core(a, s);
+  if (variant == kMmaSync) mla::decode_core(a, s);
+  else if (variant == kOneSchedule) mla::decode_core_wgmma_one_schedule(a, s);
   else mla::decode_core_wgmma(a, s, variant);
   if (c.splits > 1) mla::decode_combine(a.o_part, a.lse_part, a.o_lat, batch, c.heads, c.splits, s);
   ops::cuda::check(cudaStreamSynchronize(s), "decode core");
@@ -141,7 +145,7 @@ TEST(MlaWgmmaGpu, DecodeCoreMatchesTheMmaSyncCore) {
   for (const CoreCase& c : cases()) {
     SCOPED_TRACE(fmt::format("heads {} page {} splits {} B {}", c.heads, c.page_size, c.splits, c.lens.size()));
     const CoreRun in = make_inputs(c, ++seed);
-    const Tensor want = run_core(c, in, -1);
+    const Tensor want = run_core(c, in, kMmaSync);
     const Tensor got = run_core(c, in, 0);
     ASSERT_TRUE(nan_free(got)) << "wgmma core left poisoned (NaN) outputs";
     const double err = rel_max_err(got, want);
@@ -151,13 +155,41 @@ TEST(MlaWgmmaGpu, DecodeCoreMatchesTheMmaSyncCore) {
   }
 }
 
+// TMA tiles (pages of 64 and 128 tokens) run the ping-pong schedule; the one schedule stays
+// selectable. Both against mma.sync, across splits that leave one, two or an odd number of tiles
+// per CTA (the two KV stages' phases), tails, empty slots and a head remainder block.
+TEST(MlaWgmmaGpu, PingPongAndOneScheduleMatchTheMmaSyncCore) {
+  if (!mla::decode_core_wgmma_supported()) GTEST_SKIP() << "not an sm_90 device";
+  const std::vector<CoreCase> tma_cases = {
+      {{2000, 1, 64, 65, 0, 129, 191, 320}, 128, 64, 1},
+      {{64 * 5 + 3, 64, 63, 1, 2000, 0}, 64, 64, 4},
+      {{1000, 777, 128}, 128, 128, 3},  // tiles start mid-page: (64 t) % 128
+      {{450, 70}, 96, 64, 2},
+  };
+  uint32_t seed = 700;
+  for (const CoreCase& c : tma_cases) {
+    SCOPED_TRACE(fmt::format("heads {} page {} splits {} B {}", c.heads, c.page_size, c.splits, c.lens.size()));
+    const CoreRun in = make_inputs(c, ++seed);
+    const Tensor want = run_core(c, in, kMmaSync);
+    const Tensor pingpong = run_core(c, in, 0);
+    const Tensor one = run_core(c, in, kOneSchedule);
+    ASSERT_TRUE(nan_free(pingpong)) << "the ping-pong core left poisoned (NaN) outputs";
+    ASSERT_TRUE(nan_free(one)) << "the one-schedule core left poisoned (NaN) outputs";
+    const double err_pp = rel_max_err(pingpong, want), err_one = rel_max_err(one, want);
+    std::printf("  heads %d page %d splits %d: ping-pong rel err %.2e, one schedule %.2e vs mma.sync\n", c.heads,
+                c.page_size, c.splits, err_pp, err_one);
+    EXPECT_LT(err_pp, 1e-2);
+    EXPECT_LT(err_one, 1e-2);
+  }
+}
+
 // Stale NaN rows after each sequence's end in its last page (64-token pages: the TMA loads read
 // them) leave the output finite and equal to the mma.sync core's, which never reads them.
 TEST(MlaWgmmaGpu, StaleRowsPastTheEndDoNotReachTheOutput) {
   if (!mla::decode_core_wgmma_supported()) GTEST_SKIP() << "not an sm_90 device";
   const CoreCase c{{100, 1, 64, 129, 2000}, 128, 64, 2};
   const CoreRun in = make_inputs(c, 990, /*nan_tails=*/true);
-  const Tensor want = run_core(c, in, -1);
+  const Tensor want = run_core(c, in, kMmaSync);
   ASSERT_TRUE(nan_free(want)) << "the reference read a row past the end";
   const Tensor got = run_core(c, in, 0);
   ASSERT_TRUE(nan_free(got)) << "stale rows past the end reached the wgmma core's output";
@@ -168,7 +200,7 @@ TEST(MlaWgmmaGpu, VOperandLayoutProbe) {
   if (!mla::decode_core_wgmma_supported()) GTEST_SKIP() << "not an sm_90 device";
   const CoreCase c{{300, 70}, 64, 64, 1};
   const CoreRun in = make_inputs(c, 900);
-  const Tensor want = run_core(c, in, -1);
+  const Tensor want = run_core(c, in, kMmaSync);
   const double err0 = rel_max_err(run_core(c, in, 0), want);
   const double err1 = rel_max_err(run_core(c, in, 1), want);
   std::printf("  V descriptor variant 0 (LBO = column block, SBO = 8-token atom): rel err %.2e\n", err0);

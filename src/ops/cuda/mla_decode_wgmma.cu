@@ -287,7 +287,7 @@ void launch_kernel(const DecodeCoreArgs& a, cudaStream_t stream, int lbo, int sb
   check_launch("mla decode_core_wgmma");
 }
 
-void launch(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant, int phases) {
+void launch(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant, int phases, bool pingpong) {
   if (a.batch <= 0) return;
   if (a.num_splits < 1 || (a.num_splits > 1 && (a.o_part == nullptr || a.lse_part == nullptr)) ||
       (a.num_splits == 1 && a.o_lat == nullptr))
@@ -299,7 +299,9 @@ void launch(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant, in
   // stride offset between 8-token atoms. Variant 1 swaps them (kept for the layout probe test).
   const int lbo = v_desc_variant == 0 ? int(kBlockBytes) : 1024, sbo = v_desc_variant == 0 ? 1024 : int(kBlockBytes);
   // TMA tiles need whole 64-token tiles inside a page, the pool's size for the map, and every
-  // phase on (the benchmark's phase switches run the cp.async path).
+  // phase on (the benchmark's phase switches run the cp.async path). With them the ping-pong
+  // schedule (mla_decode_pingpong.cu) runs unless the caller asks for this file's one schedule.
+  if (pingpong && phases == kAllPhases && decode_core_pingpong(a, stream, lbo, sbo, kAllPhases)) return;
   CUtensorMap map{};
   const bool tma = a.pool_pages > 0 && a.page_size % kN == 0 && phases == kAllPhases &&
                    tma::encode_bf16_2d_sw128(&map, a.pool, uint64_t(a.pool_pages) * a.page_size, kL, kL * sizeof(bf16), kN);
@@ -309,9 +311,20 @@ void launch(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant, in
 }  // namespace
 
 void decode_core_wgmma(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant) {
-  launch(a, stream, v_desc_variant, kAllPhases);
+  launch(a, stream, v_desc_variant, kAllPhases, true);
 }
 
-void decode_core_wgmma_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases) { launch(a, stream, 0, phases); }
+void decode_core_wgmma_one_schedule(const DecodeCoreArgs& a, cudaStream_t stream) {
+  launch(a, stream, 0, kAllPhases, false);
+}
+
+void decode_core_wgmma_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases) {
+  launch(a, stream, 0, phases, false);
+}
+
+void decode_core_pingpong_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases) {
+  if (!decode_core_pingpong(a, stream, int(kBlockBytes), 1024, phases))
+    throw std::invalid_argument("mla decode_core_pingpong_phases: the pool does not allow TMA tiles");
+}
 
 }  // namespace pdserve::ops::cuda::mla

@@ -74,9 +74,18 @@ void decode_core(const DecodeCoreArgs& a, cudaStream_t stream);
 // documented there; 1 = leading/stride swapped, for the layout probe test only).
 bool decode_core_wgmma_supported();
 void decode_core_wgmma(const DecodeCoreArgs& a, cudaStream_t stream, int v_desc_variant = 0);
+// The wgmma core's schedules: decode_core_wgmma runs the ping-pong of mla_decode_pingpong.cu when
+// tiles load with TMA (pool_pages set, page_size a multiple of 64), else the one schedule of
+// mla_decode_wgmma.cu (S, softmax, P V one after the other). decode_core_wgmma_one_schedule forces
+// the latter (tests and benchmark compare the two); decode_core_pingpong returns false, launching
+// nothing, where TMA tiles do not apply.
+void decode_core_wgmma_one_schedule(const DecodeCoreArgs& a, cudaStream_t stream);
+bool decode_core_pingpong(const DecodeCoreArgs& a, cudaStream_t stream, int v_lbo, int v_sbo, int phases);
 // Benchmark only (wrong results): runs the wgmma core with some per-tile phases switched off
 // (bit 1 KV tile loads, 2 Q K^T, 4 P V) to show where its time goes.
 void decode_core_wgmma_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases);
+// The same for the ping-pong schedule (TMA tiles needed; loads off reuses the first two tiles).
+void decode_core_pingpong_phases(const DecodeCoreArgs& a, cudaStream_t stream, int phases);
 // Merges the splits of decode_core into o_lat bf16 [B, H, 512].
 void decode_combine(const float* o_part, const float* lse_part, void* o_lat, int batch, int heads, int num_splits,
                     cudaStream_t stream);
