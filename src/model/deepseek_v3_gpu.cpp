@@ -62,6 +62,8 @@ Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput
   return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
 }
 bool DeepseekV3GpuModel::last_forward_used_graph() const { return false; }
+void DeepseekV3GpuModel::set_routed_experts(std::shared_ptr<RoutedExperts>) {}
+Status DeepseekV3GpuModel::idle_forward(RoutedExperts&) { return make_error(ErrorCode::kUnsupported, "no CUDA in this build"); }
 Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>&,
                                                                 const std::vector<RowSampling>&) {
   return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
@@ -172,6 +174,11 @@ struct DeepseekV3GpuModel::Impl {
   DeviceArena arena, graph_arena;
   GpuMemoryReport mem;
   bool used_graph = false;
+  // Expert parallelism: the hook of every forward without its own (set_routed_experts), and the
+  // one of the forward under way (nullptr: every expert is local).
+  std::shared_ptr<RoutedExperts> routed_default;
+  RoutedExperts* routed = nullptr;
+  Tensor idle_x, idle_out, idle_ids, idle_w;  // one-row device buffers; idle passes use zero rows
   // Set by forward_sample for one call: the forward ends in ops::sample_batch on the device instead
   // of copying the logits to the host.
   const std::vector<RowSampling>* sampling = nullptr;
@@ -270,7 +277,8 @@ struct DeepseekV3GpuModel::Impl {
 
   // Routed experts. masked (graphs): every expert gets a block of T rows and the expert products
   // read the counts on the device; otherwise the counts come to the host and the rows are packed.
-  void moe(int64_t l, const Tensor& x, DeviceArena& a, bool masked, RoutingTrace* trace, Tensor& residual) {
+  void moe(int64_t l, const Tensor& x, const Tensor& x_bf16, DeviceArena& a, bool masked, RoutingTrace* trace,
+           Tensor& residual) {
     const auto& lw = w.layers[static_cast<size_t>(l)];
     const int64_t T = x.size(0), E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, hid = cfg->hidden_size;
     const int64_t inter = cfg->moe_intermediate_size;
@@ -285,7 +293,18 @@ struct DeepseekV3GpuModel::Impl {
       trace::ScopedSpan span("shared_experts");
       mlp(lw.shared, x, a, residual);
     }
+    // Routed experts uploaded by the EP ranks and no hook: only the warm-up at creation, which
+    // sizes the arena (the EP path takes nothing more from it).
+    if (!routed && lw.experts.gate.empty()) return;
     trace::ScopedSpan routed_span("routed_experts");
+    if (routed) {
+      // Expert parallelism: the hook sends the bf16 rows to the experts' ranks, runs this rank's
+      // experts on what it receives, and adds the weighted results back into the residual.
+      Status st = routed->forward(l, x_bf16, ids, wts, residual);
+      if (!st.has_value()) throw std::runtime_error(st.error().message());
+      if (trace) record_routing(l, ids, T, k, *trace);
+      return;
+    }
 
     Tensor counts = a.take({E}, DType::kI32), slots = a.take({T, k}, DType::kI32);
     Tensor base;                           // first row of each expert's block
@@ -313,28 +332,30 @@ struct DeepseekV3GpuModel::Impl {
       Tensor g3 = g.reshape({E, T, inter}), u3 = u.reshape({E, T, inter}), y3 = y.reshape({E, T, hid});
       // Decode sizes: a few rows per chosen expert. The GEMV reads only the chosen experts'
       // weights; the masked GEMMs would run (and read) all E experts over all T rows.
-      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.expert_gate, lw.gate_table, g3);
-      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.expert_up, lw.up_table, u3);
+      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.gate, lw.experts.gate_table, g3);
+      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.up, lw.experts.up_table, u3);
       ops::silu_mul(g, u, g);  // rows past the counts hold stale values; nothing reads them
-      ops::grouped_gemv_masked(g3, counts, lw.expert_down, lw.down_table, y3);
+      ops::grouped_gemv_masked(g3, counts, lw.experts.down, lw.experts.down_table, y3);
     } else if (rows > 0) {
       Tensor xr = xs.slice(0, 0, rows), gr = g.slice(0, 0, rows), ur = u.slice(0, 0, rows), yr = y.slice(0, 0, rows);
-      ops::grouped_linear_contiguous(xr, offsets, lw.expert_gate, gr);
-      ops::grouped_linear_contiguous(xr, offsets, lw.expert_up, ur);
+      ops::grouped_linear_contiguous(xr, offsets, lw.experts.gate, gr);
+      ops::grouped_linear_contiguous(xr, offsets, lw.experts.up, ur);
       ops::silu_mul(gr, ur, gr);
-      ops::grouped_linear_contiguous(gr, offsets, lw.expert_down, yr);
+      ops::grouped_linear_contiguous(gr, offsets, lw.experts.down, yr);
     }
     ops::moe_combine(y, slots, wts, residual);
-    if (trace) {
-      std::vector<int32_t> hid_ids(static_cast<size_t>(T * k));
-      check(cudaMemcpyAsync(hid_ids.data(), ids.raw_data(), hid_ids.size() * 4, cudaMemcpyDeviceToHost, stream), "trace");
-      check(cudaStreamSynchronize(stream), "trace sync");
-      auto& out = trace->experts[l];
-      for (int64_t t = 0; t < T; ++t) {
-        std::vector<int32_t> r(hid_ids.begin() + t * k, hid_ids.begin() + (t + 1) * k);
-        std::sort(r.begin(), r.end());
-        out.push_back(std::move(r));
-      }
+    if (trace) record_routing(l, ids, T, k, *trace);
+  }
+
+  void record_routing(int64_t l, const Tensor& ids, int64_t T, int64_t k, RoutingTrace& trace) {
+    std::vector<int32_t> hid_ids(static_cast<size_t>(T * k));
+    check(cudaMemcpyAsync(hid_ids.data(), ids.raw_data(), hid_ids.size() * 4, cudaMemcpyDeviceToHost, stream), "trace");
+    check(cudaStreamSynchronize(stream), "trace sync");
+    auto& out = trace.experts[l];
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> r(hid_ids.begin() + t * k, hid_ids.begin() + (t + 1) * k);
+      std::sort(r.begin(), r.end());
+      out.push_back(std::move(r));
     }
   }
 
@@ -366,10 +387,12 @@ struct DeepseekV3GpuModel::Impl {
         // f32 into the MLP: the router reads f32 like HF's gate does.
         trace::ScopedSpan span("post_attention_layernorm");
         ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
+        // The EP dispatch moves bf16 rows (xb is free again once the attention has run).
+        if (routed && lw.is_moe) ops::rms_norm(resid, lw.post_attention_layernorm, eps, xb);
       }
       trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
       if (lw.is_moe)
-        moe(l, xf, a, masked, trace, resid);
+        moe(l, xf, xb, a, masked, trace, resid);
       else
         mlp(lw.dense, xf, a, resid);
     }
@@ -451,6 +474,11 @@ struct DeepseekV3GpuModel::Impl {
         body(in, h, arena, h.decode && !o.all_logits, false, o.all_logits, o.routing, logits);
         return download(logits, rows);
       } catch (const ArenaFull& f) {
+        // Under EP a rerun would repeat exchanges the peers already finished (and growing frees
+        // memory while their kernels wait for ours): the warm-up at creation sizes the arena.
+        if (routed)
+          throw std::runtime_error(fmt::format("this EP pass needs {} B more activation memory than the startup warm-up "
+                                               "(a forward of --max-prefill-tokens tokens) reserved", f.needed));
         check(cudaStreamSynchronize(stream), "arena growth");
         const size_t want = std::max(f.needed * 2, arena.capacity() * 2);
         log::info("Growing the activation arena to {:.2f} GB", want / kGiB);
@@ -542,7 +570,7 @@ struct DeepseekV3GpuModel::Impl {
 
   // The captured size for this batch, or 0 when it must run eagerly.
   int64_t graph_bs(const std::vector<SequenceInput>& batch, const ForwardOptions& o) const {
-    if (graphs.empty() || o.all_logits || o.routing || o.force_absorbed) return 0;
+    if (graphs.empty() || o.all_logits || o.routing || o.force_absorbed || routed) return 0;
     const int64_t n = static_cast<int64_t>(batch.size());
     for (const auto& s : batch)
       if (s.tokens.size() != 1 || s.prefix_len == 0 || static_cast<int64_t>(s.page_table.size()) > table_width ||
@@ -593,6 +621,7 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
   m.opts = opts;
   std::sort(m.opts.cuda_graph_bs.begin(), m.opts.cuda_graph_bs.end());
   m.opts.cuda_graph_bs.erase(std::unique(m.opts.cuda_graph_bs.begin(), m.opts.cuda_graph_bs.end()), m.opts.cuda_graph_bs.end());
+  if (opts.routed_experts_elsewhere) m.opts.cuda_graph_bs.clear();  // EP decode runs eagerly (see the header)
   try {
     check(cudaSetDevice(opts.device), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
@@ -600,8 +629,9 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
     size_t free_b = 0, total_b = 0;
     check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
     m.mem.total_gb = total_b / kGiB;
+    const size_t free_at_start = free_b;
     log::info("Load weight begin. avail mem={:.2f} GB", free_b / kGiB);
-    m.w = upload_weights(*m.cfg, m.host->weights());
+    m.w = upload_weights(*m.cfg, m.host->weights(), !opts.routed_experts_elsewhere);
     m.mem.weights_gb = m.w.bytes / kGiB;
     log::info("Load weight end. type=DeepseekV3ForCausalLM, dtype=torch.bfloat16, avail mem={:.2f} GB, mem usage={:.2f} GB.",
               avail_gb(), m.mem.weights_gb);
@@ -627,7 +657,11 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
     // The cache: what is left of the static fraction after weights and activations.
     check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
     const double reserve = static_cast<double>(total_b) * (1.0 - opts.mem_fraction_static);
-    const double kv_budget = static_cast<double>(free_b) - reserve;
+    // EP ranks sharing this GPU and created after this model each need what this one took so
+    // far (weights, activations) and an equal share of the cache.
+    const double own = static_cast<double>(free_at_start) - static_cast<double>(free_b);
+    const int later = std::max(0, opts.later_models_on_device);
+    const double kv_budget = (static_cast<double>(free_b) - reserve - later * own) / (later + 1);
     const int64_t token_bytes = L * latent * static_cast<int64_t>(dtype_size(m.act));
     int64_t tokens = kv_budget > 0 ? static_cast<int64_t>(kv_budget / static_cast<double>(token_bytes)) : 0;
     if (opts.max_total_tokens > 0) tokens = std::min(tokens, opts.max_total_tokens);
@@ -661,10 +695,69 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
   return std::unique_ptr<DeepseekV3GpuModel>(new DeepseekV3GpuModel(std::move(impl)));
 }
 
-Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& batch, const ForwardOptions& opts) {
-  PDSERVE_RETURN_IF_ERROR(validate_batch(*impl_->cfg, batch, impl_->num_pages, impl_->opts.page_size));
+namespace {
+// The hook of one forward, set on the model for the call's duration.
+struct RoutedScope {
+  DeepseekV3GpuModel::Impl* impl;
+  ~RoutedScope() { impl->routed = nullptr; }
+};
+}  // namespace
+
+void DeepseekV3GpuModel::set_routed_experts(std::shared_ptr<RoutedExperts> routed) {
+  impl_->routed_default = std::move(routed);
+}
+
+// Checks the batch and picks the forward's routed-experts hook. A batch refused under EP still
+// runs an idle pass, or the peers would wait in their exchanges until the timeout.
+static Status begin_forward(DeepseekV3GpuModel& model, DeepseekV3GpuModel::Impl& m, const std::vector<SequenceInput>& batch,
+                            const ForwardOptions& opts) {
+  check(cudaSetDevice(m.opts.device), "cudaSetDevice");  // rank threads may serve different GPUs
+  RoutedExperts* routed = opts.routed ? opts.routed : m.routed_default.get();
+  if (!routed && m.opts.routed_experts_elsewhere)
+    return make_error(ErrorCode::kInternal, "this GPU model's routed experts live with the EP ranks, and no hook was set");
+  if (Status valid = validate_batch(*m.cfg, batch, m.num_pages, m.opts.page_size); !valid.has_value()) {
+    if (routed) {
+      if (Status idle = model.idle_forward(*routed); !idle.has_value())
+        log::error("idle pass after a rejected batch failed: {}", idle.error().message());
+    }
+    return valid.error();
+  }
+  m.routed = routed;
+  return ok_status();
+}
+
+Status DeepseekV3GpuModel::idle_forward(RoutedExperts& routed) {
   StreamScope scope;
+  Impl& m = *impl_;
   try {
+    check(cudaSetDevice(m.opts.device), "cudaSetDevice");
+    ops::cuda::set_current_stream(m.stream);
+    const int64_t hidden = m.cfg->hidden_size, k = m.cfg->num_experts_per_tok;
+    if (!m.idle_x.defined()) {
+      m.idle_x = Tensor::empty({1, hidden}, DType::kBF16, Device::kCuda);
+      m.idle_out = Tensor::empty({1, hidden}, DType::kF32, Device::kCuda);
+      m.idle_ids = Tensor::empty({1, k}, DType::kI32, Device::kCuda);
+      m.idle_w = Tensor::empty({1, k}, DType::kF32, Device::kCuda);
+    }
+    const Tensor x = m.idle_x.slice(0, 0, 0), ids = m.idle_ids.slice(0, 0, 0), w = m.idle_w.slice(0, 0, 0);
+    Tensor out = m.idle_out.slice(0, 0, 0);
+    for (int64_t l = 0; l < m.cfg->num_hidden_layers; ++l) {
+      if (!m.w.layers[static_cast<size_t>(l)].is_moe) continue;
+      trace::ScopedSpan span("moe", static_cast<int32_t>(l));
+      PDSERVE_RETURN_IF_ERROR(routed.forward(l, x, ids, w, out));
+    }
+    check(cudaStreamSynchronize(m.stream), "idle pass");
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kInternal, "GPU idle pass failed: {}", e.what());
+  }
+  return ok_status();
+}
+
+Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& batch, const ForwardOptions& opts) {
+  StreamScope scope;
+  RoutedScope routed_scope{impl_.get()};
+  try {
+    PDSERVE_RETURN_IF_ERROR(begin_forward(*this, *impl_, batch, opts));
     const int64_t bs = impl_->graph_bs(batch, opts);
     impl_->used_graph = bs > 0;
     return bs > 0 ? impl_->run_graph(batch, bs) : impl_->run_eager(batch, opts);
@@ -690,9 +783,10 @@ Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vecto
 
 Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& opts,
                                                  bool graph_layout) {
-  PDSERVE_RETURN_IF_ERROR(validate_batch(*impl_->cfg, batch, impl_->num_pages, impl_->opts.page_size));
   StreamScope scope;
+  RoutedScope routed_scope{impl_.get()};
   try {
+    PDSERVE_RETURN_IF_ERROR(begin_forward(*this, *impl_, batch, opts));
     impl_->used_graph = false;
     if (graph_layout) {
       const int64_t bs = impl_->graph_bs(batch, opts);

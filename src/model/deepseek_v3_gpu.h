@@ -31,6 +31,14 @@ struct GpuModelOptions {
   int64_t max_forward_tokens = 8192;
   // Decode batch sizes to capture, ascending; empty: no CUDA graphs (--disable-cuda-graph).
   std::vector<int64_t> cuda_graph_bs;
+  // Expert parallelism: the routed experts live with the EP ranks' RoutedExperts hooks (each its
+  // own slice), so this model does not upload them and every forward needs a hook
+  // (set_routed_experts). Decode then runs eagerly: no graphs are captured.
+  bool routed_experts_elsewhere = false;
+  // Models created after this one on the same GPU (EP ranks sharing it): the KV budget left after
+  // this model's weights and activations is split so that each of them still finds room for its
+  // own weights, activations and an equal share of cache.
+  int later_models_on_device = 0;
 };
 
 // SGLang's default capture list up to max_bs: 1, 2, 4, 8, 12, 16, ... (steps of 8 to 256, then 16).
@@ -77,6 +85,13 @@ class DeepseekV3GpuModel {
   // logits; other rows draw with Philox keyed by (seed, offset), not with the host's generator.
   Result<std::vector<int32_t>> forward_sample(const std::vector<SequenceInput>& batch,
                                               const std::vector<RowSampling>& rows);
+
+  // The routed-experts hook every forward uses when its ForwardOptions name none (expert
+  // parallelism: the rank's GPU EP experts). Set before the first forward.
+  void set_routed_experts(std::shared_ptr<RoutedExperts> routed);
+  // A pass with no tokens of this rank's own: each MoE layer's hook is called with zero rows, so
+  // that the peers' token exchanges complete (as DeepseekV3Model::idle_forward).
+  Status idle_forward(RoutedExperts& routed);
 
   // Runs the batch eagerly even when a graph would serve it (tests compare the two). With
   // graph_layout, a decode batch runs exactly what the graph of its padded size runs (masked

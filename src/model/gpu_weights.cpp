@@ -30,7 +30,23 @@ struct Uploader {
 
 }  // namespace
 
-GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w) {
+GpuExperts upload_experts(const MoeWeights& m, int64_t begin, int64_t end, size_t* bytes) {
+  Uploader u;
+  GpuExperts g;
+  for (int64_t e = begin; e < end; ++e) {
+    const MlpWeights& x = m.experts.at(static_cast<size_t>(e));
+    g.gate.push_back(u.up(x.gate_proj));
+    g.up.push_back(u.up(x.up_proj));
+    g.down.push_back(u.up(x.down_proj));
+  }
+  g.gate_table = ops::expert_pointer_table(g.gate);
+  g.up_table = ops::expert_pointer_table(g.up);
+  g.down_table = ops::expert_pointer_table(g.down);
+  if (bytes) *bytes += u.bytes;
+  return g;
+}
+
+GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w, bool routed_experts) {
   Uploader u;
   GpuWeights g;
   g.embed_tokens = u.up(w.embed_tokens);
@@ -70,14 +86,7 @@ GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w) {
     }
     gl.router = u.up(lw.moe.router);
     gl.correction_bias = u.up(lw.moe.correction_bias);
-    for (const MlpWeights& e : lw.moe.experts) {
-      gl.expert_gate.push_back(u.up(e.gate_proj));
-      gl.expert_up.push_back(u.up(e.up_proj));
-      gl.expert_down.push_back(u.up(e.down_proj));
-    }
-    gl.gate_table = ops::expert_pointer_table(gl.expert_gate);
-    gl.up_table = ops::expert_pointer_table(gl.expert_up);
-    gl.down_table = ops::expert_pointer_table(gl.expert_down);
+    if (routed_experts) gl.experts = upload_experts(lw.moe, 0, static_cast<int64_t>(lw.moe.experts.size()), &u.bytes);
     if (lw.moe.shared.gate_proj.weight.defined()) gl.shared = u.up(lw.moe.shared);
   }
   g.bytes = u.bytes;

@@ -8,6 +8,12 @@
 
 namespace pdserve::model {
 
+// Routed experts [begin, end) of one MoE layer on the device (all of them, or one EP rank's slice).
+struct GpuExperts {
+  std::vector<Weight> gate, up, down;       // grouped-GEMM operands, index = expert - begin
+  Tensor gate_table, up_table, down_table;  // ops::expert_pointer_table of each, for the decode GEMV
+};
+
 struct GpuLayerWeights {
   Tensor input_layernorm, post_attention_layernorm;
   AttentionWeights attn;  // device copies; w_uk / w_uv are bf16 views of one [H, nope + v, r] tensor
@@ -15,8 +21,7 @@ struct GpuLayerWeights {
   MlpWeights dense;
   Weight router;
   Tensor correction_bias;  // [E] f32, or undefined
-  std::vector<Weight> expert_gate, expert_up, expert_down;  // grouped-GEMM operands
-  Tensor gate_table, up_table, down_table;  // ops::expert_pointer_table of each, for the decode GEMV
+  GpuExperts experts;  // every routed expert, or none when they live with EP ranks (see below)
   MlpWeights shared;
 };
 
@@ -29,7 +34,11 @@ struct GpuWeights {
 };
 
 // Copies every tensor of `w` to the current CUDA device (synchronous). The absorbed-decode
-// matrices are rounded to bf16 (the tensor-core decode kernel's operand type).
-GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w);
+// matrices are rounded to bf16 (the tensor-core decode kernel's operand type). routed_experts
+// false leaves the routed experts out (expert parallelism: each rank uploads its own slice).
+GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w, bool routed_experts = true);
+
+// Experts [begin, end) of one MoE layer to the current CUDA device; adds their bytes to *bytes.
+GpuExperts upload_experts(const MoeWeights& m, int64_t begin, int64_t end, size_t* bytes = nullptr);
 
 }  // namespace pdserve::model

@@ -110,8 +110,16 @@ class DeepseekV3Runner final : public ModelRunner {
 class GpuRunner final : public ModelRunner {
  public:
   // device_sampling false keeps sampling on the host (PDSERVE_HOST_SAMPLING=1, for comparisons).
-  explicit GpuRunner(std::unique_ptr<model::DeepseekV3GpuModel> model, bool device_sampling = true)
-      : model_(std::move(model)), device_sampling_(device_sampling) {}
+  // `routed`: this rank's share of the experts under expert parallelism (nullptr: all local).
+  explicit GpuRunner(std::unique_ptr<model::DeepseekV3GpuModel> model, bool device_sampling = true,
+                     std::shared_ptr<model::RoutedExperts> routed = nullptr)
+      : model_(std::move(model)), device_sampling_(device_sampling), routed_(std::move(routed)) {
+    if (routed_) model_->set_routed_experts(routed_);
+  }
+  void begin_group_step(const GroupStep& step) override {
+    if (routed_) routed_->begin_step(step.max_tokens, step.any_extend);
+  }
+  Status idle_forward() override { return routed_ ? model_->idle_forward(*routed_) : ok_status(); }
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t num_pages() const override { return model_->num_pages(); }
   int64_t page_size() const override { return model_->page_size(); }
@@ -143,6 +151,7 @@ class GpuRunner final : public ModelRunner {
  private:
   std::unique_ptr<model::DeepseekV3GpuModel> model_;
   bool device_sampling_ = true;
+  std::shared_ptr<model::RoutedExperts> routed_;
 };
 
 // Returns fixed logits that favour token (last input token + 1) % vocab: deterministic, costs

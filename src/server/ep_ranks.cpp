@@ -9,6 +9,12 @@
 
 #include "base/logging.h"
 #include "moe/ep_model_experts.h"
+#if defined(PDSERVE_HAVE_CUDA)
+#include <cuda_runtime.h>
+
+#include "moe/cuda/ep_gpu_experts.h"
+#include "moe/cuda/ep_low_latency_gpu.h"
+#endif
 
 namespace pdserve::server {
 
@@ -78,7 +84,8 @@ class CommStepSync final : public scheduler::StepSync {
 
 Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& layout,
                                                  std::shared_ptr<const model::DeepseekV3Model> model,
-                                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank) {
+                                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank,
+                                                 const std::string& device, int base_gpu_id) {
   auto e = std::unique_ptr<EpRanks>(new EpRanks());
   parallel::CollectiveOptions opts;
   opts.timeout = timeout;
@@ -91,24 +98,72 @@ Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& lay
     auto bell = std::make_shared<Doorbell>();
     for (int m : members) bells[static_cast<size_t>(m)] = bell;
   }
+  if (device == "cuda") PDSERVE_RETURN_IF_ERROR(e->create_gpu_group(layout, *model, timeout, max_dispatch_tokens_per_rank, base_gpu_id));
   const char* stall = std::getenv("PDSERVE_EP_TEST_STALL_RANK");
   const int stall_rank = stall ? std::atoi(stall) : -1;
   for (int r = 0; r < layout.world_size(); ++r) {
     auto& comms = e->world_->comms(r);
-    PDSERVE_ASSIGN_OR_RETURN(auto experts,
-                             moe::EpModelExperts::create(model, *comms.ep, layout.config().deepep_mode, mo));
     Rank rank;
-    rank.experts = std::shared_ptr<model::RoutedExperts>(std::move(experts));
+    if (e->on_gpu()) {
+      PDSERVE_ASSIGN_OR_RETURN(rank.experts, e->gpu_experts(model, r));
+    } else {
+      PDSERVE_ASSIGN_OR_RETURN(auto experts,
+                               moe::EpModelExperts::create(model, *comms.ep, layout.config().deepep_mode, mo));
+      rank.experts = std::shared_ptr<model::RoutedExperts>(std::move(experts));
+    }
     rank.sync = std::make_shared<CommStepSync>(*comms.ep, bells[static_cast<size_t>(r)], *e->world_, r == stall_rank);
     e->ranks_.push_back(std::move(rank));
   }
   return e;
 }
 
+#if defined(PDSERVE_HAVE_CUDA)
+Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model,
+                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id) {
+  const auto& c = model.config();
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
+    return make_error(ErrorCode::kUnsupported, "--device cuda with --moe-a2a-backend deepep: no CUDA device is visible");
+  if (base_gpu_id < 0 || base_gpu_id >= count)
+    return make_error(ErrorCode::kInvalidArgument, "--base-gpu-id {} with {} GPUs visible", base_gpu_id, count);
+  moe::gpu::LowLatencyGpuConfig cfg;
+  cfg.num_experts = c.n_routed_experts;
+  cfg.hidden = c.hidden_size;
+  cfg.max_tokens_per_rank = max_dispatch_tokens_per_rank;
+  cfg.top_k = c.num_experts_per_tok;
+  cfg.fp8 = false;  // the experts' GEMMs take bf16 rows (FP8 activations with their scales: a later step)
+  cfg.timeout = timeout;
+  cfg.devices = moe::gpu::default_devices(layout.world_size(), count - base_gpu_id);
+  for (int& d : cfg.devices) d += base_gpu_id;
+  PDSERVE_ASSIGN_OR_RETURN(auto group, moe::gpu::LowLatencyGpuGroup::create(cfg));
+  gpus_ = cfg.devices;
+  gpu_group_ = std::shared_ptr<moe::gpu::LowLatencyGpuGroup>(std::move(group));
+  return ok_status();
+}
+
+Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_ptr<const model::DeepseekV3Model> model,
+                                                                   int rank) {
+  auto& group = *static_cast<moe::gpu::LowLatencyGpuGroup*>(gpu_group_.get());
+  PDSERVE_ASSIGN_OR_RETURN(auto experts, moe::gpu::GpuEpExperts::create(std::move(model), group.rank(rank), group.size()));
+  return std::shared_ptr<model::RoutedExperts>(std::move(experts));
+}
+#else
+Status EpRanks::create_gpu_group(const parallel::RankLayout&, const model::DeepseekV3Model&, std::chrono::milliseconds,
+                                 int64_t, int) {
+  return make_error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA (configure with PDSERVE_CUDA=ON)");
+}
+Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_ptr<const model::DeepseekV3Model>, int) {
+  return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
+}
+#endif
+
 EpRanks::~EpRanks() = default;
 
 void EpRanks::abort(const std::string& reason) {
   if (world_) world_->abort_all(reason);
+#if defined(PDSERVE_HAVE_CUDA)
+  if (gpu_group_) static_cast<moe::gpu::LowLatencyGpuGroup*>(gpu_group_.get())->abort(reason);
+#endif
 }
 
 }  // namespace pdserve::server

@@ -1,7 +1,10 @@
-// Expert parallelism inside one server process (docs/parallel.md §6): the DP ranks of
-// --tp N --dp N --enable-dp-attention --moe-a2a-backend deepep as CPU ranks, each with its slice of
-// every MoE layer's routed experts (moe::EpModelExperts) and its hook into the group's lockstep
-// (scheduler::StepSync over the EP communicator of a parallel::LocalWorld).
+// Expert parallelism inside one server process (docs/parallel.md §6, §8): the DP ranks of
+// --tp N --dp N --enable-dp-attention --moe-a2a-backend deepep, each with its slice of every MoE
+// layer's routed experts and its hook into the group's lockstep (scheduler::StepSync over the EP
+// communicator of a parallel::LocalWorld). On CPU ranks the experts exchange tokens through that
+// communicator (moe::EpModelExperts); on GPU ranks through the low-latency dispatch/combine
+// kernels of one moe::gpu::LowLatencyGpuGroup (moe::gpu::GpuEpExperts), rank r on GPU
+// base_gpu_id + r, or all on base_gpu_id when fewer GPUs are visible.
 //
 // Collective timeout: half of --watchdog-timeout, so that a stalled or dead rank turns into a
 // clear error (requests answered, the message naming the ranks that did not arrive) before the
@@ -24,13 +27,19 @@ class EpRanks {
  public:
   // Every rank of `layout` (one process, all nodes' ranks here). `max_dispatch_tokens_per_rank`:
   // the low-latency buffers (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK).
+  // `device`: "cpu" or "cuda" (then `base_gpu_id` is the first GPU).
   static Result<std::unique_ptr<EpRanks>> create(const parallel::RankLayout& layout,
                                                  std::shared_ptr<const model::DeepseekV3Model> model,
-                                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank);
+                                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank,
+                                                 const std::string& device = "cpu", int base_gpu_id = 0);
   ~EpRanks();
 
   std::shared_ptr<model::RoutedExperts> experts(int rank) const { return ranks_.at(static_cast<size_t>(rank)).experts; }
   std::shared_ptr<scheduler::StepSync> sync(int rank) const { return ranks_.at(static_cast<size_t>(rank)).sync; }
+  bool on_gpu() const { return gpu_group_ != nullptr; }
+  // GPU ranks: the CUDA device of each rank.
+  int gpu(int rank) const { return gpus_.at(static_cast<size_t>(rank)); }
+  int size() const { return static_cast<int>(ranks_.size()); }
   // Breaks every group (blocked ranks return errors naming `reason`).
   void abort(const std::string& reason);
 
@@ -40,7 +49,14 @@ class EpRanks {
     std::shared_ptr<scheduler::StepSync> sync;
   };
   EpRanks() = default;
+  Status create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model,
+                          std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id);
+  Result<std::shared_ptr<model::RoutedExperts>> gpu_experts(std::shared_ptr<const model::DeepseekV3Model> model, int rank);
   std::unique_ptr<parallel::LocalWorld> world_;
+  // The moe::gpu::LowLatencyGpuGroup (no CUDA types in this header); declared before ranks_ so
+  // that it outlives the experts holding its rank handles.
+  std::shared_ptr<void> gpu_group_;
+  std::vector<int> gpus_;
   std::vector<Rank> ranks_;
 };
 

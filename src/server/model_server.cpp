@@ -34,8 +34,38 @@ class TokenizerTextDecoder final : public scheduler::TextDecoder {
 
 // The CPU runner, or the GPU model (memory planning, graphs) when --device resolves to cuda.
 // Fills the derived flags (context length, cache size, running-request cap) on the way.
+// GPU expert parallelism: one GPU model per EP rank on the rank's GPU (the routed experts live in
+// the rank's hook, so each model uploads the rest), the KV cache of ranks sharing a GPU split
+// evenly. Returns rank 0's runner; every rank's goes to `runners`.
+Result<std::shared_ptr<scheduler::ModelRunner>> make_ep_gpu_runners(std::shared_ptr<const model::DeepseekV3Model> model,
+                                                                    ServerArgs& args, model::GpuModelOptions go,
+                                                                    const EpRanks& ep,
+                                                                    std::vector<std::shared_ptr<scheduler::ModelRunner>>& runners) {
+  if (!go.cuda_graph_bs.empty())
+    log::info("CUDA graphs are not captured with --moe-a2a-backend deepep on GPUs in this build: decode runs eagerly");
+  go.cuda_graph_bs.clear();
+  go.routed_experts_elsewhere = true;
+  const char* host_sampling = std::getenv("PDSERVE_HOST_SAMPLING");
+  const bool device_sampling = !(host_sampling && std::string_view(host_sampling) == "1");
+  int64_t min_tokens = -1;
+  for (int r = 0; r < ep.size(); ++r) {
+    go.device = ep.gpu(r);
+    go.later_models_on_device = 0;
+    for (int later = r + 1; later < ep.size(); ++later) go.later_models_on_device += ep.gpu(later) == go.device ? 1 : 0;
+    log::info("EP rank {} on GPU {}", r, go.device);
+    PDSERVE_ASSIGN_OR_RETURN(auto gpu, model::DeepseekV3GpuModel::create(model, go));
+    const int64_t tokens = gpu->memory().max_total_num_tokens;
+    min_tokens = min_tokens < 0 ? tokens : std::min(min_tokens, tokens);
+    runners.push_back(std::make_shared<scheduler::GpuRunner>(std::move(gpu), device_sampling, ep.experts(r)));
+  }
+  args.max_total_tokens = min_tokens;
+  PDSERVE_RETURN_IF_ERROR(args.resolve(model->config().max_position_embeddings, 0));
+  return runners.front();
+}
+
 Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<const model::DeepseekV3Model> model,
-                                                            ServerArgs& args) {
+                                                            ServerArgs& args, const EpRanks* ep,
+                                                            std::vector<std::shared_ptr<scheduler::ModelRunner>>& ep_runners) {
   const auto& c = model->config();
   if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
   if (args.device == "cpu") {
@@ -61,6 +91,7 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<cons
     for (int64_t b : go.cuda_graph_bs)
       if (b <= 0) return make_error(ErrorCode::kInvalidArgument, "--cuda-graph-bs entries must be positive, got {}", b);
   }
+  if (ep && ep->on_gpu()) return make_ep_gpu_runners(model, args, go, *ep, ep_runners);
   PDSERVE_ASSIGN_OR_RETURN(auto gpu, model::DeepseekV3GpuModel::create(model, go));
   args.max_total_tokens = gpu->memory().max_total_num_tokens;
   PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, 0));
@@ -78,6 +109,15 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   auto s = std::unique_ptr<ModelServer>(new ModelServer());
   // Layout mistakes fail before a (possibly huge) model is loaded.
   PDSERVE_RETURN_IF_ERROR(args.resolve_parallel());
+  // GPU EP ranks spin in their dispatch/combine kernels until the peers' data arrives, so nothing
+  // else on the GPU may wait for every running kernel: each rank's stream needs its own hardware
+  // queue (CUDA hands out 8 by default), and kernels must be loaded at start-up, since loading a
+  // module on a kernel's first launch (CUDA's default lazy loading) synchronises the context, which
+  // waits for the spinning peers. Both set before CUDA initialises here; explicit settings win.
+  if (args.expert_parallel() && args.device != "cpu") {
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
+    setenv("CUDA_MODULE_LOADING", "EAGER", 0);
+  }
   if (args.nnodes > 1) PDSERVE_RETURN_IF_ERROR(parallel::parse_host_port(args.dist_init_addr));
   PDSERVE_ASSIGN_OR_RETURN(s->config_, model::load_model_config(args.model_path));
   const auto tok_dir = tokenizer::resolve_tokenizer_dir(args.model_path, args.tokenizer_path);
@@ -99,20 +139,25 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   if (args.expert_parallel()) {
     if (args.nnodes > 1)
       return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
-    if (args.device == "cuda" || (args.device == "auto" && model::cuda_device_available()))
+    if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
+    const char* gpu_ep = std::getenv("PDSERVE_GPU_EP");
+    if (args.device == "cuda" && !(gpu_ep && std::string_view(gpu_ep) == "1"))
       return make_error(ErrorCode::kUnsupported,
-                        "--moe-a2a-backend deepep runs on CPU ranks in this build: pass --device cpu (the GPU "
-                        "dispatch/combine kernels of src/moe/cuda are not wired into the GPU model yet)");
+                        "--moe-a2a-backend deepep on GPUs is not validated in this build: its first device run (two "
+                        "ranks sharing one H200) stalled in the first pass (docs/parallel.md §8). Pass --device cpu, "
+                        "or set PDSERVE_GPU_EP=1 to run it anyway");
     if (args.expert.ep_num_redundant_experts > 0 || args.expert.enable_eplb)
       return make_error(ErrorCode::kUnsupported,
                         "--moe-a2a-backend deepep with redundant experts or --enable-eplb is not supported in this build");
     PDSERVE_ASSIGN_OR_RETURN(const int64_t max_dispatch, moe::max_dispatch_tokens_per_rank_from_env());
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(args.watchdog_timeout * 500));
-    PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, timeout, max_dispatch));
+    PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, timeout, max_dispatch, args.device,
+                                                           static_cast<int>(args.base_gpu_id)));
     log::info("DeepEP MoE: {} EP ranks, {} routed experts each, --deepep-mode {}, low-latency buffers for {} tokens "
               "per rank", args.ep_size, c.n_routed_experts / args.ep_size, args.deepep_mode, max_dispatch);
   }
-  PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args));
+  std::vector<std::shared_ptr<scheduler::ModelRunner>> ep_gpu_runners;  // GPU EP: one per rank
+  PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args, s->ep_ranks_.get(), ep_gpu_runners));
   if (args.context_length > c.max_position_embeddings)
     log::warning("--context-length {} is longer than the model's max_position_embeddings {}", args.context_length,
                  c.max_position_embeddings);
@@ -152,13 +197,15 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   // weights. Outputs go to the tokenizer manager, or on a node other than 0 to node 0.
   for (int64_t i = 0; i < a.ranks_per_node(); ++i) {
     const int64_t rank = a.first_local_rank() + i;
-    if (i > 0 && !dynamic_cast<scheduler::DeepseekV3Runner*>(runner.get()))
-      return make_error(ErrorCode::kUnsupported, "more than one DP rank per process runs on the CPU backend only in this build");
+    if (i > 0 && ep_gpu_runners.empty() && !dynamic_cast<scheduler::DeepseekV3Runner*>(runner.get()))
+      return make_error(ErrorCode::kUnsupported,
+                        "more than one DP rank per process on GPUs needs --moe-a2a-backend deepep in this build");
     std::shared_ptr<scheduler::ModelRunner> rank_runner =
-        s->ep_ranks_ ? std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size,
-                                                                     s->ep_ranks_->experts(static_cast<int>(rank)))
-        : i == 0     ? runner
-                     : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
+        !ep_gpu_runners.empty() ? ep_gpu_runners.at(static_cast<size_t>(rank))
+        : s->ep_ranks_          ? std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size,
+                                                                                s->ep_ranks_->experts(static_cast<int>(rank)))
+        : i == 0                ? runner
+                                : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
     if (s->experts_) {
       PDSERVE_ASSIGN_OR_RETURN(rank_runner, s->experts_->wrap(rank_runner, static_cast<int>(rank)));
     }

@@ -46,8 +46,12 @@ void check_lt(cublasStatus_t s, const std::string& what) {
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
 
-// Device memory that only grows. Growing synchronizes the stream first (kernels already queued may
-// still read the old buffer), which is why it is refused while the stream is being captured.
+// Device memory that only grows, stream-ordered: the old buffer is freed after the kernels already
+// queued on `stream` (which may still read it) and the new one allocated in order behind them
+// (cudaFreeAsync / cudaMallocAsync). No device-wide synchronisation: cudaFree would wait for every
+// kernel on the GPU, and GPU EP ranks sharing it spin in their dispatch kernels until this rank's
+// dispatch arrives, so a growth in the middle of an EP pass would stall the group until its timeout.
+// Growing is refused while the stream is being captured.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
@@ -67,13 +71,12 @@ class DeviceBuffer {
                                "before capturing");
     const size_t want = static_cast<size_t>(round_up(static_cast<int64_t>(std::max(bytes, cap_ + cap_ / 2)), 2 << 20));
     if (ptr_ != nullptr) {
-      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (GEMM scratch growth)");
-      check(cudaFree(ptr_), "cudaFree (GEMM scratch)");
+      check(cudaFreeAsync(ptr_, stream), "cudaFreeAsync (GEMM scratch)");
       ptr_ = nullptr;
       cap_ = 0;
     }
-    const std::string msg = "cudaMalloc of " + std::to_string(want) + " bytes for GEMM scratch '" + what + "'";
-    check(cudaMalloc(&ptr_, want), msg.c_str());
+    const std::string msg = "cudaMallocAsync of " + std::to_string(want) + " bytes for GEMM scratch '" + what + "'";
+    check(cudaMallocAsync(&ptr_, want, stream), msg.c_str());
     cap_ = want;
     return ptr_;
   }
