@@ -135,7 +135,13 @@ Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model
   cfg.timeout = timeout;
   cfg.devices = moe::gpu::default_devices(layout.world_size(), count - base_gpu_id);
   for (int& d : cfg.devices) d += base_gpu_id;
+  // Blocks per rank kernel (default: as many as fit with every rank's kernels resident at once).
+  // A diagnostic knob while GPU EP on a shared GPU stalls (docs/parallel.md §8): fewer blocks
+  // leave SMs free for the ranks' other kernels.
+  if (const char* b = std::getenv("PDSERVE_EP_GPU_BLOCKS")) cfg.blocks = std::atoi(b);
   PDSERVE_ASSIGN_OR_RETURN(auto group, moe::gpu::LowLatencyGpuGroup::create(cfg));
+  log::info("EP low-latency GPU group: {} ranks on GPUs [{}], {} blocks per rank kernel, buffers for {} tokens per rank",
+            group->size(), fmt::join(cfg.devices, ", "), group->blocks(), cfg.max_tokens_per_rank);
   gpus_ = cfg.devices;
   gpu_group_ = std::shared_ptr<moe::gpu::LowLatencyGpuGroup>(std::move(group));
   return ok_status();
