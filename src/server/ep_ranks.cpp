@@ -29,8 +29,10 @@ struct Doorbell {
 
 class CommStepSync final : public scheduler::StepSync {
  public:
-  CommStepSync(parallel::Communicator& comm, std::shared_ptr<Doorbell> bell, parallel::LocalWorld& world, bool stall)
-      : comm_(comm), bell_(std::move(bell)), world_(world), stall_(stall) {}
+  // `abort_all`: breaks every group of the ranks (the CPU world and, with GPU ranks, the kernels').
+  CommStepSync(parallel::Communicator& comm, std::shared_ptr<Doorbell> bell,
+               std::function<void(const std::string&)> abort_all, bool stall)
+      : comm_(comm), bell_(std::move(bell)), abort_all_(std::move(abort_all)), stall_(stall) {}
 
   Result<scheduler::GroupStep> agree(int64_t tokens, bool extend, bool awake) override {
     if (stall_ && tokens > 0) {
@@ -71,12 +73,12 @@ class CommStepSync final : public scheduler::StepSync {
     std::lock_guard<std::mutex> lock(bell_->mu);
     bell_->wakers.push_back(std::move(wake));
   }
-  void abort(const std::string& reason) override { world_.abort_all(reason); }
+  void abort(const std::string& reason) override { abort_all_(reason); }
 
  private:
   parallel::Communicator& comm_;
   std::shared_ptr<Doorbell> bell_;
-  parallel::LocalWorld& world_;
+  std::function<void(const std::string&)> abort_all_;
   bool stall_ = false;
 };
 
@@ -111,7 +113,9 @@ Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& lay
                                moe::EpModelExperts::create(model, *comms.ep, layout.config().deepep_mode, mo));
       rank.experts = std::shared_ptr<model::RoutedExperts>(std::move(experts));
     }
-    rank.sync = std::make_shared<CommStepSync>(*comms.ep, bells[static_cast<size_t>(r)], *e->world_, r == stall_rank);
+    EpRanks* owner = e.get();
+    rank.sync = std::make_shared<CommStepSync>(*comms.ep, bells[static_cast<size_t>(r)],
+                                               [owner](const std::string& reason) { owner->abort(reason); }, r == stall_rank);
     e->ranks_.push_back(std::move(rank));
   }
   return e;

@@ -110,6 +110,13 @@ TEST(EpServeE2EFlags, RefusesWhatThisBuildCannotRun) {
   expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
                   "--deepep-mode", "fast"},
                  "--deepep-mode must be normal, low_latency or auto", "ep_bad_mode");
+  // GPU ranks are built but not yet validated end to end (docs/parallel.md §8): refused unless
+  // PDSERVE_GPU_EP=1, with a message that says so (here before any GPU is looked for).
+  ServerProcess gpu({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
+                     "--device", "cuda", "--skip-server-warmup"},
+                    "ep_gpu_gated");
+  EXPECT_FALSE(gpu.wait_ready(std::chrono::seconds(60)));
+  EXPECT_NE(gpu.log().find("PDSERVE_GPU_EP=1"), std::string::npos) << gpu.log();
 }
 
 TEST(EpServeE2EFaults, StalledRankBecomesAnErrorNotAHang) {

@@ -92,7 +92,10 @@ Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_
       }
     }
   } catch (const std::exception& ex) {
-    return make_error(ErrorCode::kInternal, "GPU EP rank {} layer {}: {}", rank_->rank(), layer, ex.what());
+    // The peers would wait for this rank's next dispatch or combine until the timeout.
+    const std::string why = fmt::format("layer {}: {}", layer, ex.what());
+    rank_->abort(why);
+    return make_error(ErrorCode::kInternal, "GPU EP rank {} {}", rank_->rank(), why);
   }
   // A peer that never arrives shows as a kernel report, not a launch error: read it once a pass.
   if (layer == last_moe_layer_) return rank_->synchronize(stream);

@@ -188,6 +188,8 @@ Status LowLatencyGpuRank::check_tokens(const Tensor& t, DType dtype, int64_t col
   return ok_status();
 }
 
+void LowLatencyGpuRank::abort(const std::string& reason) { group_->abort(fmt::format("rank {}: {}", rank_, reason)); }
+
 Status LowLatencyGpuRank::refuse_after_failure() {
   Status s = status();
   if (!s) group_->abort(s.error().message());  // peers must not wait for a call this rank will not make

@@ -81,6 +81,9 @@ class LowLatencyGpuRank {
   Status synchronize(cudaStream_t stream);
   // The kernels' report so far, without waiting.
   Status status() const;
+  // Gives up on the group (every peer's waiting kernel fails with `reason`): for a caller that
+  // cannot make the calls its peers wait for (e.g. its own work failed mid-pass).
+  void abort(const std::string& reason);
 
   const Tensor& recv_x() const { return recv_x_; }            // fp8 or bf16 [G, R*max, H]
   const Tensor& recv_scales() const { return recv_scales_; }  // f32 [G, H/128, R*max] (fp8 only)
