@@ -21,6 +21,8 @@
 
 #include <gtest/gtest.h>
 
+#include "gpu/gpu_test_util.h"
+
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v3_gpu.h"
 #include "moe/cuda/ep_gpu_experts.h"
@@ -37,14 +39,7 @@ constexpr int64_t kPage = 16, kMaxDispatch = 32;
 // synchronises the context, waiting for the peers' spinning kernels). Set before CUDA initialises.
 const int kConnections = setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0) + setenv("CUDA_MODULE_LOADING", "EAGER", 0);
 
-double rel_l2(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using gpu_test::rel_l2;
 
 struct Seq {
   std::vector<int32_t> tokens;  // everything so far

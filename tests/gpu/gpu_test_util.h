@@ -1,6 +1,7 @@
 // Helpers for CUDA-vs-CPU op tests: random host tensors, poisoned device outputs, error norms.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -36,6 +37,16 @@ inline double rel_max_err(const Tensor& a_host, const Tensor& b_host) {
     den = std::max(den, std::abs(b));
   }
   return den > 0 ? num / den : num;
+}
+
+// ||a - b|| / ||b|| over n values (the logits bound of the whole-model tests).
+inline double rel_l2(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 }  // namespace pdserve::gpu_test

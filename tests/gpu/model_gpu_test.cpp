@@ -16,6 +16,8 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#include "gpu/gpu_test_util.h"
 #include <nlohmann/json.hpp>
 
 #include "model/deepseek_v3.h"
@@ -26,14 +28,7 @@ namespace {
 
 const std::string kSrc = PDSERVE_SOURCE_DIR;
 
-double rel_l2(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using gpu_test::rel_l2;
 
 int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
 

@@ -24,48 +24,24 @@
 #include <stdexcept>
 
 #include "ops/cuda/cuda_common.h"
-#include "ops/cuda/mla_device.h"
-#include "ops/cuda/mla_kernels.h"
-#include "ops/cuda/tma.cuh"
-#include "ops/cuda/wgmma.cuh"
+#include "ops/cuda/mla_wgmma_tiles.cuh"
 
 namespace pdserve::ops::cuda::mla {
 
 namespace {
 
-constexpr int kH = kDecodeHeadsPerCta, kN = kDecodeTokensPerTile, kL = kDecodeLatent, kV = kDecodeValue;
+using namespace tiles;  // the geometry, Q and TMA tile loads and the output write both cores share
 constexpr int kThreads = 256;
-constexpr int kBlocks = kL / 64;                  // 9 swizzled [64 rows][64 bf16] blocks per 576-wide matrix
-constexpr uint32_t kBlockBytes = 64u * 128u;
-constexpr uint32_t kMatBytes = kBlocks * kBlockBytes;  // 73,728: Q or one KV tile
 constexpr uint32_t kQOff = 0, kKvOff = kMatBytes, kPOff = 3 * kMatBytes;
 constexpr uint32_t kFloatOff = kPOff + kBlockBytes;          // alpha[64], l[64], m[64]
 constexpr uint32_t kBarOff = kFloatOff + 3 * kH * sizeof(float);  // full[2], empty[2]
 constexpr size_t kSmemBytes = kBarOff + 4 * sizeof(uint64_t) + 1024;  // + alignment slack
-constexpr float kLog2e = 1.4426950408889634f;
 // Named barrier ids (0 is __syncthreads').
 constexpr int kPReady = 1, kPFree = 2, kWg0 = 3;
 // Phases of a tile, all on in real use; the benchmark switches some off (wrong results) to see
 // where the time goes. Loads off: every tile reuses the first two tiles' bytes.
 constexpr int kPhaseLoad = 1, kPhaseScores = 2, kPhaseValues = 4;
-static_assert(kH == 64 && kN == 64 && kL == 576 && kV == 512, "the warpgroup split assumes DeepSeek's dims");
 static_assert(kSmemBytes <= 232448, "Q, two KV stages and P must fit Hopper's 227 KB");
-
-__device__ __forceinline__ uint32_t chunk_offset(int r, int ci) {
-  return uint32_t(ci >> 3) * kBlockBytes + wgmma::sw128_offset(r, (ci & 7) * 8);
-}
-
-// Tile `tile` of sequence b: rows [page * page_size + (64 tile) % page_size, + 64) of the pool seen
-// as a [tokens][576] matrix, nine 64x64 boxes landing in the 128-byte swizzle, completing `bar`.
-__device__ __forceinline__ void load_tile(uint32_t dst, uint32_t bar, const CUtensorMap* map, const DecodeCoreArgs& a,
-                                          int b, int tile) {
-  const int pos = tile * kN;
-  const int page = a.page_table[b * a.page_table_stride + pos / a.page_size];
-  const int row = page * a.page_size + pos % a.page_size;
-  tma::mbar_arrive_expect_tx(bar, kMatBytes);
-#pragma unroll
-  for (int blk = 0; blk < kBlocks; ++blk) tma::load_2d(dst + blk * kBlockBytes, map, blk * 64, row, bar);
-}
 
 // O[:, 256 half .. +255] += P V over the tile at kv (4 x m64n256k16, V read MN-major), committed.
 __device__ __forceinline__ void issue_pv(float (&o)[128], uint32_t p, uint32_t kv, int half, int v_lbo, int v_sbo) {
@@ -108,17 +84,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  {  // Q block by every thread (rows past the head count zero: they score 0, never written out)
-    const bf16* qg = static_cast<const bf16*>(a.q_abs);
-    constexpr int kRowChunks = kL / 8;
-    for (int i = tid; i < kH * kRowChunks; i += kThreads) {
-      const int row = i / kRowChunks, ci = i - row * kRowChunks;
-      const bool valid = h0 + row < a.heads;
-      const bf16* src = qg + (int64_t(b) * a.heads + (valid ? h0 + row : 0)) * kL + ci * 8;
-      cp_async16(smem + kQOff + chunk_offset(row, ci), src, valid);
-    }
-    cp_async_commit();
-  }
+  load_q_block<kThreads>(smem + kQOff, a, b, h0, tid);
+  cp_async_commit();
   if (tid == 0) {
     tma::mbar_init(full, 1);
     tma::mbar_init(full + 8, 1);
@@ -128,8 +95,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
   if (tid == 0) {
-    load_tile(base + kKvOff, full, &kv_map, a, b, st.begin);
-    if (n > 1) load_tile(base + kKvOff + kMatBytes, full + 8, &kv_map, a, b, st.begin + 1);
+    load_tma_tile(base + kKvOff, full, &kv_map, a, b, st.begin);
+    if (n > 1) load_tma_tile(base + kKvOff + kMatBytes, full + 8, &kv_map, a, b, st.begin + 1);
   }
   cp_async_wait<0>();
   wgmma::fence_proxy_async();  // Q's cp.async writes, visible to wgmma
@@ -151,13 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::mbar_wait(full + 8 * stage, kLoads ? (i >> 1) & 1 : 0);
       const int valid_rows = len - t * kN;
       if (valid_rows < kN) {
-        // A page holds stale (maybe NaN) rows past the sequence; P = 0 times NaN in P V would
-        // poison the output, so zero them before either warpgroup reads the tile.
-        uint8_t* tile_ptr = smem + kKvOff + stage * kMatBytes;
-        for (int k = tid; k < (kN - valid_rows) * (kL / 8); k += 128) {
-          const int r = valid_rows + k / (kL / 8), ci = k % (kL / 8);
-          *reinterpret_cast<uint4*>(tile_ptr + chunk_offset(r, ci)) = make_uint4(0, 0, 0, 0);
-        }
+        zero_stale_rows<128>(smem + kKvOff + stage * kMatBytes, valid_rows, tid);  // warpgroup 0's threads
         wgmma::fence_proxy_async();
         wgmma::named_barrier(kWg0, 128);
       }
@@ -259,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (i + 1 < n) wgmma::named_arrive(kPFree, 256);
       if (kLoads && tid == 128 && i + 2 < n) {
         tma::mbar_wait(empty + 8 * stage, (i >> 1) & 1);  // warpgroup 0's P V of this tile done too
-        load_tile(kv, full + 8 * stage, &kv_map, a, b, st.begin + i + 2);
+        load_tma_tile(kv, full + 8 * stage, &kv_map, a, b, st.begin + i + 2);
       }
       __syncwarp();  // reconverge before the next aligned barrier
     }
@@ -267,25 +228,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // ---- finish: normalise by the row sums, write ----
   __syncthreads();
-  const bool direct = a.num_splits == 1;
-#pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    const int r = row0 + 8 * hi;
-    const int h = h0 + r;
-    if (h >= a.heads) continue;
-    const float l = s_l[r];
-    const float inv = 1.0f / l;
-    const int64_t row = direct ? int64_t(b) * a.heads + h : (int64_t(b) * a.num_splits + split) * a.heads + h;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int col = wg * 256 + j * 8 + 2 * q;
-      if (direct)
-        store2(static_cast<bf16*>(a.o_lat) + row * kV + col, o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
-      else
-        store2(a.o_part + row * kV + col, o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
-    }
-    if (!direct && wg == 0 && q == 0) a.lse_part[row] = s_m[r] + log2f(l);
-  }
+  write_output(
+      a, o, b, split, h0, row0, wg, q, [&](int r) { return s_l[r]; }, [&](int, int r) { return s_m[r]; });
 }
 
 }  // namespace

@@ -19,32 +19,19 @@
 #include <string>
 
 #include "ops/cuda/cuda_common.h"
-#include "ops/cuda/mla_device.h"
-#include "ops/cuda/mla_kernels.h"
-#include "ops/cuda/tma.cuh"
-#include "ops/cuda/wgmma.cuh"
+#include "ops/cuda/mla_wgmma_tiles.cuh"
 
 namespace pdserve::ops::cuda::mla {
 
 namespace {
 
-constexpr int kH = kDecodeHeadsPerCta, kN = kDecodeTokensPerTile, kL = kDecodeLatent, kV = kDecodeValue;
+using namespace tiles;  // the geometry, Q and TMA tile loads and the output write both cores share
 constexpr int kThreads = 256;
-constexpr int kBlocks = kL / 64;                  // 9 swizzled blocks per 576-wide row
-constexpr uint32_t kBlockBytes = 64u * 128u;      // [64 rows][64 bf16]
-constexpr uint32_t kMatBytes = kBlocks * kBlockBytes;  // 73,728: Q or one KV tile
 constexpr uint32_t kQOff = 0, kKvOff = kMatBytes, kPOff = 3 * kMatBytes, kRedOff = kPOff + kBlockBytes;
 constexpr uint32_t kBarOff = kRedOff + 4 * kH * sizeof(float);  // two mbarriers (TMA tiles)
 constexpr size_t kSmemBytes = kBarOff + 2 * sizeof(uint64_t) + 1024;  // + alignment slack
-constexpr float kLog2e = 1.4426950408889634f;
 // Phases of a tile, all on in real use; the benchmark switches some off to see where time goes.
 constexpr int kPhaseLoad = 1, kPhaseScores = 2, kPhaseValues = 4, kAllPhases = 7;
-static_assert(kH == 64 && kN == 64 && kL == 576 && kV == 512, "the warpgroup split assumes DeepSeek's dims");
-
-// 16-byte chunk `ci` (0..71) of matrix row `r` in the swizzled block layout.
-__device__ __forceinline__ uint32_t chunk_offset(int r, int ci) {
-  return uint32_t(ci >> 3) * kBlockBytes + wgmma::sw128_offset(r, (ci & 7) * 8);
-}
 
 // Gathers KV tile `tile` of sequence b (rows past the end zero-filled) into the swizzled tile.
 // Four threads per row, so each thread looks its row's page up once per tile (a dependent global
@@ -66,20 +53,6 @@ __device__ __forceinline__ void load_kv_tile(uint8_t* dst, const DecodeCoreArgs&
     const int ci = c0 + 4 * k;
     cp_async16(dst + chunk_offset(row, ci), valid ? src + ci * 8 : src, valid);
   }
-}
-
-// TMA variant (page_size a multiple of 64): tile t is rows [page * page_size + (64 t) % page_size,
-// + 64) of the pool seen as a [tokens][576] matrix, so one thread loads it as nine 64x64 boxes that
-// land already swizzled, and completes an mbarrier with the byte count. It replaces 18 cp.async
-// per thread per tile (the Nsight Compute profile's lg_throttle stalls) and the page lookup per row.
-__device__ __forceinline__ void tma_kv_tile(uint32_t dst, uint32_t bar, const CUtensorMap* map, const DecodeCoreArgs& a,
-                                            int b, int tile) {
-  const int pos = tile * kN;
-  const int page = a.page_table[b * a.page_table_stride + pos / a.page_size];
-  const int row = page * a.page_size + pos % a.page_size;
-  tma::mbar_arrive_expect_tx(bar, kMatBytes);
-#pragma unroll
-  for (int blk = 0; blk < kBlocks; ++blk) tma::load_2d(dst + blk * kBlockBytes, map, blk * 64, row, bar);
 }
 
 template <bool kTma>
@@ -106,16 +79,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   // Q block (rows past the head count are zero: they score 0 and are never written out).
-  {
-    const bf16* qg = static_cast<const bf16*>(a.q_abs);
-    constexpr int kRowChunks = kL / 8;
-    for (int i = tid; i < kH * kRowChunks; i += kThreads) {
-      const int row = i / kRowChunks, ci = i - row * kRowChunks;
-      const bool valid = h0 + row < a.heads;
-      const bf16* src = qg + (int64_t(b) * a.heads + (valid ? h0 + row : 0)) * kL + ci * 8;
-      cp_async16(smem + kQOff + chunk_offset(row, ci), src, valid);
-    }
-  }
+  load_q_block<kThreads>(smem + kQOff, a, b, h0, tid);
   const uint32_t bars = base + kBarOff;  // mbarrier of stage s at bars + 8 s
   if constexpr (kTma) {
     if (tid == 0) {
@@ -124,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::fence_mbar_init();
     }
     __syncthreads();
-    if (tid == 0) tma_kv_tile(base + kKvOff, bars, &kv_map, a, b, t_begin);
+    if (tid == 0) load_tma_tile(base + kKvOff, bars, &kv_map, a, b, t_begin);
   } else {
     load_kv_tile(smem + kKvOff, a, b, len, t_begin, tid);
   }
@@ -146,19 +110,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       // A page holds stale (maybe NaN) rows past the sequence: zero them, or P = 0 times NaN in P V
       // would poison the output (the cp.async path zero-fills them instead of reading them).
       const int valid_rows = len - t * kN;
-      if (valid_rows < kN) {
-        uint8_t* tile_ptr = smem + kKvOff + stage * kMatBytes;
-        for (int i = tid; i < (kN - valid_rows) * (kL / 8); i += kThreads) {
-          const int r = valid_rows + i / (kL / 8), ci = i % (kL / 8);
-          *reinterpret_cast<uint4*>(tile_ptr + chunk_offset(r, ci)) = make_uint4(0, 0, 0, 0);
-        }
-      }
+      if (valid_rows < kN) zero_stale_rows<kThreads>(smem + kKvOff + stage * kMatBytes, valid_rows, tid);
     }
     wgmma::fence_proxy_async();  // the tile's cp.async (or zeroing) writes, visible to the async proxy
     __syncthreads();             // ... of every thread; and every thread is done with tile t-1
     if (t + 1 < t_end && (phases & kPhaseLoad)) {
       if constexpr (kTma) {
-        if (tid == 0) tma_kv_tile(base + kKvOff + (stage ^ 1) * kMatBytes, bars + 8 * (stage ^ 1), &kv_map, a, b, t + 1);
+        if (tid == 0) load_tma_tile(base + kKvOff + (stage ^ 1) * kMatBytes, bars + 8 * (stage ^ 1), &kv_map, a, b, t + 1);
       } else {
         load_kv_tile(smem + kKvOff + (stage ^ 1) * kMatBytes, a, b, len, t + 1, tid);
         cp_async_commit();
@@ -246,25 +204,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (q == 0) red_sum[wg * kH + row0 + 8 * hi] = l;
   }
   __syncthreads();
-  const bool direct = a.num_splits == 1;
-#pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    const int r = row0 + 8 * hi;
-    const int h = h0 + r;
-    if (h >= a.heads) continue;
-    const float l = red_sum[r] + red_sum[kH + r];
-    const float inv = 1.0f / l;
-    const int64_t row = direct ? int64_t(b) * a.heads + h : (int64_t(b) * a.num_splits + split) * a.heads + h;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int col = wg * 256 + j * 8 + 2 * q;
-      if (direct)
-        store2(static_cast<bf16*>(a.o_lat) + row * kV + col, o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
-      else
-        store2(a.o_part + row * kV + col, o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
-    }
-    if (!direct && wg == 0 && q == 0) a.lse_part[row] = m_run[hi] + log2f(l);
-  }
+  write_output(
+      a, o, b, split, h0, row0, wg, q, [&](int r) { return red_sum[r] + red_sum[kH + r]; },
+      [&](int hi, int) { return m_run[hi]; });
 }
 
 }  // namespace
