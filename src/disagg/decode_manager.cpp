@@ -37,23 +37,7 @@ class DecodeKvManager::Receiver final : public scheduler::KvReceiver {
     r.sorted_pages = pages;
     std::sort(r.sorted_pages.begin(), r.sorted_pages.end());
     r.pages = std::move(pages);
-    r.status = KvPoll::kTransferring;
-    r.init_time = Clock::now();
-    r.xfer_sent = true;
-    // Raw manager pointer: tasks on the manager's own threads must never hold its last reference
-    // (its destructor joins them); the channel runs tasks only while the manager lives.
-    DecodeKvManager* m = m_.get();
-    auto room = r_;
-    for (const auto& t : r.targets) {
-      const std::string pages = t.dummy ? std::string() : pack_pages(r.pages);
-      const int required = t.dummy ? 1 : r.dests_per_real_rank;
-      m_->channel_.post(t.endpoint,
-                        {"XFER", std::to_string(r.room), m_->channel_.endpoint(), pages, std::to_string(required), t.dummy ? "1" : "0"},
-                        [m, room](const std::string& err) {
-                          std::lock_guard<std::mutex> lock(m->mu_);
-                          m->fail_locked(*room, "cannot send the destination pages: " + err, true);
-                        });
-    }
+    m_->send_xfer_locked(r_);
   }
   scheduler::TransferMetadata metadata() const override {
     std::lock_guard<std::mutex> lock(m_->mu_);
@@ -147,6 +131,46 @@ void DecodeKvManager::fail_locked(Room& r, const std::string& why, bool tell_pre
     for (const auto& t : r.targets) channel_.post(t.endpoint, {"ABORT", std::to_string(r.room), channel_.endpoint(), why});
 }
 
+void DecodeKvManager::send_xfer_locked(const std::shared_ptr<Room>& room) {
+  Room& r = *room;
+  r.status = KvPoll::kTransferring;
+  r.init_time = Clock::now();
+  r.xfer_sent = true;
+  // Raw manager pointer: tasks on the manager's own threads must never hold its last reference
+  // (its destructor joins them); the channel runs tasks only while the manager lives.
+  DecodeKvManager* m = this;
+  for (const auto& t : r.targets) {
+    const std::string pages = t.dummy ? std::string() : pack_pages(r.pages);
+    const int required = t.dummy ? 1 : r.dests_per_real_rank;
+    channel_.post(t.endpoint,
+                  {"XFER", std::to_string(r.room), channel_.endpoint(), pages, std::to_string(required), t.dummy ? "1" : "0"},
+                  [m, room](const std::string& err) {
+                    std::lock_guard<std::mutex> lock(m->mu_);
+                    m->on_xfer_unreachable_locked(room, err);
+                  });
+  }
+}
+
+void DecodeKvManager::on_xfer_unreachable_locked(const std::shared_ptr<Room>& room, const std::string& err) {
+  Room& r = *room;
+  if (r.relooked_up && r.status == KvPoll::kBootstrapping) return;  // another target's failure: retry under way
+  if (r.status != KvPoll::kTransferring || r.relooked_up) {
+    fail_locked(r, "cannot send the destination pages: " + err, true);
+    return;
+  }
+  log::warning("Cannot send the destination pages of room {} to the prefill at {} ({}): looking its ranks up again", r.room,
+               r.addr, err);
+  prefills_.erase(r.addr);  // every later request looks the ranks up afresh too
+  r.relooked_up = true;
+  r.xfer_sent = false;  // nothing reached the old ranks: no ABORT for them
+  r.status = KvPoll::kBootstrapping;
+  r.created = Clock::now();  // the bootstrap deadline runs again for the new lookup
+  r.targets.clear();
+  r.endpoint.clear();
+  handshakes_.push_back(room);
+  cv_.notify_all();
+}
+
 void DecodeKvManager::update_rooms_locked(const std::string& addr) {
   auto pit = prefills_.find(addr);
   if (pit == prefills_.end()) return;
@@ -169,6 +193,7 @@ void DecodeKvManager::update_rooms_locked(const std::string& addr) {
     if (ready) {
       r->endpoint = r->targets.front().endpoint;
       r->status = KvPoll::kWaitingForInput;
+      if (r->relooked_up && !r->pages.empty()) send_xfer_locked(r);  // its pages were allocated already
     }
   }
 }

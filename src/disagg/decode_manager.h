@@ -81,6 +81,9 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
     scheduler::TransferMetadata meta;
     int64_t bytes = 0;
     bool xfer_sent = false;
+    // The destination pages could not be sent (the prefill rank's endpoint did not answer): the
+    // cached lookup was dropped and the room went back to the handshake once, keeping its pages.
+    bool relooked_up = false;
     Clock::time_point created, init_time;
   };
 
@@ -89,6 +92,12 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
   void heartbeat_loop();
   void handshake(const std::shared_ptr<Room>& room);
   void update_rooms_locked(const std::string& addr);
+  // Posts the room's destination pages (XFER) to its prefill ranks and moves it to Transferring.
+  void send_xfer_locked(const std::shared_ptr<Room>& room);
+  // The XFER could not be sent: a prefill restarted on the same bootstrap address leaves this
+  // decode holding its old ranks' endpoints (the heartbeat sees a healthy server again), so the
+  // first such failure drops the cached lookup and hands the room back to the handshake.
+  void on_xfer_unreachable_locked(const std::shared_ptr<Room>& room, const std::string& err);
   void fail_locked(Room& r, const std::string& why, bool tell_prefill);
   void lose_prefill(const std::string& addr, const std::string& why);
   scheduler::KvPoll poll(Room& r);

@@ -7,6 +7,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <utility>
@@ -150,8 +151,13 @@ inline bool wait_all_free(const ServerProcess& s, std::chrono::seconds limit) {
   return false;
 }
 
+// Called from concurrent client threads (std::async): the generator is shared, so it is locked. A
+// data race here once gave two concurrent requests the same room, and the prefill then (rightly)
+// refused to pair an 87-token prompt with the decode's pages for a 3-token one.
 inline uint64_t random_room() {
+  static std::mutex mu;
   static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
   return rng() >> 1;  // [0, 2^63)
 }
 

@@ -417,5 +417,38 @@ TEST_F(PdE2E, KillDecodeFreesThePrefillsPages) {
   EXPECT_TRUE(wait_all_free(*p2, scaled(30))) << p2->log().substr(0, 2000);
 }
 
+// A prefill killed and started again on the same bootstrap port before the decode's heartbeat
+// notices (here: a heartbeat of an hour): the decode still holds the old prefill rank's endpoint,
+// and the heartbeat sees a healthy server again. The first request after the restart must not fail
+// on the stale endpoint: the unreachable XFER drops the cached lookup and the request pairs with
+// the new rank. (Before the fix every request after such a restart failed with "cannot send the
+// destination pages".)
+TEST(PdRestart, APrefillRestartedBeforeTheHeartbeatNoticesIsLookedUpAgain) {
+  const int bp = free_port();
+  const std::vector<std::string> prefill_flags = {"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
+                                                  std::to_string(bp)};
+  auto p = start_server(prefill_flags, "pdr_p");
+  auto d = start_server({"--disaggregation-mode", "decode"}, "pdr_d",
+                        {{"SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL", "3600"},
+                         {"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", scaled_str(20)},
+                         {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT", scaled_str(20)}});
+  ASSERT_TRUE(wait_ready_or_restart(p)) << p->log();
+  ASSERT_TRUE(wait_ready_or_restart(d)) << d->log();
+  {
+    auto [pr, dr] = pd_generate(*p, *d, pd_body({5, 6, 7, 8, 9}, 4, bp, random_room()));
+    ASSERT_EQ(dr.status, 200) << dr.body.dump() << dr.error;
+  }
+  ::kill(p->pid(), SIGKILL);
+  p.reset();
+  p = start_server(prefill_flags, "pdr_p2");
+  ASSERT_TRUE(wait_ready_or_restart(p)) << p->log();
+  for (int i = 0; i < 3; ++i) {
+    auto [pr, dr] = pd_generate(*p, *d, pd_body({5, 6, 7, 8, 9 + i}, 4, bp, random_room()));
+    EXPECT_EQ(dr.status, 200) << "request " << i << " after the restart: " << dr.body.dump() << dr.error;
+    EXPECT_EQ(pr.status, 200) << "request " << i << " after the restart: " << pr.body.dump() << pr.error;
+  }
+  EXPECT_NE(d->log().find("looking its ranks up again"), std::string::npos) << d->log();
+}
+
 }  // namespace
 }  // namespace pdserve::test
