@@ -242,15 +242,21 @@ Status DeepseekV3Model::idle_forward(RoutedExperts& routed) const {
   return ok_status();
 }
 
+Status validate_batch_or_idle(const ModelConfig& cfg, const std::vector<SequenceInput>& batch, int64_t num_pages,
+                              int64_t page_size, const std::function<Status()>& idle_pass) {
+  Status valid = validate_batch(cfg, batch, num_pages, page_size);
+  if (!valid.has_value() && idle_pass) {
+    if (Status idle = idle_pass(); !idle.has_value())
+      log::error("idle pass after a rejected batch failed: {}", idle.error().message());
+  }
+  return valid;
+}
+
 Result<Tensor> DeepseekV3Model::forward(const std::vector<SequenceInput>& batch, LatentKvPool& pool,
                                         const ForwardOptions& opts) const {
-  if (Status valid = validate_batch(cfg_, batch, pool.num_pages(), pool.page_size()); !valid.has_value()) {
-    if (opts.routed) {
-      if (Status idle = idle_forward(*opts.routed); !idle.has_value())
-        log::error("idle pass after a rejected batch failed: {}", idle.error().message());
-    }
-    return valid.error();
-  }
+  std::function<Status()> idle;
+  if (opts.routed) idle = [&] { return idle_forward(*opts.routed); };
+  PDSERVE_RETURN_IF_ERROR(validate_batch_or_idle(cfg_, batch, pool.num_pages(), pool.page_size(), idle));
   int64_t n = 0;
   for (const auto& seq : batch) n += static_cast<int64_t>(seq.tokens.size());
   Tensor ids = Tensor::empty({n}, DType::kI32), positions = Tensor::empty({n}, DType::kI32);

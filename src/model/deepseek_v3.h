@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -69,6 +70,11 @@ Tensor moe_experts_forward(const MoeWeights& m, const Tensor& x, const Tensor& i
 // prefix + new tokens with pages inside [0, num_pages), token ids inside the vocabulary.
 Status validate_batch(const ModelConfig& cfg, const std::vector<SequenceInput>& batch, int64_t num_pages,
                       int64_t page_size);
+// validate_batch for a rank under expert parallelism: a refused batch still runs `idle_pass` (the
+// model's idle_forward), or the peers would wait in their token exchanges until the timeout.
+// Without a hook (idle_pass empty) the same as validate_batch.
+Status validate_batch_or_idle(const ModelConfig& cfg, const std::vector<SequenceInput>& batch, int64_t num_pages,
+                              int64_t page_size, const std::function<Status()>& idle_pass);
 
 class DeepseekV3Model {
  public:

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
+#include <functional>
 #include <map>
 
 #include <fmt/ranges.h>
@@ -40,36 +41,7 @@ std::vector<int64_t> default_cuda_graph_bs(int64_t max_bs) {
   return out;
 }
 
-#ifndef PDSERVE_HAVE_CUDA
-
-struct DeepseekV3GpuModel::Impl {};
-DeepseekV3GpuModel::DeepseekV3GpuModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-DeepseekV3GpuModel::~DeepseekV3GpuModel() = default;
-bool cuda_device_available() { return false; }
-Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shared_ptr<const DeepseekV3Model>,
-                                                                       const GpuModelOptions&) {
-  return make_error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA (configure with PDSERVE_CUDA=ON)");
-}
-const ModelConfig& DeepseekV3GpuModel::config() const { std::abort(); }
-int64_t DeepseekV3GpuModel::num_pages() const { return 0; }
-int64_t DeepseekV3GpuModel::page_size() const { return 0; }
-const GpuMemoryReport& DeepseekV3GpuModel::memory() const { std::abort(); }
-Tensor DeepseekV3GpuModel::kv_cache() const { return Tensor(); }
-Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>&, const ForwardOptions&) {
-  return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
-}
-Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput>&, const ForwardOptions&, bool) {
-  return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
-}
-bool DeepseekV3GpuModel::last_forward_used_graph() const { return false; }
-void DeepseekV3GpuModel::set_routed_experts(std::shared_ptr<RoutedExperts>) {}
-Status DeepseekV3GpuModel::idle_forward(RoutedExperts&) { return make_error(ErrorCode::kUnsupported, "no CUDA in this build"); }
-Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>&,
-                                                                const std::vector<RowSampling>&) {
-  return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
-}
-
-#else
+#ifdef PDSERVE_HAVE_CUDA
 
 using ops::cuda::check;
 static constexpr float kMlaNormEps = 1e-6f;  // HF's default eps for q_a / kv_a layernorms
@@ -707,21 +679,16 @@ void DeepseekV3GpuModel::set_routed_experts(std::shared_ptr<RoutedExperts> route
   impl_->routed_default = std::move(routed);
 }
 
-// Checks the batch and picks the forward's routed-experts hook. A batch refused under EP still
-// runs an idle pass, or the peers would wait in their exchanges until the timeout.
+// Checks the batch (validate_batch_or_idle) and picks the forward's routed-experts hook.
 static Status begin_forward(DeepseekV3GpuModel& model, DeepseekV3GpuModel::Impl& m, const std::vector<SequenceInput>& batch,
                             const ForwardOptions& opts) {
   check(cudaSetDevice(m.opts.device), "cudaSetDevice");  // rank threads may serve different GPUs
   RoutedExperts* routed = opts.routed ? opts.routed : m.routed_default.get();
   if (!routed && m.opts.routed_experts_elsewhere)
     return make_error(ErrorCode::kInternal, "this GPU model's routed experts live with the EP ranks, and no hook was set");
-  if (Status valid = validate_batch(*m.cfg, batch, m.num_pages, m.opts.page_size); !valid.has_value()) {
-    if (routed) {
-      if (Status idle = model.idle_forward(*routed); !idle.has_value())
-        log::error("idle pass after a rejected batch failed: {}", idle.error().message());
-    }
-    return valid.error();
-  }
+  std::function<Status()> idle;
+  if (routed) idle = [&] { return model.idle_forward(*routed); };
+  PDSERVE_RETURN_IF_ERROR(validate_batch_or_idle(*m.cfg, batch, m.num_pages, m.opts.page_size, idle));
   m.routed = routed;
   return ok_status();
 }

@@ -142,7 +142,13 @@ Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model
   // Blocks per rank kernel (default: as many as fit with every rank's kernels resident at once).
   // A diagnostic knob while GPU EP on a shared GPU stalls (docs/parallel.md §8): fewer blocks
   // leave SMs free for the ranks' other kernels.
-  if (const char* b = std::getenv("PDSERVE_EP_GPU_BLOCKS")) cfg.blocks = std::atoi(b);
+  if (const char* b = std::getenv("PDSERVE_EP_GPU_BLOCKS")) {
+    char* end = nullptr;
+    const long v = std::strtol(b, &end, 10);
+    if (end == b || *end != '\0' || v < 1 || v > 4096)
+      return make_error(ErrorCode::kInvalidArgument, "PDSERVE_EP_GPU_BLOCKS must be a block count 1..4096, got '{}'", b);
+    cfg.blocks = static_cast<int>(v);
+  }
   PDSERVE_ASSIGN_OR_RETURN(auto group, moe::gpu::LowLatencyGpuGroup::create(cfg));
   log::info("EP low-latency GPU group: {} ranks on GPUs [{}], {} blocks per rank kernel, buffers for {} tokens per rank",
             group->size(), fmt::join(cfg.devices, ", "), group->blocks(), cfg.max_tokens_per_rank);

@@ -34,6 +34,13 @@ class TokenizerTextDecoder final : public scheduler::TextDecoder {
 
 // The CPU runner, or the GPU model (memory planning, graphs) when --device resolves to cuda.
 // Fills the derived flags (context length, cache size, running-request cap) on the way.
+// PDSERVE_HOST_SAMPLING=1 copies the logits to the host and samples there (as the CPU backend),
+// for comparisons; by default the GPU draws the tokens (docs/gpu.md).
+bool device_sampling_from_env() {
+  const char* host_sampling = std::getenv("PDSERVE_HOST_SAMPLING");
+  return !(host_sampling && std::string_view(host_sampling) == "1");
+}
+
 // GPU expert parallelism: one GPU model per EP rank on the rank's GPU (the routed experts live in
 // the rank's hook, so each model uploads the rest), the KV cache of ranks sharing a GPU split
 // evenly. Returns rank 0's runner; every rank's goes to `runners`.
@@ -45,8 +52,7 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_ep_gpu_runners(std::shared_
     log::info("CUDA graphs are not captured with --moe-a2a-backend deepep on GPUs in this build: decode runs eagerly");
   go.cuda_graph_bs.clear();
   go.routed_experts_elsewhere = true;
-  const char* host_sampling = std::getenv("PDSERVE_HOST_SAMPLING");
-  const bool device_sampling = !(host_sampling && std::string_view(host_sampling) == "1");
+  const bool device_sampling = device_sampling_from_env();
   int64_t min_tokens = -1;
   for (int r = 0; r < ep.size(); ++r) {
     go.device = ep.gpu(r);
@@ -95,12 +101,8 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<cons
   PDSERVE_ASSIGN_OR_RETURN(auto gpu, model::DeepseekV3GpuModel::create(model, go));
   args.max_total_tokens = gpu->memory().max_total_num_tokens;
   PDSERVE_RETURN_IF_ERROR(args.resolve(c.max_position_embeddings, 0));
-  // PDSERVE_HOST_SAMPLING=1 copies the logits to the host and samples there (as the CPU backend),
-  // for comparisons; by default the GPU draws the tokens (docs/gpu.md).
-  const char* host_sampling = std::getenv("PDSERVE_HOST_SAMPLING");
-  const bool device_sampling = !(host_sampling && std::string_view(host_sampling) == "1");
   return std::shared_ptr<scheduler::ModelRunner>(
-      std::make_shared<scheduler::GpuRunner>(std::move(gpu), device_sampling));
+      std::make_shared<scheduler::GpuRunner>(std::move(gpu), device_sampling_from_env()));
 }
 
 }  // namespace

@@ -29,7 +29,7 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
     const auto& layers = model->weights().layers;
     for (size_t l = 0; l < layers.size(); ++l) {
       if (!layers[l].is_moe) continue;
-      e->layers_[static_cast<int64_t>(l)] = model::upload_experts(layers[l].moe, begin, begin + e->local_, &e->weight_bytes_);
+      e->layers_[static_cast<int64_t>(l)] = model::upload_experts(layers[l].moe, begin, begin + e->local_);
       e->last_moe_layer_ = static_cast<int64_t>(l);
     }
     // The received slab of each local expert: R ranks x the buffer's tokens per rank.

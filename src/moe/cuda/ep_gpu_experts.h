@@ -40,8 +40,6 @@ class GpuEpExperts final : public model::RoutedExperts {
   Status forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                  Tensor& out) override;
 
-  size_t weight_bytes() const { return weight_bytes_; }
-
  private:
   GpuEpExperts() = default;
   Status run_experts(const model::GpuExperts& e, bool decode);
@@ -53,7 +51,6 @@ class GpuEpExperts final : public model::RoutedExperts {
   Tensor combined_;       // f32 [max, hidden]: one round's routed sums before they join the residual
   int64_t rounds_ = 1;
   bool decode_ = true;
-  size_t weight_bytes_ = 0;
 };
 
 }  // namespace pdserve::moe::gpu
