@@ -180,7 +180,16 @@ Status ServerCore::start() {
 
 asio::awaitable<void> ServerCore::accept_loop() {
   for (;;) {
-    auto [ec, socket] = co_await acceptor_->async_accept(asio::make_strand(io_context), kNoThrow);
+    // A strand per connection only when several threads run the loop: with one thread nothing
+    // runs concurrently, and a strand would add a queue hop to every completion of the session.
+    // (No co_await inside ?: : g++ 12 destroys temporaries of such expressions twice.)
+    boost::system::error_code ec;
+    tcp::socket socket(io_context);
+    if (options.io_threads > 1) {
+      std::tie(ec, socket) = co_await acceptor_->async_accept(asio::make_strand(io_context), kNoThrow);
+    } else {
+      std::tie(ec, socket) = co_await acceptor_->async_accept(io_context, kNoThrow);
+    }
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
       log::warning("http: accept failed: {}", ec.message());

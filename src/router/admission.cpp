@@ -19,7 +19,7 @@ Admission::Ticket::~Ticket() {
 
 Admission::Outcome Admission::admit(const std::shared_ptr<http::Responder>& responder, Start start) {
   if (max_ <= 0) {
-    start(std::make_shared<Ticket>(nullptr));
+    start(nullptr);  // unlimited: no slot to give back
     return Outcome::kStarted;
   }
   {

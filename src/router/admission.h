@@ -36,7 +36,8 @@ class Admission : public std::enable_shared_from_this<Admission> {
                                            std::chrono::milliseconds queue_timeout);
 
   // Runs `start` now (on this thread), later (on the thread that frees a slot), or never: a full
-  // queue answers 429 through `responder` and a timed-out wait 408.
+  // queue answers 429 through `responder` and a timed-out wait 408. Unlimited admission passes a
+  // null ticket (there is no slot to give back).
   Outcome admit(const std::shared_ptr<http::Responder>& responder, Start start);
   // Shutdown: waiters get 503 and no request starts any more.
   void close();

@@ -3,7 +3,7 @@
 // Everything of one request runs as coroutines on one upstream lane: a strand of the client-facing
 // server's own I/O loop (no hop to another thread), so the request's state needs no locks; only
 // the client-disconnect callback may come from another I/O thread.
-#include <set>
+#include <algorithm>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -129,13 +129,15 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
                          {{"route", route_label(kind)}, {"error_type", std::to_string(f.status)}});
   }
 
-  WorkerPtr pick(WorkerType type, Policy& policy, const std::set<Worker*>& tried) {
+  WorkerPtr pick(WorkerType type, Policy& policy, const std::vector<Worker*>& tried) {
     auto avail = router->registry_.available(type);
     if (avail.empty()) return nullptr;
-    // Another worker than the ones that just failed this request, while there is one.
+    // Another worker than the ones that just failed this request, while there is one (the first
+    // attempt has tried none: no second list).
     std::vector<WorkerPtr> fresh;
-    for (auto& w : avail)
-      if (!tried.count(w.get())) fresh.push_back(w);
+    if (!tried.empty())
+      for (auto& w : avail)
+        if (std::find(tried.begin(), tried.end(), w.get()) == tried.end()) fresh.push_back(w);
     auto& from = fresh.empty() ? avail : fresh;
     auto w = from[policy.select(from, text)];
     router->metrics_.inc("sgl_router_policy_decisions_total", {{"policy", policy.name()}, {"worker", w->url()}});
@@ -351,7 +353,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     Router& r = *self->router;
     const bool pd = r.args_.pd_disaggregation;
     const int attempts = r.retry_.attempts();
-    std::set<Worker*> tried;
+    std::vector<Worker*> tried;  // a few workers at most: a vector beats a set's node allocations
     Failure failure{503, "", "", "No available workers"};
     bool done = false;
     for (int attempt = 0; attempt < attempts && !done && !self->client_gone; ++attempt) {
@@ -371,7 +373,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
           failure = Failure{503, "", "", "No available workers"};
           continue;
         }
-        tried.insert(w.get());
+        tried.push_back(w.get());
         auto rooms = make_rooms(self->batch);
         // The body is forwarded as it came, with a rid inserted in its text: no copy of the
         // parsed body and no re-serialization on the hot path.
@@ -392,8 +394,8 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
           failure = Failure{503, "", "", !p ? "No available prefill workers" : "No available decode workers"};
           continue;
         }
-        tried.insert(p.get());
-        tried.insert(d.get());
+        tried.push_back(p.get());
+        tried.push_back(d.get());
         json body = self->body;
         auto rooms = make_rooms(self->batch);
         inject_bootstrap(body, p->bootstrap_host(), p->bootstrap_port(), rooms, self->batch);
