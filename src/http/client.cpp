@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cerrno>
+#include <charconv>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
@@ -44,6 +45,38 @@ bool is_token(std::string_view s) {
 
 bool field_is_safe(std::string_view s) { return s.find_first_of("\r\n") == std::string_view::npos; }
 
+// A parsed URL with its authority ("host:port", the pool key and Host header) computed once.
+struct Target {
+  Url url;
+  std::string authority;
+};
+
+// Url::parse with a one-entry cache per thread: a router or benchmark thread sends request after
+// request to the same few URLs, and parsing (with its allocations) cost more than the compare.
+// Returns a copy, so a coroutine that suspends holds no reference into the cache.
+Result<Target> parse_target(std::string_view text) {
+  thread_local std::string last_text;
+  thread_local std::optional<Target> last;
+  if (last && text == last_text) return *last;
+  auto url = Url::parse(text);
+  if (!url) return url.error();
+  std::string authority = url->authority();
+  last.emplace(Target{std::move(*url), std::move(authority)});
+  last_text.assign(text);
+  return *last;
+}
+
+void append_number(std::string& out, std::size_t n) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);
+  out.append(digits, end);
+}
+
+// A pooled connection that finished an exchange this recently is reused without a peek (a
+// syscall): its peer's keep-alive timeout (uvicorn 5 s, ours 60 s) cannot have run out yet, and a
+// peer that died meanwhile is covered by the one retry of a stale connection (Connection).
+constexpr auto kFreshIdle = std::chrono::milliseconds(100);
+
 // The outcome of one attempt, before it becomes a Result: the raw error decides on a retry.
 struct Attempt {
   boost::system::error_code ec;
@@ -65,6 +98,7 @@ struct Connection::Impl {
   std::unique_ptr<char[]> chunk;
   std::string authority;
   bool reusable = false;
+  Clock::time_point idle_since{};  // when the last exchange ended (reusable)
 
   void close() {
     if (stream) {
@@ -82,6 +116,16 @@ struct Connection::Impl {
   // sending a request into a dead socket.
   bool still_alive() {
     if (!stream || !reusable) return false;
+    return peer_open();
+  }
+
+  // still_alive() without the peek for a connection used a moment ago (kFreshIdle).
+  bool reusable_now() {
+    if (!stream || !reusable) return false;
+    return Clock::now() - idle_since < kFreshIdle || peer_open();
+  }
+
+  bool peer_open() {
     char c;
     ssize_t n = ::recv(stream->socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
@@ -95,7 +139,8 @@ struct Connection::Impl {
     }
   }
 
-  asio::awaitable<Attempt> connect(const Url& url, Clock::time_point deadline) {
+  asio::awaitable<Attempt> connect(const Target& t, Clock::time_point deadline) {
+    const Url& url = t.url;
     close();
     Attempt a;
     std::vector<tcp::endpoint> endpoints;
@@ -125,19 +170,27 @@ struct Connection::Impl {
       co_return a;
     }
     stream->socket().set_option(tcp::no_delay(true), ec);
-    authority = url.authority();
+    authority = t.authority;
     co_return a;
   }
 
-  std::string serialize(const Url& url, const ClientRequest& req) const {
-    std::string h = fmt::format("{} {} HTTP/1.1\r\n", req.method, url.target);
-    if (!req.headers.contains("host")) h += fmt::format("Host: {}\r\n", url.authority());
+  // Appended piece by piece into one reserved string: fmt::format per line cost more than the rest
+  // of the request's preparation together.
+  std::string serialize(const Target& t, const ClientRequest& req) const {
+    std::string h;
+    h.reserve(128 + t.url.target.size() + options.user_agent.size());
+    h.append(req.method).append(" ").append(t.url.target).append(" HTTP/1.1\r\n");
+    if (!req.headers.contains("host")) h.append("Host: ").append(t.authority).append("\r\n");
     if (!req.headers.contains("user-agent") && !options.user_agent.empty()) {
-      h += fmt::format("User-Agent: {}\r\n", options.user_agent);
+      h.append("User-Agent: ").append(options.user_agent).append("\r\n");
     }
     bool needs_length = !req.body.empty() || req.method == "POST" || req.method == "PUT" ||
                         req.method == "PATCH";
-    if (needs_length) h += fmt::format("Content-Length: {}\r\n", req.body.size());
+    if (needs_length) {
+      h.append("Content-Length: ");
+      append_number(h, req.body.size());
+      h.append("\r\n");
+    }
     for (const auto& [name, value] : req.headers) {
       if (!is_token(name) || !field_is_safe(value) || iequals(name, "content-length") ||
           iequals(name, "transfer-encoding")) {
@@ -155,11 +208,11 @@ struct Connection::Impl {
   }
 
   // Sends the request and reads the response; `callbacks` null means a plain request.
-  asio::awaitable<Attempt> exchange(const Url& url, const ClientRequest& req,
+  asio::awaitable<Attempt> exchange(const Target& t, const ClientRequest& req,
                                     const StreamCallbacks* callbacks, Clock::time_point deadline) {
     Attempt a;
     reusable = false;
-    std::string head = serialize(url, req);
+    std::string head = serialize(t, req);
     std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(req.body)};
     set_deadline(deadline);
     if (auto [ec, n] = co_await asio::async_write(*stream, out, kNoThrow); ec) {
@@ -243,12 +296,18 @@ struct Connection::Impl {
     }
     reusable = parser->keep_alive();
     if (!reusable) close();
+    idle_since = Clock::now();
     co_return a;
   }
 
   asio::awaitable<Result<Response>> run(ClientRequest req, const StreamCallbacks* callbacks) {
-    auto url = Url::parse(req.url);
-    if (!url) co_return url.error();
+    auto target = parse_target(req.url);
+    if (!target) co_return target.error();
+    co_return co_await run_parsed(*target, std::move(req), callbacks);
+  }
+
+  asio::awaitable<Result<Response>> run_parsed(const Target& target, ClientRequest req,
+                                               const StreamCallbacks* callbacks) {
     if (!is_token(req.method)) {
       co_return make_error(ErrorCode::kInvalidArgument, "bad HTTP method '{}'", req.method);
     }
@@ -256,12 +315,12 @@ struct Connection::Impl {
         req.timeout.count() > 0 ? Clock::now() + req.timeout : Clock::time_point::max();
     Attempt a;
     for (int attempt = 0; attempt < 2; ++attempt) {
-      bool reused = authority == url->authority() && still_alive();
+      bool reused = authority == target.authority && reusable_now();
       if (!reused) {
-        a = co_await connect(*url, deadline);
+        a = co_await connect(target, deadline);
         if (a.ec) break;
       }
-      a = co_await exchange(*url, req, callbacks, deadline);
+      a = co_await exchange(target, req, callbacks, deadline);
       if (!a.ec) co_return std::move(a.response);
       close();
       // The server may close an idle keep-alive connection just as we reuse it. Nothing of the
@@ -299,6 +358,7 @@ asio::awaitable<Result<Response>> Connection::stream(ClientRequest request, Stre
 }
 
 bool Connection::connected() const { return impl_->still_alive(); }
+bool Connection::reusable() const { return impl_->stream.has_value() && impl_->reusable; }
 const std::string& Connection::authority() const { return impl_->authority; }
 void Connection::close() { impl_->close(); }
 
@@ -326,7 +386,9 @@ struct AsyncClient::Pool {
   Clock::time_point next_sweep{};
 
   void release(std::unique_ptr<Connection> c) {
-    if (!c->connected()) return;
+    // No peek here: the exchange just ended and left the connection open; reuse and the sweep
+    // below check the peer.
+    if (!c->reusable()) return;
     std::vector<std::unique_ptr<Connection>> closed;  // destroyed after the lock is released
     std::lock_guard lock(mu);
     auto& list = idle[c->authority()];
@@ -349,16 +411,11 @@ struct AsyncClient::Pool {
   // Runs one request on a pooled connection. `self` keeps the pool alive for the whole call.
   static asio::awaitable<Result<Response>> run(std::shared_ptr<Pool> self, ClientRequest req,
                                                const StreamCallbacks* callbacks) {
-    auto url = Url::parse(req.url);
-    if (!url) co_return url.error();
-    auto conn = self->acquire(url->authority());
-    // No co_await inside ?: — g++ 12 destroys temporaries of such expressions twice.
+    auto target = parse_target(req.url);
+    if (!target) co_return target.error();
+    auto conn = self->acquire(target->authority);
     std::optional<Result<Response>> r;
-    if (callbacks) {
-      r.emplace(co_await conn->stream(std::move(req), *callbacks));
-    } else {
-      r.emplace(co_await conn->request(std::move(req)));
-    }
+    r.emplace(co_await conn->impl_->run_parsed(*target, std::move(req), callbacks));
     self->release(std::move(conn));
     co_return std::move(*r);
   }

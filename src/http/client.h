@@ -102,11 +102,14 @@ class Connection {
   // True if a socket is open, the last exchange left it reusable and the peer has not closed it
   // (a non-blocking peek).
   bool connected() const;
+  // connected() without the peek: the last exchange left the socket open for reuse.
+  bool reusable() const;
   // The connected peer's "host:port" authority, empty when not connected.
   const std::string& authority() const;
   void close();
 
  private:
+  friend class AsyncClient;  // its pool runs requests with the URL it already parsed
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
