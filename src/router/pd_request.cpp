@@ -2,7 +2,6 @@
 
 #include <limits>
 
-#include <fmt/format.h>
 
 #include "router/policy.h"
 
@@ -10,12 +9,12 @@ namespace pdserve::router {
 
 using json = nlohmann::json;
 
-namespace {
-
-// The room is already random and unique enough; deriving the rid from it ties logs together.
-std::string generated_rid(uint64_t room) { return fmt::format("router-{:016x}", room); }
-
-}  // namespace
+std::string generated_rid(uint64_t room) {
+  // "router-" and 16 hex digits, written directly: once per request, fmt cost more than the rest.
+  std::string rid = "router-0000000000000000";
+  for (std::size_t i = rid.size(); room != 0; room >>= 4) rid[--i] = "0123456789abcdef"[room & 15];
+  return rid;
+}
 
 std::size_t batch_size(const json& body, RouteKind route) {
   if (route != RouteKind::kGenerate || !body.is_object()) return 0;
@@ -68,36 +67,6 @@ std::vector<std::string> ensure_rid(json& body, std::size_t batch, const std::ve
   } else {
     body["rid"] = rids;
   }
-  return rids;
-}
-
-std::optional<std::vector<std::string>> ensure_rid_text(std::string& raw, const json& body, std::size_t batch,
-                                                       const std::vector<uint64_t>& rooms) {
-  if (!body.is_object()) return std::nullopt;
-  if (auto it = body.find("rid"); it != body.end()) {
-    if (it->is_null()) return std::nullopt;  // replacing a member's value needs the DOM
-    json unchanged = *it;                     // the client's rids: the text stays as it is
-    json probe = json::object({{"rid", std::move(unchanged)}});
-    return ensure_rid(probe, batch, rooms);
-  }
-  // The body parsed as an object, so only whitespace (or a UTF-8 byte order mark, which the
-  // parser skips) comes before its opening brace.
-  const std::size_t open = raw.find('{');
-  if (open == std::string::npos) return std::nullopt;
-  // The same rids ensure_rid() makes, written as JSON directly (they need no escaping): this
-  // runs once per request, and building them through a json value cost more than the insertion.
-  std::vector<std::string> rids;
-  std::string member = batch == 0 ? "\"rid\":" : "\"rid\":[";
-  for (std::size_t i = 0; i < std::max<std::size_t>(batch, 1); ++i) {
-    rids.push_back(generated_rid(rooms.at(i)));
-    if (i > 0) member += ',';
-    member.append("\"").append(rids.back()).append("\"");
-  }
-  if (batch > 0) member += ']';
-  const std::size_t next = raw.find_first_not_of(" \t\r\n", open + 1);
-  const bool empty_object = next != std::string::npos && raw[next] == '}';
-  if (!empty_object) member += ',';
-  raw.insert(open + 1, member);
   return rids;
 }
 

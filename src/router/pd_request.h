@@ -30,17 +30,13 @@ void inject_bootstrap(nlohmann::json& body, const std::string& host, std::option
 // Random 63-bit rooms (bootstrap_room = rand_u64 & i64::MAX, as the Rust router).
 std::vector<uint64_t> make_rooms(std::size_t batch);
 
+// "router-<room as 16 hex digits>": the room is already random and unique enough, and deriving
+// the rid from it ties logs together.
+std::string generated_rid(uint64_t room);
+
 // Makes sure the request has a `rid` (one per item for a batch) so that the router can abort it
 // on the workers when the client leaves; keeps rids the client chose. Returns the rids.
 std::vector<std::string> ensure_rid(nlohmann::json& body, std::size_t batch, const std::vector<uint64_t>& rooms);
-
-// ensure_rid() on the request's raw text instead of re-serializing its DOM. `raw` is the text that
-// parsed into `body` (an object). Without a `rid` member, `"rid":...` is inserted right after the
-// opening brace and every other byte stays as the client sent it; with the client's own rid the
-// text is left alone. Returns the rids, or nullopt when only a DOM rewrite can do it (`"rid":
-// null`, which must be replaced, not duplicated).
-std::optional<std::vector<std::string>> ensure_rid_text(std::string& raw, const nlohmann::json& body,
-                                                       std::size_t batch, const std::vector<uint64_t>& rooms);
 
 // The text cache_aware matches on: `text`/`prompt` (first item of a list), chat messages' contents,
 // or input ids written as text.

@@ -14,6 +14,7 @@
 #include "base/clock.h"
 #include "base/logging.h"
 #include "http/sse.h"
+#include "router/body_scan.h"
 #include "router/router.h"
 
 namespace pdserve::router {
@@ -54,8 +55,9 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
   Router* router = nullptr;
   RouteKind kind = RouteKind::kGenerate;
   std::string path;
-  json body;
+  json body;             // PD mode, cache_aware, and bodies the scan refused; else null
   std::string raw_body;  // as the client sent it (plain mode forwards it with a rid inserted)
+  BodyScan scan;         // plain mode: what the proxy reads from the body
   bool stream = false;
   bool logprob = false;
   std::size_t batch = 0;
@@ -378,7 +380,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
         // The body is forwarded as it came, with a rid inserted in its text: no copy of the
         // parsed body and no re-serialization on the hot path.
         std::string payload = self->raw_body;
-        auto rids = ensure_rid_text(payload, self->body, self->batch, rooms);
+        auto rids = ensure_rid_text(payload, self->scan, self->batch, rooms);
         if (!rids) {
           json body = self->body;
           rids = ensure_rid(body, self->batch, rooms);
@@ -428,25 +430,32 @@ void Router::handle_generation(RouteKind kind, std::string path, http::Request r
                                std::shared_ptr<http::Responder> responder) {
   metrics_.inc("sgl_router_requests_total", {{"route", route_label(kind)}});
   auto self = std::make_shared<ProxyRequest>();
-  self->body = json::parse(req.body, nullptr, false);
-  if (self->body.is_discarded() || !self->body.is_object()) {
-    responder->respond_error(400, "request body must be a JSON object");
-    metrics_.inc("sgl_router_request_errors_total", {{"route", route_label(kind)}, {"error_type", "400"}});
-    return;
+  const bool pd = args_.pd_disaggregation;
+  const bool cache_aware =
+      policy_for(pd ? WorkerType::kPrefill : WorkerType::kRegular).name() == std::string_view("cache_aware") ||
+      (pd && decode_policy_->name() == std::string_view("cache_aware"));
+  // Plain mode reads what it needs in one pass over the text; the DOM only where a policy or PD's
+  // rewriting needs it (a "rid": null is replaced in the DOM), or where the scan was unsure.
+  std::optional<BodyScan> scan;
+  if (!pd) scan = scan_body(req.body, kind);
+  if (!scan || cache_aware || scan->rid == BodyScan::Rid::kNull) {
+    self->body = json::parse(req.body, nullptr, false);
+    if (self->body.is_discarded() || !self->body.is_object()) {
+      responder->respond_error(400, "request body must be a JSON object");
+      metrics_.inc("sgl_router_request_errors_total", {{"route", route_label(kind)}, {"error_type", "400"}});
+      return;
+    }
+    if (!scan) scan = scan_dom(self->body, kind);
   }
-  if (!args_.pd_disaggregation) self->raw_body = std::move(req.body);
+  if (!pd) self->raw_body = std::move(req.body);
   self->router = this;
   self->kind = kind;
   self->path = std::move(path);
-  auto s = self->body.find("stream");
-  self->stream = s != self->body.end() && s->is_boolean() && s->get<bool>();
-  self->logprob = kind == RouteKind::kGenerate && wants_logprob(self->body);
-  self->batch = batch_size(self->body, kind);
-  if (policy_for(args_.pd_disaggregation ? WorkerType::kPrefill : WorkerType::kRegular).name() ==
-          std::string_view("cache_aware") ||
-      (args_.pd_disaggregation && decode_policy_->name() == std::string_view("cache_aware"))) {
-    self->text = request_text(self->body, kind);
-  }
+  self->scan = std::move(*scan);
+  self->stream = self->scan.stream;
+  self->batch = self->scan.batch;
+  self->logprob = pd && kind == RouteKind::kGenerate && wants_logprob(self->body);
+  if (cache_aware) self->text = request_text(self->body, kind);
   // The Rust router forwards only these client headers; the body type is ours to state.
   self->headers.add("Content-Type", "application/json");
   for (const auto& [name, value] : req.headers) {

@@ -62,49 +62,6 @@ TEST(PdRequest, RidKeptOrAddedPerItem) {
   EXPECT_NE(rids[0], rids[1]);
 }
 
-// The textual rid insertion must give the same JSON as the DOM rewrite, keep every other byte
-// of the client's body, and refuse the one case it cannot do (a null rid to replace).
-TEST(PdRequest, RidInsertedIntoTextMatchesDomRewrite) {
-  const std::vector<std::string> bodies{
-      R"({"text":"a","sampling_params":{"max_new_tokens":8}})",
-      "  \n\t{ \"input_ids\" : [1, 2],\n \"stream\": true }  ",
-      "{}",
-      "{ \r\n }",
-      "\xEF\xBB\xBF{\"text\":\"bom\"}",  // a UTF-8 byte order mark, which the parser skips
-      R"({"text":["a","b"],"nested":{"rid":"not-top-level"}})",
-      R"({"text":"{\"rid\":1}"})",
-  };
-  for (const auto& original : bodies) {
-    const json parsed = json::parse(original);
-    const std::size_t batch = batch_size(parsed, RouteKind::kGenerate);
-    const auto rooms = make_rooms(batch);
-    std::string text = original;
-    auto rids = ensure_rid_text(text, parsed, batch, rooms);
-    ASSERT_TRUE(rids.has_value()) << original;
-    json dom = parsed;
-    EXPECT_EQ(*rids, ensure_rid(dom, batch, rooms)) << original;
-    EXPECT_EQ(json::parse(text), dom) << text;
-    // Only the rid member was added: removing it gives back the client's bytes.
-    std::string member = "\"rid\":" + dom["rid"].dump();
-    const std::size_t at = text.find(member);
-    ASSERT_NE(at, std::string::npos) << text;
-    std::string back = text;
-    back.erase(at, member.size() + (parsed.size() > 0 ? 1 : 0));
-    EXPECT_EQ(back, original);
-  }
-  // The client's own rid: text untouched, its rids returned.
-  std::string mine = R"({"rid":["c-1","c-2"],"text":["a","b"]})";
-  const std::string before = mine;
-  auto rids = ensure_rid_text(mine, json::parse(mine), 2, make_rooms(2));
-  ASSERT_TRUE(rids.has_value());
-  EXPECT_EQ(*rids, (std::vector<std::string>{"c-1", "c-2"}));
-  EXPECT_EQ(mine, before);
-  // "rid": null must be replaced, which only the DOM path does.
-  std::string null_rid = R"({"rid":null,"text":"a"})";
-  EXPECT_FALSE(ensure_rid_text(null_rid, json::parse(null_rid), 0, make_rooms(0)).has_value());
-  EXPECT_EQ(null_rid, R"({"rid":null,"text":"a"})");
-}
-
 TEST(PdRequest, RequestText) {
   EXPECT_EQ(request_text(json{{"text", "hello"}}, RouteKind::kGenerate), "hello");
   EXPECT_EQ(request_text(json{{"text", {"a", "b"}}}, RouteKind::kGenerate), "a");
