@@ -78,38 +78,60 @@ std::string number(double v) {
 
 std::string braces(const std::string& labels) { return labels.empty() ? "" : "{" + labels + "}"; }
 
-}  // namespace
-
-std::string format_labels(const Labels& labels) {
-  std::size_t size = 0;
-  for (const auto& [k, v] : labels) size += k.size() + v.size() + 4;
-  std::string out;
-  out.reserve(size);
+// `a="b",c="d"` appended to `out`.
+template <typename Pairs>
+void append_labels(std::string& out, const Pairs& labels) {
+  bool first = true;
   for (const auto& [k, v] : labels) {
-    if (!out.empty()) out += ',';
+    if (!first) out += ',';
+    first = false;
     out.append(k).append("=\"");
     append_escaped(out, v);
     out += '"';
   }
+}
+
+// The series key of an update, formatted into a buffer that keeps its capacity: no allocation
+// per update once a thread has formatted its longest key.
+const std::string& update_key(LabelViews labels) {
+  thread_local std::string key;
+  key.clear();
+  append_labels(key, labels);
+  return key;
+}
+
+// The value of series `key` in `family`, created on first use.
+template <typename Family>
+auto& series(Family& family, const std::string& key) {
+  auto it = family.find(key);
+  if (it == family.end()) it = family.emplace(key, typename Family::mapped_type{}).first;
+  return it->second;
+}
+
+}  // namespace
+
+std::string format_labels(const Labels& labels) {
+  std::string out;
+  append_labels(out, labels);
   return out;
 }
 
 RouterMetrics::RouterMetrics() = default;
 
-void RouterMetrics::inc(std::string_view name, const Labels& labels, double by) {
-  auto key = format_labels(labels);
+void RouterMetrics::inc(std::string_view name, LabelViews labels, double by) {
+  const std::string& key = update_key(labels);
   std::lock_guard lock(mu_);
   auto it = counters_.find(name);
-  if (it == counters_.end()) it = counters_.emplace(std::string(name), std::map<std::string, double>{}).first;
-  it->second[key] += by;
+  if (it == counters_.end()) it = counters_.emplace(std::string(name), decltype(it->second){}).first;
+  series(it->second, key) += by;
 }
 
-void RouterMetrics::observe(std::string_view name, const Labels& labels, double seconds) {
-  auto key = format_labels(labels);
+void RouterMetrics::observe(std::string_view name, LabelViews labels, double seconds) {
+  const std::string& key = update_key(labels);
   std::lock_guard lock(mu_);
   auto it = histograms_.find(name);
-  if (it == histograms_.end()) it = histograms_.emplace(std::string(name), std::map<std::string, Histogram>{}).first;
-  Histogram& h = it->second[key];
+  if (it == histograms_.end()) it = histograms_.emplace(std::string(name), decltype(it->second){}).first;
+  Histogram& h = series(it->second, key);
   if (h.counts.empty()) h.counts.assign(kBuckets.size() + 1, 0);
   std::size_t b = 0;
   while (b < kBuckets.size() && seconds > kBuckets[b]) ++b;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -17,6 +18,9 @@
 namespace pdserve::router {
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
+// Labels of an update, as views: several updates per request, and building a Labels (a vector and
+// its strings) for each cost more than the update.
+using LabelViews = std::initializer_list<std::pair<std::string_view, std::string_view>>;
 
 // One value read at scrape time.
 struct Sample {
@@ -28,8 +32,8 @@ struct Sample {
 class RouterMetrics {
  public:
   RouterMetrics();
-  void inc(std::string_view name, const Labels& labels, double by = 1);
-  void observe(std::string_view name, const Labels& labels, double seconds);
+  void inc(std::string_view name, LabelViews labels, double by = 1);
+  void observe(std::string_view name, LabelViews labels, double seconds);
   // All families, stored values and `scraped` ones together.
   std::string render(const std::vector<Sample>& scraped) const;
   // A stored counter's value (0 if never incremented); for tests.
@@ -42,8 +46,9 @@ class RouterMetrics {
     uint64_t count = 0;
   };
   mutable std::mutex mu_;
-  std::map<std::string, std::map<std::string, double>, std::less<>> counters_;
-  std::map<std::string, std::map<std::string, Histogram>, std::less<>> histograms_;
+  // family -> formatted labels -> value; std::less<> so that updates look up without a key copy.
+  std::map<std::string, std::map<std::string, double, std::less<>>, std::less<>> counters_;
+  std::map<std::string, std::map<std::string, Histogram, std::less<>>, std::less<>> histograms_;
 };
 
 // `a="b",c="d"` with Prometheus escaping.
