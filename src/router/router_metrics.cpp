@@ -60,14 +60,16 @@ constexpr std::array<double, 20> kBuckets = {0.001, 0.005, 0.01, 0.025, 0.05, 0.
 // Appends `v` with Prometheus label-value escaping. Called for every counter update (several per
 // request), so it appends in place instead of building temporaries.
 void append_escaped(std::string& out, std::string_view v) {
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
+  std::size_t plain = 0;  // start of the run of characters not yet appended
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const char c = v[i];
+    if (c != '\\' && c != '"' && c != '\n') continue;
+    out.append(v.substr(plain, i - plain));  // runs of plain characters in one append
+    out += '\\';
+    out += c == '\n' ? 'n' : c;
+    plain = i + 1;
   }
+  out.append(v.substr(plain));
 }
 
 std::string number(double v) {

@@ -59,5 +59,15 @@ TEST(RouterMetrics, PassesPromtool) {
   EXPECT_EQ(out, "") << out;  // no lint warnings either
 }
 
+// Label values are escaped as the exposition format wants (backslash, quote, newline), and an
+// update's series is the one format_labels() names.
+TEST(RouterMetrics, LabelValuesAreEscaped) {
+  EXPECT_EQ(format_labels({{"a", "x\\y\"z\nw"}, {"b", ""}}), R"(a="x\\y\"z\nw",b="")");
+  RouterMetrics m;
+  m.inc("sgl_router_requests_total", {{"route", "a\"b"}}, 2);
+  EXPECT_EQ(m.counter("sgl_router_requests_total", {{"route", "a\"b"}}), 2);
+  EXPECT_NE(m.render({}).find(R"(sgl_router_requests_total{route="a\"b"} 2)"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace pdserve::router
