@@ -30,9 +30,20 @@ struct OutItem {
 
 class Exchange {
  public:
+  // Wakes the connection to write what was queued; `abort`: close it now (backpressure overflow,
+  // abandoned stream). One per connection, shared by its exchanges (not built per request).
+  using Waker = std::function<void(bool abort)>;
+  // How the response is framed, known when the request has been read.
+  struct Framing {
+    bool keep_alive = true;  // the connection may stay open after the response
+    bool chunked = true;     // HTTP/1.0 clients do not know chunked encoding: raw streams end by closing
+    bool head_only = false;  // a HEAD request: the head is sent as for GET, the body never is
+  };
+
   Exchange(std::shared_ptr<const ErrorBodyFn> error_body, std::size_t max_queued_bytes,
-           std::function<void()> wake)
-      : error_body_(std::move(error_body)), max_queued_(max_queued_bytes), wake_(std::move(wake)) {}
+           std::shared_ptr<const Waker> wake, Framing framing)
+      : error_body_(std::move(error_body)), max_queued_(max_queued_bytes), wake_(std::move(wake)),
+        keep_alive_(framing.keep_alive), chunked_(framing.chunked), head_only_(framing.head_only) {}
 
   // Responder side: any thread.
   bool respond(int status, std::string body, std::string_view content_type, const Headers& extra);
@@ -42,8 +53,6 @@ class Exchange {
   bool end_stream();
   void set_on_close(std::function<void()> callback);
   bool is_open() const;
-  // Backpressure overflow or abandoned mid-stream: the connection must close now.
-  bool aborted() const;
   std::size_t queued_bytes() const { return queued_.load(std::memory_order_relaxed); }
   // Every Responder handle is gone.
   void abandon();
@@ -57,11 +66,7 @@ class Exchange {
   void written(std::size_t payload_bytes) { queued_.fetch_sub(payload_bytes, std::memory_order_relaxed); }
   // Whether the connection should stay open after the response (decided when the head is built).
   void set_keep_alive(bool keep_alive);
-  // HTTP/1.0 clients do not know chunked encoding: their streams are sent raw and end by closing.
-  void set_chunked(bool chunked);
   bool keep_alive() const;
-  // A HEAD request: the head is sent as for GET (same Content-Length), the body never is.
-  void set_head_only(bool head_only);
   // The final item was written: the response is complete; on_close will never fire.
   void finish();
   // The connection ended before the response completed: fires on_close once.
@@ -76,15 +81,15 @@ class Exchange {
   const std::shared_ptr<const ErrorBodyFn> error_body_;
   const std::size_t max_queued_;
   mutable std::mutex mu_;
-  std::function<void()> wake_;  // posts a wake-up to the connection; called under mu_ while attached_
+  std::shared_ptr<const Waker> wake_;  // called under mu_ while attached_
   State state_ = State::kNone;
   bool attached_ = true;   // the connection still serves this exchange
   bool completed_ = false;
   bool abort_ = false;
   bool wake_pending_ = false;
-  bool keep_alive_ = true;
-  bool chunked_ = true;
-  bool head_only_ = false;
+  bool keep_alive_;
+  const bool chunked_;
+  const bool head_only_;
   std::vector<OutItem> items_;
   std::atomic<std::size_t> queued_{0};
   std::function<void()> on_close_;

@@ -22,6 +22,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
 
 #include "http/exchange.h"
 #include "http/server.h"
@@ -31,7 +33,12 @@ namespace pdserve::http::detail {
 class ServerCore;
 
 // One accepted connection: a coroutine that reads a request, hands it to the router, writes what
-// the Exchange queues, and repeats while keep-alive holds. Everything runs on the socket's strand.
+// the Exchange queues, and repeats while keep-alive holds. Everything runs on the socket's strand
+// (or, with one I/O thread, on that thread).
+//
+// While a response is under way the connection keeps one read pending on the socket: it notices
+// a client that leaves (EOF, reset) and is also the read of the next keep-alive request, so a
+// request costs one read operation, not a read plus a watcher.
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(ServerCore& core, boost::asio::ip::tcp::socket socket, bool over_limit);
@@ -48,14 +55,24 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   enum class Phase { kReading, kResponding };
 
+  using Parser = boost::beast::http::request_parser<boost::beast::http::string_body>;
+
   boost::asio::awaitable<void> serve_connection();
+  // Until the next request's first bytes are buffered (false: closed, timed out or stopping).
+  boost::asio::awaitable<bool> wait_for_bytes(std::chrono::milliseconds idle_timeout);
+  // Feeds `parser` the buffered bytes, reading more only when it needs them, until its header
+  // (header_only) or whole message is parsed, or `deadline`.
+  boost::asio::awaitable<boost::system::error_code> parse(Parser& parser, bool header_only,
+                                                           std::chrono::steady_clock::time_point deadline);
+  // Starts the read kept pending while responding (see above).
+  void start_watch();
   boost::asio::awaitable<void> reject(boost::system::error_code ec);
   // `message` is owned (not a view): coroutine parameters must outlive the caller's temporaries.
   boost::asio::awaitable<void> write_error_and_linger(int status, std::string message);
-  boost::asio::awaitable<bool> respond(std::shared_ptr<Exchange> ex);
-  boost::asio::awaitable<bool> respond_loop(const std::shared_ptr<Exchange>& ex);
-  boost::asio::awaitable<void> watch_peer(std::shared_ptr<Session> self, std::shared_ptr<Exchange> ex);
-  std::function<void()> make_wake();
+  boost::asio::awaitable<bool> respond(const std::shared_ptr<Exchange>& ex);
+  // Writes out_ now as far as the socket takes it, then the rest asynchronously.
+  boost::asio::awaitable<boost::system::error_code> write_out();
+  std::shared_ptr<const Exchange::Waker> make_waker();
   void close_socket();
   void finish();
 
@@ -70,7 +87,11 @@ class Session : public std::enable_shared_from_this<Session> {
   bool force_closed_ = false;
   bool peer_gone_ = false;
   bool finished_ = false;
+  bool watching_ = false;                 // the pending read is under way
+  boost::system::error_code watch_error_;  // how it ended, if not with bytes
   std::shared_ptr<Exchange> current_;
+  std::shared_ptr<const Exchange::Waker> waker_;  // shared by this connection's exchanges
+  std::vector<boost::asio::const_buffer> out_;    // a write's buffers, capacity kept
 };
 
 struct RouteEntry {

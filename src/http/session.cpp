@@ -1,18 +1,12 @@
 // The per-connection coroutine of http::Server.
-#include <sys/socket.h>
-
 #include <array>
-#include <cerrno>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <fmt/format.h>
 
@@ -29,6 +23,9 @@ using tcp = asio::ip::tcp;
 namespace {
 
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+using Clock = std::chrono::steady_clock;
+// How much one read asks for (as Beast's reads: at most 64 KiB at a time).
+constexpr std::size_t kReadBytes = 16 * 1024;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr std::string_view kCrlf = "\r\n";
 // How long we keep reading (and discarding) after an error response that closes the connection.
@@ -137,22 +134,39 @@ void Session::force_close() {
   });
 }
 
-std::function<void()> Session::make_wake() {
-  return [ex = stream_.get_executor(), weak = weak_from_this()] {
-    asio::post(ex, [weak] {
-      auto self = weak.lock();
-      if (!self) return;
-      self->wake_timer_.cancel();
-      // An abort must not wait behind a write that a stalled client never lets finish.
-      if (self->current_ && self->current_->aborted()) self->close_socket();
-    });
+std::shared_ptr<const Exchange::Waker> Session::make_waker() {
+  // With one I/O thread, a wake-up from that thread (the router's upstream exchange runs there)
+  // cannot race with this connection's coroutine, which is suspended: act at once instead of
+  // posting. Called under the exchange's lock, so it must not call back into the exchange.
+  const bool one_thread = core_.options.io_threads <= 1;
+  auto act = [](Session& s, bool abort) {
+    s.wake_timer_.cancel();
+    // An abort must not wait behind a write that a stalled client never lets finish.
+    if (abort) s.close_socket();
   };
+  return std::make_shared<const Exchange::Waker>(
+      [this, one_thread, act, io = core_.io_context.get_executor(), ex = stream_.get_executor(),
+       weak = weak_from_this()](bool abort) {
+        if (one_thread && io.running_in_this_thread()) {
+          // `this` is alive: its exchange is attached (the waker is only called then) and the
+          // session detaches it before it is destroyed, on this same thread.
+          act(*this, abort);
+          return;
+        }
+        asio::post(ex, [weak, abort, act] {
+          if (auto self = weak.lock()) act(*self, abort);
+        });
+      });
 }
 
 asio::awaitable<void> Session::run(std::shared_ptr<Session> self) {
   // `self` is a parameter (copied into the frame) so the Session lives as long as the coroutine,
   // from before its first resumption.
   (void)self;
+  waker_ = make_waker();
+  // Writes are tried at once (write_out) and only the rest waits for the socket.
+  boost::system::error_code ec;
+  stream_.socket().non_blocking(true, ec);
   try {
     co_await serve_connection();
   } catch (const std::exception& e) {
@@ -168,21 +182,15 @@ asio::awaitable<void> Session::serve_connection() {
   for (;;) {
     phase_ = Phase::kReading;
     if (stop_requested_) co_return;
-    if (!first && buffer_.size() == 0) {
-      // Keep-alive: the idle timeout runs until the next request's first byte; from there the
-      // header timeout applies, so a slow trickle cannot hold the connection forever.
-      stream_.expires_after(o.idle_timeout);
-      auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(16 * 1024), kNoThrow);
-      if (ec) co_return;
-      buffer_.commit(n);
-    }
+    // Keep-alive: the idle timeout runs until the next request's first byte; from there the
+    // header timeout applies, so a slow trickle cannot hold the connection forever.
+    if (!first && buffer_.size() == 0 && !co_await wait_for_bytes(o.idle_timeout)) co_return;
     first = false;
 
-    bhttp::request_parser<bhttp::string_body> parser;
+    Parser parser;
     parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(o.max_header_bytes, UINT32_MAX)));
     parser.body_limit(static_cast<std::uint64_t>(o.max_body_bytes));
-    stream_.expires_after(o.header_timeout);
-    if (auto [ec, n] = co_await bhttp::async_read_header(stream_, buffer_, parser, kNoThrow); ec) {
+    if (auto ec = co_await parse(parser, true, Clock::now() + o.header_timeout); ec) {
       co_await reject(ec);
       co_return;
     }
@@ -192,13 +200,11 @@ asio::awaitable<void> Session::serve_connection() {
         auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(kContinue), kNoThrow);
         if (ec) co_return;
       }
-      stream_.expires_after(o.body_timeout);
-      if (auto [ec, n] = co_await bhttp::async_read(stream_, buffer_, parser, kNoThrow); ec) {
+      if (auto ec = co_await parse(parser, false, Clock::now() + o.body_timeout); ec) {
         co_await reject(ec);
         co_return;
       }
     }
-    stream_.expires_never();
 
     bhttp::request<bhttp::string_body> msg = parser.release();
     Request request;
@@ -212,13 +218,15 @@ asio::awaitable<void> Session::serve_connection() {
     request.remote_address = remote_;
     request.keep_alive = msg.keep_alive();
 
-    auto ex = std::make_shared<Exchange>(core_.error_body, o.max_queued_bytes, make_wake());
-    ex->set_keep_alive(request.keep_alive && !over_limit_ && !stop_requested_);
-    ex->set_chunked(msg.version() >= 11);
-    ex->set_head_only(request.method == "HEAD");
+    Exchange::Framing framing{request.keep_alive && !over_limit_ && !stop_requested_, msg.version() >= 11,
+                              request.method == "HEAD"};
+    auto ex = std::make_shared<Exchange>(core_.error_body, o.max_queued_bytes, waker_, framing);
     current_ = ex;
     peer_gone_ = false;
     phase_ = Phase::kResponding;
+    // Nothing of a next request is buffered: read ahead while the handler works (watches for the
+    // client leaving); a pipelined request's bytes cannot be watched past, as before.
+    if (buffer_.size() == 0) start_watch();
     if (over_limit_) {
       ex->respond_error(503, "too many connections");
     } else {
@@ -227,6 +235,71 @@ asio::awaitable<void> Session::serve_connection() {
     bool reusable = co_await respond(ex);
     current_.reset();
     if (!reusable || !ex->keep_alive() || stop_requested_) co_return;
+  }
+}
+
+void Session::start_watch() {
+  watching_ = true;
+  watch_error_ = {};
+  stream_.socket().async_read_some(
+      buffer_.prepare(kReadBytes), [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+        self->watching_ = false;
+        if (ec) {
+          self->watch_error_ = ec;
+          // EOF or reset while responding: the client left (the response loop fails the
+          // exchange, which fires on_close); a close of ours aborted the read.
+          if (self->phase_ == Phase::kResponding && ec != asio::error::operation_aborted) self->peer_gone_ = true;
+        } else {
+          self->buffer_.commit(n);
+        }
+        self->wake_timer_.cancel();  // the response loop or wait_for_bytes() waits on it
+      });
+}
+
+asio::awaitable<bool> Session::wait_for_bytes(std::chrono::milliseconds idle_timeout) {
+  if (!watching_ && watch_error_) co_return false;  // the read-ahead found the connection closed
+  if (watching_) {
+    wake_timer_.expires_after(idle_timeout);
+    while (watching_) {
+      auto [ec] = co_await wake_timer_.async_wait(kNoThrow);
+      if (!ec) co_return false;  // idle too long (the closing socket aborts the read)
+      if (stop_requested_ || force_closed_) co_return false;
+    }
+    co_return !watch_error_ && buffer_.size() > 0;
+  }
+  stream_.expires_after(idle_timeout);
+  auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadBytes), kNoThrow);
+  if (ec) co_return false;
+  buffer_.commit(n);
+  co_return true;
+}
+
+asio::awaitable<boost::system::error_code> Session::parse(Parser& parser, bool header_only,
+                                                          Clock::time_point deadline) {
+  // A keep-alive request usually arrives whole in one read: parsing it where it lies avoids
+  // Beast's composed read operations (a chain of handlers and a posted completion each).
+  parser.eager(!header_only);
+  for (;;) {
+    if (header_only ? parser.is_header_done() : parser.is_done()) co_return boost::system::error_code{};
+    if (buffer_.size() > 0) {
+      boost::system::error_code ec;
+      const std::size_t used = parser.put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec && ec != bhttp::error::need_more) co_return ec;
+      if (!ec && used > 0) continue;
+    }
+    // As Beast's read: the end of the stream ends a message only where its framing allows.
+    stream_.expires_at(deadline);
+    auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadBytes), kNoThrow);
+    if (ec == asio::error::eof) {
+      if (!parser.got_some()) co_return boost::system::error_code(bhttp::error::end_of_stream);
+      boost::system::error_code eof_ec;
+      parser.put_eof(eof_ec);
+      if (eof_ec) co_return eof_ec;
+      continue;
+    }
+    if (ec) co_return ec;
+    buffer_.commit(n);
   }
 }
 
@@ -265,20 +338,7 @@ asio::awaitable<void> Session::write_error_and_linger(int status, std::string me
   }
 }
 
-asio::awaitable<bool> Session::respond(std::shared_ptr<Exchange> ex) {
-  // Watch for the client going away while the handler works or the stream runs; the watcher is
-  // cancelled through its own signal so that no other operation on the socket is disturbed.
-  auto signal = std::make_shared<asio::cancellation_signal>();
-  asio::co_spawn(stream_.get_executor(), watch_peer(shared_from_this(), ex),
-                 asio::bind_cancellation_slot(signal->slot(), [signal](std::exception_ptr) {}));
-  bool ok = co_await respond_loop(ex);
-  signal->emit(asio::cancellation_type::terminal);
-  co_return ok;
-}
-
-asio::awaitable<bool> Session::respond_loop(const std::shared_ptr<Exchange>& ex) {
-  const ServerOptions& o = core_.options;
-  std::vector<asio::const_buffer> buffers;
+asio::awaitable<bool> Session::respond(const std::shared_ptr<Exchange>& ex) {
   for (;;) {
     if (peer_gone_ || force_closed_) {
       ex->fail();
@@ -295,19 +355,17 @@ asio::awaitable<bool> Session::respond_loop(const std::shared_ptr<Exchange>& ex)
       continue;
     }
     // One gather write per burst: a stream that fell behind catches up in one syscall.
-    buffers.clear();
+    out_.clear();
     std::size_t payload = 0;
     bool last = false;
     for (const OutItem& item : taken.items) {
-      if (!item.head.empty()) buffers.push_back(asio::buffer(item.head));
-      if (!item.body.empty()) buffers.push_back(asio::buffer(item.body));
-      if (item.crlf) buffers.push_back(asio::buffer(kCrlf));
+      if (!item.head.empty()) out_.push_back(asio::buffer(item.head));
+      if (!item.body.empty()) out_.push_back(asio::buffer(item.body));
+      if (item.crlf) out_.push_back(asio::buffer(kCrlf));
       payload += item.body.size();
       last = last || item.kind == OutItem::Kind::kFull || item.kind == OutItem::Kind::kEnd;
     }
-    stream_.expires_after(o.write_timeout);
-    auto [ec, n] = co_await asio::async_write(stream_, buffers, kNoThrow);
-    stream_.expires_never();
+    auto ec = co_await write_out();
     ex->written(payload);
     if (ec) {
       ex->fail();
@@ -320,24 +378,32 @@ asio::awaitable<bool> Session::respond_loop(const std::shared_ptr<Exchange>& ex)
   }
 }
 
-asio::awaitable<void> Session::watch_peer(std::shared_ptr<Session> self,
-                                          std::shared_ptr<Exchange> ex) {
-  (void)self;  // held so the Session outlives this watcher
-  for (;;) {
-    auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kNoThrow);
-    if (current_ != ex || ec == asio::error::operation_aborted) co_return;
-    if (!ec) {
-      // Readable: either EOF/reset (the client left) or bytes of a pipelined request. Peek
-      // without consuming so the request parser still sees those bytes.
-      char c;
-      ssize_t n = ::recv(stream_.socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-      if (n > 0) co_return;  // pipelined data: we cannot watch further without reading it
-    }
-    peer_gone_ = true;
-    wake_timer_.cancel();
-    co_return;
+asio::awaitable<boost::system::error_code> Session::write_out() {
+  // The socket is non-blocking: a response that fits its send buffer (the common case) is written
+  // here, without an asynchronous operation, its timer and a posted completion.
+  boost::system::error_code ec;
+  std::size_t n = stream_.socket().write_some(out_, ec);
+  if (ec == asio::error::would_block || ec == asio::error::try_again) {
+    ec = {};
+    n = 0;
   }
+  if (ec) co_return ec;
+  std::size_t total = asio::buffer_size(out_);
+  if (n == total) co_return ec;
+  // The rest when the socket takes it (a slow reader), under the write timeout.
+  std::vector<asio::const_buffer> rest;
+  for (const auto& b : out_) {
+    if (n >= b.size()) {
+      n -= b.size();
+      continue;
+    }
+    rest.push_back(b + n);
+    n = 0;
+  }
+  stream_.expires_after(core_.options.write_timeout);
+  auto [wec, written] = co_await asio::async_write(stream_, rest, kNoThrow);
+  stream_.expires_never();
+  co_return wec;
 }
 
 }  // namespace pdserve::http::detail
