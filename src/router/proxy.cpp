@@ -142,7 +142,9 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
         if (std::find(tried.begin(), tried.end(), w.get()) == tried.end()) fresh.push_back(w);
     auto& from = fresh.empty() ? avail : fresh;
     auto w = from[policy.select(from, text)];
-    router->metrics_.inc("sgl_router_policy_decisions_total", {{"policy", policy.name()}, {"worker", w->url()}});
+    // A worker is picked by one policy (the one of its type), so one series per worker.
+    router->metrics_.inc(w->metric_refs().decisions, "sgl_router_policy_decisions_total",
+                         {{"policy", policy.name()}, {"worker", w->url()}});
     return w;
   }
 
@@ -379,14 +381,18 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
         auto rooms = make_rooms(self->batch);
         // The body is forwarded as it came, with a rid inserted in its text: no copy of the
         // parsed body and no re-serialization on the hot path.
-        std::string payload = self->raw_body;
+        std::string payload;
+        payload.reserve(self->raw_body.size() + 64);  // room for the rid: no reallocation to insert it
+        payload = self->raw_body;
         auto rids = ensure_rid_text(payload, self->scan, self->batch, rooms);
         if (!rids) {
           json body = self->body;
           rids = ensure_rid(body, self->batch, rooms);
           payload = body.dump();
         }
-        self->set_targets({{w, *rids}});
+        std::vector<std::pair<WorkerPtr, std::vector<std::string>>> targets;
+        targets.emplace_back(w, std::move(*rids));
+        self->set_targets(std::move(targets));
         LoadGuard load(w);
         step = co_await self->plain_attempt(w, std::move(payload), failure);
       } else {
@@ -409,7 +415,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
       done = step == Step::kDone;
     }
     self->set_targets({});
-    const std::string route = route_label(self->kind);
+    const std::string_view route = route_label(self->kind);
     if (!done && !self->client_gone) {
       if (attempts > 1) r.metrics_.inc("sgl_router_retries_exhausted_total", {{"route", route}});
       log::warning("router: {} failed after {} attempt(s): {} {}", route, attempts, failure.status,
@@ -417,8 +423,9 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
       self->finish_failure(failure);
     }
     const double dt = Clock::monotonic() - self->started;
-    r.metrics_.observe("sgl_router_request_duration_seconds", {{"route", route}}, dt);
-    r.metrics_.observe("sgl_router_generate_duration_seconds", {{"route", route}}, dt);
+    auto& refs = r.route_refs_[static_cast<std::size_t>(self->kind)];
+    r.metrics_.observe(refs.duration, "sgl_router_request_duration_seconds", {{"route", route}}, dt);
+    r.metrics_.observe(refs.generate_duration, "sgl_router_generate_duration_seconds", {{"route", route}}, dt);
     if (pd) {
       r.metrics_.inc("sgl_router_pd_requests_total", {{"route", route}});
       r.metrics_.observe("sgl_router_pd_request_duration_seconds", {{"route", route}}, dt);
@@ -428,7 +435,8 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
 
 void Router::handle_generation(RouteKind kind, std::string path, http::Request req,
                                std::shared_ptr<http::Responder> responder) {
-  metrics_.inc("sgl_router_requests_total", {{"route", route_label(kind)}});
+  metrics_.inc(route_refs_[static_cast<std::size_t>(kind)].requests, "sgl_router_requests_total",
+               {{"route", route_label(kind)}});
   auto self = std::make_shared<ProxyRequest>();
   const bool pd = args_.pd_disaggregation;
   const bool cache_aware =

@@ -73,7 +73,9 @@ Policy& Router::policy_for(WorkerType type) {
 }
 
 void Router::count_breaker(const WorkerPtr& w, bool success) {
-  metrics_.inc("sgl_router_cb_outcomes_total", {{"worker", w->url()}, {"outcome", success ? "success" : "failure"}});
+  auto& refs = w->metric_refs();
+  metrics_.inc(success ? refs.cb_success : refs.cb_failure, "sgl_router_cb_outcomes_total",
+               {{"worker", w->url()}, {"outcome", success ? "success" : "failure"}});
   if (auto t = w->breaker().record(success, std::chrono::steady_clock::now())) {
     const char* from = CircuitBreaker::state_name(t->first);
     const char* to = CircuitBreaker::state_name(t->second);

@@ -5,6 +5,7 @@
 // eviction).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -94,6 +95,12 @@ class Router {
   std::condition_variable stop_cv_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
+  // The per-route series every request updates, by RouteKind, bound at their first update.
+  struct RouteRefs {
+    RouterMetrics::CounterRef requests;
+    RouterMetrics::HistogramRef duration, generate_duration;
+  };
+  std::array<RouteRefs, 3> route_refs_;
 };
 
 // Registers `router`; the returned callback runs it (exit code).

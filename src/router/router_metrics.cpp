@@ -120,21 +120,45 @@ std::string format_labels(const Labels& labels) {
 
 RouterMetrics::RouterMetrics() = default;
 
-void RouterMetrics::inc(std::string_view name, LabelViews labels, double by) {
+double& RouterMetrics::counter_cell(std::string_view name, LabelViews labels) {
   const std::string& key = update_key(labels);
-  std::lock_guard lock(mu_);
   auto it = counters_.find(name);
   if (it == counters_.end()) it = counters_.emplace(std::string(name), decltype(it->second){}).first;
-  series(it->second, key) += by;
+  return series(it->second, key);
 }
 
-void RouterMetrics::observe(std::string_view name, LabelViews labels, double seconds) {
+RouterMetrics::Histogram& RouterMetrics::histogram_cell(std::string_view name, LabelViews labels) {
   const std::string& key = update_key(labels);
-  std::lock_guard lock(mu_);
   auto it = histograms_.find(name);
   if (it == histograms_.end()) it = histograms_.emplace(std::string(name), decltype(it->second){}).first;
   Histogram& h = series(it->second, key);
   if (h.counts.empty()) h.counts.assign(kBuckets.size() + 1, 0);
+  return h;
+}
+
+void RouterMetrics::inc(std::string_view name, LabelViews labels, double by) {
+  std::lock_guard lock(mu_);
+  counter_cell(name, labels) += by;
+}
+
+void RouterMetrics::observe(std::string_view name, LabelViews labels, double seconds) {
+  std::lock_guard lock(mu_);
+  add(histogram_cell(name, labels), seconds);
+}
+
+void RouterMetrics::inc(CounterRef& ref, std::string_view name, LabelViews labels, double by) {
+  std::lock_guard lock(mu_);
+  if (ref.cell_ == nullptr) ref.cell_ = &counter_cell(name, labels);
+  *ref.cell_ += by;
+}
+
+void RouterMetrics::observe(HistogramRef& ref, std::string_view name, LabelViews labels, double seconds) {
+  std::lock_guard lock(mu_);
+  if (ref.cell_ == nullptr) ref.cell_ = &histogram_cell(name, labels);
+  add(*ref.cell_, seconds);
+}
+
+void RouterMetrics::add(Histogram& h, double seconds) {
   std::size_t b = 0;
   while (b < kBuckets.size() && seconds > kBuckets[b]) ++b;
   ++h.counts[b];

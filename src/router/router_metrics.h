@@ -30,10 +30,27 @@ struct Sample {
 };
 
 class RouterMetrics {
+  struct Histogram;
+
  public:
+  // One series of a family, bound at its first update: that update formats and looks up the
+  // series as inc()/observe() do, later ones only lock and add. For the per-request updates
+  // (route and worker series). Every update through one ref must name the same series; a ref
+  // must not outlive its RouterMetrics (series are never removed, so the binding stays valid).
+  class CounterRef {
+    friend class RouterMetrics;
+    double* cell_ = nullptr;  // read and written under the RouterMetrics' lock
+  };
+  class HistogramRef {
+    friend class RouterMetrics;
+    Histogram* cell_ = nullptr;
+  };
+
   RouterMetrics();
   void inc(std::string_view name, LabelViews labels, double by = 1);
   void observe(std::string_view name, LabelViews labels, double seconds);
+  void inc(CounterRef& ref, std::string_view name, LabelViews labels, double by = 1);
+  void observe(HistogramRef& ref, std::string_view name, LabelViews labels, double seconds);
   // All families, stored values and `scraped` ones together.
   std::string render(const std::vector<Sample>& scraped) const;
   // A stored counter's value (0 if never incremented); for tests.
@@ -45,6 +62,10 @@ class RouterMetrics {
     double sum = 0;
     uint64_t count = 0;
   };
+  // Under mu_: the series' cell, created at 0 if new.
+  double& counter_cell(std::string_view name, LabelViews labels);
+  Histogram& histogram_cell(std::string_view name, LabelViews labels);
+  static void add(Histogram& h, double seconds);
   mutable std::mutex mu_;
   // family -> formatted labels -> value; std::less<> so that updates look up without a key copy.
   std::map<std::string, std::map<std::string, double, std::less<>>, std::less<>> counters_;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "router/router_metrics.h"
 
 namespace pdserve::router {
 
@@ -76,6 +77,12 @@ class Worker {
   uint64_t processed() const { return processed_.load(std::memory_order_relaxed); }
   void count_processed() { processed_.fetch_add(1, std::memory_order_relaxed); }
 
+  // This worker's series of the per-request metrics, bound at their first update.
+  struct MetricRefs {
+    RouterMetrics::CounterRef decisions, cb_success, cb_failure;
+  };
+  MetricRefs& metric_refs() { return metric_refs_; }
+
  private:
   std::string url_;
   WorkerType type_;
@@ -86,6 +93,7 @@ class Worker {
   int consecutive_ok_ = 0, consecutive_fail_ = 0;
   std::atomic<int64_t> load_{0};
   std::atomic<uint64_t> processed_{0};
+  MetricRefs metric_refs_;
 };
 
 using WorkerPtr = std::shared_ptr<Worker>;
