@@ -60,18 +60,20 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> serve_connection();
   // Until the next request's first bytes are buffered (false: closed, timed out or stopping).
   boost::asio::awaitable<bool> wait_for_bytes(std::chrono::milliseconds idle_timeout);
-  // Feeds `parser` the buffered bytes, reading more only when it needs them, until its header
-  // (header_only) or whole message is parsed, or `deadline`.
-  boost::asio::awaitable<boost::system::error_code> parse(Parser& parser, bool header_only,
-                                                           std::chrono::steady_clock::time_point deadline);
+  // Feeds `parser` the buffered bytes: true once its header (header_only) or whole message is
+  // parsed; false when it needs more bytes (read_more) or failed (`ec`).
+  bool parse_buffered(Parser& parser, bool header_only, boost::system::error_code& ec);
+  // One read for the parser, by `deadline`; the end of the stream goes to the parser.
+  boost::asio::awaitable<boost::system::error_code> read_more(Parser& parser,
+                                                              std::chrono::steady_clock::time_point deadline);
   // Starts the read kept pending while responding (see above).
   void start_watch();
   boost::asio::awaitable<void> reject(boost::system::error_code ec);
   // `message` is owned (not a view): coroutine parameters must outlive the caller's temporaries.
   boost::asio::awaitable<void> write_error_and_linger(int status, std::string message);
   boost::asio::awaitable<bool> respond(const std::shared_ptr<Exchange>& ex);
-  // Writes out_ now as far as the socket takes it, then the rest asynchronously.
-  boost::asio::awaitable<boost::system::error_code> write_out();
+  // Writes what is left of out_ after the first `written` bytes went out at once.
+  boost::asio::awaitable<boost::system::error_code> write_rest(std::size_t written);
   std::shared_ptr<const Exchange::Waker> make_waker();
   void close_socket();
   void finish();

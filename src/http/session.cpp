@@ -164,7 +164,7 @@ asio::awaitable<void> Session::run(std::shared_ptr<Session> self) {
   // from before its first resumption.
   (void)self;
   waker_ = make_waker();
-  // Writes are tried at once (write_out) and only the rest waits for the socket.
+  // Writes are tried at once (respond()) and only the rest waits for the socket.
   boost::system::error_code ec;
   stream_.socket().non_blocking(true, ec);
   try {
@@ -190,17 +190,28 @@ asio::awaitable<void> Session::serve_connection() {
     Parser parser;
     parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(o.max_header_bytes, UINT32_MAX)));
     parser.body_limit(static_cast<std::uint64_t>(o.max_body_bytes));
-    if (auto ec = co_await parse(parser, true, Clock::now() + o.header_timeout); ec) {
+    boost::system::error_code ec;
+    const auto header_deadline = Clock::now() + o.header_timeout;
+    while (!parse_buffered(parser, true, ec) && !ec) {
+      ec = co_await read_more(parser, header_deadline);
+      if (ec) break;
+    }
+    if (ec) {
       co_await reject(ec);
       co_return;
     }
     if (!parser.is_done()) {
       if (iequals(sv(parser.get()[bhttp::field::expect]), "100-continue")) {
         stream_.expires_after(o.write_timeout);
-        auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(kContinue), kNoThrow);
-        if (ec) co_return;
+        auto [wec, n] = co_await asio::async_write(stream_, asio::buffer(kContinue), kNoThrow);
+        if (wec) co_return;
       }
-      if (auto ec = co_await parse(parser, false, Clock::now() + o.body_timeout); ec) {
+      const auto body_deadline = Clock::now() + o.body_timeout;
+      while (!parse_buffered(parser, false, ec) && !ec) {
+        ec = co_await read_more(parser, body_deadline);
+        if (ec) break;
+      }
+      if (ec) {
         co_await reject(ec);
         co_return;
       }
@@ -274,33 +285,38 @@ asio::awaitable<bool> Session::wait_for_bytes(std::chrono::milliseconds idle_tim
   co_return true;
 }
 
-asio::awaitable<boost::system::error_code> Session::parse(Parser& parser, bool header_only,
-                                                          Clock::time_point deadline) {
+bool Session::parse_buffered(Parser& parser, bool header_only, boost::system::error_code& ec) {
   // A keep-alive request usually arrives whole in one read: parsing it where it lies avoids
-  // Beast's composed read operations (a chain of handlers and a posted completion each).
+  // Beast's composed read operations (a chain of handlers and a posted completion each), and
+  // doing it outside a coroutine avoids a coroutine frame per call.
   parser.eager(!header_only);
   for (;;) {
-    if (header_only ? parser.is_header_done() : parser.is_done()) co_return boost::system::error_code{};
-    if (buffer_.size() > 0) {
-      boost::system::error_code ec;
-      const std::size_t used = parser.put(buffer_.data(), ec);
-      buffer_.consume(used);
-      if (ec && ec != bhttp::error::need_more) co_return ec;
-      if (!ec && used > 0) continue;
+    if (header_only ? parser.is_header_done() : parser.is_done()) return true;
+    if (buffer_.size() == 0) return false;
+    const std::size_t used = parser.put(buffer_.data(), ec);
+    buffer_.consume(used);
+    if (ec == bhttp::error::need_more) {
+      ec = {};
+      return false;
     }
-    // As Beast's read: the end of the stream ends a message only where its framing allows.
-    stream_.expires_at(deadline);
-    auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadBytes), kNoThrow);
-    if (ec == asio::error::eof) {
-      if (!parser.got_some()) co_return boost::system::error_code(bhttp::error::end_of_stream);
-      boost::system::error_code eof_ec;
-      parser.put_eof(eof_ec);
-      if (eof_ec) co_return eof_ec;
-      continue;
-    }
-    if (ec) co_return ec;
-    buffer_.commit(n);
+    if (ec) return false;
+    if (used == 0) return false;
   }
+}
+
+asio::awaitable<boost::system::error_code> Session::read_more(Parser& parser, Clock::time_point deadline) {
+  stream_.expires_at(deadline);
+  auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadBytes), kNoThrow);
+  if (ec == asio::error::eof) {
+    // As Beast's read: the end of the stream ends a message only where its framing allows.
+    if (!parser.got_some()) co_return boost::system::error_code(bhttp::error::end_of_stream);
+    boost::system::error_code eof_ec;
+    parser.put_eof(eof_ec);
+    if (!eof_ec && !parser.is_done()) eof_ec = bhttp::error::partial_message;
+    co_return eof_ec;
+  }
+  if (!ec) buffer_.commit(n);
+  co_return ec;
 }
 
 asio::awaitable<void> Session::reject(boost::system::error_code ec) {
@@ -365,7 +381,15 @@ asio::awaitable<bool> Session::respond(const std::shared_ptr<Exchange>& ex) {
       payload += item.body.size();
       last = last || item.kind == OutItem::Kind::kFull || item.kind == OutItem::Kind::kEnd;
     }
-    auto ec = co_await write_out();
+    // The socket is non-blocking: a response that fits its send buffer (the common case) is
+    // written here, without an asynchronous operation, its timer, a posted completion and a frame.
+    boost::system::error_code ec;
+    std::size_t n = stream_.socket().write_some(out_, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      ec = {};
+      n = 0;
+    }
+    if (!ec && n < asio::buffer_size(out_)) ec = co_await write_rest(n);
     ex->written(payload);
     if (ec) {
       ex->fail();
@@ -378,32 +402,21 @@ asio::awaitable<bool> Session::respond(const std::shared_ptr<Exchange>& ex) {
   }
 }
 
-asio::awaitable<boost::system::error_code> Session::write_out() {
-  // The socket is non-blocking: a response that fits its send buffer (the common case) is written
-  // here, without an asynchronous operation, its timer and a posted completion.
-  boost::system::error_code ec;
-  std::size_t n = stream_.socket().write_some(out_, ec);
-  if (ec == asio::error::would_block || ec == asio::error::try_again) {
-    ec = {};
-    n = 0;
-  }
-  if (ec) co_return ec;
-  std::size_t total = asio::buffer_size(out_);
-  if (n == total) co_return ec;
-  // The rest when the socket takes it (a slow reader), under the write timeout.
+asio::awaitable<boost::system::error_code> Session::write_rest(std::size_t written) {
+  // What the socket did not take at once (a slow reader), under the write timeout.
   std::vector<asio::const_buffer> rest;
   for (const auto& b : out_) {
-    if (n >= b.size()) {
-      n -= b.size();
+    if (written >= b.size()) {
+      written -= b.size();
       continue;
     }
-    rest.push_back(b + n);
-    n = 0;
+    rest.push_back(b + written);
+    written = 0;
   }
   stream_.expires_after(core_.options.write_timeout);
-  auto [wec, written] = co_await asio::async_write(stream_, rest, kNoThrow);
+  auto [ec, n] = co_await asio::async_write(stream_, rest, kNoThrow);
   stream_.expires_never();
-  co_return wec;
+  co_return ec;
 }
 
 }  // namespace pdserve::http::detail
