@@ -71,7 +71,8 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> reject(boost::system::error_code ec);
   // `message` is owned (not a view): coroutine parameters must outlive the caller's temporaries.
   boost::asio::awaitable<void> write_error_and_linger(int status, std::string message);
-  boost::asio::awaitable<bool> respond(const std::shared_ptr<Exchange>& ex);
+  // Points out_ at the taken items; returns their payload bytes; `last`: the response ends.
+  std::size_t gather(const Exchange::Taken& taken, bool& last);
   // Writes what is left of out_ after the first `written` bytes went out at once.
   boost::asio::awaitable<boost::system::error_code> write_rest(std::size_t written);
   std::shared_ptr<const Exchange::Waker> make_waker();

@@ -164,7 +164,7 @@ asio::awaitable<void> Session::run(std::shared_ptr<Session> self) {
   // from before its first resumption.
   (void)self;
   waker_ = make_waker();
-  // Writes are tried at once (respond()) and only the rest waits for the socket.
+  // Writes are tried at once and only the rest waits for the socket.
   boost::system::error_code ec;
   stream_.socket().non_blocking(true, ec);
   try {
@@ -243,7 +243,40 @@ asio::awaitable<void> Session::serve_connection() {
     } else {
       core_.dispatch(std::move(request), std::make_shared<ConnectionResponder>(ex));
     }
-    bool reusable = co_await respond(ex);
+    // The response, in this frame rather than a coroutine of its own (a frame per request).
+    bool reusable = false;
+    for (;;) {
+      if (peer_gone_ || force_closed_) break;
+      Exchange::Taken taken = ex->take();
+      if (taken.abort) break;
+      if (taken.items.empty()) {
+        wake_timer_.expires_at(asio::steady_timer::time_point::max());
+        co_await wake_timer_.async_wait(kNoThrow);
+        continue;
+      }
+      bool last = false;
+      const std::size_t payload = gather(taken, last);
+      // The socket is non-blocking: a response that fits its send buffer (the common case) is
+      // written here, without an asynchronous operation, its timer and a posted completion.
+      boost::system::error_code wec;
+      std::size_t n = stream_.socket().write_some(out_, wec);
+      if (wec == asio::error::would_block || wec == asio::error::try_again) {
+        wec = {};
+        n = 0;
+      }
+      if (!wec && n < asio::buffer_size(out_)) wec = co_await write_rest(n);
+      ex->written(payload);
+      if (wec) break;
+      if (last) {
+        reusable = true;
+        break;
+      }
+    }
+    if (reusable) {
+      ex->finish();
+    } else {
+      ex->fail();
+    }
     current_.reset();
     if (!reusable || !ex->keep_alive() || stop_requested_) co_return;
   }
@@ -354,52 +387,18 @@ asio::awaitable<void> Session::write_error_and_linger(int status, std::string me
   }
 }
 
-asio::awaitable<bool> Session::respond(const std::shared_ptr<Exchange>& ex) {
-  for (;;) {
-    if (peer_gone_ || force_closed_) {
-      ex->fail();
-      co_return false;
-    }
-    Exchange::Taken taken = ex->take();
-    if (taken.abort) {
-      ex->fail();
-      co_return false;
-    }
-    if (taken.items.empty()) {
-      wake_timer_.expires_at(asio::steady_timer::time_point::max());
-      co_await wake_timer_.async_wait(kNoThrow);
-      continue;
-    }
-    // One gather write per burst: a stream that fell behind catches up in one syscall.
-    out_.clear();
-    std::size_t payload = 0;
-    bool last = false;
-    for (const OutItem& item : taken.items) {
-      if (!item.head.empty()) out_.push_back(asio::buffer(item.head));
-      if (!item.body.empty()) out_.push_back(asio::buffer(item.body));
-      if (item.crlf) out_.push_back(asio::buffer(kCrlf));
-      payload += item.body.size();
-      last = last || item.kind == OutItem::Kind::kFull || item.kind == OutItem::Kind::kEnd;
-    }
-    // The socket is non-blocking: a response that fits its send buffer (the common case) is
-    // written here, without an asynchronous operation, its timer, a posted completion and a frame.
-    boost::system::error_code ec;
-    std::size_t n = stream_.socket().write_some(out_, ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      ec = {};
-      n = 0;
-    }
-    if (!ec && n < asio::buffer_size(out_)) ec = co_await write_rest(n);
-    ex->written(payload);
-    if (ec) {
-      ex->fail();
-      co_return false;
-    }
-    if (last) {
-      ex->finish();
-      co_return true;
-    }
+std::size_t Session::gather(const Exchange::Taken& taken, bool& last) {
+  // One gather write per burst: a stream that fell behind catches up in one syscall.
+  out_.clear();
+  std::size_t payload = 0;
+  for (const OutItem& item : taken.items) {
+    if (!item.head.empty()) out_.push_back(asio::buffer(item.head));
+    if (!item.body.empty()) out_.push_back(asio::buffer(item.body));
+    if (item.crlf) out_.push_back(asio::buffer(kCrlf));
+    payload += item.body.size();
+    last = last || item.kind == OutItem::Kind::kFull || item.kind == OutItem::Kind::kEnd;
   }
+  return payload;
 }
 
 asio::awaitable<boost::system::error_code> Session::write_rest(std::size_t written) {

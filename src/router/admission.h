@@ -39,6 +39,8 @@ class Admission : public std::enable_shared_from_this<Admission> {
   // queue answers 429 through `responder` and a timed-out wait 408. Unlimited admission passes a
   // null ticket (there is no slot to give back).
   Outcome admit(const std::shared_ptr<http::Responder>& responder, Start start);
+  // No --max-concurrent-requests: admit() would start every request at once.
+  bool unlimited() const { return max_ <= 0; }
   // Shutdown: waiters get 503 and no request starts any more.
   void close();
   // Answers 408 to waiters past their deadline; called periodically.

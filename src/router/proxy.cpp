@@ -164,16 +164,17 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     return false;
   }
 
-  asio::awaitable<Step> plain_attempt(WorkerPtr w, std::string payload, Failure& f) {
+  // The outcome of a non-streamed exchange with `w`: the answer relayed, or a retry.
+  Step relay_plain(const WorkerPtr& w, Result<http::Response>& r, Failure& f) {
+    if (!classify(w, r, f, "Worker")) return Step::kRetry;
+    w->count_processed();
+    responder->respond(r->status, std::move(r->body), content_type_of(*r));
+    return Step::kDone;
+  }
+
+  asio::awaitable<Step> stream_attempt(WorkerPtr w, std::string payload, Failure& f) {
     auto* client = lane->client.get();
     http::ClientRequest req("POST", w->url() + path, std::move(payload), headers, timeout);
-    if (!stream) {
-      auto r = co_await client->request(std::move(req));
-      if (!classify(w, r, f, "Worker")) co_return Step::kRetry;
-      w->count_processed();
-      responder->respond(r->status, std::move(r->body), content_type_of(*r));
-      co_return Step::kDone;
-    }
     int head_status = 0;
     std::string head_type;
     bool relaying = false;
@@ -394,7 +395,14 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
         targets.emplace_back(w, std::move(*rids));
         self->set_targets(std::move(targets));
         LoadGuard load(w);
-        step = co_await self->plain_attempt(w, std::move(payload), failure);
+        if (self->stream) {
+          step = co_await self->stream_attempt(w, std::move(payload), failure);
+        } else {
+          // In this frame: a coroutine of its own cost a frame allocation per request.
+          http::ClientRequest req("POST", w->url() + self->path, std::move(payload), self->headers, self->timeout);
+          auto result = co_await self->lane->client->request(std::move(req));
+          step = self->relay_plain(w, result, failure);
+        }
       } else {
         auto p = self->pick(WorkerType::kPrefill, *r.prefill_policy_, tried);
         auto d = self->pick(WorkerType::kDecode, *r.decode_policy_, tried);
@@ -479,7 +487,7 @@ void Router::handle_generation(RouteKind kind, std::string path, http::Request r
   responder->on_close([weak] {
     if (auto s = weak.lock()) s->on_client_close();
   });
-  admission_->admit(responder, [this, self](Admission::TicketPtr ticket) {
+  auto start = [self](Admission::TicketPtr ticket) {
     self->ticket = std::move(ticket);
     asio::co_spawn(self->lane->executor, ProxyRequest::run(self), [](std::exception_ptr e) {
       if (!e) return;
@@ -489,7 +497,12 @@ void Router::handle_generation(RouteKind kind, std::string path, http::Request r
         log::error("router: request failed: {}", ex.what());
       }
     });
-  });
+  };
+  if (admission_->unlimited()) {
+    start(nullptr);  // without wrapping `start` for admit() (an allocation per request)
+  } else {
+    admission_->admit(responder, std::move(start));
+  }
 }
 
 }  // namespace pdserve::router
