@@ -11,6 +11,8 @@ BIN=/tmp/pdserve-gpu/bin/pdserve
 export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 rc=0
 
+# SERVE_SKIP_GENERATE=1 skips step 1 (for scripts that only want servers).
+[[ ${SERVE_SKIP_GENERATE:-0} == 1 ]] || {
 echo "== generate: tiny model, cuda vs cpu"
 for dev in cpu cuda; do
   $BIN generate --model-path models/tiny-deepseek-v3 --load-format dummy --device $dev --max-new-tokens 24 \
@@ -26,6 +28,7 @@ same = sum(x["output_ids"] == y["output_ids"] for x, y in zip(a, b))
 prefix = [next((i for i, (p, q) in enumerate(zip(x["output_ids"], y["output_ids"])) if p != q), len(x["output_ids"])) for x, y in zip(a, b)]
 print(f"identical sequences: {same}/{len(a)}; common prefix lengths: {prefix}")
 PY
+}
 
 # One server per mode: CUDA graphs with device sampling (the default), the same with sampling on
 # the host (PDSERVE_HOST_SAMPLING=1), then --disable-cuda-graph; SERVE_MODES picks a subset,
@@ -74,7 +77,20 @@ print(f"32 concurrent requests x 48 tokens: all complete={ok}, wall {wall:.2f} s
 # Eight more one at a time: the same batch shapes in every run, so two runs' ids must be equal
 # wherever only a kernel's load path differs (e.g. --page-size 64's TMA tiles).
 seq = [gen(100 + i)[0]["output_ids"] for i in range(8)]
-json.dump({"concurrent": [j["output_ids"] for j, _ in res], "sequential": seq}, open(sys.argv[2], "w"))
+# The same eight prompts' first-token top-5 log-probabilities (to tell a near-tie from a real
+# difference when two runs' greedy ids differ).
+def first_top(i):
+    body = json.dumps({"text": f"Request {100 + i}: tell me about expert parallelism.", "return_logprob": True, "top_logprobs_num": 5,
+                       "sampling_params": {"max_new_tokens": 1, "temperature": 0}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/generate", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return [[t[0], t[1]] for t in json.loads(r.read())["meta_info"]["output_top_logprobs"][0]]
+try:
+    tops = [first_top(i) for i in range(8)]
+except Exception as e:
+    print(f"first-token logprobs unavailable: {e}")
+    tops = []
+json.dump({"concurrent": [j["output_ids"] for j, _ in res], "sequential": seq, "first_top": tops}, open(sys.argv[2], "w"))
 sys.exit(0 if ok else 1)
 PY
   grep "Decode batch" "$LOG" | tail -2 | cut -c1-240

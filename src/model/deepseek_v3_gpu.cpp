@@ -236,6 +236,10 @@ struct DeepseekV3GpuModel::Impl {
     ops::add_inplace(residual, o);
   }
 
+  static bool experts_fp8(const GpuLayerWeights& lw) {
+    return !lw.experts.gate.empty() && lw.experts.gate.front().is_block_fp8();
+  }
+
   void mlp(const MlpWeights& m, const Tensor& x, DeviceArena& a, Tensor& residual) {
     const int64_t T = x.size(0), inter = m.gate_proj.rows();
     Tensor g = a.take({T, inter}, act), u = a.take({T, inter}, act);
@@ -296,8 +300,12 @@ struct DeepseekV3GpuModel::Impl {
       base = a.take({E}, DType::kI32);
       check(cudaMemcpyAsync(base.raw_data(), c.data(), E * 4, cudaMemcpyHostToDevice, stream), "moe bases");
     }
-    Tensor xs = a.take({std::max<int64_t>(rows, 1), hid}, x.dtype());
-    ops::moe_scatter(x, ids, base, xs, slots, counts);
+    // FP8 experts quantize their input rows per 128-group; from bf16 rows, as the EP dispatch
+    // sends them (and as SGLang and HF, whose activations are bf16, do), so one GPU and EP ranks
+    // compute the same products bit for bit. bf16 experts convert the f32 rows to bf16 anyway.
+    const Tensor& xe = experts_fp8(lw) ? x_bf16 : x;
+    Tensor xs = a.take({std::max<int64_t>(rows, 1), hid}, xe.dtype());
+    ops::moe_scatter(xe, ids, base, xs, slots, counts);
     Tensor g = a.take({std::max<int64_t>(rows, 1), inter}, act), u = a.take(g.shape(), act);
     Tensor y = a.take({std::max<int64_t>(rows, 1), hid}, act);
     if (masked) {
@@ -359,8 +367,9 @@ struct DeepseekV3GpuModel::Impl {
         // f32 into the MLP: the router reads f32 like HF's gate does.
         trace::ScopedSpan span("post_attention_layernorm");
         ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
-        // The EP dispatch moves bf16 rows (xb is free again once the attention has run).
-        if (routed && lw.is_moe) ops::rms_norm(resid, lw.post_attention_layernorm, eps, xb);
+        // The routed experts take bf16 rows when they are FP8 or live on EP ranks (xb is free
+        // again once the attention has run): see moe().
+        if (lw.is_moe && (routed || experts_fp8(lw))) ops::rms_norm(resid, lw.post_attention_layernorm, eps, xb);
       }
       trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
       if (lw.is_moe)
@@ -392,16 +401,47 @@ struct DeepseekV3GpuModel::Impl {
     return out;
   }
 
+  // EP ranks: one decode-shaped forward (b one-token sequences) per power of two b below
+  // `largest`, so every row bucket's GEMM kernels are loaded before the first EP pass (a kernel's
+  // first launch waits for all kernels on the GPU, the peers' spinning exchange included; linear.cu
+  // picks one algorithm per bucket). Against the one-page warm-up cache.
+  void warm_gemm_buckets(int64_t largest) {
+    for (int64_t b = 1; b < largest; b *= 2) {
+      std::vector<SequenceInput> batch(static_cast<size_t>(b));
+      for (auto& s : batch) {
+        s.tokens = {0};
+        s.page_table = {0};
+      }
+      run_eager(batch, {});
+    }
+  }
+
+  void reserve_sampling(int64_t rows) {
+    if (sb.cap >= rows) return;
+    check(cudaStreamSynchronize(stream), "sampling buffers");  // the old buffers may still be read
+    sb.cap = std::max<int64_t>(rows, 64);
+    sb.f32 = Tensor::empty({3, sb.cap}, DType::kF32, Device::kCuda);
+    sb.i32 = Tensor::empty({2, sb.cap}, DType::kI32, Device::kCuda);
+    sb.i64 = Tensor::empty({2, sb.cap}, DType::kI64, Device::kCuda);
+  }
+
+  // An EP rank allocates nothing while serving: a device allocation issued while a peer's
+  // dispatch spins may wait for it (CUDA lists allocations among the implicit synchronisations),
+  // and that peer waits for this rank. So the idle-pass rows and the sampling buffers for the
+  // largest forward are made at creation.
+  void reserve_ep_buffers() {
+    const int64_t hidden = cfg->hidden_size, k = cfg->num_experts_per_tok;
+    idle_x = Tensor::empty({1, hidden}, DType::kBF16, Device::kCuda);
+    idle_out = Tensor::empty({1, hidden}, DType::kF32, Device::kCuda);
+    idle_ids = Tensor::empty({1, k}, DType::kI32, Device::kCuda);
+    idle_w = Tensor::empty({1, k}, DType::kF32, Device::kCuda);
+    reserve_sampling(opts.max_forward_tokens);
+  }
+
   Tensor sample_on_device(const Tensor& dev_logits) {
     const int64_t rows = dev_logits.size(0);
     if (static_cast<int64_t>(sampling->size()) != rows) throw std::runtime_error("forward_sample: one RowSampling per sequence");
-    if (sb.cap < rows) {
-      check(cudaStreamSynchronize(stream), "sampling buffers");  // the old buffers may still be read
-      sb.cap = std::max<int64_t>(rows, 64);
-      sb.f32 = Tensor::empty({3, sb.cap}, DType::kF32, Device::kCuda);
-      sb.i32 = Tensor::empty({2, sb.cap}, DType::kI32, Device::kCuda);
-      sb.i64 = Tensor::empty({2, sb.cap}, DType::kI64, Device::kCuda);
-    }
+    reserve_sampling(rows);
     // Staged in one host block per dtype; the copies are ordered on the stream before the sampler.
     std::vector<float> f(static_cast<size_t>(3 * sb.cap));
     std::vector<int32_t> k(static_cast<size_t>(sb.cap));
@@ -623,6 +663,7 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
       warm.page_table.assign(static_cast<size_t>((n + m.opts.page_size - 1) / m.opts.page_size), 0);
       m.arena.reserve(size_t{64} << 20);
       m.run_eager({warm}, {});
+      if (m.opts.routed_experts_elsewhere) m.warm_gemm_buckets(n);
     }
     m.kv = Tensor();
 
@@ -644,6 +685,7 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
                         "{:.2f} GB kept back by --mem-fraction-static {}; raise the fraction or use a smaller model",
                         free_b / kGiB, reserve / kGiB, opts.mem_fraction_static);
     m.kv = Tensor::empty({L, m.num_pages, m.opts.page_size, latent}, m.act, Device::kCuda);
+    if (m.opts.routed_experts_elsewhere) m.reserve_ep_buffers();
     m.mem.max_total_num_tokens = m.num_pages * m.opts.page_size;
     m.mem.kv_gb = m.kv.nbytes() / kGiB;
     log::info("KV Cache is allocated. #tokens: {}, KV size: {:.2f} GB", m.mem.max_total_num_tokens, m.mem.kv_gb);
@@ -699,13 +741,7 @@ Status DeepseekV3GpuModel::idle_forward(RoutedExperts& routed) {
   try {
     check(cudaSetDevice(m.opts.device), "cudaSetDevice");
     ops::cuda::set_current_stream(m.stream);
-    const int64_t hidden = m.cfg->hidden_size, k = m.cfg->num_experts_per_tok;
-    if (!m.idle_x.defined()) {
-      m.idle_x = Tensor::empty({1, hidden}, DType::kBF16, Device::kCuda);
-      m.idle_out = Tensor::empty({1, hidden}, DType::kF32, Device::kCuda);
-      m.idle_ids = Tensor::empty({1, k}, DType::kI32, Device::kCuda);
-      m.idle_w = Tensor::empty({1, k}, DType::kF32, Device::kCuda);
-    }
+    if (!m.idle_x.defined()) m.reserve_ep_buffers();  // a model made without routed_experts_elsewhere
     const Tensor x = m.idle_x.slice(0, 0, 0), ids = m.idle_ids.slice(0, 0, 0), w = m.idle_w.slice(0, 0, 0);
     Tensor out = m.idle_out.slice(0, 0, 0);
     for (int64_t l = 0; l < m.cfg->num_hidden_layers; ++l) {

@@ -31,12 +31,12 @@ std::shared_ptr<Storage> Storage::borrow(void* data, size_t bytes, std::shared_p
   return s;
 }
 
-void free_device_memory(void* p);  // device_storage.cpp
+void free_device_memory(void* p, size_t bytes);  // device_storage.cpp
 
 Storage::~Storage() {
   if (!owned_) return;
   if (device_ == Device::kCuda) {
-    free_device_memory(data_);
+    free_device_memory(data_, bytes_);
   } else {
     std::free(data_);
   }

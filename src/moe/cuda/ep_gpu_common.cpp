@@ -52,7 +52,9 @@ Result<int> pick_blocks(const std::vector<int>& devices, int wanted, const std::
     auto per_sm = prepare(d);
     if (!per_sm) return per_sm.error();
     fit = std::min(fit, *per_sm * sms / n);
-    share = std::min(share, std::max(1, sms / n));
+    // Ranks sharing a GPU leave half of it free by default: their spinning blocks must never
+    // keep a peer's GEMM (cuBLAS's Hopper kernels take a whole SM's registers) from every SM.
+    share = std::min(share, std::max(1, n > 1 ? sms / (2 * n) : sms));
   }
   if (fit < 1) return make_error(ErrorCode::kInvalidArgument, "{}: the kernels do not fit on the GPU", who);
   if (wanted > fit)

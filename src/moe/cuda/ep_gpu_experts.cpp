@@ -39,6 +39,14 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
     e->up_ = Tensor::empty(e->gate_.shape(), DType::kBF16, Device::kCuda);
     e->y_ = Tensor::empty({e->local_, slab, e->hidden_}, DType::kBF16, Device::kCuda);
     e->combined_ = Tensor::empty({std::max<int64_t>(e->max_tokens_, 1), e->hidden_}, DType::kF32, Device::kCuda);
+    // Both expert paths once (on the zero counts the group starts with), so their kernels are
+    // loaded before any EP pass: a kernel's first launch waits for every kernel on the GPU,
+    // including peers spinning in an exchange with this rank.
+    if (!e->layers_.empty()) {
+      PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second, true));
+      PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second, false));
+      PDSERVE_RETURN_IF_ERROR(detail::cuda_status(cudaStreamSynchronize(ops::cuda::current_stream()), "GPU EP warm-up"));
+    }
   } catch (const std::exception& ex) {
     return make_error(ErrorCode::kInternal, "GPU EP rank {}: setup failed: {}", rank.rank(), ex.what());
   }

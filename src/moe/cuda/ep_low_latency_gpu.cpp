@@ -120,6 +120,7 @@ Result<std::unique_ptr<LowLatencyGpuGroup>> LowLatencyGpuGroup::create(const Low
 }
 
 LowLatencyGpuGroup::~LowLatencyGpuGroup() {
+  defer_frees_.reset();
   ranks_.clear();  // device buffers first; the mapped words after
   if (abort_flag_ != nullptr) cudaFreeHost(abort_flag_);
 }

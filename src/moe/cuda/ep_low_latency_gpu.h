@@ -44,6 +44,7 @@
 
 #include "base/status.h"
 #include "moe/cuda/ep_ll_kernels.h"
+#include "tensor/device_frees.h"
 #include "tensor/tensor.h"
 
 namespace pdserve::moe::gpu {
@@ -135,6 +136,9 @@ class LowLatencyGpuGroup {
   std::vector<detail::LlPeer> peers_;
   int32_t* abort_flag_ = nullptr;  // mapped host memory
   mutable std::mutex mu_;
+  // Device frees are deferred while the group lives (tensor.h says why); dropped first in the
+  // destructor so the group's own buffers are really freed.
+  std::unique_ptr<DeferredDeviceFrees> defer_frees_ = std::make_unique<DeferredDeviceFrees>();
   std::string abort_reason_;
 };
 

@@ -104,6 +104,7 @@ Result<std::unique_ptr<NormalGpuGroup>> NormalGpuGroup::create(const NormalGpuCo
 }
 
 NormalGpuGroup::~NormalGpuGroup() {
+  defer_frees_.reset();
   ranks_.clear();
   if (abort_flag_ != nullptr) cudaFreeHost(abort_flag_);
 }

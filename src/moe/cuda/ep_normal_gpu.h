@@ -28,6 +28,7 @@
 
 #include "base/status.h"
 #include "moe/cuda/ep_normal_kernels.h"
+#include "tensor/device_frees.h"
 #include "tensor/tensor.h"
 
 namespace pdserve::moe::gpu {
@@ -109,6 +110,9 @@ class NormalGpuGroup {
   std::vector<detail::NmPeer> peers_;
   int32_t* abort_flag_ = nullptr;  // mapped host memory
   mutable std::mutex mu_;
+  // Device frees are deferred while the group lives (tensor.h says why); dropped first in the
+  // destructor so the group's own buffers are really freed.
+  std::unique_ptr<DeferredDeviceFrees> defer_frees_ = std::make_unique<DeferredDeviceFrees>();
   std::string abort_reason_;
 };
 

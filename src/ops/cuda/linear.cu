@@ -10,8 +10,14 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdarg>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -31,6 +37,23 @@ using detail::kRowAlign;
 using detail::QuantJob;
 
 namespace {
+
+// PDSERVE_DEBUG_GEMM=1: one stderr line before and after each host call of this file that may
+// block (handle creation, scratch growth, the heuristic, a plan's first launch), with the thread
+// id, to find which one a stalled EP rank sits in.
+void debug_line(const char* fmt, ...) {
+  static const bool on = [] {
+    const char* v = std::getenv("PDSERVE_DEBUG_GEMM");
+    return v != nullptr && *v != '\0' && *v != '0';
+  }();
+  if (!on) return;
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "[gemm %ld] %s\n", static_cast<long>(syscall(SYS_gettid)), buf);
+}
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 constexpr size_t kMaxPlans = 4096;  // prefill row counts vary per batch: bound the cache
@@ -76,7 +99,9 @@ class DeviceBuffer {
       cap_ = 0;
     }
     const std::string msg = "cudaMallocAsync of " + std::to_string(want) + " bytes for GEMM scratch '" + what + "'";
+    debug_line("%s ...", msg.c_str());
     check(cudaMallocAsync(&ptr_, want, stream), msg.c_str());
+    debug_line("%s done", msg.c_str());
     cap_ = want;
     return ptr_;
   }
@@ -126,6 +151,7 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
   size_t workspace = 0;
   bool ok = false;
+  bool launched = false;  // for PDSERVE_DEBUG_GEMM
   std::string why;  // when !ok: what the heuristic said
 
   Plan() = default;
@@ -163,7 +189,9 @@ Context& context() {
   if (!c) {
     auto fresh = std::make_unique<Context>();
     fresh->stream = stream;
+    debug_line("cublasLtCreate ...");
     check_lt(cublasLtCreate(&fresh->lt), "handle creation");
+    debug_line("cublasLtCreate done");
     fresh->workspace.get(kWorkspaceBytes, stream, "workspace");
     c = std::move(fresh);
   }
@@ -182,6 +210,13 @@ cudaDataType lt_type(DType t) {
 template <typename T>
 void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const T& v, const char* name) {
   check_lt(cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)), std::string("set ") + name);
+}
+
+// m rounded up to a power of two (the row bucket whose algorithm serves m).
+uint64_t bucket_rows(int64_t m) {
+  uint64_t b = 1;
+  while (b < static_cast<uint64_t>(m)) b <<= 1;
+  return b;
 }
 
 std::unique_ptr<Plan> make_plan(Context& c, const PlanKey& key) {
@@ -218,10 +253,36 @@ std::unique_ptr<Plan> make_plan(Context& c, const PlanKey& key) {
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
   for (const auto& [attr, value] : aligns)
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value));
+  // The algorithm is chosen for the row bucket (m rounded up to a power of two) and checked for
+  // m itself: every m of a bucket then runs the kernel a warm-up of the bucket's size loaded.
+  // cuBLASLt loads a kernel's module on its first launch, which waits for every kernel running
+  // on the GPU; GPU EP ranks sharing a GPU spin in their exchange kernels until this rank arrives,
+  // so a first launch inside an EP pass stalls the group (see warm_gemm_buckets in the model).
   cublasLtMatmulHeuristicResult_t res{};
   int count = 0;
+  const uint64_t probe_m = bucket_rows(key.m);
+  cublasLtMatrixLayout_t probe_b = p->b, probe_d = p->d;
+  if (probe_m != m && st == CUBLAS_STATUS_SUCCESS) {
+    check_lt(cublasLtMatrixLayoutCreate(&probe_b, in, k, probe_m, static_cast<int64_t>(k)), "layout B (bucket)");
+    check_lt(cublasLtMatrixLayoutCreate(&probe_d, out, n, probe_m, key.ldd), "layout D (bucket)");
+  }
+  debug_line("heuristic for %s (bucket m=%llu) ...", key.describe().c_str(), static_cast<unsigned long long>(probe_m));
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulAlgoGetHeuristic(c.lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &res, &count);
+    st = cublasLtMatmulAlgoGetHeuristic(c.lt, p->desc, p->a, probe_b, probe_d, probe_d, pref, 1, &res, &count);
+  if (probe_b != p->b) {
+    cublasLtMatrixLayoutDestroy(probe_b);
+    cublasLtMatrixLayoutDestroy(probe_d);
+    cublasLtMatmulHeuristicResult_t own{};
+    if (st == CUBLAS_STATUS_SUCCESS && count > 0 && res.state == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulAlgoCheck(c.lt, p->desc, p->a, p->b, p->d, p->d, &res.algo, &own) == CUBLAS_STATUS_SUCCESS &&
+        own.workspaceSize <= kWorkspaceBytes) {
+      res.workspaceSize = own.workspaceSize;
+    } else {  // the bucket's choice does not fit m: ask for m itself
+      count = 0;
+      st = cublasLtMatmulAlgoGetHeuristic(c.lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &res, &count);
+    }
+  }
+  debug_line("heuristic done");
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS) {
     p->why = "heuristic query: " + lt_status(st);
@@ -258,8 +319,11 @@ void run(Context& c, Plan& p, const PlanKey& key, const void* a, const void* b, 
   }
   const float alpha = 1.0f, beta = 0.0f;
   void* ws = c.workspace.get(kWorkspaceBytes, c.stream, "workspace");
+  if (!p.launched) debug_line("first launch of %s ...", key.describe().c_str());
   const cublasStatus_t st = cublasLtMatmul(c.lt, p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d, &p.algo, ws,
                                            p.workspace, c.stream);
+  if (!p.launched) debug_line("first launch done");
+  p.launched = true;
   if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuBLASLt matmul (" + key.describe() + ") failed: " + lt_status(st));
 }
 

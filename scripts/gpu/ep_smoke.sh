@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# GPU expert parallelism with the ranks sharing one GPU, after scripts/gpu/run_gpu_checks.sh has
+# unpacked the binaries (carry .devpack and the model folders' tokenizer files):
+#  1. the EP model tests, the four-rank one included (disabled in the default run), with the
+#     device allocation log on: any cudaMalloc or free made while ranks spin shows up there, and a
+#     stalled pass prints where each rank's host thread is;
+#  2. `pdserve serve --tp-size 2 --dp-size 2 --enable-dp-attention --moe-a2a-backend deepep`
+#     (PDSERVE_GPU_EP=1) on mini-deepseek-v3 beside one GPU rank, both eager, through
+#     scripts/gpu/serve_smoke.sh; the greedy ids of the sequential requests are compared.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/pdserve-gpu-out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+rc=0
+
+echo "== EP model tests (two and four ranks on one GPU)"
+PDSERVE_DEBUG_DEVICE_ALLOC=1 timeout ${EP_TEST_TIMEOUT:-200} /tmp/pdserve-gpu/bin/gpu_tests --gtest_filter='EpModelGpu.*' \
+  --gtest_also_run_disabled_tests > "$OUT/ep_model_tests.log" 2>&1 || rc=1
+grep -E "^\[ +(OK|FAILED) |stall report|rel L2 .* pass 3 rank 0" "$OUT/ep_model_tests.log" | head -40
+echo "device allocations logged while a group lived: $(grep -c 'device-alloc' "$OUT/ep_model_tests.log")"
+
+echo "== serve: one GPU rank, then two EP ranks sharing the GPU (eager)"
+# EP_SKIP_ONE=1: skip the one-rank server (its ids from an earlier run already in $OUT).
+[[ ${EP_SKIP_ONE:-0} == 1 ]] || SERVE_SKIP_GENERATE=1 SERVE_MODES=eager SERVE_TAG=-one scripts/gpu/serve_smoke.sh || rc=1
+PDSERVE_GPU_EP=1 PDSERVE_DEBUG_DEVICE_ALLOC=${EP_DEBUG_ALLOC:-1} SERVE_SKIP_GENERATE=1 SERVE_MODES=eager SERVE_TAG=-ep2 \
+  SERVE_EXTRA="--tp-size 2 --dp-size 2 --enable-dp-attention --moe-a2a-backend deepep --watchdog-timeout ${EP_WATCHDOG:-40} ${EP_EXTRA:-}" \
+  scripts/gpu/serve_smoke.sh || rc=1
+LOG="$OUT/serve_mini_eager-ep2.log"
+grep -E "EP low-latency GPU group|EP rank|timed out|aborted|Traceback|error" "$LOG" | head -12 | cut -c1-300
+echo "device allocations logged by the EP server: $(grep -c 'device-alloc' "$LOG"); after the start-up:"
+awk '/fired up/{f=1} f && /device-alloc/' "$LOG" | head -8
+python3 - "$OUT/serve_ids_eager-one.json" "$OUT/serve_ids_eager-ep2.json" <<'PY' || rc=1
+import json, sys
+try:
+    a, b = (json.load(open(p))["sequential"] for p in sys.argv[1:3])
+except Exception as e:
+    print(f"no ids to compare: {e}"); sys.exit(1)
+prefix = [next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), len(x)) for x, y in zip(a, b)]
+print(f"EP (2 ranks) vs one rank, sequential greedy requests: identical {sum(x == y for x, y in zip(a, b))}/{len(a)}; common prefix lengths {prefix}")
+ta, tb = (json.load(open(p)).get("first_top", []) for p in sys.argv[1:3])
+for i, (x, y) in enumerate(zip(ta, tb)):
+    lx, ly = {t[1]: t[0] for t in x}, {t[1]: t[0] for t in y}
+    shared = [t for t in lx if t in ly]
+    diff = max((abs(lx[t] - ly[t]) for t in shared), default=float("nan"))
+    print(f"  prompt {i}: top-1 one rank {x[0][1]} ({x[0][0]:.4f}, next {x[1][0]:.4f}), EP {y[0][1]} ({y[0][0]:.4f}); "
+          f"{len(shared)}/5 of the top-5 shared, max |logprob diff| {diff:.2e}")
+PY
+exit $rc
