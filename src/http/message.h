@@ -30,6 +30,7 @@ class Headers {
   // Replaces every field named `name` with one field.
   void set(std::string name, std::string value);
   void remove(std::string_view name);
+  void reserve(std::size_t fields) { fields_.reserve(fields); }
   // The first value of `name`, if any.
   std::optional<std::string_view> get(std::string_view name) const;
   // The first value of `name`, or `fallback`.

@@ -22,8 +22,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/basic_parser.hpp>
 
 #include "http/exchange.h"
 #include "http/server.h"
@@ -31,6 +30,45 @@
 namespace pdserve::http::detail {
 
 class ServerCore;
+
+// Beast's request parser filling a Request directly. Beast's own message parser keeps the fields
+// in a basic_fields (an allocation per field) that were then copied into the Request again.
+class RequestParser final : public boost::beast::http::basic_parser<true> {
+ public:
+  RequestParser() { request.headers.reserve(8); }  // a typical request's fields, one allocation
+
+  Request request;  // method, target, headers, body; the rest is the session's to fill
+  int version = 11;
+
+ private:
+  using string_view = boost::beast::string_view;
+  using error_code = boost::system::error_code;
+
+  void on_request_impl(boost::beast::http::verb, string_view method, string_view target, int v,
+                       error_code&) override {
+    request.method.assign(method.data(), method.size());
+    request.target.assign(target.data(), target.size());
+    version = v;
+  }
+  void on_response_impl(int, string_view, int, error_code&) override {}  // requests only
+  void on_field_impl(boost::beast::http::field, string_view name, string_view value, error_code&) override {
+    request.headers.add(std::string(name.data(), name.size()), std::string(value.data(), value.size()));
+  }
+  void on_header_impl(error_code&) override {}
+  void on_body_init_impl(const boost::optional<std::uint64_t>& length, error_code&) override {
+    if (length) request.body.reserve(static_cast<std::size_t>(*length));  // within body_limit, checked before
+  }
+  std::size_t on_body_impl(string_view data, error_code&) override {
+    request.body.append(data.data(), data.size());
+    return data.size();
+  }
+  void on_chunk_header_impl(std::uint64_t, string_view, error_code&) override {}
+  std::size_t on_chunk_body_impl(std::uint64_t, string_view data, error_code&) override {
+    request.body.append(data.data(), data.size());
+    return data.size();
+  }
+  void on_finish_impl(error_code&) override {}
+};
 
 // One accepted connection: a coroutine that reads a request, hands it to the router, writes what
 // the Exchange queues, and repeats while keep-alive holds. Everything runs on the socket's strand
@@ -55,7 +93,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   enum class Phase { kReading, kResponding };
 
-  using Parser = boost::beast::http::request_parser<boost::beast::http::string_body>;
+  using Parser = RequestParser;
 
   boost::asio::awaitable<void> serve_connection();
   // Until the next request's first bytes are buffered (false: closed, timed out or stopping).

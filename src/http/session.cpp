@@ -6,8 +6,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
 #include <fmt/format.h>
 
 #include "base/logging.h"
@@ -36,7 +34,6 @@ std::string format_endpoint(const tcp::endpoint& ep) {
   return fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
-std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -201,7 +198,7 @@ asio::awaitable<void> Session::serve_connection() {
       co_return;
     }
     if (!parser.is_done()) {
-      if (iequals(sv(parser.get()[bhttp::field::expect]), "100-continue")) {
+      if (iequals(parser.request.headers.get_or("expect", ""), "100-continue")) {
         stream_.expires_after(o.write_timeout);
         auto [wec, n] = co_await asio::async_write(stream_, asio::buffer(kContinue), kNoThrow);
         if (wec) co_return;
@@ -217,19 +214,12 @@ asio::awaitable<void> Session::serve_connection() {
       }
     }
 
-    bhttp::request<bhttp::string_body> msg = parser.release();
-    Request request;
-    request.method.assign(sv(msg.method_string()));
-    request.target.assign(sv(msg.target()));
+    Request request = std::move(parser.request);
     parse_target(request);
-    for (const auto& field : msg) {
-      request.headers.add(std::string(sv(field.name_string())), std::string(sv(field.value())));
-    }
-    request.body = std::move(msg.body());
     request.remote_address = remote_;
-    request.keep_alive = msg.keep_alive();
+    request.keep_alive = parser.keep_alive();
 
-    Exchange::Framing framing{request.keep_alive && !over_limit_ && !stop_requested_, msg.version() >= 11,
+    Exchange::Framing framing{request.keep_alive && !over_limit_ && !stop_requested_, parser.version >= 11,
                               request.method == "HEAD"};
     auto ex = std::make_shared<Exchange>(core_.error_body, o.max_queued_bytes, waker_, framing);
     current_ = ex;
