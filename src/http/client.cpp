@@ -19,10 +19,8 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/basic_parser.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
 #include <fmt/format.h>
 
 namespace pdserve::http {
@@ -37,7 +35,6 @@ namespace {
 
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
-std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
 
 bool is_token(std::string_view s) {
   return !s.empty() && s.find_first_of(" \t\r\n:()<>@,;\\\"/[]?={}") == std::string_view::npos;
@@ -77,6 +74,42 @@ void append_number(std::string& out, std::size_t n) {
 // peer that died meanwhile is covered by the one retry of a stale connection (Connection).
 constexpr auto kFreshIdle = std::chrono::milliseconds(100);
 
+// How much one read asks for.
+constexpr std::size_t kReadBytes = 16 * 1024;
+
+// Beast's response parser filling a Response directly (status, fields) and its body into `sink`;
+// Beast's own message parser kept the fields in a basic_fields (an allocation each) that were
+// then copied into the Response again.
+class ResponseParser final : public bhttp::basic_parser<false> {
+ public:
+  explicit ResponseParser(Response& response) : sink(&response.body), response_(response) {}
+
+  std::string* sink;  // where body bytes go: the response, or a stream's pending bytes
+
+ private:
+  using string_view = beast::string_view;
+  using error_code = boost::system::error_code;
+
+  void on_request_impl(bhttp::verb, string_view, string_view, int, error_code&) override {}  // responses only
+  void on_response_impl(int status, string_view, int, error_code&) override { response_.status = status; }
+  void on_field_impl(bhttp::field, string_view name, string_view value, error_code&) override {
+    response_.headers.add(std::string(name.data(), name.size()), std::string(value.data(), value.size()));
+  }
+  void on_header_impl(error_code&) override {}
+  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+  std::size_t on_body_impl(string_view data, error_code&) override {
+    sink->append(data.data(), data.size());
+    return data.size();
+  }
+  void on_chunk_header_impl(std::uint64_t, string_view, error_code&) override {}
+  std::size_t on_chunk_body_impl(std::uint64_t, string_view data, error_code& ec) override {
+    return on_body_impl(data, ec);
+  }
+  void on_finish_impl(error_code&) override {}
+
+  Response& response_;
+};
+
 // The outcome of one attempt, before it becomes a Result: the raw error decides on a retry.
 struct Attempt {
   boost::system::error_code ec;
@@ -91,11 +124,7 @@ struct Connection::Impl {
   asio::any_io_executor executor;
   ClientOptions options;
   std::optional<beast::tcp_stream> stream;
-  beast::flat_buffer buffer;
-  // Where body bytes are read to. Kept with the (pooled) connection and allocated once: as an
-  // array in exchange()'s coroutine frame it made every request allocate and free 16 KiB.
-  static constexpr std::size_t kChunkBytes = 16 * 1024;
-  std::unique_ptr<char[]> chunk;
+  beast::flat_buffer buffer;  // kept with the (pooled) connection: allocated once
   std::string authority;
   bool reusable = false;
   Clock::time_point idle_since{};  // when the last exchange ended (reusable)
@@ -170,6 +199,7 @@ struct Connection::Impl {
       co_return a;
     }
     stream->socket().set_option(tcp::no_delay(true), ec);
+    stream->socket().non_blocking(true, ec);  // exchange() writes at once what the socket takes
     authority = t.authority;
     co_return a;
   }
@@ -202,97 +232,143 @@ struct Connection::Impl {
     return h;
   }
 
-  static void copy_head(const bhttp::response_header<>& head, Response& out) {
-    out.status = static_cast<int>(head.result_int());
-    for (const auto& f : head) out.headers.add(std::string(sv(f.name_string())), std::string(sv(f.value())));
+  // Sends the request and reads the response; `callbacks` null means a plain request.
+  // Feeds `parser` what `buffer` holds: true when it made progress (and may make more).
+  bool feed(ResponseParser& parser, boost::system::error_code& ec) {
+    if (buffer.size() == 0) return false;
+    const std::size_t used = parser.put(buffer.data(), ec);
+    buffer.consume(used);
+    if (ec == bhttp::error::need_more) {
+      ec = {};
+      return false;
+    }
+    return !ec && used > 0;
   }
 
-  // Sends the request and reads the response; `callbacks` null means a plain request.
+  // Sends the request and reads the response; `callbacks` null means a plain request. The
+  // response is parsed where it lies in the buffer and read only when the parser needs bytes
+  // (Beast's composed reads cost a chain of handlers and a posted completion per call).
   asio::awaitable<Attempt> exchange(const Target& t, const ClientRequest& req,
                                     const StreamCallbacks* callbacks, Clock::time_point deadline) {
     Attempt a;
     reusable = false;
     std::string head = serialize(t, req);
-    std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(req.body)};
+    const std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(req.body)};
     set_deadline(deadline);
-    if (auto [ec, n] = co_await asio::async_write(*stream, out, kNoThrow); ec) {
-      a.ec = ec;
-      a.what = "send";
-      co_return a;
+    {
+      // The socket is non-blocking: a request that fits the send buffer goes out here.
+      boost::system::error_code ec;
+      std::size_t n = stream->socket().write_some(out, ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) {
+        ec = {};
+        n = 0;
+      }
+      if (!ec && n < asio::buffer_size(out)) {
+        std::vector<asio::const_buffer> rest;
+        for (const auto& b : out) {
+          if (n >= b.size()) {
+            n -= b.size();
+            continue;
+          }
+          rest.push_back(b + n);
+          n = 0;
+        }
+        std::tie(ec, n) = co_await asio::async_write(*stream, rest, kNoThrow);
+      }
+      if (ec) {
+        a.ec = ec;
+        a.what = "send";
+        co_return a;
+      }
     }
     // An optional so that an interim 1xx response can be followed by a fresh parser.
-    std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
-    for (;;) {
-      parser.emplace();
+    std::optional<ResponseParser> parser;
+    auto fresh_parser = [&] {
+      a.response = Response{};
+      parser.emplace(a.response);
       parser->header_limit(1u << 20);
       parser->body_limit(boost::none);  // limited below: by max_response_bytes unless streamed
       if (req.method == "HEAD") parser->skip(true);
-      auto [ec, n] = co_await bhttp::async_read_header(*stream, buffer, *parser, kNoThrow);
-      a.got_response_bytes = a.got_response_bytes || parser->got_some() || n > 0;
-      if (ec) {
-        a.ec = ec;
-        a.what = "read response";
-        co_return a;
-      }
-      int status = static_cast<int>(parser->get().result_int());
-      if (status >= 200 || status == 101) break;
-    }
-    copy_head(parser->get(), a.response);
-    bool is_2xx = a.response.status >= 200 && a.response.status < 300;
-    bool streaming = callbacks != nullptr && is_2xx;
-    if (callbacks != nullptr && callbacks->on_head && !callbacks->on_head(a.response)) {
-      close();
-      co_return a;
-    }
+    };
+    fresh_parser();
+    std::string pending;  // a stream's body bytes parsed and not yet passed on
     SseParser sse;
-    bool stopped = false;
-    if (!chunk) chunk = std::make_unique<char[]>(kChunkBytes);
-    while (!parser->is_done()) {
-      parser->get().body().data = chunk.get();
-      parser->get().body().size = kChunkBytes;
-      // read_some, not read: read() waits until the 16 KiB buffer is full, which would hold SSE
-      // events back until the end of a slow stream.
-      auto [ec, n] = co_await bhttp::async_read_some(*stream, buffer, *parser, kNoThrow);
-      if (ec == bhttp::error::need_buffer) ec = {};
+    bool head_seen = false, streaming = false;
+    for (;;) {
+      boost::system::error_code ec;
+      while (!parser->is_done() || !head_seen) {
+        parser->eager(head_seen);  // the header alone first: the body's sink depends on it
+        const bool progress = feed(*parser, ec);
+        if (ec || (!progress && !parser->is_done())) break;
+        if (head_seen || !parser->is_header_done()) continue;
+        const int status = a.response.status;
+        if (status < 200 && status != 101) {  // interim: the final response follows
+          fresh_parser();
+          continue;
+        }
+        head_seen = true;
+        streaming = callbacks != nullptr && status >= 200 && status < 300;
+        parser->sink = streaming ? &pending : &a.response.body;
+        if (callbacks != nullptr && callbacks->on_head && !callbacks->on_head(a.response)) {
+          close();
+          co_return a;
+        }
+      }
+      a.got_response_bytes = a.got_response_bytes || parser->got_some();
       if (ec) {
         a.ec = ec;
-        a.what = "read body";
+        a.what = head_seen ? "read body" : "read response";
         co_return a;
       }
-      std::size_t got = kChunkBytes - parser->get().body().size;
-      if (got == 0) continue;
-      std::string_view data(chunk.get(), got);
-      if (!streaming) {
-        if (a.response.body.size() + got > options.max_response_bytes) {
-          a.ec = bhttp::error::body_limit;
-          a.what = fmt::format("response body larger than {} bytes", options.max_response_bytes);
-          close();
-          co_return a;
-        }
-        a.response.body.append(data);
-        continue;
-      }
-      if (callbacks->on_data && !callbacks->on_data(data)) stopped = true;
-      if (!stopped && callbacks->on_event) {
-        bool fed = sse.feed(data, [&](const SseEvent& e) {
-          if (!stopped && !callbacks->on_event(e)) stopped = true;
-        });
-        if (!fed) {
-          a.ec = bhttp::error::body_limit;
-          a.what = "SSE event too large";
-          close();
-          co_return a;
-        }
-      }
-      if (stopped) {
+      if (!streaming && a.response.body.size() > options.max_response_bytes) {
+        a.ec = bhttp::error::body_limit;
+        a.what = fmt::format("response body larger than {} bytes", options.max_response_bytes);
         close();
         co_return a;
       }
-      while (callbacks->hold && callbacks->hold()) {
+      if (!pending.empty()) {
+        bool stopped = callbacks->on_data && !callbacks->on_data(pending);
+        if (!stopped && callbacks->on_event) {
+          bool fed = sse.feed(pending, [&](const SseEvent& e) {
+            if (!stopped && !callbacks->on_event(e)) stopped = true;
+          });
+          if (!fed) {
+            a.ec = bhttp::error::body_limit;
+            a.what = "SSE event too large";
+            close();
+            co_return a;
+          }
+        }
+        pending.clear();
+        if (stopped) {
+          close();
+          co_return a;
+        }
+      }
+      if (head_seen && parser->is_done()) break;
+      while (streaming && callbacks->hold && callbacks->hold()) {
         if (Clock::now() >= deadline) break;  // the next read reports the timeout
         asio::steady_timer pause(executor, std::chrono::milliseconds(1));
         co_await pause.async_wait(kNoThrow);
       }
+      // read_some, not read: a stream's events go on as they come.
+      auto [rec, n] = co_await stream->async_read_some(buffer.prepare(kReadBytes), kNoThrow);
+      a.got_response_bytes = a.got_response_bytes || n > 0;
+      if (rec == asio::error::eof) {
+        // As Beast's read: the end of the stream ends a message only where its framing allows.
+        if (parser->got_some()) {
+          parser->put_eof(rec);
+          if (!rec && !parser->is_done()) rec = bhttp::error::partial_message;
+        } else {
+          rec = bhttp::error::end_of_stream;
+        }
+      }
+      if (rec) {
+        a.ec = rec;
+        a.what = head_seen ? "read body" : "read response";
+        co_return a;
+      }
+      buffer.commit(n);
     }
     reusable = parser->keep_alive();
     if (!reusable) close();

@@ -57,6 +57,8 @@ std::string Exchange::make_head(int status, std::string_view content_type, const
     }
     h.append(name).append(": ").append(value).append("\r\n");
   }
+  // Proxies (nginx) buffer responses unless told otherwise; SSE must reach the client per event.
+  if (chunked && !extra.contains("cache-control")) h.append("Cache-Control: no-cache\r\n");
   h.append("\r\n");
   return h;
 }
@@ -94,10 +96,7 @@ bool Exchange::start_stream(int status, std::string_view content_type, const Hea
   }
   state_ = State::kStreaming;
   if (!chunked_) keep_alive_ = false;  // the end of a raw stream is the end of the connection
-  Headers fields = extra;
-  // Proxies (nginx) buffer responses unless told otherwise; SSE must reach the client per event.
-  if (!fields.contains("cache-control")) fields.add("Cache-Control", "no-cache");
-  OutItem item{OutItem::Kind::kHead, make_head(status, content_type, fields, true, 0), {}};
+  OutItem item{OutItem::Kind::kHead, make_head(status, content_type, extra, true, 0), {}};
   return push_locked(std::move(item), 0);
 }
 

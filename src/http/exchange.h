@@ -75,6 +75,7 @@ class Exchange {
  private:
   enum class State { kNone, kFull, kStreaming, kEnded };
   bool push_locked(OutItem item, std::size_t payload_bytes);
+  // `chunked`: a stream's head (Transfer-Encoding, and Cache-Control: no-cache unless `extra` has one).
   std::string make_head(int status, std::string_view content_type, const Headers& extra,
                         bool chunked, std::size_t content_length) const;
 
