@@ -142,12 +142,6 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     if (args.nnodes > 1)
       return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
     if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
-    const char* gpu_ep = std::getenv("PDSERVE_GPU_EP");
-    if (args.device == "cuda" && !(gpu_ep && std::string_view(gpu_ep) == "1"))
-      return make_error(ErrorCode::kUnsupported,
-                        "--moe-a2a-backend deepep on GPUs is not validated in this build: its first device run (two "
-                        "ranks sharing one H200) stalled in the first pass (docs/parallel.md §8). Pass --device cpu, "
-                        "or set PDSERVE_GPU_EP=1 to run it anyway");
     if (args.expert.ep_num_redundant_experts > 0 || args.expert.enable_eplb)
       return make_error(ErrorCode::kUnsupported,
                         "--moe-a2a-backend deepep with redundant experts or --enable-eplb is not supported in this build");
