@@ -119,27 +119,6 @@ const std::array<float, 256> kFp8Table = make_fp8_table();
 
 float fp8e4m3_to_f32(uint8_t v) { return kFp8Table[v]; }
 
-uint8_t f32_to_fp8e4m3(float v) {
-  if (std::isnan(v)) return 0x7F;
-  uint8_t sign = std::signbit(v) ? 0x80 : 0x00;
-  float a = std::fabs(v);
-  if (a >= kFp8E4M3Max) return sign | 0x7E;  // saturate (448 = 0.1111.110)
-  if (a < std::ldexp(1.0f, -6)) {
-    // subnormal grid 2^-9, round half to even
-    float q = std::nearbyint(a * 512.0f);
-    return sign | static_cast<uint8_t>(q);  // q == 8 becomes the smallest normal (0x08): correct
-  }
-  int e;
-  float m = std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
-  // normal: a = (1 + f/8) * 2^(E-7), with 2^(E-7) = 2^(e-1)
-  float scaled = (m * 2.0f - 1.0f) * 8.0f;  // in [0, 8)
-  float f = std::nearbyint(scaled);
-  int E = e - 1 + 7;
-  if (f >= 8.0f) { f = 0; E += 1; }
-  if (E > 15 || (E == 15 && f >= 7)) return sign | 0x7E;
-  return sign | static_cast<uint8_t>((E << 3) | static_cast<int>(f));
-}
-
 void convert_to_f32(DType src_type, const void* src, float* dst, size_t n) {
   switch (src_type) {
     case DType::kF32: std::memcpy(dst, src, n * 4); return;
