@@ -379,39 +379,17 @@ struct Connection::Impl {
   asio::awaitable<Result<Response>> run(ClientRequest req, const StreamCallbacks* callbacks) {
     auto target = parse_target(req.url);
     if (!target) co_return target.error();
-    co_return co_await run_parsed(*target, std::move(req), callbacks);
+    co_return co_await run_on(*this, std::move(*target), std::move(req), callbacks, nullptr, nullptr);
   }
 
-  asio::awaitable<Result<Response>> run_parsed(const Target& target, ClientRequest req,
-                                               const StreamCallbacks* callbacks) {
-    if (!is_token(req.method)) {
-      co_return make_error(ErrorCode::kInvalidArgument, "bad HTTP method '{}'", req.method);
-    }
-    Clock::time_point deadline =
-        req.timeout.count() > 0 ? Clock::now() + req.timeout : Clock::time_point::max();
-    Attempt a;
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      bool reused = authority == target.authority && reusable_now();
-      if (!reused) {
-        a = co_await connect(target, deadline);
-        if (a.ec) break;
-      }
-      a = co_await exchange(target, req, callbacks, deadline);
-      if (!a.ec) co_return std::move(a.response);
-      close();
-      // The server may close an idle keep-alive connection just as we reuse it. Nothing of the
-      // response arrived, so the request was not processed: one retry on a fresh connection.
-      bool stale = a.ec == asio::error::eof || a.ec == asio::error::connection_reset ||
-                   a.ec == asio::error::broken_pipe || a.ec == bhttp::error::end_of_stream;
-      if (!(reused && stale && !a.got_response_bytes)) break;
-    }
-    if (a.ec == beast::error::timeout) {
-      co_return make_error(ErrorCode::kIo, "{} {}: timed out after {} ms ({})", req.method, req.url,
-                           req.timeout.count(), a.what);
-    }
-    co_return make_error(ErrorCode::kIo, "{} {}: {} failed: {}", req.method, req.url, a.what,
-                         a.ec.message());
-  }
+  // Runs `req` on connection `c`: connects if needed, and retries once on a fresh connection when
+  // a reused one turns out stale (see Connection). A pooled connection (`owned`, which holds `c`)
+  // goes back to `pool` at the end, so that a pooled request is one coroutine frame, not one for
+  // the pool and one for the connection (Asio recycles few frames; the rest are aligned mallocs).
+  static asio::awaitable<Result<Response>> run_on(Impl& c, Target target, ClientRequest req,
+                                                  const StreamCallbacks* callbacks,
+                                                  std::shared_ptr<AsyncClient::Pool> pool,
+                                                  std::unique_ptr<Connection> owned);
 };
 
 Connection::Connection(asio::any_io_executor executor, ClientOptions options)
@@ -484,18 +462,61 @@ struct AsyncClient::Pool {
     }
   }
 
-  // Runs one request on a pooled connection. `self` keeps the pool alive for the whole call.
+  // Runs one request on a pooled connection; the coroutine keeps the pool alive (`self`) and
+  // returns the connection to it.
   static asio::awaitable<Result<Response>> run(std::shared_ptr<Pool> self, ClientRequest req,
                                                const StreamCallbacks* callbacks) {
     auto target = parse_target(req.url);
-    if (!target) co_return target.error();
+    if (!target) return failed(target.error());
     auto conn = self->acquire(target->authority);
-    std::optional<Result<Response>> r;
-    r.emplace(co_await conn->impl_->run_parsed(*target, std::move(req), callbacks));
-    self->release(std::move(conn));
-    co_return std::move(*r);
+    Connection::Impl& impl = *conn->impl_;
+    return Connection::Impl::run_on(impl, std::move(*target), std::move(req), callbacks, std::move(self),
+                                    std::move(conn));
   }
+
+  static asio::awaitable<Result<Response>> failed(Result<Response> r) { co_return r; }
 };
+
+asio::awaitable<Result<Response>> Connection::Impl::run_on(Impl& c, Target target, ClientRequest req,
+                                                           const StreamCallbacks* callbacks,
+                                                           std::shared_ptr<AsyncClient::Pool> pool,
+                                                           std::unique_ptr<Connection> owned) {
+  std::optional<Result<Response>> result;
+  if (!is_token(req.method)) {
+    result.emplace(make_error(ErrorCode::kInvalidArgument, "bad HTTP method '{}'", req.method));
+  } else {
+    const Clock::time_point deadline =
+        req.timeout.count() > 0 ? Clock::now() + req.timeout : Clock::time_point::max();
+    Attempt a;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      bool reused = c.authority == target.authority && c.reusable_now();
+      if (!reused) {
+        a = co_await c.connect(target, deadline);
+        if (a.ec) break;
+      }
+      a = co_await c.exchange(target, req, callbacks, deadline);
+      if (!a.ec) {
+        result.emplace(std::move(a.response));
+        break;
+      }
+      c.close();
+      // The server may close an idle keep-alive connection just as we reuse it. Nothing of the
+      // response arrived, so the request was not processed: one retry on a fresh connection.
+      bool stale = a.ec == asio::error::eof || a.ec == asio::error::connection_reset ||
+                   a.ec == asio::error::broken_pipe || a.ec == bhttp::error::end_of_stream;
+      if (!(reused && stale && !a.got_response_bytes)) break;
+    }
+    if (!result && a.ec == beast::error::timeout) {
+      result.emplace(make_error(ErrorCode::kIo, "{} {}: timed out after {} ms ({})", req.method, req.url,
+                                req.timeout.count(), a.what));
+    } else if (!result) {
+      result.emplace(make_error(ErrorCode::kIo, "{} {}: {} failed: {}", req.method, req.url, a.what,
+                                a.ec.message()));
+    }
+  }
+  if (pool) pool->release(std::move(owned));
+  co_return std::move(*result);
+}
 
 AsyncClient::AsyncClient(asio::any_io_executor executor, ClientOptions options)
     : pool_(std::make_shared<Pool>()) {

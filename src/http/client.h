@@ -130,6 +130,7 @@ class AsyncClient {
   std::size_t idle_connections() const;
 
  private:
+  friend class Connection;  // a pooled request gives its connection back to the pool itself
   struct Pool;
   std::shared_ptr<Pool> pool_;
 };

@@ -96,8 +96,6 @@ class Session : public std::enable_shared_from_this<Session> {
   using Parser = RequestParser;
 
   boost::asio::awaitable<void> serve_connection();
-  // Until the next request's first bytes are buffered (false: closed, timed out or stopping).
-  boost::asio::awaitable<bool> wait_for_bytes(std::chrono::milliseconds idle_timeout);
   // Feeds `parser` the buffered bytes: true once its header (header_only) or whole message is
   // parsed; false when it needs more bytes (read_more) or failed (`ec`).
   bool parse_buffered(Parser& parser, bool header_only, boost::system::error_code& ec);

@@ -180,8 +180,24 @@ asio::awaitable<void> Session::serve_connection() {
     phase_ = Phase::kReading;
     if (stop_requested_) co_return;
     // Keep-alive: the idle timeout runs until the next request's first byte; from there the
-    // header timeout applies, so a slow trickle cannot hold the connection forever.
-    if (!first && buffer_.size() == 0 && !co_await wait_for_bytes(o.idle_timeout)) co_return;
+    // header timeout applies, so a slow trickle cannot hold the connection forever. The bytes come
+    // from the read started while responding (start_watch); waited for here, in this frame.
+    if (!first && buffer_.size() == 0) {
+      if (watching_) {
+        wake_timer_.expires_after(o.idle_timeout);
+        while (watching_) {
+          auto [ec] = co_await wake_timer_.async_wait(kNoThrow);
+          if (!ec) co_return;  // idle too long (the closing socket aborts the read)
+          if (stop_requested_ || force_closed_) co_return;
+        }
+      } else if (!watch_error_) {  // no read ahead was started (defensive: one always is)
+        stream_.expires_after(o.idle_timeout);
+        auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadBytes), kNoThrow);
+        if (ec) co_return;
+        buffer_.commit(n);
+      }
+      if (watch_error_ || buffer_.size() == 0) co_return;  // the read ahead found the connection closed
+    }
     first = false;
 
     Parser parser;
@@ -286,26 +302,8 @@ void Session::start_watch() {
         } else {
           self->buffer_.commit(n);
         }
-        self->wake_timer_.cancel();  // the response loop or wait_for_bytes() waits on it
+        self->wake_timer_.cancel();  // the response loop or the keep-alive wait waits on it
       });
-}
-
-asio::awaitable<bool> Session::wait_for_bytes(std::chrono::milliseconds idle_timeout) {
-  if (!watching_ && watch_error_) co_return false;  // the read-ahead found the connection closed
-  if (watching_) {
-    wake_timer_.expires_after(idle_timeout);
-    while (watching_) {
-      auto [ec] = co_await wake_timer_.async_wait(kNoThrow);
-      if (!ec) co_return false;  // idle too long (the closing socket aborts the read)
-      if (stop_requested_ || force_closed_) co_return false;
-    }
-    co_return !watch_error_ && buffer_.size() > 0;
-  }
-  stream_.expires_after(idle_timeout);
-  auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadBytes), kNoThrow);
-  if (ec) co_return false;
-  buffer_.commit(n);
-  co_return true;
 }
 
 bool Session::parse_buffered(Parser& parser, bool header_only, boost::system::error_code& ec) {
