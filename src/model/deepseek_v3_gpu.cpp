@@ -314,7 +314,7 @@ struct DeepseekV3GpuModel::Impl {
       // weights; the masked GEMMs would run (and read) all E experts over all T rows.
       ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.gate, lw.experts.gate_table, g3);
       ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.up, lw.experts.up_table, u3);
-      ops::silu_mul(g, u, g);  // rows past the counts hold stale values; nothing reads them
+      ops::silu_mul_masked(g3, u3, counts, g3);  // rows past the counts stay stale; nothing reads them
       ops::grouped_gemv_masked(g3, counts, lw.experts.down, lw.experts.down_table, y3);
     } else if (rows > 0) {
       Tensor xr = xs.slice(0, 0, rows), gr = g.slice(0, 0, rows), ur = u.slice(0, 0, rows), yr = y.slice(0, 0, rows);

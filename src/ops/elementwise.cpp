@@ -1,5 +1,7 @@
 #include "ops/elementwise.h"
 
+#include <algorithm>
+
 #include "ops/check.h"
 #include "ops/cpu/elementwise.h"
 #ifdef PDSERVE_HAVE_CUDA
@@ -84,6 +86,35 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 #endif
   }
   cpu::silu_mul(gate, up, out);
+}
+
+void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out) {
+  constexpr const char* op = "silu_mul_masked";
+  detail::check_rank(op, "gate", gate, 3);
+  detail::check_contiguous(op, "gate", gate);
+  detail::check_dtype(op, "up", up, gate.dtype());
+  detail::check_shape(op, "up", up, gate.shape());
+  detail::check_contiguous(op, "up", up);
+  detail::check_dtype(op, "out", out, gate.dtype());
+  detail::check_shape(op, "out", out, gate.shape());
+  detail::check_contiguous(op, "out", out);
+  detail::check_dtype(op, "counts", counts, DType::kI32);
+  detail::check_shape(op, "counts", counts, {gate.size(0)});
+  if (!detail::all_on_cpu(op, {&gate, &up, &counts, &out})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::silu_mul_masked(gate, up, counts, out);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  check_act(op, "gate", gate);
+  const int64_t M = gate.size(1);
+  for (int64_t g = 0; g < gate.size(0); ++g) {
+    const int64_t rows = std::clamp<int64_t>(counts.data<int32_t>()[g], 0, M);
+    if (rows == 0) continue;
+    Tensor o = out.select(g).slice(0, 0, rows);
+    cpu::silu_mul(gate.select(g).slice(0, 0, rows), up.select(g).slice(0, 0, rows), o);
+  }
 }
 
 void add_inplace(Tensor& y, const Tensor& x) {

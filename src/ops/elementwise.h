@@ -18,6 +18,12 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out);
 // out = silu(gate) * up, elementwise; all [m, n] f32 contiguous (out may alias gate).
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 
+// silu_mul over the first counts[g] rows of each group g (the masked expert layouts, where an
+// expert's block of M rows holds counts[g] received rows): gate, up, out [G, M, n] contiguous, f32
+// (device: f32 or bf16), out may alias gate; counts [G] i32 on the tensors' device, each clamped to
+// [0, M]. Rows past a group's count are left untouched.
+void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out);
+
 // y += x elementwise (same shape, f32 contiguous).
 void add_inplace(Tensor& y, const Tensor& x);
 

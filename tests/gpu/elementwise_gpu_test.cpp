@@ -5,6 +5,7 @@
 // Fused silu_mul + FP8 quant: scales within 1e-5 relative of the CPU quantiser applied to the
 // reference silu_mul output (rounded to the input dtype), fp8 codes equal except at most 1% one
 // representable value apart.
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -51,6 +52,38 @@ TEST(ElementwiseGpu, SiluMulBf16MatchesCpu) {
     Tensor gd = as_dtype(g, DType::kBF16).to(Device::kCuda);  // in place: out aliases gate
     ops::silu_mul(gd, as_dtype(u, DType::kBF16).to(Device::kCuda), gd);
     EXPECT_LT(rel_max_err(gd.to(Device::kCpu).to_f32(), want), 4e-3) << shape_to_string(shape) << " in place";
+  }
+}
+
+// Masked: the counted rows as the CPU op computes them (f32: 1e-6, bf16: one rounding), every other
+// row still holds the poison it was given.
+TEST(ElementwiseGpu, SiluMulMaskedMatchesCpuAndLeavesUncountedRows) {
+  const int64_t G = 6, M = 40, n = 264;
+  const int32_t c[G] = {0, 1, 17, 40, 55, -3};
+  Tensor counts = Tensor::empty({G}, DType::kI32);
+  std::memcpy(counts.data<int32_t>(), c, sizeof c);
+  Tensor counts_d = counts.to(Device::kCuda);
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    Tensor g = round_bf16(random_host({G, M, n}, 21, 3.0f)), u = round_bf16(random_host({G, M, n}, 22));
+    Tensor want = random_host({G, M, n}, 23);  // stands for the uncounted rows' old contents
+    Tensor start = as_dtype(want, dt);         // what the device output holds before the call
+    want = start.to_f32();
+    ops::silu_mul_masked(g, u, counts, want);
+    Tensor out = start.to(Device::kCuda);
+    ops::silu_mul_masked(as_dtype(g, dt).to(Device::kCuda), as_dtype(u, dt).to(Device::kCuda), counts_d, out);
+    Tensor got = out.to(Device::kCpu).to_f32();
+    const double bound = dt == DType::kF32 ? 1e-6 : 4e-3;
+    for (int64_t grp = 0; grp < G; ++grp) {
+      const int64_t rows = std::clamp<int64_t>(c[grp], 0, M);
+      for (int64_t r = 0; r < M; ++r) {
+        Tensor gr = got.select(grp).select(r), wr = want.select(grp).select(r);
+        if (r < rows)
+          EXPECT_LT(rel_max_err(gr, wr), bound) << dtype_name(dt) << " group " << grp << " row " << r;
+        else
+          ASSERT_EQ(std::memcmp(gr.raw_data(), wr.raw_data(), static_cast<size_t>(n) * 4), 0)
+              << dtype_name(dt) << " group " << grp << " row " << r << " (past the count) was written";
+      }
+    }
   }
 }
 

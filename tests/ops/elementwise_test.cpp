@@ -1,5 +1,7 @@
 #include "ops/elementwise.h"
 
+#include <algorithm>
+#include <cstring>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -115,6 +117,32 @@ TEST(SiluMul, MatchesDirectFormulaAndMayAliasGate) {
   silu_mul(gate, up, gate);
   EXPECT_LT(rel_err(gate.data<float>(), ref), 1e-6);
   EXPECT_THROW(silu_mul(gate, rand_f32({7, 334}, rng), out), std::invalid_argument);
+}
+
+TEST(SiluMulMasked, ComputesTheCountedRowsAndLeavesTheRest) {
+  std::mt19937_64 rng(12);
+  const int64_t G = 4, M = 5, n = 37;
+  Tensor gate = rand_f32({G, M, n}, rng, -8.0f, 8.0f), up = rand_f32({G, M, n}, rng, -2.0f, 2.0f);
+  Tensor counts = Tensor::empty({G}, DType::kI32);
+  const int32_t c[G] = {0, 3, 5, 9};  // none, some, all, above M (clamped)
+  std::memcpy(counts.data<int32_t>(), c, sizeof c);
+  Tensor full = Tensor::empty({G, M, n}, DType::kF32);
+  Tensor full_rows = full.reshape({G * M, n});
+  silu_mul(gate.reshape({G * M, n}), up.reshape({G * M, n}), full_rows);
+  Tensor out = rand_f32({G, M, n}, rng, 100.0f, 101.0f);  // sentinel values outside silu's range here
+  const Tensor before = out.clone();
+  silu_mul_masked(gate, up, counts, out);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = (g * M + r) * n + j;
+        const float want = r < std::min<int64_t>(c[g], M) ? full.data<float>()[i] : before.data<float>()[i];
+        ASSERT_EQ(out.data<float>()[i], want) << "group " << g << " row " << r << " col " << j;
+      }
+  Tensor two_d = Tensor::empty({M, n}, DType::kF32);
+  EXPECT_THROW(silu_mul_masked(two_d, two_d, counts, two_d), std::invalid_argument);
+  Tensor short_counts = Tensor::empty({G - 1}, DType::kI32);
+  EXPECT_THROW(silu_mul_masked(gate, up, short_counts, out), std::invalid_argument);
 }
 
 TEST(AddInplace, AddsElementwise) {

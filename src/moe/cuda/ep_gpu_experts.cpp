@@ -61,18 +61,19 @@ void GpuEpExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
 Status GpuEpExperts::run_experts(const model::GpuExperts& e, bool decode) {
   const Tensor& x = rank_->recv_x();  // bf16 [local, R * max, hidden]
   const Tensor& counts = rank_->recv_count();
-  Tensor gate_rows = gate_.reshape({-1, inter_}), up_rows = up_.reshape({-1, inter_});  // silu_mul is 2-D
+  // SiLU over the received rows only: a slab has R x max rows per expert (1,024 at EP8 with 128
+  // tokens per rank), a decode step fills a few of them.
   if (decode) {
     // A few rows per expert: the GEMV computes (and reads the weights of) only the rows received;
     // rows past the counts stay stale, and combine reads none of them.
     ops::grouped_gemv_masked(x, counts, e.gate, e.gate_table, gate_);
     ops::grouped_gemv_masked(x, counts, e.up, e.up_table, up_);
-    ops::silu_mul(gate_rows, up_rows, gate_rows);
+    ops::silu_mul_masked(gate_, up_, counts, gate_);
     ops::grouped_gemv_masked(gate_, counts, e.down, e.down_table, y_);
   } else {
     ops::grouped_linear_masked(x, counts, e.gate, gate_);
     ops::grouped_linear_masked(x, counts, e.up, up_);
-    ops::silu_mul(gate_rows, up_rows, gate_rows);
+    ops::silu_mul_masked(gate_, up_, counts, gate_);
     ops::grouped_linear_masked(gate_, counts, e.down, y_);
   }
   return ok_status();

@@ -78,6 +78,31 @@ __global__ void silu_mul_kernel(const T* g, const T* u, T* o, long long n) {
   }
 }
 
+// One group per blockIdx.y; the blocks along x stride over the group's first counts[g] rows only
+// (a decode step's experts receive a few rows of their M-row blocks: the rest is never read).
+template <typename T, bool kVec>
+__global__ void silu_mul_masked_kernel(const T* g, const T* u, T* o, const int32_t* counts, long long rows_per_group,
+                                       long long n) {
+  const long long rows = min(max(static_cast<long long>(counts[blockIdx.y]), 0LL), rows_per_group);
+  const long long base = static_cast<long long>(blockIdx.y) * rows_per_group * n;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if constexpr (kVec) {
+    constexpr int P = kPack<T>;
+    const long long packs = rows * n / P;
+    for (; i < packs; i += stride) {
+      float a[P], b[P];
+      load_pack(g + base + i * P, a);
+      load_pack(u + base + i * P, b);
+#pragma unroll
+      for (int j = 0; j < P; ++j) a[j] = silu_times(a[j], b[j]);
+      store_pack(o + base + i * P, a);
+    }
+  } else {
+    for (; i < rows * n; i += stride) o[base + i] = from_f<T>(silu_times(to_f(g[base + i]), to_f(u[base + i])));
+  }
+}
+
 template <typename T, bool kVec>
 __global__ void add_kernel(T* y, const T* x, long long n) {
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
@@ -142,6 +167,21 @@ void launch_silu_mul(const Tensor& gate, const Tensor& up, Tensor& out, long lon
 }
 
 template <typename T>
+void launch_silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out) {
+  constexpr int P = kPack<T>;
+  const long long groups = gate.size(0), M = gate.size(1), n = gate.size(2);
+  const bool vec = n % P == 0 && aligned(gate.raw_data(), 16) && aligned(up.raw_data(), 16) && aligned(out.raw_data(), 16);
+  // Sized for a full group; blocks past a group's rows exit at once.
+  const unsigned x = std::min(grid_for(vec ? M * n / P : M * n), 1024u);
+  const dim3 grid(x, static_cast<unsigned>(groups));
+  const int32_t* c = counts.data<int32_t>();
+  if (vec)
+    silu_mul_masked_kernel<T, true><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), up.data<T>(), out.data<T>(), c, M, n);
+  else
+    silu_mul_masked_kernel<T, false><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), up.data<T>(), out.data<T>(), c, M, n);
+}
+
+template <typename T>
 void launch_add(Tensor& y, const Tensor& x, long long n) {
   constexpr int P = kPack<T>;
   const bool vec = n % P == 0 && aligned(y.raw_data(), 16) && aligned(x.raw_data(), 16);
@@ -180,6 +220,19 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
     launch_silu_mul<float>(gate, up, out, n);
   else
     launch_silu_mul<bf16>(gate, up, out, n);
+  check_launch(op);
+}
+
+void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out) {
+  constexpr const char* op = "silu_mul_masked";
+  require(is_act(gate.dtype()) && up.dtype() == gate.dtype() && out.dtype() == gate.dtype(), op,
+          "gate, up and out must all be f32 or all bf16 on the device");
+  require(gate.size(0) <= 65535, op, "at most 65535 groups");
+  if (gate.numel() == 0) return;
+  if (gate.dtype() == DType::kF32)
+    launch_silu_mul_masked<float>(gate, up, counts, out);
+  else
+    launch_silu_mul_masked<bf16>(gate, up, counts, out);
   check_launch(op);
 }
 

@@ -10,6 +10,11 @@ namespace pdserve::ops::cuda {
 // rounding at the store). out may alias gate.
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 
+// silu_mul over the first counts[g] rows of each group (ops/elementwise.h): gate, up, out
+// [G, M, n] contiguous, all f32 or all bf16; counts [G] i32 on the device (read by the kernel, so
+// capturable in a CUDA graph). Rows past a count are not touched.
+void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out);
+
 // y += x; same shape, both contiguous, both f32 or both bf16 (sum in f32, rounded once).
 void add_inplace(Tensor& y, const Tensor& x);
 
