@@ -554,7 +554,7 @@ struct Client::Impl {
     asio::co_spawn(
         io_context,
         [&]() -> asio::awaitable<void> {
-          if (callbacks) {  // not ?: with co_await, see Pool::run
+          if (callbacks) {  // not ?: with co_await: g++ 12 destroys its temporaries twice
             out.emplace(co_await client.stream(std::move(req), *callbacks));
           } else {
             out.emplace(co_await client.request(std::move(req)));
