@@ -22,6 +22,20 @@ void check_act(const char* op, const char* name, const Tensor& t) {
   detail::check_dtype(op, name, t, DType::kF32);
 }
 
+// The gated activation's operands: gate, up and out contiguous, of one activation dtype and one
+// shape of `rank` dimensions.
+void check_gated(const char* op, const Tensor& gate, const Tensor& up, const Tensor& out, int rank) {
+  check_act(op, "gate", gate);
+  detail::check_rank(op, "gate", gate, rank);
+  detail::check_contiguous(op, "gate", gate);
+  detail::check_dtype(op, "up", up, gate.dtype());
+  detail::check_shape(op, "up", up, gate.shape());
+  detail::check_contiguous(op, "up", up);
+  detail::check_dtype(op, "out", out, gate.dtype());
+  detail::check_shape(op, "out", out, gate.shape());
+  detail::check_contiguous(op, "out", out);
+}
+
 }  // namespace
 
 void embedding(const Tensor& ids, const Weight& table, Tensor& out) {
@@ -69,15 +83,7 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
 
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   constexpr const char* op = "silu_mul";
-  check_act(op, "gate", gate);
-  detail::check_rank(op, "gate", gate, 2);
-  detail::check_contiguous(op, "gate", gate);
-  detail::check_dtype(op, "up", up, gate.dtype());
-  detail::check_shape(op, "up", up, gate.shape());
-  detail::check_contiguous(op, "up", up);
-  detail::check_dtype(op, "out", out, gate.dtype());
-  detail::check_shape(op, "out", out, gate.shape());
-  detail::check_contiguous(op, "out", out);
+  check_gated(op, gate, up, out, 2);
   if (!detail::all_on_cpu(op, {&gate, &up, &out})) {
 #ifdef PDSERVE_HAVE_CUDA
     return cuda::silu_mul(gate, up, out);
@@ -90,14 +96,7 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 
 void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out) {
   constexpr const char* op = "silu_mul_masked";
-  detail::check_rank(op, "gate", gate, 3);
-  detail::check_contiguous(op, "gate", gate);
-  detail::check_dtype(op, "up", up, gate.dtype());
-  detail::check_shape(op, "up", up, gate.shape());
-  detail::check_contiguous(op, "up", up);
-  detail::check_dtype(op, "out", out, gate.dtype());
-  detail::check_shape(op, "out", out, gate.shape());
-  detail::check_contiguous(op, "out", out);
+  check_gated(op, gate, up, out, 3);
   detail::check_dtype(op, "counts", counts, DType::kI32);
   detail::check_shape(op, "counts", counts, {gate.size(0)});
   if (!detail::all_on_cpu(op, {&gate, &up, &counts, &out})) {
@@ -107,7 +106,6 @@ void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts,
     detail::no_cuda(op);
 #endif
   }
-  check_act(op, "gate", gate);
   const int64_t M = gate.size(1);
   for (int64_t g = 0; g < gate.size(0); ++g) {
     const int64_t rows = std::clamp<int64_t>(counts.data<int32_t>()[g], 0, M);
