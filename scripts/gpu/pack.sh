@@ -18,7 +18,8 @@ for b in $BENCHES; do BINS+=("$BUILD_DIR/bench/gpu/$b"); done
 for b in "${BINS[@]}"; do
   cp "$b" "$STAGE/bin/"
   # Every resolved library except libc/libm/libstdc++/libgcc and CUDA's own (present there).
-  ldd "$b" | awk '/=> \//{print $3}' | grep -vE 'libc\.so|libm\.so|libstdc\+\+|libgcc_s|libcuda|libcublas|libcudart|ld-linux' |
+  # (`|| true`: a binary needing none of them, e.g. a probe linking only cudart, is fine.)
+  { ldd "$b" | awk '/=> \//{print $3}' | grep -vE 'libc\.so|libm\.so|libstdc\+\+|libgcc_s|libcuda|libcublas|libcudart|ld-linux' || true; } |
     while read -r lib; do cp -L "$lib" "$STAGE/lib/"; done
 done
 mkdir -p .devpack

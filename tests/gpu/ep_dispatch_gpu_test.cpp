@@ -15,11 +15,14 @@
 //  * a CUDA graph of dispatch + identity experts + combine replays bit-equal to eager calls.
 #include <cuda_runtime.h>
 
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <thread>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "gpu/gpu_test_util.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
@@ -46,6 +49,10 @@ struct Streams {
       cudaSetDevice(d);
       cudaStream_t st = nullptr;
       cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+      // Run a kernel on it first: a graph captured on it is its first real launch, which may wait
+      // for the peers' spinning kernels (eager calls prime the stream themselves).
+      detail::launch_stream_prime(st);
+      cudaStreamSynchronize(st);
       s.push_back(st);
     }
   }
@@ -194,15 +201,37 @@ TEST_P(EpLowLatencyGpu, DispatchAndCombineEqualCpu) {
     }
     // Odd steps write bf16 out, even f32 (both paths of combine, epochs going on across both).
     const bool bf16_out = step % 2 == 1;
+    // Host timeline per rank (ms from the start: dispatch launched, combine launched, synchronised),
+    // printed with a failure: it tells a rank whose host thread was late from a kernel that was not
+    // scheduled.
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::array<double, 3>> when(static_cast<size_t>(R), {-1, -1, -1});
+    auto ms = [&] { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); };
     auto st = run_threads(cfg.devices, [&](int r) -> Status {
       LowLatencyGpuRank& rk = group->rank(r);
       cudaStream_t s = streams.s[static_cast<size_t>(r)];
+      auto& w = when[static_cast<size_t>(r)];
       PDSERVE_RETURN_IF_ERROR(rk.dispatch(x_d[static_cast<size_t>(r)], ids_d[static_cast<size_t>(r)], s));
+      w[0] = ms();
       Tensor& out = bf16_out ? out_bf16_d[static_cast<size_t>(r)] : out_f32_d[static_cast<size_t>(r)];
       PDSERVE_RETURN_IF_ERROR(rk.combine(eo_d[static_cast<size_t>(r)], ids_d[static_cast<size_t>(r)], w_d[static_cast<size_t>(r)], out, s));
-      return rk.synchronize(s);
+      w[1] = ms();
+      Status done = rk.synchronize(s);
+      w[2] = ms();
+      return done;
     });
-    for (int r = 0; r < R; ++r) ASSERT_TRUE(st[static_cast<size_t>(r)].has_value()) << "rank " << r << ": " << st[static_cast<size_t>(r)].error().message();
+    std::string failures;
+    for (int r = 0; r < R; ++r) {
+      const auto& w = when[static_cast<size_t>(r)];
+      if (!st[static_cast<size_t>(r)].has_value()) failures += fmt::format("\n  rank {}: {}", r, st[static_cast<size_t>(r)].error().message());
+      failures += fmt::format("\n  rank {} host: dispatch launched {:.1f} ms, combine launched {:.1f} ms, synchronised {:.1f} ms", r,
+                              w[0], w[1], w[2]);
+    }
+    bool all_ok = true;
+    for (int r = 0; r < R; ++r) all_ok &= st[static_cast<size_t>(r)].has_value();
+    if (!all_ok)
+      for (int r = 0; r < R; ++r) failures += "\n  " + group->rank(r).exchange_state();
+    ASSERT_TRUE(all_ok) << "step " << step << " (" << group->blocks() << " blocks per rank)" << failures;
 
     for (int r = 0; r < R; ++r) {
       const RankStep& s = rs[static_cast<size_t>(r)];

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace pdserve::moe::gpu::detail {
 
@@ -63,6 +64,68 @@ Result<int> pick_blocks(const std::vector<int>& devices, int wanted, const std::
   return wanted > 0 ? wanted : std::min(fit, share);
 }
 
+Status PrimedStreams::prime(cudaStream_t stream, const std::string& who) {
+  // Capture first: nothing but the capture query may touch a capturing stream.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(stream, &capture), who + ": cudaStreamIsCapturing"));
+  if (capture != cudaStreamCaptureStatusNone) return ok_status();
+  unsigned long long id = 0;
+  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamGetId(stream, &id), who + ": cudaStreamGetId"));
+  if (std::find(ids_.begin(), ids_.end(), id) != ids_.end()) return ok_status();
+  PDSERVE_RETURN_IF_ERROR(cuda_status(launch_stream_prime(stream), who + ": priming the stream"));
+  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream), who + ": priming the stream"));
+  ids_.push_back(id);
+  return ok_status();
+}
+
+Status FirstCallRendezvous::arrive(int rank, const std::string& who) {
+  Status st = ok_status();
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    const size_t r = static_cast<size_t>(rank);
+    if (!failure_.at(r)) return failure_[r];
+    if (arrived_[r]) return ok_status();  // met before: later calls pass
+    arrived_[r] = true;
+    cv_.notify_all();
+    st = wait_for_all(lock, who);
+    if (st) return st;
+    failure_[r] = st;
+  }
+  group_.abort(st.error().message());  // outside the lock: the group's abort takes its own
+  return st;
+}
+
+Status FirstCallRendezvous::failure(int rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failure_.at(static_cast<size_t>(rank));
+}
+
+Status FirstCallRendezvous::wait_for_all(std::unique_lock<std::mutex>& lock, const std::string& who) {
+  const auto deadline = std::chrono::steady_clock::now() + group_.timeout;
+  auto all = [&] { return std::all_of(arrived_.begin(), arrived_.end(), [](bool a) { return a; }); };
+  Status st = ok_status();
+  // Short slices: an abort raises a flag in mapped memory, which no condition variable hears.
+  while (!all()) {
+    if (*group_.abort_flag != 0) {
+      st = make_error(ErrorCode::kInternal, "{}, call #1: dispatch aborted while waiting for every rank's first call: {}", who,
+                      group_.abort_reason());
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      std::vector<int> missing;
+      for (size_t r = 0; r < arrived_.size(); ++r)
+        if (!arrived_[r]) missing.push_back(static_cast<int>(r));
+      st = make_error(ErrorCode::kInternal,
+                      "{}, call #1: dispatch (waiting for every rank's first call) timed out after {} ms: rank {} did not "
+                      "arrive (it never called dispatch); the EP group is unusable now",
+                      who, group_.timeout.count(), fmt::join(missing, ", "));
+      break;
+    }
+    cv_.wait_for(lock, std::chrono::milliseconds(5));
+  }
+  return st;
+}
+
 Result<void*> alloc_mapped(size_t bytes) {
   void* p = nullptr;
   PDSERVE_RETURN_IF_ERROR(cuda_status(cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc"));
@@ -102,7 +165,7 @@ Status report_status(const LlError& err, const ReportContext& ctx) {
                         who, phase_name(err.phase), ctx.timeout.count(), err.peer);
     case kLlAborted:
       return make_error(ErrorCode::kInternal, "{}: {} aborted while waiting for rank {}: {}", who, phase_name(err.phase),
-                        err.peer, ctx.abort_reason);
+                        err.peer, ctx.abort_reason.empty() ? "a rank's wait timed out first (its error names the rank it waited for)" : ctx.abort_reason);
     case kLlBadExpert:
       return make_error(ErrorCode::kInvalidArgument, "{}: topk_ids[{}, {}] = {} is outside [-1, {}) (skipped)", who,
                         err.peer / ctx.top_k, err.peer % ctx.top_k, static_cast<int64_t>(err.value), ctx.num_experts);
@@ -110,6 +173,11 @@ Status report_status(const LlError& err, const ReportContext& ctx) {
       return make_error(ErrorCode::kInvalidArgument,
                         "{}: token {} overflowed an expert slab (row {} of {}): a token's expert ids must be distinct", who,
                         err.peer / ctx.top_k, static_cast<int64_t>(err.value), ctx.slab_rows);
+    case kLlBadSource:
+      return make_error(ErrorCode::kInternal,
+                        "{}: combine found a receive row of local expert {} with source index {}, which no dispatch of "
+                        "this call wrote (its rows were not sent back)",
+                        who, err.peer, static_cast<int64_t>(err.value));
     default: return make_error(ErrorCode::kInternal, "{}: unknown kernel error code {}", who, code);
   }
 }

@@ -41,6 +41,9 @@ __device__ void report(const C& c, int32_t code, int32_t phase, int32_t peer, in
   __threadfence_system();
   c.err->code = code;
   __threadfence_system();
+  // A rank that gave up waiting will not take part in this call's later phases: its peers stop
+  // waiting for it now (they report kLlAborted) instead of each sitting out the whole timeout.
+  if (code == kLlTimeout) *const_cast<volatile int32_t*>(c.abort_flag) = 1;
 }
 
 // Spins until ok(*p); false (after reporting) on timeout or group abort, or when another block of

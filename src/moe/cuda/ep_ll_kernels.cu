@@ -44,7 +44,12 @@ __global__ void __launch_bounds__(kThreads) ll_dispatch_kernel(const __grid_cons
   int* base = my_cnt + E;                    // [E]: first row of this rank's rows in each slab
   __shared__ int failed;
 
-  if (threadIdx.x == 0) failed = 0;
+  unsigned long long* trace = a.trace + 4 * blockIdx.x;
+  if (threadIdx.x == 0) {
+    failed = 0;
+    trace[0] = now_ns();
+    trace[1] = trace[2] = trace[3] = 0;
+  }
 
   // 1. Rank of each entry within its expert, in (token, k) order; this rank's count per expert.
   rank_entries(
@@ -58,6 +63,7 @@ __global__ void __launch_bounds__(kThreads) ll_dispatch_kernel(const __grid_cons
         return e;
       },
       slot, warp_cnt, my_cnt);
+  if (threadIdx.x == 0) trace[1] = now_ns();
 
   // 2. Counts to every rank (all-gather: a sender needs the lower ranks' counts for its offsets).
   if (blockIdx.x == 0)
@@ -87,6 +93,7 @@ __global__ void __launch_bounds__(kThreads) ll_dispatch_kernel(const __grid_cons
   }
   __syncthreads();
   if (failed) return;
+  if (threadIdx.x == 0) trace[2] = now_ns();
 
   // 4. A warp per token: quantize it once into local staging (8 groups' loads in flight at a time),
   //    then each 16-byte piece is loaded once and stored into every destination slab (lane j < K
@@ -166,6 +173,7 @@ __global__ void __launch_bounds__(kThreads) ll_dispatch_kernel(const __grid_cons
   }
   __syncthreads();
   if (threadIdx.x == 0 && !failed) a.epochs[blockIdx.x] = epoch;
+  if (threadIdx.x == 0) trace[3] = now_ns();
 }
 
 __device__ __forceinline__ float bf16_bits_to_f(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
@@ -181,7 +189,10 @@ __global__ void __launch_bounds__(kThreads) ll_combine_kernel(const __grid_const
   extern __shared__ int row_start[];  // [G + 1]: prefix of recv_count, so warps share rows evenly
 
   if (threadIdx.x == 0) {
-    failed = 0;
+    // This rank's dispatch gave up (timeout or abort): its slabs and recv_src are not this call's,
+    // so sending rows back could write anywhere. The group is unusable; peers stop on the report.
+    const int32_t claimed = *reinterpret_cast<volatile int32_t*>(c.err_claim);
+    failed = claimed == kLlTimeout || claimed == kLlAborted;
     int run = 0;
     for (int64_t g = 0; g < G; ++g) {
       row_start[g] = run;
@@ -190,6 +201,7 @@ __global__ void __launch_bounds__(kThreads) ll_combine_kernel(const __grid_const
     row_start[G] = run;
   }
   __syncthreads();
+  if (failed) return;
 
   // 1. Every valid row back to its token's rank, at [t*K + j] of its combine buffer.
   const int total = row_start[G];
@@ -200,6 +212,10 @@ __global__ void __launch_bounds__(kThreads) ll_combine_kernel(const __grid_const
     const int32_t info = c.peers[me].recv_src[g * slab + p];
     const int s = static_cast<int>(info / (c.max_tokens * K));
     const int64_t idx = info % (c.max_tokens * K);
+    if (info < 0 || s >= R) {  // never written by this call's dispatch: report, do not write anywhere
+      if (lane == 0) report(c, kLlBadSource, kLlPhaseCombineData, static_cast<int32_t>(g), info, epoch);
+      continue;
+    }
     warp_copy16(c.peers[s].combine_buf + idx * H, a.expert_out + (g * slab + p) * H, 2 * H, lane);
   }
 
@@ -251,7 +267,14 @@ __global__ void __launch_bounds__(kThreads) ll_combine_kernel(const __grid_const
   if (threadIdx.x == 0) a.epochs[blockIdx.x] = epoch;
 }
 
+__global__ void stream_prime_kernel() {}
+
 }  // namespace
+
+cudaError_t launch_stream_prime(cudaStream_t stream) {
+  stream_prime_kernel<<<1, 32, 0, stream>>>();
+  return cudaGetLastError();
+}
 
 size_t ll_dispatch_smem_bytes(int64_t max_tokens, int64_t top_k, int64_t num_experts) {
   return sizeof(int) * static_cast<size_t>(max_tokens * top_k + kWarps * num_experts + 2 * num_experts);

@@ -25,7 +25,7 @@ inline constexpr int kWarps = kThreads / 32;
 inline constexpr int kQuantGroup = 128;
 inline constexpr int kMaxTopK = 32;  // lane j of a warp handles a token's entry j
 
-enum LlErrorCode : int32_t { kLlOk = 0, kLlTimeout = 1, kLlAborted = 2, kLlBadExpert = 3, kLlOverflow = 4 };
+enum LlErrorCode : int32_t { kLlOk = 0, kLlTimeout = 1, kLlAborted = 2, kLlBadExpert = 3, kLlOverflow = 4, kLlBadSource = 5 };
 enum LlPhase : int32_t { kLlPhaseCounts = 1, kLlPhaseDispatchData = 2, kLlPhaseCombineData = 3 };
 
 // Written by the first block of a rank that gives up; lives in mapped host memory so the host can
@@ -71,6 +71,9 @@ struct LlDispatchArgs {
   uint8_t* xq = nullptr;              // [max][H] staging: this rank's tokens quantized once
   float* xs = nullptr;                // [max][H/128]
   unsigned long long* epochs = nullptr;  // [blocks]
+  // [blocks][4]: globaltimer (ns) when each block entered, ranked its entries, had every rank's
+  // counts, and ended; the last call's, for stall reports (four stores per block per call).
+  unsigned long long* trace = nullptr;
 };
 
 struct LlCombineArgs {
@@ -89,6 +92,8 @@ size_t ll_dispatch_smem_bytes(int64_t max_tokens, int64_t top_k, int64_t num_exp
 // On the current device: allows `smem` bytes of dynamic shared memory and returns how many blocks of
 // the dispatch and combine kernels fit on one SM at once (the smaller of the two).
 cudaError_t ll_prepare_kernels(size_t smem, int* blocks_per_sm);
+// A no-op kernel on `stream` (ep_gpu_common.h, PrimedStreams, says why).
+cudaError_t launch_stream_prime(cudaStream_t stream);
 cudaError_t ll_launch_dispatch(const LlDispatchArgs& a, cudaStream_t stream);
 cudaError_t ll_launch_combine(const LlCombineArgs& a, cudaStream_t stream);
 

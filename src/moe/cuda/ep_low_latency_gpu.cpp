@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace pdserve::moe::gpu {
 
@@ -74,6 +75,13 @@ Result<std::unique_ptr<LowLatencyGpuGroup>> LowLatencyGpuGroup::create(const Low
   if (!mapped) return mapped.error();
   void* host = *mapped;
   g->abort_flag_ = static_cast<int32_t*>(host);
+  {
+    auto* group = g.get();
+    g->first_call_ = std::make_unique<detail::FirstCallRendezvous>(
+        static_cast<int>(cfg.devices.size()),
+        detail::FirstCallRendezvous::Group{cfg.timeout, g->abort_flag_, [group] { return group->abort_reason(); },
+                                           [group](const std::string& why) { group->abort(why); }});
+  }
 
   try {
     for (int r = 0; r < R; ++r) {
@@ -96,6 +104,7 @@ Result<std::unique_ptr<LowLatencyGpuGroup>> LowLatencyGpuGroup::create(const Low
       rk->combine_buf_ = Tensor::empty({M * K, H}, DType::kBF16, Device::kCuda);
       rk->dispatch_epochs_ = device_zeros({g->blocks_}, DType::kI64);
       rk->combine_epochs_ = device_zeros({g->blocks_}, DType::kI64);
+      rk->dispatch_trace_ = device_zeros({g->blocks_, 4}, DType::kI64);
       rk->err_claim_ = device_zeros({1}, DType::kI32);
       rk->err_ = reinterpret_cast<detail::LlError*>(static_cast<char*>(host) + 64) + r;
       detail::LlPeer p;
@@ -165,10 +174,51 @@ Status LowLatencyGpuRank::status() const {
   return detail::report_status(*err_, ctx);
 }
 
+std::string LowLatencyGpuRank::exchange_state() const {
+  auto host_u64 = [](const Tensor& t) {
+    std::vector<unsigned long long> v(static_cast<size_t>(t.numel()));
+    if (cudaMemcpy(v.data(), t.raw_data(), t.nbytes(), cudaMemcpyDeviceToHost) != cudaSuccess) v.clear();
+    return v;
+  };
+  auto range = [](const std::vector<unsigned long long>& v) {
+    if (v.empty()) return std::string("?");
+    const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    return *lo == *hi ? fmt::format("{}", *lo) : fmt::format("{}..{}", *lo, *hi);
+  };
+  const int R = group_->size();
+  const int64_t E = group_->config_.num_experts;
+  const auto counts = host_u64(counts_), dd = host_u64(dispatch_done_), cd = host_u64(combine_done_);
+  std::string out = fmt::format("rank {} (counts at {}): count epochs from", rank_, counts_.raw_data());
+  for (int s = 0; s < R && !counts.empty(); ++s) {
+    std::vector<unsigned long long> ep;
+    for (int64_t e = 0; e < E; ++e) ep.push_back(counts[static_cast<size_t>(s * E + e)] >> 32);
+    out += fmt::format(" r{}:{}", s, range(ep));
+  }
+  out += fmt::format("; dispatch_done {}; combine_done {}; block epochs dispatch {} combine {}", fmt::join(dd, ","),
+                     fmt::join(cd, ","), range(host_u64(dispatch_epochs_)), range(host_u64(combine_epochs_)));
+  // The last dispatch's block timeline (globaltimer µs, 0 = not reached): entered, ranked, had all
+  // counts, ended; one range over the blocks for each, block 0 (the counts' sender) apart.
+  const auto tr = host_u64(dispatch_trace_);
+  if (!tr.empty()) {
+    const char* what[4] = {"entered", "ranked", "counts in", "ended"};
+    out += "; dispatch blocks (µs):";
+    for (int k = 0; k < 4; ++k) {
+      std::vector<unsigned long long> v;
+      for (size_t b = 0; b < tr.size() / 4; ++b) v.push_back(tr[b * 4 + k] / 1000);
+      out += fmt::format(" {} b0 {} all {}", what[k], v[0], range(v));
+    }
+  }
+  return out;
+}
+
 Status LowLatencyGpuRank::synchronize(cudaStream_t stream) {
   PDSERVE_RETURN_IF_ERROR(cuda_status(cudaSetDevice(device_), "cudaSetDevice"));
-  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream), fmt::format("rank {}: cudaStreamSynchronize", rank_)));
-  return status();
+  const cudaError_t e = cudaStreamSynchronize(stream);
+  Status kernel = status();  // the kernels' own report (mapped host memory): readable after a CUDA error too
+  if (e != cudaSuccess)
+    return make_error(ErrorCode::kInternal, "rank {}: cudaStreamSynchronize: {}{}", rank_, cudaGetErrorString(e),
+                      kernel ? std::string() : "; the exchange reported before: " + kernel.error().message());
+  return kernel;
 }
 
 Status LowLatencyGpuRank::fail_argument(const std::string& why) {
@@ -192,6 +242,7 @@ Status LowLatencyGpuRank::check_tokens(const Tensor& t, DType dtype, int64_t col
 void LowLatencyGpuRank::abort(const std::string& reason) { group_->abort(fmt::format("rank {}: {}", rank_, reason)); }
 
 Status LowLatencyGpuRank::refuse_after_failure() {
+  PDSERVE_RETURN_IF_ERROR(group_->first_call_->failure(rank_));
   Status s = status();
   if (!s) group_->abort(s.error().message());  // peers must not wait for a call this rank will not make
   return s;
@@ -213,6 +264,10 @@ Status LowLatencyGpuRank::dispatch(const Tensor& x, const Tensor& topk_ids, cuda
   a.xq = cfg.fp8 ? static_cast<uint8_t*>(xq_.raw_data()) : nullptr;
   a.xs = cfg.fp8 ? xs_.data<float>() : nullptr;
   a.epochs = reinterpret_cast<unsigned long long*>(dispatch_epochs_.raw_data());
+  a.trace = reinterpret_cast<unsigned long long*>(dispatch_trace_.raw_data());
+  PDSERVE_RETURN_IF_ERROR(primed_.prime(stream, fmt::format("rank {}", rank_)));
+  // No rank spins before every rank has primed its stream (ep_gpu_common.h says why).
+  PDSERVE_RETURN_IF_ERROR(group_->first_call_->arrive(rank_, fmt::format("EP low-latency GPU rank {} (GPU {})", rank_, device_)));
   PDSERVE_RETURN_IF_ERROR(cuda_status(detail::ll_launch_dispatch(a, stream), fmt::format("rank {}: dispatch launch", rank_)));
   dispatched_ = true;
   last_tokens_ = x.size(0);
@@ -248,6 +303,7 @@ Status LowLatencyGpuRank::combine(const Tensor& expert_out, const Tensor& topk_i
   a.out = out.raw_data();
   a.out_bf16 = out_bf16;
   a.epochs = reinterpret_cast<unsigned long long*>(combine_epochs_.raw_data());
+  PDSERVE_RETURN_IF_ERROR(primed_.prime(stream, fmt::format("rank {}", rank_)));
   PDSERVE_RETURN_IF_ERROR(cuda_status(detail::ll_launch_combine(a, stream), fmt::format("rank {}: combine launch", rank_)));
   return ok_status();
 }

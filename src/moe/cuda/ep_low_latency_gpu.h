@@ -29,6 +29,8 @@
 //    behind another's spinning one: CUDA hands queues out round-robin at stream creation
 //    (CUDA_DEVICE_MAX_CONNECTIONS, default 8), so create the ranks' streams one after another, or
 //    raise that variable to at least the number of ranks per GPU.
+// (A stream's first kernel may wait for every running kernel, so the group primes each stream it
+// is handed with a no-op kernel before its first exchange there: ep_gpu_common.h, PrimedStreams.)
 #pragma once
 
 #if defined(PDSERVE_HAVE_CUDA)
@@ -43,6 +45,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "moe/cuda/ep_gpu_common.h"
 #include "moe/cuda/ep_ll_kernels.h"
 #include "tensor/device_frees.h"
 #include "tensor/tensor.h"
@@ -82,6 +85,10 @@ class LowLatencyGpuRank {
   Status synchronize(cudaStream_t stream);
   // The kernels' report so far, without waiting.
   Status status() const;
+  // The exchange's synchronisation words, summarised for a stall report: per source rank the epochs
+  // of its count words here, dispatch_done / combine_done, and the blocks' call epochs. Copies from
+  // the device (synchronously): call only once this rank's kernels have ended (e.g. after a timeout).
+  std::string exchange_state() const;
   // Gives up on the group (every peer's waiting kernel fails with `reason`): for a caller that
   // cannot make the calls its peers wait for (e.g. its own work failed mid-pass).
   void abort(const std::string& reason);
@@ -104,8 +111,9 @@ class LowLatencyGpuRank {
   int rank_ = 0, device_ = 0;
   Tensor recv_x_, recv_scales_, recv_src_, recv_count_;
   Tensor counts_, dispatch_done_, combine_buf_, combine_done_;
-  Tensor xq_, xs_, dispatch_epochs_, combine_epochs_, err_claim_;
+  Tensor xq_, xs_, dispatch_epochs_, combine_epochs_, err_claim_, dispatch_trace_;
   detail::LlError* err_ = nullptr;  // mapped host memory
+  detail::PrimedStreams primed_;  // streams this rank has run a kernel on (first launches stall)
   bool dispatched_ = false;
   int64_t last_tokens_ = 0;
 };
@@ -140,6 +148,7 @@ class LowLatencyGpuGroup {
   // destructor so the group's own buffers are really freed.
   std::unique_ptr<DeferredDeviceFrees> defer_frees_ = std::make_unique<DeferredDeviceFrees>();
   std::string abort_reason_;
+  std::unique_ptr<detail::FirstCallRendezvous> first_call_;
 };
 
 }  // namespace pdserve::moe::gpu

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "moe/cuda/ep_gpu_common.h"
 #include "moe/cuda/ep_normal_kernels.h"
 #include "tensor/device_frees.h"
 #include "tensor/tensor.h"
@@ -80,6 +81,7 @@ class NormalGpuRank {
   Tensor recv_x_, recv_idx_, recv_w_, recv_src_, recv_info_, meta_, dispatch_done_, combine_buf_, combine_done_;
   Tensor dispatch_epochs_, combine_epochs_, err_claim_;
   detail::LlError* err_ = nullptr;  // mapped host memory
+  detail::PrimedStreams primed_;  // streams this rank has run a kernel on (first launches stall)
   bool dispatched_ = false;
   int64_t last_tokens_ = 0;
   int64_t received_rows_ = -1;  // from received() for the last dispatch, -1 = not asked yet
@@ -114,6 +116,7 @@ class NormalGpuGroup {
   // destructor so the group's own buffers are really freed.
   std::unique_ptr<DeferredDeviceFrees> defer_frees_ = std::make_unique<DeferredDeviceFrees>();
   std::string abort_reason_;
+  std::unique_ptr<detail::FirstCallRendezvous> first_call_;
 };
 
 }  // namespace pdserve::moe::gpu
