@@ -214,6 +214,7 @@ class Repro {
     return {"serve", "--model-path", model_, "--load-format", o_.load_format, "--device", o_.device,
             "--host", "127.0.0.1", "--port", std::to_string(port), "--disaggregation-mode", mode,
             "--disaggregation-bootstrap-port", std::to_string(bootstrap_port_), "--dp-size", std::to_string(dp),
+            "--json-model-override-args", o_.json_model_override_args,
             // One Decode line per step: the fill watches #running-req and analyze averages it.
             "--decode-log-interval", "1"};
   }
@@ -450,6 +451,9 @@ std::function<int()> add_repro_command(CLI::App& root) {
   app->add_option("--model-path", o->model_path, "Model folder")->capture_default_str();
   app->add_option("--load-format", o->load_format, "auto | safetensors | dummy (default: dummy when the folder has no weights)");
   app->add_option("--device", o->device, "Passed to both servers: auto | cuda | cpu")->capture_default_str();
+  app->add_option("--json-model-override-args", o->json_model_override_args,
+                  "Passed to both servers: JSON object replacing config.json fields")
+      ->capture_default_str();
   app->add_option("--output-dir", o->output_dir, "Logs, traces and reports go here")->capture_default_str();
   app->add_option("--num-prompts", o->num_prompts)->capture_default_str()->check(CLI::PositiveNumber);
   app->add_option("--random-input-len,--input-len", o->input_len)->capture_default_str()->check(CLI::PositiveNumber);

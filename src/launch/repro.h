@@ -14,6 +14,7 @@ namespace pdserve::launch {
 struct ReproOptions {
   std::string model_path = "models/tiny-deepseek-v3";
   std::string load_format;  // empty: dummy when the folder has no *.safetensors, else auto
+  std::string json_model_override_args = "{}";  // passed to both servers (config.json overrides)
   std::string device = "auto";
   std::string output_dir = "repro-out";
   int num_prompts = 32;

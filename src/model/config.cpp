@@ -325,7 +325,7 @@ Result<ModelConfig> parse_model_config(const std::string& json_text, const std::
   }
 }
 
-Result<ModelConfig> load_model_config(const std::filesystem::path& path) {
+Result<ModelConfig> load_model_config(const std::filesystem::path& path, const std::string& json_override) {
   std::error_code ec;
   std::filesystem::path file = std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
   if (!std::filesystem::exists(file, ec))
@@ -335,7 +335,26 @@ Result<ModelConfig> load_model_config(const std::filesystem::path& path) {
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad()) return make_error(ErrorCode::kIo, "{}: read failed", file.string());
-  return parse_model_config(text.str(), file.string());
+  if (json_override.empty()) return parse_model_config(text.str(), file.string());
+  json patch;
+  try {
+    patch = json::parse(json_override);
+  } catch (const json::exception& e) {
+    return make_error(ErrorCode::kInvalidArgument, "--json-model-override-args: invalid JSON: {}", one_line(e.what()));
+  }
+  if (!patch.is_object())
+    return make_error(ErrorCode::kInvalidArgument, "--json-model-override-args must be a JSON object, got {}",
+                      one_line(patch.dump()));
+  if (patch.empty()) return parse_model_config(text.str(), file.string());
+  json root;
+  try {
+    root = json::parse(text.str());
+  } catch (const json::exception& e) {
+    return make_error(ErrorCode::kCorrupt, "{}: invalid JSON: {}", file.string(), one_line(e.what()));
+  }
+  if (!root.is_object()) return parse_model_config(text.str(), file.string());  // its error names the file
+  root.update(patch);  // top-level keys replaced whole, as SGLang's dict update does
+  return parse_model_config(root.dump(), file.string() + " with --json-model-override-args");
 }
 
 }  // namespace pdserve::model

@@ -70,7 +70,9 @@ struct ModelConfig {
 // type, quant method, topk_method, ...), kInvalidArgument for missing/ill-typed/inconsistent fields.
 // `source` is used in messages (usually the file path).
 Result<ModelConfig> parse_model_config(const std::string& json_text, const std::string& source);
-// Reads and parses DIR/config.json (or a config file path).
-Result<ModelConfig> load_model_config(const std::filesystem::path& path);
+// Reads and parses DIR/config.json (or a config file path). `json_override` is SGLang's
+// --json-model-override-args: a JSON object whose keys replace config.json's top-level fields
+// before parsing (e.g. {"num_hidden_layers": 4} for a shallower model); empty or "{}" = none.
+Result<ModelConfig> load_model_config(const std::filesystem::path& path, const std::string& json_override = {});
 
 }  // namespace pdserve::model

@@ -32,7 +32,7 @@ std::unique_ptr<DeepseekV3Model> DeepseekV3Model::from_weights(ModelConfig cfg, 
 }
 
 Result<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::load(const std::filesystem::path& dir, const LoadOptions& opts) {
-  PDSERVE_ASSIGN_OR_RETURN(ModelConfig cfg, load_model_config(dir));
+  PDSERVE_ASSIGN_OR_RETURN(ModelConfig cfg, load_model_config(dir, opts.json_model_override_args));
   if (opts.format == LoadFormat::kDummy) {
     log::info("Load weight begin. type=DeepseekV3ForCausalLM, load_format=dummy, seed={}", opts.dummy_seed);
     ModelWeights w = make_dummy_weights(cfg, opts.dummy_seed);

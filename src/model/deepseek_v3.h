@@ -23,6 +23,7 @@ Result<LoadFormat> parse_load_format(const std::string& s);  // "auto" | "safete
 struct LoadOptions {
   LoadFormat format = LoadFormat::kAuto;
   uint64_t dummy_seed = 0;
+  std::string json_model_override_args;  // config.json overrides (load_model_config)
 };
 
 // One sequence in a batch: its new tokens and where its cache lives.

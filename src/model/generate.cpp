@@ -139,6 +139,7 @@ struct GenerateCli {
   GenerateOptions opts;
   std::string log_level = "info";
   uint64_t dummy_seed = 0;
+  std::string json_model_override_args;
 };
 
 int run_generate_cli(GenerateCli& c) {
@@ -160,11 +161,11 @@ int run_generate_cli(GenerateCli& c) {
   if (!(o.sampling.top_p > 0 && o.sampling.top_p <= 1)) return fail(Error(ErrorCode::kInvalidArgument, "--top-p must be in (0, 1]"));
   if (!(o.sampling.min_p >= 0 && o.sampling.min_p <= 1)) return fail(Error(ErrorCode::kInvalidArgument, "--min-p must be in [0, 1]"));
   // Check the cheap inputs before loading weights, so a typo fails in milliseconds.
-  auto config = load_model_config(o.model_path);
+  auto config = load_model_config(o.model_path, c.json_model_override_args);
   if (!config) return fail(config.error());
   auto prompts = read_prompts(o.input_ids_file, config->vocab_size);
   if (!prompts) return fail(prompts.error());
-  auto loaded = DeepseekV3Model::load(o.model_path, LoadOptions{*format, c.dummy_seed});
+  auto loaded = DeepseekV3Model::load(o.model_path, LoadOptions{*format, c.dummy_seed, c.json_model_override_args});
   if (!loaded) return fail(loaded.error());
   std::shared_ptr<const DeepseekV3Model> model = std::move(*loaded);
   std::unique_ptr<DeepseekV3GpuModel> gpu;
@@ -233,6 +234,8 @@ std::function<int()> add_generate_command(CLI::App& root) {
   app->add_option("--min-p", o.sampling.min_p)->capture_default_str();
   app->add_option("--seed", o.seed, "Sampling seed (prompt i uses seed + i)")->capture_default_str();
   app->add_option("--dummy-seed", cli->dummy_seed, "Seed of --load-format dummy weights")->capture_default_str();
+  app->add_option("--json-model-override-args", cli->json_model_override_args,
+                  "JSON object replacing config.json fields, e.g. '{\"num_hidden_layers\": 4}'");
   app->add_flag("--return-logits", o.return_logits, "Include the fp32 logits of each prompt's last position");
   app->add_flag("--ignore-eos", o.ignore_eos, "Do not stop at the EOS token");
   app->add_option("--page-size", o.page_size, "KV cache page size in tokens")->capture_default_str();

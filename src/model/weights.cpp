@@ -213,8 +213,9 @@ Result<ModelWeights> load_checkpoint_weights(const Checkpoint& ckpt, const Model
       if (unknown++ == 0) first_unknown = name;
     }
   }
-  if (mtp) log::info("Skipping {} MTP (next-n) tensors of model.layers.{}+ in {}", mtp, c.num_hidden_layers,
-                     ckpt.dir().string());
+  if (mtp)
+    log::info("Skipping {} tensors of model.layers.{}+ (MTP next-n layers, or layers cut by --json-model-override-args) in {}",
+              mtp, c.num_hidden_layers, ckpt.dir().string());
   if (unknown)
     log::warning("{} tensors in {} are not used by DeepseekV3ForCausalLM (first: '{}')", unknown,
                  ckpt.dir().string(), first_unknown);

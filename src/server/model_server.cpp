@@ -121,7 +121,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     setenv("CUDA_MODULE_LOADING", "EAGER", 0);
   }
   if (args.nnodes > 1) PDSERVE_RETURN_IF_ERROR(parallel::parse_host_port(args.dist_init_addr));
-  PDSERVE_ASSIGN_OR_RETURN(s->config_, model::load_model_config(args.model_path));
+  PDSERVE_ASSIGN_OR_RETURN(s->config_, model::load_model_config(args.model_path, args.json_model_override_args));
   const auto tok_dir = tokenizer::resolve_tokenizer_dir(args.model_path, args.tokenizer_path);
   auto tok = tokenizer::Tokenizer::load(tok_dir);
   if (!tok)
@@ -130,7 +130,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   s->tokenizer_ = *tok;
   PDSERVE_ASSIGN_OR_RETURN(model::LoadFormat format, model::parse_load_format(args.load_format));
   PDSERVE_ASSIGN_OR_RETURN(auto model, model::DeepseekV3Model::load(args.model_path,
-                                                                     model::LoadOptions{format, static_cast<uint64_t>(args.dummy_seed)}));
+                                                                     model::LoadOptions{format, static_cast<uint64_t>(args.dummy_seed), args.json_model_override_args}));
   s->model_ = std::move(model);
   const auto& c = s->config_;
   if (!(args.watchdog_timeout > 0)) return make_error(ErrorCode::kInvalidArgument, "--watchdog-timeout must be positive");

@@ -112,6 +112,9 @@ void add_server_flags(CLI::App& app, ServerArgs& a) {
   app.add_flag("--skip-server-warmup", a.skip_server_warmup);
   app.add_flag("--trust-remote-code", a.trust_remote_code, "Accepted for compatibility (pdserve runs no remote code)");
   app.add_option("--dummy-seed", a.dummy_seed, "Seed of --load-format dummy weights")->capture_default_str();
+  app.add_option("--json-model-override-args", a.json_model_override_args,
+                 "JSON object replacing config.json fields, e.g. '{\"num_hidden_layers\": 4}'")
+      ->capture_default_str();
   app.add_option("--max-request-body-bytes", a.max_body_bytes, "Larger request bodies get 413")->capture_default_str()
       ->check(CLI::PositiveNumber);
   add_http_limit_flags(app, a);
@@ -192,6 +195,7 @@ nlohmann::json ServerArgs::to_json() const {
   nlohmann::json j = {{"model_path", model_path},
           {"tokenizer_path", tokenizer_path},
           {"load_format", load_format},
+          {"json_model_override_args", json_model_override_args},
           {"host", host},
           {"port", port},
           {"served_model_name", served_model_name},

@@ -46,6 +46,7 @@ struct ServerArgs {
   bool skip_server_warmup = false;
   bool trust_remote_code = false;  // accepted for command-line compatibility; nothing is executed
   int64_t dummy_seed = 0;
+  std::string json_model_override_args = "{}";  // replaces config.json fields (model::load_model_config)
   int64_t max_body_bytes = 64 << 20;
   // Slow-client protection of the HTTP front (pdserve's; SGLang relies on uvicorn's defaults):
   // seconds to receive a request head, then its body, between keep-alive requests, and for one

@@ -125,6 +125,25 @@ TEST_F(GenerateCliTest, DummyWeightsRunWithoutCheckpoint) {
   EXPECT_EQ(r.out.substr(0, r.out.find("prompts:")), again.out.substr(0, again.out.find("prompts:")));
 }
 
+// --json-model-override-args reaches the model, not only the config: two layers of the dummy model
+// decode differently from its four; a bad override is one clean error naming the flag.
+TEST_F(GenerateCliTest, JsonModelOverrideArgsChangeTheModel) {
+  const auto prompts = write("p.json", "[[1, 2, 3], [7]]");
+  const std::string base = "generate --model-path " + std::string(PDSERVE_SOURCE_DIR) +
+                           "/models/tiny-deepseek-v3 --load-format dummy --input-ids-file " + prompts.string() +
+                           " --max-new-tokens 6 --ignore-eos ";
+  auto ids = [](const RunResult& r) { return r.out.substr(0, r.out.find("prompts:")); };
+  auto four = run(base), two = run(base + "--json-model-override-args '{\"num_hidden_layers\": 2}'");
+  ASSERT_EQ(four.exit_code, 0) << four.err;
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_NE(ids(four), ids(two)) << "a two-layer model decoded exactly as the four-layer one";
+  auto same = run(base + "--json-model-override-args '{}'");
+  EXPECT_EQ(ids(four), ids(same));
+  expect_clean_error(run(base + "--json-model-override-args '[2]'"), {"--json-model-override-args", "JSON object"});
+  expect_clean_error(run(base + "--json-model-override-args '{\"num_hidden_layers\": -1}'"),
+                     {"--json-model-override-args", "num_hidden_layers"});
+}
+
 TEST_F(GenerateCliTest, SeededSamplingIsReproducible) {
   const auto prompts = write("p.json", "[[3, 4, 5], [9, 10]]");
   const std::string base = "generate --model-path " + kData + "tiny-bf16 --input-ids-file " + prompts.string() +

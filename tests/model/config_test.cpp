@@ -351,6 +351,33 @@ TEST(ModelConfig, LoadFromFolderUsesThePathInMessages) {
                (tmp.path / "config.json").string());
 }
 
+// --json-model-override-args: top-level keys replace config.json's (SGLang's dict update), the
+// result is validated like the file itself, and a bad override fails naming the flag.
+TEST(ModelConfig, JsonOverrideReplacesTopLevelFields) {
+  const fs::path v3_dir = fs::path(PDSERVE_SOURCE_DIR) / "models" / "deepseek-v3";
+  auto four = load_model_config(v3_dir, R"({"num_hidden_layers": 4, "n_routed_experts": 64})");
+  ASSERT_TRUE(four.has_value()) << four.error().message();
+  EXPECT_EQ(four->num_hidden_layers, 4);
+  EXPECT_EQ(four->n_routed_experts, 64);
+  EXPECT_EQ(four->hidden_size, 7168);  // untouched fields as in the file
+  EXPECT_TRUE(four->quantization.has_value());
+  for (const char* none : {"", "{}", " { } "}) {
+    auto same = load_model_config(v3_dir, none);
+    ASSERT_TRUE(same.has_value()) << none << ": " << same.error().message();
+    EXPECT_EQ(same->num_hidden_layers, 61) << "override '" << none << "'";
+  }
+  // The merged config is checked like a file: its errors name the file and the flag.
+  const std::string src = (v3_dir / "config.json").string() + " with --json-model-override-args";
+  expect_error(load_model_config(v3_dir, R"({"num_hidden_layers": 0})"), ErrorCode::kInvalidArgument,
+               "field 'num_hidden_layers'", src);
+  for (const char* bad : {"[1, 2]", "4", "{\"num_hidden_layers\": "}) {
+    auto r = load_model_config(v3_dir, bad);
+    ASSERT_FALSE(r.has_value()) << bad;
+    EXPECT_EQ(r.error().code(), ErrorCode::kInvalidArgument) << r.error().message();
+    EXPECT_EQ(r.error().message().rfind("--json-model-override-args", 0), 0u) << r.error().message();
+  }
+}
+
 TEST(ModelConfig, RepoConfigsParse) {
   const fs::path models = fs::path(PDSERVE_SOURCE_DIR) / "models";
   auto v3 = load_model_config(models / "deepseek-v3");
