@@ -63,26 +63,35 @@ std::string Exchange::make_head(int status, std::string_view content_type, const
   return h;
 }
 
-bool Exchange::push_locked(OutItem item, std::size_t payload_bytes) {
+bool Exchange::push(std::unique_lock<std::mutex>& lock, OutItem item, std::size_t payload_bytes) {
   queued_.fetch_add(payload_bytes, std::memory_order_relaxed);
+  const OutItem::Kind item_kind = item.kind;
   items_.push_back(std::move(item));
   if (!wake_pending_) {
     wake_pending_ = true;
-    (*wake_)(false);
+    const bool done = item_kind == OutItem::Kind::kFull || item_kind == OutItem::Kind::kEnd;
+    wake_unlocked(lock, done ? Wake::kDone : Wake::kMore);
   }
   return true;
 }
 
+void Exchange::wake_unlocked(std::unique_lock<std::mutex>& lock, Wake why) {
+  // A copy: once the lock is released, finish() or fail() on the connection's thread may drop wake_.
+  std::shared_ptr<const Waker> wake = wake_;
+  lock.unlock();
+  (*wake)(why);
+}
+
 bool Exchange::respond(int status, std::string body, std::string_view content_type,
                        const Headers& extra) {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   if (!attached_ || abort_ || state_ != State::kNone || status < 100 || status > 999) return false;
   if (!status_allows_body(status)) body.clear();
   state_ = State::kFull;
   std::string head = make_head(status, content_type, extra, false, body.size());
   if (head_only_) body.clear();
   std::size_t n = body.size();
-  return push_locked(OutItem{OutItem::Kind::kFull, std::move(head), std::move(body)}, n);
+  return push(lock, OutItem{OutItem::Kind::kFull, std::move(head), std::move(body)}, n);
 }
 
 bool Exchange::respond_error(int status, std::string_view message) {
@@ -90,18 +99,18 @@ bool Exchange::respond_error(int status, std::string_view message) {
 }
 
 bool Exchange::start_stream(int status, std::string_view content_type, const Headers& extra) {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   if (!attached_ || abort_ || state_ != State::kNone || !status_allows_body(status) || status > 999) {
     return false;
   }
   state_ = State::kStreaming;
   if (!chunked_) keep_alive_ = false;  // the end of a raw stream is the end of the connection
   OutItem item{OutItem::Kind::kHead, make_head(status, content_type, extra, true, 0), {}};
-  return push_locked(std::move(item), 0);
+  return push(lock, std::move(item), 0);
 }
 
 bool Exchange::send_chunk(std::string data) {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   if (!attached_ || abort_ || state_ != State::kStreaming) return false;
   if (data.empty() || head_only_) return true;
   if (queued_.load(std::memory_order_relaxed) + data.size() > max_queued_) {
@@ -111,7 +120,7 @@ bool Exchange::send_chunk(std::string data) {
     // Always wake, even if a wake-up is pending: the connection may be stuck in a write and
     // only this wake-up closes the socket under it.
     wake_pending_ = true;
-    (*wake_)(true);
+    wake_unlocked(lock, Wake::kAbort);
     return false;
   }
   std::size_t n = data.size();
@@ -121,14 +130,14 @@ bool Exchange::send_chunk(std::string data) {
     size_line.append("\r\n");
   }
   OutItem item{OutItem::Kind::kChunk, std::move(size_line), std::move(data), chunked_};
-  return push_locked(std::move(item), n);
+  return push(lock, std::move(item), n);
 }
 
 bool Exchange::end_stream() {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   if (!attached_ || abort_ || state_ != State::kStreaming) return false;
   state_ = State::kEnded;
-  return push_locked(OutItem{OutItem::Kind::kEnd, chunked_ && !head_only_ ? "0\r\n\r\n" : "", {}}, 0);
+  return push(lock, OutItem{OutItem::Kind::kEnd, chunked_ && !head_only_ ? "0\r\n\r\n" : "", {}}, 0);
 }
 
 void Exchange::set_on_close(std::function<void()> callback) {
@@ -149,20 +158,20 @@ bool Exchange::is_open() const {
 }
 
 void Exchange::abandon() {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   if (!attached_) return;
   if (state_ == State::kNone) {
     std::string body = (*error_body_)(500, "the request handler did not produce a response");
     std::size_t n = body.size();
     state_ = State::kFull;
-    push_locked(OutItem{OutItem::Kind::kFull, make_head(500, "application/json", {}, false, n),
+    push(lock, OutItem{OutItem::Kind::kFull, make_head(500, "application/json", {}, false, n),
                         std::move(body)},
                 n);
   } else if (state_ == State::kStreaming) {
     // Ending the stream cleanly would present a truncated stream as complete.
     abort_ = true;
     wake_pending_ = true;
-    (*wake_)(true);  // unconditionally, see send_chunk
+    wake_unlocked(lock, Wake::kAbort);  // unconditionally, see send_chunk
   }
 }
 

@@ -3,8 +3,9 @@
 //
 // Why a mutex-protected queue and not a post() per call: the queue gives queued_bytes() and call
 // order for free, lets the connection write a burst of chunks in one writev, and means a Responder
-// never touches the io_context once its connection is gone (wake_ is only called while attached),
-// so a scheduler thread holding a Responder after the Server was destroyed is harmless.
+// never touches the io_context once its connection is gone (wake_ is only called for an exchange
+// still attached), so a scheduler thread holding a Responder after the Server was destroyed is
+// harmless.
 #pragma once
 
 #include <atomic>
@@ -30,9 +31,15 @@ struct OutItem {
 
 class Exchange {
  public:
-  // Wakes the connection to write what was queued; `abort`: close it now (backpressure overflow,
-  // abandoned stream). One per connection, shared by its exchanges (not built per request).
-  using Waker = std::function<void(bool abort)>;
+  // Why the connection is woken: kDone, the response's last item was queued (a whole response, or
+  // a stream's end): it may be written at once; kMore, part of a stream: the caller may queue more
+  // right away, so the write can wait for the scheduler's next turn and take the burst in one
+  // writev; kAbort: close now (backpressure overflow, abandoned stream).
+  enum class Wake { kDone, kMore, kAbort };
+  // Wakes the connection to write what was queued. One per connection, shared by its exchanges
+  // (not built per request). Called right after mu_ is released (never under it): on the
+  // connection's own thread it may resume the connection's coroutine at once, which takes mu_.
+  using Waker = std::function<void(Wake why)>;
   // How the response is framed, known when the request has been read.
   struct Framing {
     bool keep_alive = true;  // the connection may stay open after the response
@@ -74,7 +81,10 @@ class Exchange {
 
  private:
   enum class State { kNone, kFull, kStreaming, kEnded };
-  bool push_locked(OutItem item, std::size_t payload_bytes);
+  // Queues `item`; wakes the connection (after releasing `lock`) unless a wake-up is pending.
+  bool push(std::unique_lock<std::mutex>& lock, OutItem item, std::size_t payload_bytes);
+  // Releases `lock`, then calls wake_ (taken while locked).
+  void wake_unlocked(std::unique_lock<std::mutex>& lock, Wake why);
   // `chunked`: a stream's head (Transfer-Encoding, and Cache-Control: no-cache unless `extra` has one).
   std::string make_head(int status, std::string_view content_type, const Headers& extra,
                         bool chunked, std::size_t content_length) const;
@@ -82,7 +92,7 @@ class Exchange {
   const std::shared_ptr<const ErrorBodyFn> error_body_;
   const std::size_t max_queued_;
   mutable std::mutex mu_;
-  std::shared_ptr<const Waker> wake_;  // called under mu_ while attached_
+  std::shared_ptr<const Waker> wake_;  // taken under mu_ while attached_, called after
   State state_ = State::kNone;
   bool attached_ = true;   // the connection still serves this exchange
   bool completed_ = false;

@@ -295,6 +295,7 @@ void ServerCore::do_stop(std::chrono::milliseconds grace) {
   io_context.stop();
   for (auto& t : threads_) t.join();
   threads_.clear();
+  for (auto& s : snapshot_sessions()) s->drop_waiter();
   std::lock_guard lock(mu_);
   state_ = RunState::kStopped;
   cv_.notify_all();

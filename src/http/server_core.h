@@ -20,6 +20,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/basic_parser.hpp>
@@ -88,6 +89,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // current response. force_close: close now; an unfinished response fires on_close.
   void begin_stop();
   void force_close();
+  // After the I/O threads were joined: lets go of a coroutine still waiting in wait_wake() (it
+  // holds the Session, which holds it), so that the io_context's destruction frees both.
+  void drop_waiter() { waiter_.reset(); }
   auto get_executor() { return stream_.get_executor(); }
 
  private:
@@ -112,13 +116,30 @@ class Session : public std::enable_shared_from_this<Session> {
   // Writes what is left of out_ after the first `written` bytes went out at once.
   boost::asio::awaitable<boost::system::error_code> write_rest(std::size_t written);
   std::shared_ptr<const Exchange::Waker> make_waker();
+  // The coroutine's condition variable: wait_wake() suspends it until the next wake(), which
+  // resumes it at once, inside the caller (who runs on the connection's executor and holds no
+  // lock). The handler is kept here, not in a timer: a timer wait cost a timer-heap insert and
+  // removal (under the reactor's lock) and a trip through the scheduler's queue per wait, two
+  // waits per request. A wake with no waiter is dropped: the coroutine checks its state before
+  // it waits.
+  boost::asio::awaitable<void> wait_wake();
+  void wake();
+  // The keep-alive deadline (time_point::max(): none). Its timer is re-armed lazily: one armed
+  // no later than the deadline is left alone and, when it fires early, re-armed for the rest, so
+  // a busy connection costs a timer operation per idle_timeout, not one per request.
+  void set_idle_deadline(std::chrono::steady_clock::time_point deadline);
   void close_socket();
   void finish();
 
   ServerCore& core_;
   boost::beast::tcp_stream stream_;
   boost::beast::flat_buffer buffer_;
-  boost::asio::steady_timer wake_timer_;  // a condition variable for the coroutine: cancel() wakes it
+  using WakeHandler = boost::asio::async_result<boost::asio::use_awaitable_t<>, void()>::handler_type;
+  std::optional<WakeHandler> waiter_;  // the coroutine, while it waits in wait_wake()
+  boost::asio::steady_timer idle_timer_;
+  std::chrono::steady_clock::time_point idle_deadline_ = std::chrono::steady_clock::time_point::max();
+  bool idle_timer_armed_ = false;
+  bool idle_expired_ = false;
   std::string remote_;
   bool over_limit_;
   Phase phase_ = Phase::kReading;

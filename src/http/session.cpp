@@ -88,7 +88,7 @@ bool is_disconnect(const boost::system::error_code& ec) {
 }  // namespace
 
 Session::Session(ServerCore& core, tcp::socket socket, bool over_limit)
-    : core_(core), stream_(std::move(socket)), wake_timer_(stream_.get_executor()),
+    : core_(core), stream_(std::move(socket)), idle_timer_(stream_.get_executor()),
       over_limit_(over_limit) {
   boost::system::error_code ec;
   auto ep = stream_.socket().remote_endpoint(ec);
@@ -107,6 +107,7 @@ void Session::finish() {
 }
 
 void Session::close_socket() {
+  idle_timer_.cancel();  // its handler holds the Session
   boost::system::error_code ec;
   stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
   stream_.socket().close(ec);
@@ -127,26 +128,31 @@ void Session::force_close() {
   asio::post(stream_.get_executor(), [self = shared_from_this()] {
     self->force_closed_ = true;
     self->close_socket();
-    self->wake_timer_.cancel();
+    self->wake();
   });
 }
 
 std::shared_ptr<const Exchange::Waker> Session::make_waker() {
   // With one I/O thread, a wake-up from that thread (the router's upstream exchange runs there)
-  // cannot race with this connection's coroutine, which is suspended: act at once instead of
-  // posting. Called under the exchange's lock, so it must not call back into the exchange.
+  // cannot race with this connection's coroutine, which is suspended: for a complete response it
+  // is resumed right here, inside the caller (the exchange's lock is released by then), and
+  // writes it before the caller goes on, instead of after a trip through the scheduler's queue.
+  // Part of a stream is left for the queue, so that what the caller adds next (the relay's
+  // chunk and end) goes out in the same write.
   const bool one_thread = core_.options.io_threads <= 1;
   auto act = [](Session& s, bool abort) {
-    s.wake_timer_.cancel();
     // An abort must not wait behind a write that a stalled client never lets finish.
     if (abort) s.close_socket();
+    s.wake();  // last: the resumed coroutine may end, and the Session with it
   };
   return std::make_shared<const Exchange::Waker>(
       [this, one_thread, act, io = core_.io_context.get_executor(), ex = stream_.get_executor(),
-       weak = weak_from_this()](bool abort) {
-        if (one_thread && io.running_in_this_thread()) {
-          // `this` is alive: its exchange is attached (the waker is only called then) and the
-          // session detaches it before it is destroyed, on this same thread.
+       weak = weak_from_this()](Exchange::Wake why) {
+        const bool abort = why == Exchange::Wake::kAbort;
+        if (one_thread && why != Exchange::Wake::kMore && io.running_in_this_thread()) {
+          // `this` is alive: its exchange was attached when the caller released the exchange's
+          // lock, nothing else ran since, and the session detaches it before it is destroyed,
+          // on this same thread.
           act(*this, abort);
           return;
         }
@@ -184,12 +190,12 @@ asio::awaitable<void> Session::serve_connection() {
     // from the read started while responding (start_watch); waited for here, in this frame.
     if (!first && buffer_.size() == 0) {
       if (watching_) {
-        wake_timer_.expires_after(o.idle_timeout);
-        while (watching_) {
-          auto [ec] = co_await wake_timer_.async_wait(kNoThrow);
-          if (!ec) co_return;  // idle too long (the closing socket aborts the read)
-          if (stop_requested_ || force_closed_) co_return;
-        }
+        set_idle_deadline(Clock::now() + o.idle_timeout);
+        idle_expired_ = false;
+        while (watching_ && !idle_expired_ && !stop_requested_ && !force_closed_) co_await wait_wake();
+        set_idle_deadline(Clock::time_point::max());  // a handler may take as long as it needs
+        // Idle too long: returning closes the socket, which aborts the read.
+        if (idle_expired_ || stop_requested_ || force_closed_) co_return;
       } else if (!watch_error_) {  // no read ahead was started (defensive: one always is)
         stream_.expires_after(o.idle_timeout);
         auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadBytes), kNoThrow);
@@ -256,8 +262,7 @@ asio::awaitable<void> Session::serve_connection() {
       Exchange::Taken taken = ex->take();
       if (taken.abort) break;
       if (taken.items.empty()) {
-        wake_timer_.expires_at(asio::steady_timer::time_point::max());
-        co_await wake_timer_.async_wait(kNoThrow);
+        co_await wait_wake();
         continue;
       }
       bool last = false;
@@ -302,8 +307,39 @@ void Session::start_watch() {
         } else {
           self->buffer_.commit(n);
         }
-        self->wake_timer_.cancel();  // the response loop or the keep-alive wait waits on it
+        self->wake();  // the response loop or the keep-alive wait waits for it
       });
+}
+
+asio::awaitable<void> Session::wait_wake() {
+  // Not a coroutine itself (no frame of its own): the initiation stores the suspended coroutine.
+  return asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+      [this](WakeHandler handler) { waiter_.emplace(std::move(handler)); }, asio::use_awaitable);
+}
+
+void Session::wake() {
+  if (!waiter_) return;
+  WakeHandler handler = std::move(*waiter_);
+  waiter_.reset();
+  handler();  // resumes the coroutine until its next wait; `this` may be gone afterwards
+}
+
+void Session::set_idle_deadline(Clock::time_point deadline) {
+  idle_deadline_ = deadline;
+  if (deadline == Clock::time_point::max() || (idle_timer_armed_ && idle_timer_.expiry() <= deadline)) return;
+  idle_timer_armed_ = true;
+  idle_timer_.expires_at(deadline);  // a later wait still pending ends with operation_aborted
+  idle_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (ec == asio::error::operation_aborted) return;  // re-armed earlier, or the socket closed
+    self->idle_timer_armed_ = false;
+    if (self->idle_deadline_ == Clock::time_point::max()) return;  // responding: no deadline now
+    if (Clock::now() < self->idle_deadline_) {  // fired for an older deadline
+      self->set_idle_deadline(self->idle_deadline_);
+      return;
+    }
+    self->idle_expired_ = true;
+    self->wake();
+  });
 }
 
 bool Session::parse_buffered(Parser& parser, bool header_only, boost::system::error_code& ec) {
