@@ -120,7 +120,7 @@ struct Attempt {
 
 }  // namespace
 
-struct Connection::Impl {
+struct Connection::Impl : std::enable_shared_from_this<Connection::Impl> {
   asio::any_io_executor executor;
   ClientOptions options;
   std::optional<beast::tcp_stream> stream;
@@ -128,8 +128,18 @@ struct Connection::Impl {
   std::string authority;
   bool reusable = false;
   Clock::time_point idle_since{};  // when the last exchange ended (reusable)
+  // The exchange's deadline for its reads. Beast's stream armed a timer for every read (a
+  // timer-heap insert and removal and a completion each); this timer is re-armed lazily instead:
+  // one armed no later than the deadline is left alone and, when it fires early, re-armed for
+  // the rest, so back-to-back requests cost a timer operation per timeout, not one per read.
+  // Connecting and the rare write that waits for the socket keep Beast's timer.
+  std::optional<asio::steady_timer> deadline_timer;
+  Clock::time_point deadline = Clock::time_point::max();  // max: no exchange under way
+  bool deadline_armed = false;
+  bool timed_out = false;  // the deadline passed: the read under way was cancelled
 
   void close() {
+    stop_deadline();
     if (stream) {
       boost::system::error_code ec;
       stream->socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -160,12 +170,45 @@ struct Connection::Impl {
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 
-  void set_deadline(Clock::time_point deadline) {
-    if (deadline == Clock::time_point::max()) {
+  // Beast's timer, for connect and the write that waits.
+  void set_stream_deadline(Clock::time_point d) {
+    if (d == Clock::time_point::max()) {
       stream->expires_never();
     } else {
-      stream->expires_at(deadline);
+      stream->expires_at(d);
     }
+  }
+
+  // No exchange on this connection soon: an armed timer would keep an io_context that runs until
+  // it has no work (the blocking Client, a benchmark's load) from returning.
+  void stop_deadline() {
+    if (deadline_armed) deadline_timer->cancel();
+    deadline_armed = false;
+  }
+
+  // Starts (d < max) or ends (max) an exchange's deadline; see deadline_timer.
+  void watch_deadline(Clock::time_point d) {
+    deadline = d;
+    timed_out = false;
+    if (d == Clock::time_point::max()) return;
+    if (!deadline_timer) deadline_timer.emplace(executor);
+    if (deadline_armed && deadline_timer->expiry() <= d) return;
+    deadline_armed = true;
+    deadline_timer->expires_at(d);  // a later wait still pending ends with operation_aborted
+    // Weak: a pooled connection may be dropped while its timer's completion is queued.
+    deadline_timer->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+      auto self = weak.lock();
+      if (!self || ec == asio::error::operation_aborted) return;
+      self->deadline_armed = false;
+      if (self->deadline == Clock::time_point::max() || !self->stream) return;  // idle now
+      if (Clock::now() < self->deadline) {  // fired for an earlier exchange's deadline
+        self->watch_deadline(self->deadline);
+        return;
+      }
+      self->timed_out = true;
+      boost::system::error_code cec;
+      self->stream->socket().cancel(cec);  // the read under way ends with operation_aborted
+    });
   }
 
   asio::awaitable<Attempt> connect(const Target& t, Clock::time_point deadline) {
@@ -188,7 +231,7 @@ struct Connection::Impl {
       for (const auto& r : results) endpoints.push_back(r.endpoint());
     }
     stream.emplace(executor);
-    set_deadline(std::min(deadline, Clock::now() + options.connect_timeout));
+    set_stream_deadline(std::min(deadline, Clock::now() + options.connect_timeout));
     // Tries each address in turn: "localhost" may resolve to ::1 first while the server
     // listens on 127.0.0.1 only.
     auto [cec, ep] = co_await stream->async_connect(endpoints, kNoThrow);
@@ -198,6 +241,7 @@ struct Connection::Impl {
       close();
       co_return a;
     }
+    stream->expires_never();
     stream->socket().set_option(tcp::no_delay(true), ec);
     stream->socket().non_blocking(true, ec);  // exchange() writes at once what the socket takes
     authority = t.authority;
@@ -254,7 +298,7 @@ struct Connection::Impl {
     reusable = false;
     std::string head = serialize(t, req);
     const std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(req.body)};
-    set_deadline(deadline);
+    watch_deadline(deadline);
     {
       // The socket is non-blocking: a request that fits the send buffer goes out here.
       boost::system::error_code ec;
@@ -273,7 +317,10 @@ struct Connection::Impl {
           rest.push_back(b + n);
           n = 0;
         }
+        set_stream_deadline(deadline);
         std::tie(ec, n) = co_await asio::async_write(*stream, rest, kNoThrow);
+        if (stream) stream->expires_never();
+        if (ec == asio::error::operation_aborted && timed_out) ec = beast::error::timeout;
       }
       if (ec) {
         a.ec = ec;
@@ -351,8 +398,15 @@ struct Connection::Impl {
         asio::steady_timer pause(executor, std::chrono::milliseconds(1));
         co_await pause.async_wait(kNoThrow);
       }
-      // read_some, not read: a stream's events go on as they come.
-      auto [rec, n] = co_await stream->async_read_some(buffer.prepare(kReadBytes), kNoThrow);
+      if (timed_out) {  // passed while no read was under way (a callback, a hold)
+        a.ec = beast::error::timeout;
+        a.what = head_seen ? "read body" : "read response";
+        co_return a;
+      }
+      // read_some, not read: a stream's events go on as they come. On the socket itself: Beast's
+      // stream would arm its timer for the read (see deadline_timer).
+      auto [rec, n] = co_await stream->socket().async_read_some(buffer.prepare(kReadBytes), kNoThrow);
+      if (rec == asio::error::operation_aborted && timed_out) rec = beast::error::timeout;
       a.got_response_bytes = a.got_response_bytes || n > 0;
       if (rec == asio::error::eof) {
         // As Beast's read: the end of the stream ends a message only where its framing allows.
@@ -393,7 +447,7 @@ struct Connection::Impl {
 };
 
 Connection::Connection(asio::any_io_executor executor, ClientOptions options)
-    : impl_(std::make_unique<Impl>()) {
+    : impl_(std::make_shared<Impl>()) {
   impl_->executor = std::move(executor);
   impl_->options = std::move(options);
 }
@@ -423,10 +477,12 @@ struct AsyncClient::Pool {
   ClientOptions options;
   mutable std::mutex mu;
   std::unordered_map<std::string, std::vector<std::unique_ptr<Connection>>> idle;
+  std::size_t in_flight = 0;  // requests on connections taken from here
 
   std::unique_ptr<Connection> acquire(const std::string& authority) {
     {
       std::lock_guard lock(mu);
+      ++in_flight;
       auto it = idle.find(authority);
       if (it != idle.end() && !it->second.empty()) {
         auto c = std::move(it->second.back());
@@ -440,13 +496,19 @@ struct AsyncClient::Pool {
   Clock::time_point next_sweep{};
 
   void release(std::unique_ptr<Connection> c) {
-    // No peek here: the exchange just ended and left the connection open; reuse and the sweep
-    // below check the peer.
-    if (!c->reusable()) return;
     std::vector<std::unique_ptr<Connection>> closed;  // destroyed after the lock is released
     std::lock_guard lock(mu);
-    auto& list = idle[c->authority()];
-    if (list.size() < options.max_idle_per_host) list.push_back(std::move(c));
+    // No peek here: the exchange just ended and left the connection open; reuse and the sweep
+    // below check the peer.
+    if (c->reusable()) {
+      auto& list = idle[c->authority()];
+      if (list.size() < options.max_idle_per_host) list.push_back(std::move(c));
+    }
+    // Deadline timers stay armed between back-to-back requests (Connection::Impl); once nothing
+    // is in flight they are stopped. Run on the pool's executor, as the timers' completions are.
+    if (--in_flight == 0)
+      for (auto& [authority, conns] : idle)
+        for (auto& x : conns) x->impl_->stop_deadline();
     // Idle connections whose peer closed them (a worker that died, restarted or went idle-timeout)
     // sit in CLOSE-WAIT at the bottom of the LIFO stacks until a burst reaches them, or forever
     // for a host no longer used: drop them, at most once a second (one peek per idle socket).
@@ -495,6 +557,7 @@ asio::awaitable<Result<Response>> Connection::Impl::run_on(Impl& c, Target targe
         if (a.ec) break;
       }
       a = co_await c.exchange(target, req, callbacks, deadline);
+      c.watch_deadline(Clock::time_point::max());
       if (!a.ec) {
         result.emplace(std::move(a.response));
         break;
@@ -514,7 +577,11 @@ asio::awaitable<Result<Response>> Connection::Impl::run_on(Impl& c, Target targe
                                 a.ec.message()));
     }
   }
-  if (pool) pool->release(std::move(owned));
+  if (pool) {
+    pool->release(std::move(owned));
+  } else {
+    c.stop_deadline();
+  }
   co_return std::move(*result);
 }
 

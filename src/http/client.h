@@ -111,7 +111,7 @@ class Connection {
  private:
   friend class AsyncClient;  // its pool runs requests with the URL it already parsed
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_;  // shared: its deadline timer's completion holds a weak reference
 };
 
 // A pool of keep-alive Connections; requests may run concurrently (each takes its own
