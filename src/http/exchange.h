@@ -113,11 +113,11 @@ class ConnectionResponder final : public Responder {
   explicit ConnectionResponder(std::shared_ptr<Exchange> exchange) : ex_(std::move(exchange)) {}
   ~ConnectionResponder() override { ex_->abandon(); }
 
-  bool respond(int status, std::string body, std::string content_type, Headers extra) override {
+  bool respond(int status, std::string body, std::string_view content_type, const Headers& extra) override {
     return ex_->respond(status, std::move(body), content_type, extra);
   }
   bool respond_error(int status, std::string_view message) override { return ex_->respond_error(status, message); }
-  bool start_stream(int status, std::string content_type, Headers extra) override {
+  bool start_stream(int status, std::string_view content_type, const Headers& extra) override {
     return ex_->start_stream(status, content_type, extra);
   }
   bool send_chunk(std::string data) override { return ex_->send_chunk(std::move(data)); }

@@ -61,17 +61,18 @@ class Responder {
  public:
   virtual ~Responder() = default;
 
-  // A complete response with Content-Length. `extra` headers are added as given.
-  virtual bool respond(int status, std::string body,
-                       std::string content_type = "application/json", Headers extra = {}) = 0;
+  // A complete response with Content-Length. `extra` headers are added as given. The content type
+  // and `extra` are copied into the response head during the call (views: no string per call).
+  virtual bool respond(int status, std::string body, std::string_view content_type = "application/json",
+                       const Headers& extra = {}) = 0;
   // respond(status, error_body(status, message), "application/json"): the server's error format.
   virtual bool respond_error(int status, std::string_view message) = 0;
 
   // Starts a chunked response (Transfer-Encoding: chunked). For SSE pass "text/event-stream"
   // and send sse_event(...) strings as chunks; the server adds Cache-Control: no-cache unless
   // `extra` has one.
-  virtual bool start_stream(int status, std::string content_type = "text/event-stream",
-                            Headers extra = {}) = 0;
+  virtual bool start_stream(int status, std::string_view content_type = "text/event-stream",
+                            const Headers& extra = {}) = 0;
   // Queues one chunk (empty data is ignored: a zero-length chunk would end the stream).
   // Backpressure: queued_bytes() grows while the client reads slower than we produce; past
   // ServerOptions::max_queued_bytes the connection is closed (on_close fires) and this returns

@@ -236,7 +236,9 @@ asio::awaitable<void> Session::serve_connection() {
       }
     }
 
-    Request request = std::move(parser.request);
+    // Completed where it was parsed and moved once, into dispatch (a Request move is ~150
+    // instructions: eight members).
+    Request& request = parser.request;
     parse_target(request);
     request.remote_address = remote_;
     request.keep_alive = parser.keep_alive();

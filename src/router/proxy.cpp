@@ -31,8 +31,9 @@ bool is_2xx(int s) { return s >= 200 && s < 300; }
 // (below the server's 16 MiB limit, at which it would drop the client).
 constexpr std::size_t kRelayHighWater = 1u << 20;
 
-std::string content_type_of(const http::Response& r, const char* fallback = "application/json") {
-  return std::string(r.headers.get_or("content-type", fallback));
+// A view into `r`'s headers: the Responder copies it into the head, no string per response.
+std::string_view content_type_of(const http::Response& r, std::string_view fallback = "application/json") {
+  return r.headers.get_or("content-type", fallback);
 }
 
 const char* route_label(RouteKind k) {
@@ -159,7 +160,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     if (!r) {
       f = Failure{502, "", "", fmt::format("{} server error: {}", role, r.error().message())};
     } else {
-      f = Failure{r->status, r->body, content_type_of(*r), ""};
+      f = Failure{r->status, r->body, std::string(content_type_of(*r)), ""};
     }
     return false;
   }
