@@ -35,7 +35,8 @@ Result<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::load(const std::filesy
   PDSERVE_ASSIGN_OR_RETURN(ModelConfig cfg, load_model_config(dir, opts.json_model_override_args));
   if (opts.format == LoadFormat::kDummy) {
     log::info("Load weight begin. type=DeepseekV3ForCausalLM, load_format=dummy, seed={}", opts.dummy_seed);
-    ModelWeights w = make_dummy_weights(cfg, opts.dummy_seed);
+    ModelWeights w = make_dummy_weights(cfg, opts.dummy_seed, opts.dummy_routed_experts);
+    if (!opts.dummy_routed_experts) log::info("Routed experts are made by each expert-parallel GPU rank for its own slice");
     return from_weights(std::move(cfg), std::move(w));
   }
   auto ckpt = Checkpoint::open(dir);
@@ -113,6 +114,10 @@ Result<Tensor> DeepseekV3Model::moe(int64_t layer, const Tensor& x, const Forwar
     out = mlp_forward(m.shared, x);
     PDSERVE_RETURN_IF_ERROR(opts.routed->forward(layer, x, ids, weights, out));
   } else {
+    if (m.experts.empty())
+      return make_error(ErrorCode::kUnsupported,
+                        "layer {}: the routed experts were not loaded here (dummy weights left to the GPU expert-parallel ranks)",
+                        layer);
     out = moe_experts_forward(m, x, ids, weights);
   }
   if (auto* trace = opts.routing) {

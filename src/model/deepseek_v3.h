@@ -24,6 +24,8 @@ struct LoadOptions {
   LoadFormat format = LoadFormat::kAuto;
   uint64_t dummy_seed = 0;
   std::string json_model_override_args;  // config.json overrides (load_model_config)
+  // Dummy weights only: false leaves the routed experts for GPU EP ranks to make (ModelWeights).
+  bool dummy_routed_experts = true;
 };
 
 // One sequence in a batch: its new tokens and where its cache lives.

@@ -570,6 +570,9 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
   if (!(opts.mem_fraction_static > 0 && opts.mem_fraction_static <= 1))
     return make_error(ErrorCode::kInvalidArgument, "--mem-fraction-static must be in (0, 1], got {}", opts.mem_fraction_static);
   if (opts.page_size < 1) return make_error(ErrorCode::kInvalidArgument, "page size must be >= 1");
+  if (host->weights().dummy_experts_seed && !opts.routed_experts_elsewhere)
+    return make_error(ErrorCode::kInvalidArgument, "the model's routed experts were left to expert-parallel ranks; "
+                      "this GPU model needs them all");
   StreamScope scope;
   auto impl = std::make_unique<Impl>();
   Impl& m = *impl;

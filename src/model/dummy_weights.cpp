@@ -90,9 +90,20 @@ class DummyFactory {
   bool fp8_;
 };
 
+std::string expert_prefix(int64_t layer, int64_t e) {
+  return "model.layers." + std::to_string(layer) + ".mlp.experts." + std::to_string(e) + ".";
+}
+
 }  // namespace
 
-ModelWeights make_dummy_weights(const ModelConfig& c, uint64_t seed) {
+std::vector<MlpWeights> make_dummy_experts(const ModelConfig& c, uint64_t seed, int64_t layer, int64_t begin, int64_t end) {
+  DummyFactory f(seed, c.quantization.has_value());
+  std::vector<MlpWeights> out;
+  for (int64_t e = begin; e < end; ++e) out.push_back(f.mlp(expert_prefix(layer, e), c.hidden_size, c.moe_intermediate_size));
+  return out;
+}
+
+ModelWeights make_dummy_weights(const ModelConfig& c, uint64_t seed, bool routed_experts) {
   DummyFactory f(seed, c.quantization.has_value());
   ModelWeights w;
   const int64_t H = c.num_attention_heads, hidden = c.hidden_size;
@@ -126,14 +137,15 @@ ModelWeights make_dummy_weights(const ModelConfig& c, uint64_t seed) {
       // A strong router (gain 4) so expert choice is decisive rather than near-tied.
       m.router = f.matrix(p + "mlp.gate.weight", c.n_routed_experts, hidden, false, 4.0f);
       m.correction_bias = f.small_f32(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts, 0.05f);
-      for (int64_t e = 0; e < c.n_routed_experts; ++e)
-        m.experts.push_back(f.mlp(p + "mlp.experts." + std::to_string(e) + ".", hidden, c.moe_intermediate_size));
+      if (routed_experts)
+        for (int64_t e = 0; e < c.n_routed_experts; ++e) m.experts.push_back(f.mlp(expert_prefix(l, e), hidden, c.moe_intermediate_size));
       if (c.n_shared_experts > 0)
         m.shared = f.mlp(p + "mlp.shared_experts.", hidden, c.moe_intermediate_size * c.n_shared_experts);
     }
     w.layers.push_back(std::move(layer));
   }
   derive_absorbed_weights(c, w);
+  if (!routed_experts) w.dummy_experts_seed = seed;
   return w;
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "model/config.h"
 #include "model/weights.h"
@@ -14,6 +15,10 @@ namespace pdserve::model {
 // reads an RMS-normalized input); norms are 1, the correction bias small. With a quantization
 // config the projection and expert weights are fp8 with 128x128 block scales, as in the published
 // checkpoints; otherwise bf16.
-ModelWeights make_dummy_weights(const ModelConfig& cfg, uint64_t seed);
+// routed_experts = false leaves every MoE layer's experts out (ModelWeights::dummy_experts_seed).
+ModelWeights make_dummy_weights(const ModelConfig& cfg, uint64_t seed, bool routed_experts = true);
+
+// Routed experts [begin, end) of MoE layer `layer`: bit for bit those of make_dummy_weights(cfg, seed).
+std::vector<MlpWeights> make_dummy_experts(const ModelConfig& cfg, uint64_t seed, int64_t layer, int64_t begin, int64_t end);
 
 }  // namespace pdserve::model

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,10 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   Tensor norm;          // [hidden]
   Weight lm_head;       // [vocab, hidden]
+  // Set when dummy weights were made without the routed experts (every MoE layer's `experts` empty):
+  // GPU expert-parallel ranks make their own slice with make_dummy_experts(seed), so the host never
+  // holds all of them (DeepSeek-V3's are ~650 GB in FP8).
+  std::optional<uint64_t> dummy_experts_seed;
 };
 
 // Binds and validates every tensor of a checkpoint: names as in the published checkpoints

@@ -129,8 +129,13 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
                                          " (the DeepSeek-V3 tokenizer files are installed by scripts/setup.sh; or pass --tokenizer-path)");
   s->tokenizer_ = *tok;
   PDSERVE_ASSIGN_OR_RETURN(model::LoadFormat format, model::parse_load_format(args.load_format));
-  PDSERVE_ASSIGN_OR_RETURN(auto model, model::DeepseekV3Model::load(args.model_path,
-                                                                     model::LoadOptions{format, static_cast<uint64_t>(args.dummy_seed), args.json_model_override_args}));
+  model::LoadOptions load{format, static_cast<uint64_t>(args.dummy_seed), args.json_model_override_args};
+  // GPU EP ranks make their own slice of dummy routed experts: the host never holds them all
+  // (DeepSeek-V3's are ~650 GB in FP8, more than an 8-GPU host's memory).
+  const bool gpu_ep = args.expert_parallel() && args.nnodes == 1 &&
+                      (args.device == "cuda" || (args.device == "auto" && model::cuda_device_available()));
+  load.dummy_routed_experts = !gpu_ep;
+  PDSERVE_ASSIGN_OR_RETURN(auto model, model::DeepseekV3Model::load(args.model_path, load));
   s->model_ = std::move(model);
   const auto& c = s->config_;
   if (!(args.watchdog_timeout > 0)) return make_error(ErrorCode::kInvalidArgument, "--watchdog-timeout must be positive");

@@ -144,6 +144,14 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
   std::shared_ptr<const DeepseekV3Model> host = std::move(*host_r);
   const ModelConfig& c = host->config();
 
+  // The EP ranks' host model leaves the routed experts out, as the server's does: each rank makes
+  // its own slice (make_dummy_experts), which must equal the reference's experts bit for bit.
+  LoadOptions ep_load{LoadFormat::kDummy, 7};
+  ep_load.dummy_routed_experts = false;
+  auto ep_host_r = DeepseekV3Model::load(model_dir, ep_load);
+  ASSERT_TRUE(ep_host_r.has_value()) << ep_host_r.error().message();
+  std::shared_ptr<const DeepseekV3Model> ep_host = std::move(*ep_host_r);
+
   auto ref_r = DeepseekV3GpuModel::create(host, options());
   ASSERT_TRUE(ref_r.has_value()) << ref_r.error().message();
   auto& ref = *ref_r;
@@ -162,7 +170,7 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
   std::vector<std::shared_ptr<moe::gpu::GpuEpExperts>> experts;
   std::vector<std::unique_ptr<DeepseekV3GpuModel>> models;
   for (int r = 0; r < R; ++r) {
-    auto e = moe::gpu::GpuEpExperts::create(host, group->rank(r), R);
+    auto e = moe::gpu::GpuEpExperts::create(ep_host, group->rank(r), R);
     ASSERT_TRUE(e.has_value()) << e.error().message();
     experts.push_back(std::move(*e));
   }
@@ -170,7 +178,7 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
     GpuModelOptions o = options();
     o.routed_experts_elsewhere = true;
     o.later_models_on_device = R - 1 - r;
-    auto m = DeepseekV3GpuModel::create(host, o);
+    auto m = DeepseekV3GpuModel::create(ep_host, o);
     ASSERT_TRUE(m.has_value()) << "rank " << r << ": " << m.error().message();
     (*m)->set_routed_experts(experts[static_cast<size_t>(r)]);
     models.push_back(std::move(*m));

@@ -1,5 +1,6 @@
 // Dummy weights written as a real checkpoint and read back give the same model, bit for bit; the
 // loader skips MTP layers and refuses inconsistent fp8 scales.
+#include <cstring>
 #include <filesystem>
 
 #include <gtest/gtest.h>
@@ -104,6 +105,57 @@ TEST_P(WeightsTest, MissingScaleIsRefused) {
   ASSERT_FALSE(loaded.has_value());
   EXPECT_NE(loaded.error().message().find("has no 'model.layers.2.mlp.experts.3.up_proj.weight_scale_inv'"), std::string::npos)
       << loaded.error().message();
+}
+
+// GPU EP ranks make their own slice of the dummy routed experts (make_dummy_experts): it must be
+// the very weights make_dummy_weights gives, or EP and one-GPU runs of a dummy model would differ.
+TEST_P(WeightsTest, DummyExpertSlicesEqualTheWholeModelsExperts) {
+  const ModelConfig cfg = small_config(GetParam());
+  const ModelWeights all = make_dummy_weights(cfg, 42);
+  const ModelWeights without = make_dummy_weights(cfg, 42, /*routed_experts=*/false);
+  EXPECT_FALSE(all.dummy_experts_seed.has_value());
+  ASSERT_EQ(without.dummy_experts_seed.value_or(0), 42u);
+  auto same_bytes = [](const Tensor& a, const Tensor& b) {
+    return a.nbytes() == b.nbytes() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
+  };
+  auto same_weight = [&](const Weight& a, const Weight& b) {
+    return same_bytes(a.weight, b.weight) && a.scale_inv.defined() == b.scale_inv.defined() &&
+           (!a.scale_inv.defined() || same_bytes(a.scale_inv, b.scale_inv));
+  };
+  int moe_layers = 0;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const auto& full = all.layers[static_cast<size_t>(l)];
+    EXPECT_TRUE(same_weight(full.attn.o_proj, without.layers[static_cast<size_t>(l)].attn.o_proj)) << "layer " << l;
+    if (!full.is_moe) continue;
+    ++moe_layers;
+    const auto& m = without.layers[static_cast<size_t>(l)].moe;
+    EXPECT_TRUE(m.experts.empty()) << "layer " << l;
+    EXPECT_TRUE(same_weight(full.moe.router, m.router)) << "layer " << l;
+    EXPECT_TRUE(same_weight(full.moe.shared.down_proj, m.shared.down_proj)) << "layer " << l;
+    // Slices as four ranks would make them.
+    const int64_t E = cfg.n_routed_experts, per = E / 4;
+    for (int64_t r = 0; r < 4; ++r) {
+      const auto slice = make_dummy_experts(cfg, 42, l, r * per, (r + 1) * per);
+      ASSERT_EQ(static_cast<int64_t>(slice.size()), per);
+      for (int64_t i = 0; i < per; ++i) {
+        const auto& want = full.moe.experts[static_cast<size_t>(r * per + i)];
+        const auto& got = slice[static_cast<size_t>(i)];
+        EXPECT_TRUE(same_weight(want.gate_proj, got.gate_proj) && same_weight(want.up_proj, got.up_proj) &&
+                    same_weight(want.down_proj, got.down_proj))
+            << "layer " << l << " expert " << r * per + i;
+      }
+    }
+  }
+  EXPECT_GT(moe_layers, 0);
+  // A model without its routed experts refuses a forward that needs them, cleanly.
+  auto m = DeepseekV3Model::from_weights(cfg, make_dummy_weights(cfg, 42, false));
+  auto pool = m->make_kv_pool(64, 16);
+  std::vector<SequenceInput> batch(1);
+  batch[0].tokens = {1, 2, 3};
+  ASSERT_TRUE(pool->reserve(batch[0].page_table, 0, 3).has_value());
+  auto r = m->forward(batch, *pool);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message().find("routed experts were not loaded"), std::string::npos) << r.error().message();
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, WeightsTest, ::testing::Values(false, true),

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "model/dummy_weights.h"
 #include "moe/cuda/ep_gpu_common.h"
 #include "ops/cuda/cuda_common.h"
 #include "ops/elementwise.h"
@@ -26,10 +27,20 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
   try {
     PDSERVE_RETURN_IF_ERROR(detail::cuda_status(cudaSetDevice(rank.device()), "cudaSetDevice"));
     const int64_t begin = rank.rank() * e->local_;
-    const auto& layers = model->weights().layers;
-    for (size_t l = 0; l < layers.size(); ++l) {
-      if (!layers[l].is_moe) continue;
-      e->layers_[static_cast<int64_t>(l)] = model::upload_experts(layers[l].moe, begin, begin + e->local_);
+    const auto& w = model->weights();
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+      if (!w.layers[l].is_moe) continue;
+      if (!w.layers[l].moe.experts.empty()) {
+        e->layers_[static_cast<int64_t>(l)] = model::upload_experts(w.layers[l].moe, begin, begin + e->local_);
+      } else if (w.dummy_experts_seed) {
+        // Dummy weights without the routed experts on the host: this rank makes its slice, one
+        // layer at a time (host memory: one layer's slice, not the model's experts).
+        model::MoeWeights slice;
+        slice.experts = model::make_dummy_experts(c, *w.dummy_experts_seed, static_cast<int64_t>(l), begin, begin + e->local_);
+        e->layers_[static_cast<int64_t>(l)] = model::upload_experts(slice, 0, e->local_);
+      } else {
+        return make_error(ErrorCode::kInternal, "GPU EP rank {}: layer {} has no routed experts", rank.rank(), l);
+      }
       e->last_moe_layer_ = static_cast<int64_t>(l);
     }
     // The received slab of each local expert: R ranks x the buffer's tokens per rank.
