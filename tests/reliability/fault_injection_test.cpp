@@ -135,9 +135,11 @@ TEST_F(FaultInjectionE2E, TenPercentTransferFailuresUnder600Requests) {
     const auto tcp = tcp_states(pids[i]);
     std::printf("[faults] %s descriptors: %d after the warm-up, %d after the run; TCP %s\n", names[i], fds_before[i], fds_after[i],
                 to_text(tcp).c_str());
-    // Slack for pooled connections that a different interleaving opens or closes; a leak of one
-    // descriptor per failed request would add about 60.
-    EXPECT_LE(fds_after[i], fds_before[i] + 8) << names[i];
+    // Slack for pooled connections that a different interleaving opens or closes (the router pools
+    // up to ~50 per worker at concurrency 48, and a retry may open one while others are busy:
+    // +4 to +11 seen on the router in clean runs); a leak of one descriptor per failed request or
+    // retry would add 30 to 60.
+    EXPECT_LE(fds_after[i], fds_before[i] + 16) << names[i];
     // A peer may close a pooled connection just after the last sweep (at most one a second).
     EXPECT_LE(tcp.count("CLOSE_WAIT") ? tcp.at("CLOSE_WAIT") : 0, 2) << names[i] << " holds sockets its peer closed";
   }
