@@ -50,7 +50,7 @@ struct Streams {
       cudaStream_t st = nullptr;
       cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
       // Run a kernel on it first: a graph captured on it is its first real launch, which may wait
-      // for the peers' spinning kernels (eager calls prime the stream themselves).
+      // for the peers' spinning kernels (the group primes only the stream of an eager first dispatch).
       detail::launch_stream_prime(st);
       cudaStreamSynchronize(st);
       s.push_back(st);

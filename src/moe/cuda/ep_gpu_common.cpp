@@ -64,27 +64,26 @@ Result<int> pick_blocks(const std::vector<int>& devices, int wanted, const std::
   return wanted > 0 ? wanted : std::min(fit, share);
 }
 
-Status PrimedStreams::prime(cudaStream_t stream, const std::string& who) {
-  // Capture first: nothing but the capture query may touch a capturing stream.
+namespace {
+// A no-op kernel on `stream`, waited for (FirstCallRendezvous says why); nothing while capturing.
+Status prime_stream(cudaStream_t stream, const std::string& who) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(stream, &capture), who + ": cudaStreamIsCapturing"));
   if (capture != cudaStreamCaptureStatusNone) return ok_status();
-  unsigned long long id = 0;
-  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamGetId(stream, &id), who + ": cudaStreamGetId"));
-  if (std::find(ids_.begin(), ids_.end(), id) != ids_.end()) return ok_status();
   PDSERVE_RETURN_IF_ERROR(cuda_status(launch_stream_prime(stream), who + ": priming the stream"));
-  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream), who + ": priming the stream"));
-  ids_.push_back(id);
-  return ok_status();
+  return cuda_status(cudaStreamSynchronize(stream), who + ": priming the stream");
 }
+}  // namespace
 
-Status FirstCallRendezvous::arrive(int rank, const std::string& who) {
-  Status st = ok_status();
+Status FirstCallRendezvous::arrive(int rank, cudaStream_t stream, const std::string& who) {
+  const size_t r = static_cast<size_t>(rank);
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    const size_t r = static_cast<size_t>(rank);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!failure_.at(r)) return failure_[r];
-    if (arrived_[r]) return ok_status();  // met before: later calls pass
+  }
+  Status st = prime_stream(stream, who);
+  if (st) {
+    std::unique_lock<std::mutex> lock(mu_);
     arrived_[r] = true;
     cv_.notify_all();
     st = wait_for_all(lock, who);
@@ -93,11 +92,6 @@ Status FirstCallRendezvous::arrive(int rank, const std::string& who) {
   }
   group_.abort(st.error().message());  // outside the lock: the group's abort takes its own
   return st;
-}
-
-Status FirstCallRendezvous::failure(int rank) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return failure_.at(static_cast<size_t>(rank));
 }
 
 Status FirstCallRendezvous::wait_for_all(std::unique_lock<std::mutex>& lock, const std::string& who) {

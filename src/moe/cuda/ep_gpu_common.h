@@ -31,28 +31,19 @@ Status enable_peer_access(const std::vector<int>& devices, const std::string& wh
 Result<int> pick_blocks(const std::vector<int>& devices, int wanted, const std::function<Result<int>(int device)>& prepare,
                         const std::string& who);
 
-// The streams a rank has launched on. The first kernel launched on a newly created stream may not
-// start until the kernels running on the GPU end (measured on an H200 with bench/gpu/
+// A rank's first dispatch: primes its stream, then meets every other rank (host side) before any
+// rank launches a spinning kernel. Priming: the first kernel launched on a newly created stream may
+// not start until the kernels running on the GPU end (measured on an H200 with bench/gpu/
 // coschedule_probe_bench: 19-53 of 400 four-rank meetings on fresh streams stalled; none on streams
-// that had run a kernel before), which deadlocks ranks that spin waiting for each other. So before a
-// rank's first spinning kernel on a stream, prime() runs a no-op kernel there and waits for it.
-// Streams are told apart by cudaStreamGetId (unique in the context, unlike a reused handle). A
-// stream being captured into a graph cannot run the no-op: a caller that replays graphs of the
-// exchange must replay them on a stream that has run a kernel before (the model's stream runs its
-// warm-up passes first).
-class PrimedStreams {
- public:
-  Status prime(cudaStream_t stream, const std::string& who);
-
- private:
-  std::vector<unsigned long long> ids_;
-};
-
-// Every rank's first dispatch meets here (host side) before any rank launches a spinning kernel,
-// so each rank primes its stream (PrimedStreams) while no peer spins yet. arrive() returns once
-// every rank has arrived (at once on later calls), or fails when the group aborts (abort_flag) or
-// after `timeout`, naming the ranks that did not arrive; then it aborts the group (peers stop) and
-// every later arrive() of that rank returns the same failure. Ranks are threads of one process.
+// that had run a kernel before), which deadlocks ranks that spin waiting for each other; so a no-op
+// kernel runs there first and is waited for, and the meeting makes sure no peer spins meanwhile
+// (priming alone still stalled once: a prime queued behind peers already spinning). A stream being
+// captured into a graph cannot run the no-op; callers keep every later exchange call, and graph
+// replays, on streams that have run a kernel before (the model's runs its warm-up passes first).
+// arrive() returns once every rank has arrived, or fails when the group aborts (abort_flag) or after
+// `timeout`, naming the ranks that did not arrive; then it aborts the group (peers stop), and a
+// later arrive() of that rank returns the same failure. Ranks call it once (until it succeeds);
+// they are threads of one process.
 class FirstCallRendezvous {
  public:
   struct Group {
@@ -63,9 +54,7 @@ class FirstCallRendezvous {
   };
   FirstCallRendezvous(int ranks, Group group)
       : group_(std::move(group)), arrived_(static_cast<size_t>(ranks), false), failure_(static_cast<size_t>(ranks), ok_status()) {}
-  Status arrive(int rank, const std::string& who);
-  // The rank's failed rendezvous, or OK.
-  Status failure(int rank);
+  Status arrive(int rank, cudaStream_t stream, const std::string& who);
 
  private:
   Status wait_for_all(std::unique_lock<std::mutex>& lock, const std::string& who);  // mu_ held

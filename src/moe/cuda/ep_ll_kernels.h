@@ -92,7 +92,7 @@ size_t ll_dispatch_smem_bytes(int64_t max_tokens, int64_t top_k, int64_t num_exp
 // On the current device: allows `smem` bytes of dynamic shared memory and returns how many blocks of
 // the dispatch and combine kernels fit on one SM at once (the smaller of the two).
 cudaError_t ll_prepare_kernels(size_t smem, int* blocks_per_sm);
-// A no-op kernel on `stream` (ep_gpu_common.h, PrimedStreams, says why).
+// A no-op kernel on `stream` (ep_gpu_common.h, FirstCallRendezvous, says why).
 cudaError_t launch_stream_prime(cudaStream_t stream);
 cudaError_t ll_launch_dispatch(const LlDispatchArgs& a, cudaStream_t stream);
 cudaError_t ll_launch_combine(const LlCombineArgs& a, cudaStream_t stream);

@@ -242,7 +242,6 @@ Status LowLatencyGpuRank::check_tokens(const Tensor& t, DType dtype, int64_t col
 void LowLatencyGpuRank::abort(const std::string& reason) { group_->abort(fmt::format("rank {}: {}", rank_, reason)); }
 
 Status LowLatencyGpuRank::refuse_after_failure() {
-  PDSERVE_RETURN_IF_ERROR(group_->first_call_->failure(rank_));
   Status s = status();
   if (!s) group_->abort(s.error().message());  // peers must not wait for a call this rank will not make
   return s;
@@ -265,9 +264,10 @@ Status LowLatencyGpuRank::dispatch(const Tensor& x, const Tensor& topk_ids, cuda
   a.xs = cfg.fp8 ? xs_.data<float>() : nullptr;
   a.epochs = reinterpret_cast<unsigned long long*>(dispatch_epochs_.raw_data());
   a.trace = reinterpret_cast<unsigned long long*>(dispatch_trace_.raw_data());
-  PDSERVE_RETURN_IF_ERROR(primed_.prime(stream, fmt::format("rank {}", rank_)));
-  // No rank spins before every rank has primed its stream (ep_gpu_common.h says why).
-  PDSERVE_RETURN_IF_ERROR(group_->first_call_->arrive(rank_, fmt::format("EP low-latency GPU rank {} (GPU {})", rank_, device_)));
+  if (!met_) {  // no rank spins before every rank has primed its stream (ep_gpu_common.h says why)
+    PDSERVE_RETURN_IF_ERROR(group_->first_call_->arrive(rank_, stream, fmt::format("EP low-latency GPU rank {} (GPU {})", rank_, device_)));
+    met_ = true;
+  }
   PDSERVE_RETURN_IF_ERROR(cuda_status(detail::ll_launch_dispatch(a, stream), fmt::format("rank {}: dispatch launch", rank_)));
   dispatched_ = true;
   last_tokens_ = x.size(0);
@@ -303,7 +303,6 @@ Status LowLatencyGpuRank::combine(const Tensor& expert_out, const Tensor& topk_i
   a.out = out.raw_data();
   a.out_bf16 = out_bf16;
   a.epochs = reinterpret_cast<unsigned long long*>(combine_epochs_.raw_data());
-  PDSERVE_RETURN_IF_ERROR(primed_.prime(stream, fmt::format("rank {}", rank_)));
   PDSERVE_RETURN_IF_ERROR(cuda_status(detail::ll_launch_combine(a, stream), fmt::format("rank {}: combine launch", rank_)));
   return ok_status();
 }

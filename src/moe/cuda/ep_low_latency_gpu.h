@@ -29,8 +29,9 @@
 //    behind another's spinning one: CUDA hands queues out round-robin at stream creation
 //    (CUDA_DEVICE_MAX_CONNECTIONS, default 8), so create the ranks' streams one after another, or
 //    raise that variable to at least the number of ranks per GPU.
-// (A stream's first kernel may wait for every running kernel, so the group primes each stream it
-// is handed with a no-op kernel before its first exchange there: ep_gpu_common.h, PrimedStreams.)
+//  * a stream's first kernel may wait for every running kernel: the group primes the stream of each
+//    rank's first dispatch (ep_gpu_common.h, FirstCallRendezvous); later calls and graph replays
+//    belong on that stream or on others that have run a kernel before.
 #pragma once
 
 #if defined(PDSERVE_HAVE_CUDA)
@@ -113,7 +114,7 @@ class LowLatencyGpuRank {
   Tensor counts_, dispatch_done_, combine_buf_, combine_done_;
   Tensor xq_, xs_, dispatch_epochs_, combine_epochs_, err_claim_, dispatch_trace_;
   detail::LlError* err_ = nullptr;  // mapped host memory
-  detail::PrimedStreams primed_;  // streams this rank has run a kernel on (first launches stall)
+  bool met_ = false;  // this rank's first dispatch passed the group's FirstCallRendezvous
   bool dispatched_ = false;
   int64_t last_tokens_ = 0;
 };

@@ -156,7 +156,6 @@ Status NormalGpuRank::status() const {
 }
 
 Status NormalGpuRank::refuse_after_failure() {
-  PDSERVE_RETURN_IF_ERROR(group_->first_call_->failure(rank_));
   Status s = status();
   if (!s) group_->abort(s.error().message());
   return s;
@@ -192,9 +191,10 @@ Status NormalGpuRank::dispatch(const Tensor& x, const Tensor& topk_ids, const Te
   a.topk_weights = topk_weights.data<float>();
   a.tokens = x.size(0);
   a.epochs = reinterpret_cast<unsigned long long*>(dispatch_epochs_.raw_data());
-  PDSERVE_RETURN_IF_ERROR(primed_.prime(stream, fmt::format("rank {}", rank_)));
-  // No rank spins before every rank has primed its stream (ep_gpu_common.h says why).
-  PDSERVE_RETURN_IF_ERROR(group_->first_call_->arrive(rank_, fmt::format("EP normal GPU rank {} (GPU {})", rank_, device_)));
+  if (!met_) {  // no rank spins before every rank has primed its stream (ep_gpu_common.h says why)
+    PDSERVE_RETURN_IF_ERROR(group_->first_call_->arrive(rank_, stream, fmt::format("EP normal GPU rank {} (GPU {})", rank_, device_)));
+    met_ = true;
+  }
   PDSERVE_RETURN_IF_ERROR(cuda_status(detail::nm_launch_dispatch(a, stream), fmt::format("rank {}: normal dispatch launch", rank_)));
   dispatched_ = true;
   last_tokens_ = x.size(0);
@@ -255,7 +255,6 @@ Status NormalGpuRank::combine(const Tensor& partial, const Tensor& topk_ids, Ten
   a.out = out.raw_data();
   a.out_bf16 = out_bf16;
   a.epochs = reinterpret_cast<unsigned long long*>(combine_epochs_.raw_data());
-  PDSERVE_RETURN_IF_ERROR(primed_.prime(stream, fmt::format("rank {}", rank_)));
   PDSERVE_RETURN_IF_ERROR(cuda_status(detail::nm_launch_combine(a, stream), fmt::format("rank {}: normal combine launch", rank_)));
   return ok_status();
 }

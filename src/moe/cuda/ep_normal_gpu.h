@@ -81,7 +81,7 @@ class NormalGpuRank {
   Tensor recv_x_, recv_idx_, recv_w_, recv_src_, recv_info_, meta_, dispatch_done_, combine_buf_, combine_done_;
   Tensor dispatch_epochs_, combine_epochs_, err_claim_;
   detail::LlError* err_ = nullptr;  // mapped host memory
-  detail::PrimedStreams primed_;  // streams this rank has run a kernel on (first launches stall)
+  bool met_ = false;  // this rank's first dispatch passed the group's FirstCallRendezvous
   bool dispatched_ = false;
   int64_t last_tokens_ = 0;
   int64_t received_rows_ = -1;  // from received() for the last dispatch, -1 = not asked yet
