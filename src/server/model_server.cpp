@@ -129,12 +129,18 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
                                          " (the DeepSeek-V3 tokenizer files are installed by scripts/setup.sh; or pass --tokenizer-path)");
   s->tokenizer_ = *tok;
   PDSERVE_ASSIGN_OR_RETURN(model::LoadFormat format, model::parse_load_format(args.load_format));
+  if (args.expert_parallel()) {
+    if (args.nnodes > 1)
+      return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
+    if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
+    if (args.expert.ep_num_redundant_experts > 0 || args.expert.enable_eplb)
+      return make_error(ErrorCode::kUnsupported,
+                        "--moe-a2a-backend deepep with redundant experts or --enable-eplb is not supported in this build");
+  }
   model::LoadOptions load{format, static_cast<uint64_t>(args.dummy_seed), args.json_model_override_args};
   // GPU EP ranks make their own slice of dummy routed experts: the host never holds them all
   // (DeepSeek-V3's are ~650 GB in FP8, more than an 8-GPU host's memory).
-  const bool gpu_ep = args.expert_parallel() && args.nnodes == 1 &&
-                      (args.device == "cuda" || (args.device == "auto" && model::cuda_device_available()));
-  load.dummy_routed_experts = !gpu_ep;
+  load.dummy_routed_experts = !(args.expert_parallel() && args.device == "cuda");
   PDSERVE_ASSIGN_OR_RETURN(auto model, model::DeepseekV3Model::load(args.model_path, load));
   s->model_ = std::move(model);
   const auto& c = s->config_;
@@ -144,12 +150,6 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   if (args.enable_two_batch_overlap)
     log::warning("--enable-two-batch-overlap is accepted but not implemented: passes run without the overlap");
   if (args.expert_parallel()) {
-    if (args.nnodes > 1)
-      return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
-    if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
-    if (args.expert.ep_num_redundant_experts > 0 || args.expert.enable_eplb)
-      return make_error(ErrorCode::kUnsupported,
-                        "--moe-a2a-backend deepep with redundant experts or --enable-eplb is not supported in this build");
     PDSERVE_ASSIGN_OR_RETURN(const int64_t max_dispatch, moe::max_dispatch_tokens_per_rank_from_env());
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(args.watchdog_timeout * 500));
     PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, timeout, max_dispatch, args.device,
