@@ -87,7 +87,8 @@ class LowLatencyGpuRank {
   // The kernels' report so far, without waiting.
   Status status() const;
   // The exchange's synchronisation words, summarised for a stall report: per source rank the epochs
-  // of its count words here, dispatch_done / combine_done, and the blocks' call epochs. Copies from
+  // of its count words here, dispatch_done / combine_done, the blocks' call epochs, and the last
+  // dispatch's per-block timeline (globaltimer at entry, ranked, all counts in, end). Copies from
   // the device (synchronously): call only once this rank's kernels have ended (e.g. after a timeout).
   std::string exchange_state() const;
   // Gives up on the group (every peer's waiting kernel fails with `reason`): for a caller that
