@@ -1,5 +1,6 @@
 #include "ops/moe_dispatch.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -48,6 +49,24 @@ void moe_count(const Tensor& topk_ids, Tensor& counts) {
     const int32_t e = topk_ids.data<int32_t>()[i];
     if (e >= 0 && e < E) ++counts.data<int32_t>()[e];
   }
+}
+
+void moe_drop_padding_rows(const Tensor& seq_lens, Tensor& topk_ids) {
+  constexpr const char* op = "moe_drop_padding_rows";
+  check_ids(op, topk_ids);
+  detail::check_dtype(op, "seq_lens", seq_lens, DType::kI32);
+  detail::check_shape(op, "seq_lens", seq_lens, {topk_ids.size(0)});
+  detail::check_contiguous(op, "seq_lens", seq_lens);
+  if (!detail::all_on_cpu(op, {&seq_lens, &topk_ids})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::moe_drop_padding_rows(seq_lens, topk_ids);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  const int64_t T = topk_ids.size(0), k = topk_ids.size(1);
+  for (int64_t t = 0; t < T; ++t)
+    if (seq_lens.data<int32_t>()[t] == 0) std::fill_n(topk_ids.data<int32_t>() + t * k, k, -1);
 }
 
 void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,

@@ -15,6 +15,12 @@ namespace pdserve::ops {
 // [0, E) are not counted.
 void moe_count(const Tensor& topk_ids, Tensor& counts);
 
+// topk_ids[t, :] = -1 for every row t with seq_lens[t] == 0: the padding rows of a batch run by a
+// CUDA graph of a larger captured size (model/gpu_host_inputs.h gives them length 0), so that
+// they reach no expert (the ops above, and EP dispatch/combine, skip id -1). seq_lens: [T] i32,
+// topk_ids: [T, k] i32, both on one device; nothing synchronizes on the GPU (graph safe).
+void moe_drop_padding_rows(const Tensor& seq_lens, Tensor& topk_ids);
+
 // x_out[row_base[e] + rank] = x[t] for every entry (t, j), and slots[t, j] = that row, or -1 when
 // the id is outside [0, E) or the row is outside x_out (then nothing is written for it).
 // x: [T, K], x_out: [R, K] of x's dtype (f32; also bf16 on the GPU), row_base: [E] i32 (masked

@@ -69,5 +69,19 @@ TEST(MoeDispatchGpu, ScatterAndCombineMatchCpu) {
   }
 }
 
+// Padding rows dropped on the device exactly as on the host, for random lengths (a quarter zero).
+TEST(MoeDispatchGpu, DropPaddingRowsMatchesCpu) {
+  for (const int64_t T : {1, 7, 64, 300}) {
+    Tensor ids = random_ids(T, 8, 64, static_cast<uint32_t>(T) + 1);
+    Tensor lens = Tensor::empty({T}, DType::kI32);
+    std::mt19937 rng(static_cast<uint32_t>(T));
+    for (int64_t t = 0; t < T; ++t) lens.data<int32_t>()[t] = rng() % 4 == 0 ? 0 : static_cast<int32_t>(1 + rng() % 100);
+    Tensor ids_d = ids.to(Device::kCuda);
+    ops::moe_drop_padding_rows(lens, ids);
+    ops::moe_drop_padding_rows(lens.to(Device::kCuda), ids_d);
+    EXPECT_EQ(std::memcmp(ids_d.to(Device::kCpu).raw_data(), ids.raw_data(), ids.nbytes()), 0) << T;
+  }
+}
+
 }  // namespace
 }  // namespace pdserve::gpu_test

@@ -68,5 +68,18 @@ TEST(MoeDispatch, RejectsMismatchedShapes) {
   EXPECT_THROW(moe_scatter(x, ids, i32({2}, {0, 3}), out, slots, counts), std::invalid_argument);
 }
 
+// Padding rows of a graph batch (length 0) lose every expert; real rows keep theirs, and the
+// dropped entries then reach no expert in scatter.
+TEST(MoeDispatch, DropPaddingRowsClearsOnlyZeroLengthRows) {
+  Tensor ids = i32({4, 2}, {1, 0, 2, 1, 0, 2, 1, 1});
+  moe_drop_padding_rows(i32({4}, {5, 0, 7, 0}), ids);
+  EXPECT_EQ(vec(ids), (std::vector<int32_t>{1, 0, -1, -1, 0, 2, -1, -1}));
+  Tensor counts = Tensor::empty({3}, DType::kI32);
+  moe_count(ids, counts);
+  EXPECT_EQ(vec(counts), (std::vector<int32_t>{2, 1, 1}));
+  Tensor wrong = i32({3}, {1, 1, 1});
+  EXPECT_THROW(moe_drop_padding_rows(wrong, ids), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace pdserve::ops

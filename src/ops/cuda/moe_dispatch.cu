@@ -72,6 +72,12 @@ __global__ void copy_rows_kernel(const char* x, int64_t row_bytes, int k, const 
   }
 }
 
+// One thread per entry (t, j).
+__global__ void drop_padding_kernel(const int32_t* seq_lens, int64_t n, int k, int32_t* ids) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n && seq_lens[i / k] == 0) ids[i] = -1;
+}
+
 template <typename T>
 __global__ void combine_kernel(const T* y, int64_t rows, int64_t n, const int32_t* slots, const float* weights, int k,
                                float* out) {
@@ -95,6 +101,15 @@ void moe_count(const Tensor& topk_ids, Tensor& counts) {
   count_kernel<<<static_cast<unsigned>(E), kThreads, 0, current_stream()>>>(topk_ids.data<int32_t>(),
                                                                              topk_ids.numel(), counts.data<int32_t>());
   check_launch("moe_count");
+}
+
+void moe_drop_padding_rows(const Tensor& seq_lens, Tensor& topk_ids) {
+  const int64_t n = topk_ids.numel();
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  drop_padding_kernel<<<blocks, kThreads, 0, current_stream()>>>(seq_lens.data<int32_t>(), n,
+                                                                 static_cast<int>(topk_ids.size(1)), topk_ids.data<int32_t>());
+  check_launch("moe_drop_padding_rows");
 }
 
 void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,
