@@ -54,6 +54,15 @@ class RoutedExperts {
   // Before each pass (real or idle): facts gathered over the whole group, the same on every rank,
   // from which an implementation picks how tokens travel in this pass (every rank the same way).
   virtual void begin_step(int64_t group_max_tokens, bool group_extends) = 0;
+  // CUDA graphs (GPU EP decode). Whether the pass begun by begin_step may replay a graph captured
+  // with this hook: true only for an implementation whose forward has no host synchronisation and
+  // makes, in this pass, exactly the calls it made while being captured.
+  virtual bool graph_safe_pass() const { return false; }
+  // Around each replay: before (host work the captured calls skipped, e.g. meeting the peers the
+  // first time) and after, once the stream is synchronised (the report of the exchanges, which a
+  // replay cannot return otherwise).
+  virtual Status before_replay() { return ok_status(); }
+  virtual Status after_replay() { return ok_status(); }
 };
 
 struct ForwardOptions {

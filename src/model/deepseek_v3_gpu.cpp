@@ -17,6 +17,7 @@
 
 #include "model/device_arena.h"
 #include "model/gpu_host_inputs.h"
+#include "model/gpu_row_sampler.h"
 #include "model/gpu_weights.h"
 #include "ops/attention.h"
 #include "ops/cuda/cuda_common.h"
@@ -26,7 +27,6 @@
 #include "ops/linear.h"
 #include "ops/moe_dispatch.h"
 #include "ops/moe_gate.h"
-#include "ops/sampling.h"
 #endif
 
 namespace pdserve::model {
@@ -60,6 +60,17 @@ double avail_gb() {
   cudaMemGetInfo(&free_b, &total_b);
   return static_cast<double>(free_b) / kGiB;
 }
+
+// Inside the model's forward, failures travel as exceptions (caught at the public entry points).
+void throw_if_failed(const Status& s) {
+  if (!s.has_value()) throw std::runtime_error(s.error().message());
+}
+
+// An EP model's warm-up hook: sends nothing (the peers are not exchanging while ranks capture).
+struct NoExchange final : RoutedExperts {
+  Status forward(int64_t, const Tensor&, const Tensor&, const Tensor&, Tensor&) override { return ok_status(); }
+  void begin_step(int64_t, bool) override {}
+};
 
 // The ops run on the calling thread's current stream; a forward sets the model's and restores the
 // caller's on the way out, so no thread keeps a handle the model may destroy.
@@ -99,13 +110,7 @@ struct DeepseekV3GpuModel::Impl {
   // Set by forward_sample for one call: the forward ends in ops::sample_batch on the device instead
   // of copying the logits to the host.
   const std::vector<RowSampling>* sampling = nullptr;
-  // Device copies of the sampling parameters and the sampled ids, grown to the largest batch seen.
-  struct SamplingBuffers {
-    Tensor f32;  // [3, cap]: temperature, top_p, min_p
-    Tensor i32;  // [2, cap]: top_k, sampled ids
-    Tensor i64;  // [2, cap]: seed, offset
-    int64_t cap = 0;
-  } sb;
+  GpuRowSampler sampler;  // forward_sample's device buffers
 
   // Graph state: static inputs for the largest batch, one executable graph per captured size.
   struct Static {
@@ -198,8 +203,9 @@ struct DeepseekV3GpuModel::Impl {
 
   // Routed experts. masked (graphs): every expert gets a block of T rows and the expert products
   // read the counts on the device; otherwise the counts come to the host and the rows are packed.
-  void moe(int64_t l, const Tensor& x, const Tensor& x_bf16, DeviceArena& a, bool masked, RoutingTrace* trace,
-           Tensor& residual) {
+  // masked: a graph-shaped decode batch, whose padding rows (seq_lens 0) are routed nowhere.
+  void moe(int64_t l, const Tensor& x, const Tensor& x_bf16, DeviceArena& a, bool masked, const Tensor& seq_lens,
+           RoutingTrace* trace, Tensor& residual) {
     const auto& lw = w.layers[static_cast<size_t>(l)];
     const int64_t T = x.size(0), E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, hid = cfg->hidden_size;
     const int64_t inter = cfg->moe_intermediate_size;
@@ -209,6 +215,7 @@ struct DeepseekV3GpuModel::Impl {
       trace::ScopedSpan span("moe_gate");
       ops::linear(x, lw.router, logits);
       ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
+      if (masked) ops::moe_drop_padding_rows(seq_lens, ids);
     }
     if (lw.shared.gate_proj.weight.defined()) {
       trace::ScopedSpan span("shared_experts");
@@ -221,8 +228,7 @@ struct DeepseekV3GpuModel::Impl {
     if (routed) {
       // Expert parallelism: the hook sends the bf16 rows to the experts' ranks, runs this rank's
       // experts on what it receives, and adds the weighted results back into the residual.
-      Status st = routed->forward(l, x_bf16, ids, wts, residual);
-      if (!st.has_value()) throw std::runtime_error(st.error().message());
+      throw_if_failed(routed->forward(l, x_bf16, ids, wts, residual));
       if (trace) record_routing(l, ids, T, k, *trace);
       return;
     }
@@ -318,7 +324,7 @@ struct DeepseekV3GpuModel::Impl {
       }
       trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
       if (lw.is_moe)
-        moe(l, xf, xb, a, masked, trace, resid);
+        moe(l, xf, xb, a, masked, in.seq_lens, trace, resid);
       else
         mlp(lw.dense, xf, a, resid);
     }
@@ -339,7 +345,7 @@ struct DeepseekV3GpuModel::Impl {
   // The forward's result from the device logits of its first `rows` rows: the host f32 logits, or,
   // for forward_sample, the sampled ids ([rows] i32 on the host).
   Tensor download(const Tensor& dev_logits, int64_t rows) {
-    if (sampling) return sample_on_device(dev_logits.slice(0, 0, rows));
+    if (sampling) return sampler.sample(dev_logits.slice(0, 0, rows), *sampling, stream);
     Tensor out = Tensor::empty({rows, cfg->vocab_size}, DType::kF32);
     check(cudaMemcpyAsync(out.raw_data(), dev_logits.raw_data(), out.nbytes(), cudaMemcpyDeviceToHost, stream), "logits");
     check(cudaStreamSynchronize(stream), "forward");
@@ -361,15 +367,6 @@ struct DeepseekV3GpuModel::Impl {
     }
   }
 
-  void reserve_sampling(int64_t rows) {
-    if (sb.cap >= rows) return;
-    check(cudaStreamSynchronize(stream), "sampling buffers");  // the old buffers may still be read
-    sb.cap = std::max<int64_t>(rows, 64);
-    sb.f32 = Tensor::empty({3, sb.cap}, DType::kF32, Device::kCuda);
-    sb.i32 = Tensor::empty({2, sb.cap}, DType::kI32, Device::kCuda);
-    sb.i64 = Tensor::empty({2, sb.cap}, DType::kI64, Device::kCuda);
-  }
-
   // An EP rank allocates nothing while serving: a device allocation issued while a peer's
   // dispatch spins may wait for it (CUDA lists allocations among the implicit synchronisations),
   // and that peer waits for this rank. So the idle-pass rows and the sampling buffers for the
@@ -380,43 +377,7 @@ struct DeepseekV3GpuModel::Impl {
     idle_out = Tensor::empty({1, hidden}, DType::kF32, Device::kCuda);
     idle_ids = Tensor::empty({1, k}, DType::kI32, Device::kCuda);
     idle_w = Tensor::empty({1, k}, DType::kF32, Device::kCuda);
-    reserve_sampling(opts.max_forward_tokens);
-  }
-
-  Tensor sample_on_device(const Tensor& dev_logits) {
-    const int64_t rows = dev_logits.size(0);
-    if (static_cast<int64_t>(sampling->size()) != rows) throw std::runtime_error("forward_sample: one RowSampling per sequence");
-    reserve_sampling(rows);
-    // Staged in one host block per dtype; the copies are ordered on the stream before the sampler.
-    std::vector<float> f(static_cast<size_t>(3 * sb.cap));
-    std::vector<int32_t> k(static_cast<size_t>(sb.cap));
-    std::vector<int64_t> l(static_cast<size_t>(2 * sb.cap));
-    for (int64_t r = 0; r < rows; ++r) {
-      const RowSampling& rs = (*sampling)[static_cast<size_t>(r)];
-      f[r] = rs.params.temperature;
-      f[sb.cap + r] = rs.params.top_p;
-      f[2 * sb.cap + r] = rs.params.min_p;
-      k[r] = static_cast<int32_t>(std::clamp<int64_t>(rs.params.top_k, -1, INT32_MAX));
-      l[r] = static_cast<int64_t>(rs.seed);
-      l[sb.cap + r] = rs.offset;
-    }
-    check(cudaMemcpyAsync(sb.f32.raw_data(), f.data(), f.size() * 4, cudaMemcpyHostToDevice, stream), "sampling params");
-    check(cudaMemcpyAsync(sb.i32.raw_data(), k.data(), k.size() * 4, cudaMemcpyHostToDevice, stream), "sampling params");
-    check(cudaMemcpyAsync(sb.i64.raw_data(), l.data(), l.size() * 8, cudaMemcpyHostToDevice, stream), "sampling params");
-    ops::SamplingBatch p;
-    p.temperature = sb.f32.select(0).slice(0, 0, rows);
-    p.top_p = sb.f32.select(1).slice(0, 0, rows);
-    p.min_p = sb.f32.select(2).slice(0, 0, rows);
-    p.top_k = sb.i32.select(0).slice(0, 0, rows);
-    p.seed = sb.i64.select(0).slice(0, 0, rows);
-    p.offset = sb.i64.select(1).slice(0, 0, rows);
-    Tensor ids = sb.i32.select(1).slice(0, 0, rows);
-    ops::sample_batch(dev_logits, p, ids);
-    Tensor out = Tensor::empty({rows}, DType::kI32);
-    check(cudaMemcpyAsync(out.raw_data(), ids.raw_data(), static_cast<size_t>(rows) * 4, cudaMemcpyDeviceToHost, stream),
-          "sampled ids");
-    check(cudaStreamSynchronize(stream), "forward");
-    return out;
+    sampler.reserve(opts.max_forward_tokens, stream);
   }
 
   Tensor run_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& o) {
@@ -461,7 +422,14 @@ struct DeepseekV3GpuModel::Impl {
     body(in, h, a, true, true, false, nullptr, logits);
   }
 
-  void capture_graphs() {
+  // The decode graphs of opts.cuda_graph_bs; `hook`: EP's routed experts, captured into them.
+  void capture_graphs(RoutedExperts* hook) {
+    NoExchange no_exchange;
+    struct Unset {
+      Impl* m;
+      ~Unset() { m->routed = nullptr; }
+    } unset{this};
+    routed = hook ? &no_exchange : nullptr;
     const auto& bs_list = opts.cuda_graph_bs;
     const int64_t max_bs = bs_list.back();
     table_width = (opts.context_length + 1 + opts.page_size - 1) / opts.page_size + 1;
@@ -495,6 +463,13 @@ struct DeepseekV3GpuModel::Impl {
     for (auto it = bs_list.rbegin(); it != bs_list.rend(); ++it) static_decode(*it, graph_arena);
     check(cudaStreamSynchronize(capture_stream), "graph warmup");
     for (auto it = bs_list.rbegin(); it != bs_list.rend(); ++it) {
+      if (hook) {
+        hook->begin_step(*it, false);  // a decode pass of one exchange round, as replays will be
+        if (!hook->graph_safe_pass())
+          throw std::runtime_error(fmt::format("decode batch {} does not fit one EP exchange (tokens per rank of "
+                                               "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK)", *it));
+        routed = hook;
+      }
       cudaGraph_t g = nullptr;
       check(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal), "begin capture");
       try {
@@ -508,8 +483,11 @@ struct DeepseekV3GpuModel::Impl {
       cudaGraphExec_t exec = nullptr;
       check(cudaGraphInstantiate(&exec, g, 0), "graph instantiate");
       cudaGraphDestroy(g);
+      // Uploaded now rather than at the first launch, which under EP may come while peers spin.
+      check(cudaGraphUpload(exec, capture_stream), "graph upload");
       graphs[*it] = exec;
     }
+    check(cudaStreamSynchronize(capture_stream), "graph upload");
     ops::cuda::set_current_stream(stream);
   }
 
@@ -527,7 +505,7 @@ struct DeepseekV3GpuModel::Impl {
 
   // The captured size for this batch, or 0 when it must run eagerly.
   int64_t graph_bs(const std::vector<SequenceInput>& batch, const ForwardOptions& o) const {
-    if (graphs.empty() || o.all_logits || o.routing || o.force_absorbed || routed) return 0;
+    if (graphs.empty() || o.all_logits || o.routing || o.force_absorbed || (routed && !routed->graph_safe_pass())) return 0;
     const int64_t n = static_cast<int64_t>(batch.size());
     for (const auto& s : batch)
       if (s.tokens.size() != 1 || s.prefix_len == 0 || static_cast<int64_t>(s.page_table.size()) > table_width ||
@@ -539,9 +517,26 @@ struct DeepseekV3GpuModel::Impl {
 
   Tensor run_graph(const std::vector<SequenceInput>& batch, int64_t bs) {
     ops::cuda::set_current_stream(stream);
+    if (routed) throw_if_failed(routed->before_replay());
     fill_static(batch, bs);
     check(cudaGraphLaunch(graphs.at(bs), stream), "graph launch");
-    return download(st.logits, static_cast<int64_t>(batch.size()));
+    Tensor out = download(st.logits, static_cast<int64_t>(batch.size()));
+    if (routed) throw_if_failed(routed->after_replay());  // the stream is synchronised: the exchanges' report is final
+    return out;
+  }
+
+  // capture_graphs between SGLang's log lines.
+  void capture_logged(RoutedExperts* hook) {
+    const double before = avail_gb();
+    log::info("Capture cuda graph begin. This can take up to several minutes. avail mem={:.2f} GB", before);
+    log::info("Capture cuda graph bs [{}]", fmt::join(opts.cuda_graph_bs, ", "));
+    const auto t0 = std::chrono::steady_clock::now();
+    capture_graphs(hook);
+    const double after = avail_gb();
+    mem.graph_gb = before - after;
+    log::info("Capture cuda graph end. Time elapsed: {:.2f} s. mem usage={:.2f} GB. avail mem={:.2f} GB.",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), mem.graph_gb, after);
+    mem.avail_gb = after;
   }
 
   ~Impl() {
@@ -581,7 +576,6 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
   m.opts = opts;
   std::sort(m.opts.cuda_graph_bs.begin(), m.opts.cuda_graph_bs.end());
   m.opts.cuda_graph_bs.erase(std::unique(m.opts.cuda_graph_bs.begin(), m.opts.cuda_graph_bs.end()), m.opts.cuda_graph_bs.end());
-  if (opts.routed_experts_elsewhere) m.opts.cuda_graph_bs.clear();  // EP decode runs eagerly (see the header)
   try {
     check(cudaSetDevice(opts.device), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
@@ -639,18 +633,9 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
     log::info("KV Cache is allocated. #tokens: {}, KV size: {:.2f} GB", m.mem.max_total_num_tokens, m.mem.kv_gb);
     log::info("Memory pool end. avail mem={:.2f} GB", avail_gb());
 
-    if (!m.opts.cuda_graph_bs.empty()) {
-      const double before = avail_gb();
-      log::info("Capture cuda graph begin. This can take up to several minutes. avail mem={:.2f} GB", before);
-      log::info("Capture cuda graph bs [{}]", fmt::join(m.opts.cuda_graph_bs, ", "));
-      const auto t0 = std::chrono::steady_clock::now();
-      m.capture_graphs();
-      const double after = avail_gb();
-      m.mem.graph_gb = before - after;
-      log::info("Capture cuda graph end. Time elapsed: {:.2f} s. mem usage={:.2f} GB. avail mem={:.2f} GB.",
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), m.mem.graph_gb, after);
-    }
     m.mem.avail_gb = avail_gb();
+    // EP models capture once their hook is set (capture_routed_graphs).
+    if (!m.opts.cuda_graph_bs.empty() && !m.opts.routed_experts_elsewhere) m.capture_logged(nullptr);
   } catch (const std::exception& e) {
     return make_error(ErrorCode::kInternal, "GPU model setup failed: {}", e.what());
   }
@@ -680,6 +665,22 @@ static Status begin_forward(DeepseekV3GpuModel& model, DeepseekV3GpuModel::Impl&
   if (routed) idle = [&] { return model.idle_forward(*routed); };
   PDSERVE_RETURN_IF_ERROR(validate_batch_or_idle(*m.cfg, batch, m.num_pages, m.opts.page_size, idle));
   m.routed = routed;
+  return ok_status();
+}
+
+Status DeepseekV3GpuModel::capture_routed_graphs() {
+  Impl& m = *impl_;
+  if (!m.opts.routed_experts_elsewhere || m.opts.cuda_graph_bs.empty()) return ok_status();
+  if (!m.routed_default)
+    return make_error(ErrorCode::kInternal, "capture_routed_graphs: set the routed-experts hook (set_routed_experts) first");
+  if (!m.graphs.empty()) return make_error(ErrorCode::kInternal, "capture_routed_graphs: the graphs are captured already");
+  StreamScope scope;
+  try {
+    check(cudaSetDevice(m.opts.device), "cudaSetDevice");
+    m.capture_logged(m.routed_default.get());
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kInternal, "GPU EP graph capture failed: {}", e.what());
+  }
   return ok_status();
 }
 

@@ -33,7 +33,8 @@ struct GpuModelOptions {
   std::vector<int64_t> cuda_graph_bs;
   // Expert parallelism: the routed experts live with the EP ranks' RoutedExperts hooks (each its
   // own slice), so this model does not upload them and every forward needs a hook
-  // (set_routed_experts). Decode then runs eagerly: no graphs are captured.
+  // (set_routed_experts). create() captures no graphs then: capture_routed_graphs() does, once the
+  // hook is set.
   bool routed_experts_elsewhere = false;
   // Models created after this one on the same GPU (EP ranks sharing it): the KV budget left after
   // this model's weights and activations is split so that each of them still finds room for its
@@ -89,6 +90,12 @@ class DeepseekV3GpuModel {
   // The routed-experts hook every forward uses when its ForwardOptions name none (expert
   // parallelism: the rank's GPU EP experts). Set before the first forward.
   void set_routed_experts(std::shared_ptr<RoutedExperts> routed);
+  // Expert parallelism: captures the decode graphs of cuda_graph_bs (each size at most the hook's
+  // tokens per exchange) with the hook set_routed_experts gave, so that decode passes the hook
+  // calls graph safe replay them, exchanges included. Runs no exchange (its warm-ups use a hook
+  // that sends nothing), so ranks capture one after another, before any of them serves. Logs
+  // the "Capture cuda graph" lines. A no-op without sizes or with the experts local.
+  Status capture_routed_graphs();
   // A pass with no tokens of this rank's own: each MoE layer's hook is called with zero rows, so
   // that the peers' token exchanges complete (as DeepseekV3Model::idle_forward).
   Status idle_forward(RoutedExperts& routed);

@@ -89,6 +89,7 @@ Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& lay
                                                  std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank,
                                                  const std::string& device, int base_gpu_id) {
   auto e = std::unique_ptr<EpRanks>(new EpRanks());
+  e->max_dispatch_tokens_ = max_dispatch_tokens_per_rank;
   parallel::CollectiveOptions opts;
   opts.timeout = timeout;
   e->world_ = std::make_unique<parallel::LocalWorld>(layout, opts);

@@ -40,6 +40,8 @@ class EpRanks {
   // GPU ranks: the CUDA device of each rank.
   int gpu(int rank) const { return gpus_.at(static_cast<size_t>(rank)); }
   int size() const { return static_cast<int>(ranks_.size()); }
+  // The low-latency buffers' tokens per rank: the largest decode batch a graph may be captured for.
+  int64_t max_dispatch_tokens_per_rank() const { return max_dispatch_tokens_; }
   // Breaks every group (blocked ranks return errors naming `reason`).
   void abort(const std::string& reason);
 
@@ -58,6 +60,7 @@ class EpRanks {
   std::shared_ptr<void> gpu_group_;
   std::vector<int> gpus_;
   std::vector<Rank> ranks_;
+  int64_t max_dispatch_tokens_ = 0;
 };
 
 }  // namespace pdserve::server

@@ -48,9 +48,15 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_ep_gpu_runners(std::shared_
                                                                     ServerArgs& args, model::GpuModelOptions go,
                                                                     const EpRanks& ep,
                                                                     std::vector<std::shared_ptr<scheduler::ModelRunner>>& runners) {
-  if (!go.cuda_graph_bs.empty())
-    log::info("CUDA graphs are not captured with --moe-a2a-backend deepep on GPUs in this build: decode runs eagerly");
-  go.cuda_graph_bs.clear();
+  // Decode graphs hold one low-latency exchange per MoE layer: sizes up to its tokens per rank.
+  const int64_t max_dispatch = ep.max_dispatch_tokens_per_rank();
+  std::vector<int64_t> graph_bs;
+  for (int64_t b : go.cuda_graph_bs)
+    if (b <= max_dispatch) graph_bs.push_back(b);
+  if (graph_bs.size() < go.cuda_graph_bs.size())
+    log::info("CUDA graph sizes above {} (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK) are not captured: "
+              "such decode batches run eagerly", max_dispatch);
+  go.cuda_graph_bs = graph_bs;
   go.routed_experts_elsewhere = true;
   const bool device_sampling = device_sampling_from_env();
   int64_t min_tokens = -1;
@@ -60,6 +66,9 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_ep_gpu_runners(std::shared_
     for (int later = r + 1; later < ep.size(); ++later) go.later_models_on_device += ep.gpu(later) == go.device ? 1 : 0;
     log::info("EP rank {} on GPU {}", r, go.device);
     PDSERVE_ASSIGN_OR_RETURN(auto gpu, model::DeepseekV3GpuModel::create(model, go));
+    // Captured now, before any rank serves: capturing runs no exchange (the model's doc says why).
+    gpu->set_routed_experts(ep.experts(r));
+    PDSERVE_RETURN_IF_ERROR(gpu->capture_routed_graphs());
     const int64_t tokens = gpu->memory().max_total_num_tokens;
     min_tokens = min_tokens < 0 ? tokens : std::min(min_tokens, tokens);
     runners.push_back(std::make_shared<scheduler::GpuRunner>(std::move(gpu), device_sampling, ep.experts(r)));

@@ -139,14 +139,14 @@ std::string tiny_fp8_dir() {
 void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models/tiny-deepseek-v3",
                            double decode_bound = 3e-2) {
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-  auto host_r = DeepseekV3Model::load(model_dir, LoadOptions{LoadFormat::kDummy, 7});
+  auto host_r = DeepseekV3Model::load(model_dir, LoadOptions{LoadFormat::kDummy, 7, {}});
   ASSERT_TRUE(host_r.has_value()) << host_r.error().message();
   std::shared_ptr<const DeepseekV3Model> host = std::move(*host_r);
   const ModelConfig& c = host->config();
 
   // The EP ranks' host model leaves the routed experts out, as the server's does: each rank makes
   // its own slice (make_dummy_experts), which must equal the reference's experts bit for bit.
-  LoadOptions ep_load{LoadFormat::kDummy, 7};
+  LoadOptions ep_load{LoadFormat::kDummy, 7, {}};
   ep_load.dummy_routed_experts = false;
   auto ep_host_r = DeepseekV3Model::load(model_dir, ep_load);
   ASSERT_TRUE(ep_host_r.has_value()) << ep_host_r.error().message();
@@ -268,6 +268,143 @@ TEST(EpModelGpu, TwoRanksWithFp8ExpertsMatchOneModelHoldingEveryExpert) { ranks_
 // Four ranks on one GPU: first failed on 2026-12-04 (a rank's first launch of a cuBLASLt kernel
 // waited for the peers' spinning exchange; fixed by bucketed GEMM algorithms loaded at creation).
 TEST(EpModelGpu, FourRanksMatchOneModelHoldingEveryExpert) { ranks_match_one_model(4); }
+
+// EP decode graphs (DeepseekV3GpuModel::capture_routed_graphs): two ranks capture graphs holding
+// their exchanges, one after the other with no peer running (as the server does), then decode
+// passes replay them. Each replay must equal, bit for bit, the eager run of the same graph layout
+// (forward_eager with graph_layout: same padded size, same kernels, same exchanges) made just
+// before it, and stay within the decode bound of a one-GPU model holding every expert. Rank 0
+// decodes three sequences (graph of 4: one padding row, which must reach no expert), rank 1 one,
+// and sits pass 2 out (eager idle pass beside rank 0's replay: the exchange needs only the same
+// number of calls per layer).
+TEST(EpModelGpu, DecodeGraphReplaysEqualEagerRunsOfTheirLayout) {
+  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  constexpr int R = 2;
+  const std::string dir = kSrc + "/models/tiny-deepseek-v3";
+  auto host_r = DeepseekV3Model::load(dir, LoadOptions{LoadFormat::kDummy, 7, {}});
+  ASSERT_TRUE(host_r.has_value()) << host_r.error().message();
+  std::shared_ptr<const DeepseekV3Model> host = std::move(*host_r);
+  const ModelConfig& c = host->config();
+  GpuModelOptions ref_opts = options();
+  ref_opts.cuda_graph_bs = {1, 2, 4, 8};
+  auto ref_r = DeepseekV3GpuModel::create(host, ref_opts);
+  ASSERT_TRUE(ref_r.has_value()) << ref_r.error().message();
+  auto& ref = *ref_r;
+
+  moe::gpu::LowLatencyGpuConfig gc;
+  gc.num_experts = c.n_routed_experts;
+  gc.hidden = c.hidden_size;
+  gc.max_tokens_per_rank = kMaxDispatch;
+  gc.top_k = c.num_experts_per_tok;
+  gc.fp8 = false;
+  gc.devices = moe::gpu::default_devices(R, 1);
+  gc.timeout = std::chrono::milliseconds(20000);
+  auto group_r = moe::gpu::LowLatencyGpuGroup::create(gc);
+  ASSERT_TRUE(group_r.has_value()) << group_r.error().message();
+  auto& group = *group_r;
+  std::vector<std::shared_ptr<moe::gpu::GpuEpExperts>> experts;
+  std::vector<std::unique_ptr<DeepseekV3GpuModel>> models;
+  for (int r = 0; r < R; ++r) {
+    auto e = moe::gpu::GpuEpExperts::create(host, group->rank(r), R);
+    ASSERT_TRUE(e.has_value()) << e.error().message();
+    experts.push_back(std::move(*e));
+    GpuModelOptions o = options();
+    o.routed_experts_elsewhere = true;
+    o.later_models_on_device = R - 1 - r;
+    o.cuda_graph_bs = {1, 2, 4, 8};
+    auto m = DeepseekV3GpuModel::create(host, o);
+    ASSERT_TRUE(m.has_value()) << "rank " << r << ": " << m.error().message();
+    (*m)->set_routed_experts(experts.back());
+    Status cap = (*m)->capture_routed_graphs();
+    ASSERT_TRUE(cap.has_value()) << "rank " << r << ": " << cap.error().message();
+    models.push_back(std::move(*m));
+  }
+
+  std::mt19937 rng(5);
+  std::vector<std::vector<Seq>> seqs(R);
+  std::vector<std::vector<Seq>> ref_seqs(R);
+  int32_t ref_page = 0;
+  for (int r = 0; r < R; ++r) {
+    int32_t page = 0;
+    for (int i = 0; i < (r == 0 ? 3 : 1); ++i) {
+      Seq s;
+      s.tokens.resize(static_cast<size_t>(10 + rng() % 20));
+      for (auto& t : s.tokens) t = static_cast<int32_t>(rng() % c.vocab_size);
+      for (int p = 0; p < 4; ++p) s.pages.push_back(page++);
+      Seq rs = s;
+      for (auto& p : rs.pages) p = ref_page++;
+      seqs[r].push_back(s);
+      ref_seqs[r].push_back(rs);
+    }
+  }
+  // One pass on every rank at once; `run(r)` is rank r's forward (rank 1 in pass 2: an idle pass).
+  auto all_ranks = [&](int pass, int64_t group_max, bool extends, const std::function<Result<Tensor>(int)>& run) {
+    std::vector<Result<Tensor>> got(R, Result<Tensor>(Tensor()));
+    StallReporter stalls(R, std::chrono::seconds(10));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < R; ++r)
+      threads.emplace_back([&, r] {
+        trace::SpanRecordingScope spans(stalls.buffer(r));
+        experts[r]->begin_step(group_max, extends);
+        if (pass == 2 && r == 1) {
+          Status st = models[r]->idle_forward(*experts[r]);
+          if (!st.has_value()) got[r] = st.error();
+        } else {
+          got[r] = run(r);
+        }
+      });
+    for (auto& t : threads) t.join();
+    return got;
+  };
+  for (int pass = 0; pass < 4; ++pass) {
+    SCOPED_TRACE("pass " + std::to_string(pass));
+    const int64_t group_max = pass == 0 ? 3 * 30 : 3;
+    std::vector<Result<Tensor>> mine;  // each rank's logits of the pass (decode: the replay's)
+    if (pass == 0) {
+      mine = all_ranks(pass, group_max, true, [&](int r) { return models[r]->forward(pass_inputs(seqs[r])); });
+    } else {
+      auto eager = all_ranks(pass, group_max, false,
+                             [&](int r) { return models[r]->forward_eager(pass_inputs(seqs[r]), {}, true); });
+      mine = all_ranks(pass, group_max, false, [&](int r) -> Result<Tensor> {
+        auto out = models[r]->forward(pass_inputs(seqs[r]));
+        if (out.has_value() && !models[r]->last_forward_used_graph())
+          return make_error(ErrorCode::kInternal, "rank {}: the decode pass did not replay a graph", r);
+        return out;
+      });
+      for (int r = 0; r < R; ++r) {
+        if (pass == 2 && r == 1) continue;
+        ASSERT_TRUE(eager[r].has_value()) << "rank " << r << ": " << eager[r].error().message();
+        ASSERT_TRUE(mine[r].has_value()) << "rank " << r << ": " << mine[r].error().message();
+        ASSERT_EQ(eager[r]->shape(), mine[r]->shape());
+        EXPECT_EQ(std::memcmp(eager[r]->raw_data(), mine[r]->raw_data(), eager[r]->nbytes()), 0) << "rank " << r;
+      }
+    }
+    // Every active rank's logits against the one-GPU model (its own graphs in decode passes).
+    for (int r = 0; r < R; ++r) {
+      if (pass == 2 && r == 1) continue;
+      ASSERT_TRUE(mine[r].has_value()) << "rank " << r << ": " << mine[r].error().message();
+      auto want = ref->forward(pass_inputs(ref_seqs[r]));
+      ASSERT_TRUE(want.has_value()) << want.error().message();
+      if (pass > 0) {
+        EXPECT_TRUE(ref->last_forward_used_graph());
+      }
+      ASSERT_EQ(mine[r]->shape(), want->shape());
+      const int64_t V = want->size(1);
+      for (int64_t i = 0; i < want->size(0); ++i) {
+        const float* row = want->data<float>() + i * V;
+        const double err = rel_l2(mine[r]->data<float>() + i * V, row, V);
+        std::printf("  graphs: pass %d rank %d seq %lld: rel L2 %.2e against one GPU\n", pass, r, static_cast<long long>(i), err);
+        EXPECT_LT(err, 3e-2) << "rank " << r << " sequence " << i;
+        const auto next = static_cast<int32_t>(std::max_element(row, row + V) - row);
+        for (auto* list : {&seqs[r], &ref_seqs[r]}) {
+          Seq& s = (*list)[static_cast<size_t>(i)];
+          s.cached = static_cast<int64_t>(s.tokens.size());
+          s.tokens.push_back(next);
+        }
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace pdserve::model

@@ -72,7 +72,7 @@ struct Pair {
 
 Pair load_pair(const std::string& dir, LoadFormat fmt, std::vector<int64_t> graph_bs = {}) {
   Pair p;
-  auto m = DeepseekV3Model::load(dir, LoadOptions{fmt, 7});
+  auto m = DeepseekV3Model::load(dir, LoadOptions{fmt, 7, {}});
   EXPECT_TRUE(m.has_value()) << (m ? "" : m.error().message());
   p.cpu = std::move(*m);
   GpuModelOptions o;

@@ -117,10 +117,17 @@ Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_
     rank_->abort(why);
     return make_error(ErrorCode::kInternal, "GPU EP rank {} {}", rank_->rank(), why);
   }
-  // A peer that never arrives shows as a kernel report, not a launch error: read it once a pass.
-  if (layer == last_moe_layer_) return rank_->synchronize(stream);
-  return ok_status();
+  // A peer that never arrives shows as a kernel report, not a launch error: read it once a pass
+  // (after a graph replay: after_replay).
+  if (layer != last_moe_layer_) return ok_status();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  PDSERVE_RETURN_IF_ERROR(detail::cuda_status(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"));
+  return capture == cudaStreamCaptureStatusNone ? rank_->synchronize(stream) : ok_status();
 }
+
+Status GpuEpExperts::before_replay() { return rank_->meet_peers(ops::cuda::current_stream()); }
+
+Status GpuEpExperts::after_replay() { return rank_->status(); }
 
 }  // namespace pdserve::moe::gpu
 

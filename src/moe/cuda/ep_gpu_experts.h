@@ -10,6 +10,7 @@
 // tokens each: every rank runs the same number, ceil(group max tokens / buffer), known from
 // begin_step, ranks with fewer tokens sending empty rounds. Decode passes (no rank extends) run
 // the experts as GEMVs over the received rows only; prefill passes as tensor-core grouped GEMMs.
+// Decode passes may also replay a CUDA graph of the GPU model (graph_safe_pass).
 //
 // Physical expert e lives on rank e / local_experts (no redundant experts, no EPLB: the server
 // refuses those with GPU EP). Calls come from the rank's thread, on the model's current stream.
@@ -35,6 +36,13 @@ class GpuEpExperts final : public model::RoutedExperts {
                                                       LowLatencyGpuRank& rank, int ranks);
 
   void begin_step(int64_t group_max_tokens, bool group_extends) override;
+  // Decode passes of one round: a graph captured with this hook replays one dispatch and one
+  // combine per MoE layer, as the eager pass makes (the peers need only the same number of calls,
+  // not the same token counts). While capturing, forward skips the last layer's synchronize, and
+  // the first-call meeting waits for before_replay.
+  bool graph_safe_pass() const override { return decode_ && rounds_ == 1; }
+  Status before_replay() override;
+  Status after_replay() override;
   // x bf16 [T, hidden], topk_ids i32 / topk_weights f32 [T, top_k], out f32 [T, hidden] (the
   // residual the routed sum is added to), all on the rank's device; T may be 0.
   Status forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,

@@ -247,6 +247,13 @@ Status LowLatencyGpuRank::refuse_after_failure() {
   return s;
 }
 
+Status LowLatencyGpuRank::meet_peers(cudaStream_t stream) {
+  if (met_) return ok_status();
+  PDSERVE_RETURN_IF_ERROR(group_->first_call_->arrive(rank_, stream, fmt::format("EP low-latency GPU rank {} (GPU {})", rank_, device_)));
+  met_ = true;
+  return ok_status();
+}
+
 Status LowLatencyGpuRank::dispatch(const Tensor& x, const Tensor& topk_ids, cudaStream_t stream) {
   PDSERVE_RETURN_IF_ERROR(refuse_after_failure());
   const LowLatencyGpuConfig& cfg = group_->config_;
@@ -265,8 +272,9 @@ Status LowLatencyGpuRank::dispatch(const Tensor& x, const Tensor& topk_ids, cuda
   a.epochs = reinterpret_cast<unsigned long long*>(dispatch_epochs_.raw_data());
   a.trace = reinterpret_cast<unsigned long long*>(dispatch_trace_.raw_data());
   if (!met_) {  // no rank spins before every rank has primed its stream (ep_gpu_common.h says why)
-    PDSERVE_RETURN_IF_ERROR(group_->first_call_->arrive(rank_, stream, fmt::format("EP low-latency GPU rank {} (GPU {})", rank_, device_)));
-    met_ = true;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"));
+    if (capture == cudaStreamCaptureStatusNone) PDSERVE_RETURN_IF_ERROR(meet_peers(stream));
   }
   PDSERVE_RETURN_IF_ERROR(cuda_status(detail::ll_launch_dispatch(a, stream), fmt::format("rank {}: dispatch launch", rank_)));
   dispatched_ = true;

@@ -82,6 +82,11 @@ class LowLatencyGpuRank {
   // [T, hidden], all on this rank's device.
   Status combine(const Tensor& expert_out, const Tensor& topk_ids, const Tensor& topk_weights, Tensor& out,
                  cudaStream_t stream);
+  // The first-call meeting (ep_gpu_common.h, FirstCallRendezvous) on `stream`, if this rank has
+  // not met its peers yet; dispatch does it itself, except while `stream` is being captured into a
+  // CUDA graph (a capture runs nothing, and the peers may not be exchanging yet): then whoever
+  // replays the graph calls this first.
+  Status meet_peers(cudaStream_t stream);
   // Waits for `stream` and reports what the kernels reported (timeouts name the missing rank).
   Status synchronize(cudaStream_t stream);
   // The kernels' report so far, without waiting.
