@@ -132,4 +132,27 @@ void add_inplace(Tensor& y, const Tensor& x) {
   cpu::add_inplace(y, x);
 }
 
+void cast(const Tensor& x, Tensor& out) {
+  constexpr const char* op = "cast";
+  const bool narrowing = x.dtype() == DType::kF32 && out.dtype() == DType::kBF16;
+  if (!narrowing && !(x.dtype() == DType::kBF16 && out.dtype() == DType::kF32))
+    fail(op, fmt::format("converts f32 to bf16 or bf16 to f32, got {} to {}", dtype_name(x.dtype()), dtype_name(out.dtype())));
+  detail::check_shape(op, "out", out, x.shape());
+  detail::check_contiguous(op, "x", x);
+  detail::check_contiguous(op, "out", out);
+  if (!detail::all_on_cpu(op, {&x, &out})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::cast(x, out);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  const int64_t n = x.numel();
+  if (narrowing) {
+    for (int64_t i = 0; i < n; ++i) out.data<uint16_t>()[i] = f32_to_bf16(x.data<float>()[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out.data<float>()[i] = bf16_to_f32(x.data<uint16_t>()[i]);
+  }
+}
+
 }  // namespace pdserve::ops

@@ -27,4 +27,9 @@ void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts,
 // y += x elementwise (same shape, f32 contiguous).
 void add_inplace(Tensor& y, const Tensor& x);
 
+// out = x converted between f32 and bf16 (either way; same shape, both contiguous, one device);
+// f32 -> bf16 rounds to nearest even, as f32_to_bf16 (tensor/dtype.h); NaN stays NaN (its payload
+// may differ between the CPU and the GPU).
+void cast(const Tensor& x, Tensor& out);
+
 }  // namespace pdserve::ops

@@ -108,6 +108,23 @@ TEST(ElementwiseGpu, AddInplaceBf16MatchesCpu) {
   }
 }
 
+// Both directions bit-equal to the CPU (random values over many binades, exact ties included).
+TEST(ElementwiseGpu, CastMatchesCpu) {
+  for (const int64_t n : {1, 1000, 1 << 20}) {
+    Tensor x = random_host({n}, 9, 1000.0f);
+    for (int64_t i = 0; i < n; i += 7) x.data<float>()[i] = 1.0f + (i % 2 ? 3.0f : 1.0f) / 256;  // ties
+    Tensor want = Tensor::empty({n}, DType::kBF16);
+    ops::cast(x, want);
+    Tensor got = Tensor::empty({n}, DType::kBF16).to(Device::kCuda);
+    ops::cast(x.to(Device::kCuda), got);
+    EXPECT_EQ(std::memcmp(got.to(Device::kCpu).raw_data(), want.raw_data(), want.nbytes()), 0) << n;
+    Tensor wide_want = Tensor::empty({n}, DType::kF32), wide = poisoned_device({n}, DType::kF32);
+    ops::cast(want, wide_want);
+    ops::cast(got, wide);
+    EXPECT_EQ(std::memcmp(wide.to(Device::kCpu).raw_data(), wide_want.raw_data(), wide_want.nbytes()), 0) << n;
+  }
+}
+
 int signed_steps(uint8_t c) { return (c & 0x80) ? -(c & 0x7F) : (c & 0x7F); }
 
 void expect_close_codes(const Tensor& got, const Tensor& want, const std::string& what) {

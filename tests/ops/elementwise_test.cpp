@@ -157,6 +157,25 @@ TEST(AddInplace, AddsElementwise) {
   EXPECT_THROW(add_inplace(y, bad), std::invalid_argument);
 }
 
+// f32 -> bf16 rounds to nearest even (ties: 1 + 2^-8 is halfway between bf16 neighbours 1 and
+// 1 + 2^-7 and goes to the even 1; 1 + 3 * 2^-8 goes up), and bf16 -> f32 is exact.
+TEST(Cast, RoundsToNearestEvenAndWidensExactly) {
+  Tensor x = Tensor::empty({5}, DType::kF32);
+  const float v[5] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 0.0f, 3.0e38f};
+  std::copy(v, v + 5, x.data<float>());
+  Tensor b = Tensor::empty({5}, DType::kBF16);
+  cast(x, b);
+  const std::vector<uint16_t> want = {0x3F80, 0x3F82, 0xC020, 0x0000, f32_to_bf16(3.0e38f)};
+  EXPECT_EQ(std::vector<uint16_t>(b.data<uint16_t>(), b.data<uint16_t>() + 5), want);
+  Tensor back = Tensor::empty({5}, DType::kF32);
+  cast(b, back);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(back.data<float>()[i], bf16_to_f32(want[static_cast<size_t>(i)])) << i;
+  Tensor wrong = Tensor::empty({4}, DType::kBF16);
+  EXPECT_THROW(cast(x, wrong), std::invalid_argument);
+  Tensor same = Tensor::empty({5}, DType::kF32);
+  EXPECT_THROW(cast(x, same), std::invalid_argument);
+}
+
 // Device tensors never reach the CPU code: without CUDA in the build the op says so; with CUDA but
 // no GPU (this machine) the CUDA path reports the runtime's error. Either way a runtime_error, and
 // the (fake) device pointers are never dereferenced on the host.

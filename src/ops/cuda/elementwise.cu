@@ -248,6 +248,25 @@ void add_inplace(Tensor& y, const Tensor& x) {
   check_launch(op);
 }
 
+namespace {
+template <typename From, typename To>
+__global__ void cast_kernel(const From* x, To* out, long long n) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n; i += stride)
+    out[i] = from_f<To>(to_f(x[i]));
+}
+}  // namespace
+
+void cast(const Tensor& x, Tensor& out) {
+  const long long n = x.numel();
+  if (n == 0) return;
+  if (x.dtype() == DType::kF32)
+    cast_kernel<float, bf16><<<grid_for(n), 256, 0, current_stream()>>>(x.data<float>(), out.data<bf16>(), n);
+  else
+    cast_kernel<bf16, float><<<grid_for(n), 256, 0, current_stream()>>>(x.data<bf16>(), out.data<float>(), n);
+  check_launch("cast");
+}
+
 void silu_mul_quant_fp8(const Tensor& gate, const Tensor& up, Tensor& q, Tensor& scales) {
   constexpr const char* op = "silu_mul_quant_fp8";
   require(gate.defined() && up.defined() && q.defined() && scales.defined(), op, "undefined argument");

@@ -18,6 +18,9 @@ void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts,
 // y += x; same shape, both contiguous, both f32 or both bf16 (sum in f32, rounded once).
 void add_inplace(Tensor& y, const Tensor& x);
 
+// out = x converted f32 -> bf16 (round to nearest even) or bf16 -> f32; both contiguous.
+void cast(const Tensor& x, Tensor& out);
+
 // Fused silu_mul + per-token-group FP8 quantisation (groups of 128 along n; layout and math as
 // rms_norm_quant_fp8 in ops/cuda/norm.h, which documents the layout shared with ops/quant.h).
 // gate, up: [m, n], both f32 or both bf16, rows may be strided (last dim contiguous), so they can be
