@@ -14,6 +14,7 @@
 
 #include "moe/cuda/ep_gpu_experts.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
+#include "moe/cuda/ep_normal_gpu.h"
 #endif
 
 namespace pdserve::server {
@@ -87,7 +88,7 @@ class CommStepSync final : public scheduler::StepSync {
 Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& layout,
                                                  std::shared_ptr<const model::DeepseekV3Model> model,
                                                  std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank,
-                                                 const std::string& device, int base_gpu_id) {
+                                                 const std::string& device, int base_gpu_id, int64_t max_forward_tokens) {
   auto e = std::unique_ptr<EpRanks>(new EpRanks());
   e->max_dispatch_tokens_ = max_dispatch_tokens_per_rank;
   parallel::CollectiveOptions opts;
@@ -101,14 +102,16 @@ Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& lay
     auto bell = std::make_shared<Doorbell>();
     for (int m : members) bells[static_cast<size_t>(m)] = bell;
   }
-  if (device == "cuda") PDSERVE_RETURN_IF_ERROR(e->create_gpu_group(layout, *model, timeout, max_dispatch_tokens_per_rank, base_gpu_id));
+  if (device == "cuda")
+    PDSERVE_RETURN_IF_ERROR(
+        e->create_gpu_group(layout, *model, timeout, max_dispatch_tokens_per_rank, base_gpu_id, max_forward_tokens));
   const char* stall = std::getenv("PDSERVE_EP_TEST_STALL_RANK");
   const int stall_rank = stall ? std::atoi(stall) : -1;
   for (int r = 0; r < layout.world_size(); ++r) {
     auto& comms = e->world_->comms(r);
     Rank rank;
     if (e->on_gpu()) {
-      PDSERVE_ASSIGN_OR_RETURN(rank.experts, e->gpu_experts(model, r));
+      PDSERVE_ASSIGN_OR_RETURN(rank.experts, e->gpu_experts(model, r, layout.config().deepep_mode));
     } else {
       PDSERVE_ASSIGN_OR_RETURN(auto experts,
                                moe::EpModelExperts::create(model, *comms.ep, layout.config().deepep_mode, mo));
@@ -124,7 +127,8 @@ Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& lay
 
 #if defined(PDSERVE_HAVE_CUDA)
 Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model,
-                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id) {
+                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id,
+                                 int64_t max_forward_tokens) {
   const auto& c = model.config();
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
@@ -155,21 +159,41 @@ Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model
             group->size(), fmt::join(cfg.devices, ", "), group->blocks(), cfg.max_tokens_per_rank);
   gpus_ = cfg.devices;
   gpu_group_ = std::shared_ptr<moe::gpu::LowLatencyGpuGroup>(std::move(group));
+  // Prefill passes (and, with --deepep-mode normal, every pass) go through the normal mode: sized
+  // for the largest forward of one rank (max(--max-prefill-tokens, --chunked-prefill-size)).
+  if (layout.config().deepep_mode != parallel::DeepEpMode::kLowLatency && max_forward_tokens > 0) {
+    moe::gpu::NormalGpuConfig ncfg;
+    ncfg.num_experts = c.n_routed_experts;
+    ncfg.hidden = c.hidden_size;
+    ncfg.max_tokens_per_rank = max_forward_tokens;
+    ncfg.top_k = c.num_experts_per_tok;
+    ncfg.devices = cfg.devices;
+    ncfg.blocks = cfg.blocks;
+    ncfg.timeout = timeout;
+    PDSERVE_ASSIGN_OR_RETURN(auto normal, moe::gpu::NormalGpuGroup::create(ncfg));
+    log::info("EP normal-mode GPU group: {} blocks per rank kernel, buffers for {} tokens per rank", normal->blocks(),
+              ncfg.max_tokens_per_rank);
+    gpu_normal_group_ = std::shared_ptr<moe::gpu::NormalGpuGroup>(std::move(normal));
+  }
   return ok_status();
 }
 
 Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_ptr<const model::DeepseekV3Model> model,
-                                                                   int rank) {
+                                                                   int rank, parallel::DeepEpMode mode) {
   auto& group = *static_cast<moe::gpu::LowLatencyGpuGroup*>(gpu_group_.get());
-  PDSERVE_ASSIGN_OR_RETURN(auto experts, moe::gpu::GpuEpExperts::create(std::move(model), group.rank(rank), group.size()));
+  moe::gpu::GpuEpExpertsOptions opts;
+  if (gpu_normal_group_) opts.normal = &static_cast<moe::gpu::NormalGpuGroup*>(gpu_normal_group_.get())->rank(rank);
+  opts.mode = mode;
+  PDSERVE_ASSIGN_OR_RETURN(auto experts, moe::gpu::GpuEpExperts::create(std::move(model), group.rank(rank), group.size(), opts));
   return std::shared_ptr<model::RoutedExperts>(std::move(experts));
 }
 #else
 Status EpRanks::create_gpu_group(const parallel::RankLayout&, const model::DeepseekV3Model&, std::chrono::milliseconds,
-                                 int64_t, int) {
+                                 int64_t, int, int64_t) {
   return make_error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA (configure with PDSERVE_CUDA=ON)");
 }
-Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_ptr<const model::DeepseekV3Model>, int) {
+Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_ptr<const model::DeepseekV3Model>, int,
+                                                                   parallel::DeepEpMode) {
   return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
 }
 #endif
@@ -180,6 +204,7 @@ void EpRanks::abort(const std::string& reason) {
   if (world_) world_->abort_all(reason);
 #if defined(PDSERVE_HAVE_CUDA)
   if (gpu_group_) static_cast<moe::gpu::LowLatencyGpuGroup*>(gpu_group_.get())->abort(reason);
+  if (gpu_normal_group_) static_cast<moe::gpu::NormalGpuGroup*>(gpu_normal_group_.get())->abort(reason);
 #endif
 }
 

@@ -27,11 +27,14 @@ class EpRanks {
  public:
   // Every rank of `layout` (one process, all nodes' ranks here). `max_dispatch_tokens_per_rank`:
   // the low-latency buffers (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK).
-  // `device`: "cpu" or "cuda" (then `base_gpu_id` is the first GPU).
+  // `device`: "cpu" or "cuda" (then `base_gpu_id` is the first GPU, and GPU ranks get a normal-mode
+  // exchange for passes of up to `max_forward_tokens` tokens per rank unless --deepep-mode is
+  // low_latency).
   static Result<std::unique_ptr<EpRanks>> create(const parallel::RankLayout& layout,
                                                  std::shared_ptr<const model::DeepseekV3Model> model,
                                                  std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank,
-                                                 const std::string& device = "cpu", int base_gpu_id = 0);
+                                                 const std::string& device = "cpu", int base_gpu_id = 0,
+                                                 int64_t max_forward_tokens = 0);
   ~EpRanks();
 
   std::shared_ptr<model::RoutedExperts> experts(int rank) const { return ranks_.at(static_cast<size_t>(rank)).experts; }
@@ -52,12 +55,15 @@ class EpRanks {
   };
   EpRanks() = default;
   Status create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model,
-                          std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id);
-  Result<std::shared_ptr<model::RoutedExperts>> gpu_experts(std::shared_ptr<const model::DeepseekV3Model> model, int rank);
+                          std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id,
+                          int64_t max_forward_tokens);
+  Result<std::shared_ptr<model::RoutedExperts>> gpu_experts(std::shared_ptr<const model::DeepseekV3Model> model, int rank,
+                                                            parallel::DeepEpMode mode);
   std::unique_ptr<parallel::LocalWorld> world_;
   // The moe::gpu::LowLatencyGpuGroup (no CUDA types in this header); declared before ranks_ so
   // that it outlives the experts holding its rank handles.
   std::shared_ptr<void> gpu_group_;
+  std::shared_ptr<void> gpu_normal_group_;  // moe::gpu::NormalGpuGroup, or none (--deepep-mode low_latency)
   std::vector<int> gpus_;
   std::vector<Rank> ranks_;
   int64_t max_dispatch_tokens_ = 0;

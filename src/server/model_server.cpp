@@ -162,7 +162,8 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     PDSERVE_ASSIGN_OR_RETURN(const int64_t max_dispatch, moe::max_dispatch_tokens_per_rank_from_env());
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(args.watchdog_timeout * 500));
     PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, timeout, max_dispatch, args.device,
-                                                           static_cast<int>(args.base_gpu_id)));
+                                                           static_cast<int>(args.base_gpu_id),
+                                                           std::max(args.max_prefill_tokens, args.chunked_prefill_size)));
     log::info("DeepEP MoE: {} EP ranks, {} routed experts each, --deepep-mode {}, low-latency buffers for {} tokens "
               "per rank", args.ep_size, c.n_routed_experts / args.ep_size, args.deepep_mode, max_dispatch);
   }

@@ -3,29 +3,40 @@
 #if defined(PDSERVE_HAVE_CUDA)
 
 #include <algorithm>
+#include <vector>
 
+#include "base/logging.h"
 #include "model/dummy_weights.h"
 #include "moe/cuda/ep_gpu_common.h"
+#include "moe/ep_dispatch.h"
 #include "ops/cuda/cuda_common.h"
 #include "ops/elementwise.h"
 #include "ops/grouped_gemm.h"
+#include "ops/moe_dispatch.h"
 
 namespace pdserve::moe::gpu {
 
+using detail::cuda_status;
+
 Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const model::DeepseekV3Model> model,
-                                                           LowLatencyGpuRank& rank, int ranks) {
+                                                           LowLatencyGpuRank& rank, int ranks, GpuEpExpertsOptions opts) {
   const model::ModelConfig& c = model->config();
   auto e = std::unique_ptr<GpuEpExperts>(new GpuEpExperts());
   e->rank_ = &rank;
+  e->normal_ = opts.normal;
+  e->mode_ = opts.mode;
   e->ranks_ = ranks;
   if (ranks < 1 || c.n_routed_experts % ranks != 0)
     return make_error(ErrorCode::kInvalidArgument, "GPU EP: {} routed experts do not divide over {} ranks",
                       c.n_routed_experts, ranks);
+  if (opts.normal && (opts.normal->ranks() != ranks || opts.normal->rank() != rank.rank()))
+    return make_error(ErrorCode::kInvalidArgument, "GPU EP: the normal-mode rank ({} of {}) is not low-latency rank {} of {}",
+                      opts.normal->rank(), opts.normal->ranks(), rank.rank(), ranks);
   e->local_ = c.n_routed_experts / ranks;
   e->hidden_ = c.hidden_size;
   e->inter_ = c.moe_intermediate_size;
   try {
-    PDSERVE_RETURN_IF_ERROR(detail::cuda_status(cudaSetDevice(rank.device()), "cudaSetDevice"));
+    PDSERVE_RETURN_IF_ERROR(cuda_status(cudaSetDevice(rank.device()), "cudaSetDevice"));
     const int64_t begin = rank.rank() * e->local_;
     const auto& w = model->weights();
     for (size_t l = 0; l < w.layers.size(); ++l) {
@@ -50,13 +61,30 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
     e->up_ = Tensor::empty(e->gate_.shape(), DType::kBF16, Device::kCuda);
     e->y_ = Tensor::empty({e->local_, slab, e->hidden_}, DType::kBF16, Device::kCuda);
     e->combined_ = Tensor::empty({std::max<int64_t>(e->max_tokens_, 1), e->hidden_}, DType::kF32, Device::kCuda);
-    // Both expert paths once (on the zero counts the group starts with), so their kernels are
-    // loaded before any EP pass: a kernel's first launch waits for every kernel on the GPU,
-    // including peers spinning in an exchange with this rank.
+    if (e->normal_) {
+      // Everything a normal pass needs, made now: an EP rank allocates nothing while serving.
+      e->normal_tokens_ = e->normal_->config().max_tokens_per_rank;
+      const int64_t recv = ranks * e->normal_tokens_;
+      e->contiguous_rows_ = opts.contiguous_rows > 0 ? opts.contiguous_rows : recv;
+      e->xc_ = detail::device_zeros({e->contiguous_rows_, e->hidden_}, DType::kBF16);  // zeros: the warm-up reads them
+      e->gc_ = detail::device_zeros({e->contiguous_rows_, e->inter_}, DType::kBF16);
+      e->uc_ = Tensor::empty(e->gc_.shape(), DType::kBF16, Device::kCuda);
+      e->yc_ = Tensor::empty(e->xc_.shape(), DType::kBF16, Device::kCuda);
+      e->slots_ = Tensor::empty({recv, c.num_experts_per_tok}, DType::kI32, Device::kCuda);
+      e->partial_ = Tensor::empty({recv, e->hidden_}, DType::kF32, Device::kCuda);
+      e->partial_bf16_ = Tensor::empty({recv, e->hidden_}, DType::kBF16, Device::kCuda);
+      e->row_base_ = Tensor::empty({e->local_}, DType::kI32, Device::kCuda);
+      e->counts_ = Tensor::empty({e->local_}, DType::kI32, Device::kCuda);
+      e->normal_out_ = Tensor::empty({std::max<int64_t>(e->normal_tokens_, 1), e->hidden_}, DType::kF32, Device::kCuda);
+    }
+    // Both low-latency expert paths once (on the zero counts the group starts with), so their
+    // kernels are loaded before any EP pass: a kernel's first launch waits for every kernel on the
+    // GPU, including peers spinning in an exchange with this rank.
     if (!e->layers_.empty()) {
       PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second, true));
       PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second, false));
-      PDSERVE_RETURN_IF_ERROR(detail::cuda_status(cudaStreamSynchronize(ops::cuda::current_stream()), "GPU EP warm-up"));
+      if (e->normal_) e->warm_normal_gemms(e->layers_.begin()->second);
+      PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(ops::cuda::current_stream()), "GPU EP warm-up"));
     }
   } catch (const std::exception& ex) {
     return make_error(ErrorCode::kInternal, "GPU EP rank {}: setup failed: {}", rank.rank(), ex.what());
@@ -65,7 +93,10 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
 }
 
 void GpuEpExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
-  rounds_ = std::max<int64_t>(1, (group_max_tokens + max_tokens_ - 1) / max_tokens_);
+  const parallel::DeepEpMode mode = parallel::resolve_deepep_mode(mode_, group_extends);
+  // Every rank sees the same facts, so every rank picks the same exchange.
+  normal_pass_ = normal_ && (mode == parallel::DeepEpMode::kNormal || group_max_tokens > max_tokens_);
+  rounds_ = normal_pass_ ? 1 : std::max<int64_t>(1, (group_max_tokens + max_tokens_ - 1) / max_tokens_);
   decode_ = !group_extends;
 }
 
@@ -90,38 +121,118 @@ Status GpuEpExperts::run_experts(const model::GpuExperts& e, bool decode) {
   return ok_status();
 }
 
+void GpuEpExperts::warm_normal_gemms(const model::GpuExperts& e) {
+  // linear.cu picks a GEMM's algorithm per row bucket (m rounded up to a power of two), so one
+  // expert GEMM of each bucket up to the buffer loads every kernel a normal pass can launch (gate
+  // and up share a shape; down is the other).
+  for (int64_t b = 1;; b *= 2) {
+    const int64_t rows = std::min(b, contiguous_rows_);
+    const std::vector<int64_t> offsets = {0, rows};
+    Tensor xr = xc_.slice(0, 0, rows), gr = gc_.slice(0, 0, rows), yr = yc_.slice(0, 0, rows);
+    ops::grouped_linear_contiguous(xr, offsets, {e.gate.front()}, gr);
+    ops::grouped_linear_contiguous(gr, offsets, {e.down.front()}, yr);
+    if (rows == contiguous_rows_) break;
+  }
+}
+
+Status GpuEpExperts::forward_low_latency(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w,
+                                         Tensor& out, cudaStream_t stream) {
+  const int64_t T = x.size(0);
+  for (int64_t round = 0; round < rounds_; ++round) {
+    const int64_t r0 = std::min(T, round * max_tokens_), r1 = std::min(T, r0 + max_tokens_);
+    const Tensor xs = x.slice(0, r0, r1), is = ids.slice(0, r0, r1), ws = w.slice(0, r0, r1);
+    PDSERVE_RETURN_IF_ERROR(rank_->dispatch(xs, is, stream));
+    PDSERVE_RETURN_IF_ERROR(run_experts(e, decode_));
+    Tensor sums = combined_.slice(0, 0, r1 - r0);
+    PDSERVE_RETURN_IF_ERROR(rank_->combine(y_, is, ws, sums, stream));
+    if (r1 > r0) {
+      Tensor rows = out.slice(0, r0, r1);
+      ops::add_inplace(rows, sums);
+    }
+  }
+  return ok_status();
+}
+
+Status GpuEpExperts::forward_normal(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w,
+                                    Tensor& out, cudaStream_t stream) {
+  PDSERVE_RETURN_IF_ERROR(normal_->dispatch(x, ids, w, stream));
+  PDSERVE_ASSIGN_OR_RETURN(NormalGpuReceived d, normal_->received(stream));
+  const int64_t n = d.rows;
+  const std::vector<int64_t> offsets = contiguous_layout(d.tokens_per_expert).offsets;  // [local + 1]
+  Tensor partial = partial_.slice(0, 0, n);
+  if (n > 0) PDSERVE_RETURN_IF_ERROR(cuda_status(cudaMemsetAsync(partial.raw_data(), 0, partial.nbytes(), stream), "partial"));
+  Tensor slots = slots_.slice(0, 0, n);
+  // The contiguous rows in windows the buffers hold (one window unless this rank received far more
+  // than the balanced load). Each expert's first row is placed at offsets[g] - w0: moe_scatter
+  // drops entries whose row falls outside [0, window), so a window takes exactly its rows, even
+  // when it cuts an expert in two.
+  const int64_t M = offsets.back();
+  std::vector<int32_t> base(static_cast<size_t>(local_));
+  for (int64_t w0 = 0; w0 < M; w0 += contiguous_rows_) {
+    const int64_t rows = std::min(contiguous_rows_, M - w0);
+    for (int64_t g = 0; g < local_; ++g) base[static_cast<size_t>(g)] = static_cast<int32_t>(offsets[g] - w0);
+    PDSERVE_RETURN_IF_ERROR(cuda_status(
+        cudaMemcpyAsync(row_base_.raw_data(), base.data(), base.size() * 4, cudaMemcpyHostToDevice, stream), "row bases"));
+    ops::moe_scatter(d.recv_x, d.recv_topk_idx, row_base_, xc_, slots, counts_);
+    // The experts with rows in this window, and where each one's rows start in it.
+    int64_t e0 = 0;
+    while (offsets[e0 + 1] <= w0) ++e0;
+    int64_t e1 = e0 + 1;
+    while (e1 < local_ && offsets[e1] < w0 + rows) ++e1;
+    std::vector<int64_t> starts;
+    for (int64_t g = e0; g < e1; ++g) starts.push_back(std::clamp<int64_t>(offsets[g] - w0, 0, rows));
+    starts.push_back(rows);
+    auto part = [&](const std::vector<Weight>& all) { return std::vector<Weight>(all.begin() + e0, all.begin() + e1); };
+    Tensor xr = xc_.slice(0, 0, rows), gr = gc_.slice(0, 0, rows), ur = uc_.slice(0, 0, rows), yr = yc_.slice(0, 0, rows);
+    ops::grouped_linear_contiguous(xr, starts, part(e.gate), gr);
+    ops::grouped_linear_contiguous(xr, starts, part(e.up), ur);
+    ops::silu_mul(gr, ur, gr);
+    ops::grouped_linear_contiguous(gr, starts, part(e.down), yr);
+    ops::moe_combine(yr, slots, d.recv_topk_weights, partial);
+  }
+  Tensor partial_bf16 = partial_bf16_.slice(0, 0, std::max<int64_t>(n, 1));
+  if (n > 0) {
+    Tensor rows = partial_bf16.slice(0, 0, n);
+    ops::cast(partial, rows);
+  }
+  Tensor sums = normal_out_.slice(0, 0, x.size(0));
+  PDSERVE_RETURN_IF_ERROR(normal_->combine(partial_bf16, ids, sums, stream));
+  if (x.size(0) > 0) ops::add_inplace(out, sums);
+  return ok_status();
+}
+
+void GpuEpExperts::abort(const std::string& why) {
+  // The peers would wait for this rank's next dispatch or combine until the timeout.
+  rank_->abort(why);
+  if (normal_) normal_->abort(why);
+}
+
 Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                              Tensor& out) {
   auto it = layers_.find(layer);
   if (it == layers_.end()) return make_error(ErrorCode::kInternal, "GPU EP: layer {} has no routed experts", layer);
   const int64_t T = x.size(0);
-  if (T > rounds_ * max_tokens_)
+  if (normal_pass_ ? T > normal_tokens_ : T > rounds_ * max_tokens_)
     return make_error(ErrorCode::kInternal, "GPU EP: {} tokens on this rank, more than begin_step's group maximum", T);
   cudaStream_t stream = ops::cuda::current_stream();
+  Status st = ok_status();
   try {
-    for (int64_t round = 0; round < rounds_; ++round) {
-      const int64_t r0 = std::min(T, round * max_tokens_), r1 = std::min(T, r0 + max_tokens_);
-      const Tensor xs = x.slice(0, r0, r1), ids = topk_ids.slice(0, r0, r1), ws = topk_weights.slice(0, r0, r1);
-      PDSERVE_RETURN_IF_ERROR(rank_->dispatch(xs, ids, stream));
-      PDSERVE_RETURN_IF_ERROR(run_experts(it->second, decode_));
-      Tensor sums = combined_.slice(0, 0, r1 - r0);
-      PDSERVE_RETURN_IF_ERROR(rank_->combine(y_, ids, ws, sums, stream));
-      if (r1 > r0) {
-        Tensor rows = out.slice(0, r0, r1);
-        ops::add_inplace(rows, sums);
-      }
-    }
+    st = normal_pass_ ? forward_normal(it->second, x, topk_ids, topk_weights, out, stream)
+                      : forward_low_latency(it->second, x, topk_ids, topk_weights, out, stream);
   } catch (const std::exception& ex) {
-    // The peers would wait for this rank's next dispatch or combine until the timeout.
-    const std::string why = fmt::format("layer {}: {}", layer, ex.what());
-    rank_->abort(why);
+    st = Error(ErrorCode::kInternal, ex.what());
+  }
+  if (!st) {
+    const std::string why = fmt::format("layer {}: {}", layer, st.error().message());
+    abort(why);
     return make_error(ErrorCode::kInternal, "GPU EP rank {} {}", rank_->rank(), why);
   }
   // A peer that never arrives shows as a kernel report, not a launch error: read it once a pass
   // (after a graph replay: after_replay).
   if (layer != last_moe_layer_) return ok_status();
+  if (normal_pass_) return normal_->synchronize(stream);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  PDSERVE_RETURN_IF_ERROR(detail::cuda_status(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"));
+  PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"));
   return capture == cudaStreamCaptureStatusNone ? rank_->synchronize(stream) : ok_status();
 }
 

@@ -1,16 +1,23 @@
 // The routed experts of every MoE layer of DeepSeek-V3 under expert parallelism on GPU ranks: the
 // GPU model (model/deepseek_v3_gpu.h) runs attention, the gate and the shared expert on this
 // rank's own tokens and hands the bf16 rows and the gate's choice to this object, which sends them
-// to the experts' ranks with the low-latency dispatch (LowLatencyGpuRank), runs this rank's slice
-// of the experts on what arrives (masked grouped GEMMs over [local_experts][R * max][hidden]) and
-// combines the weighted results back into the residual of the token's own rank.
+// to the experts' ranks, runs this rank's slice of the experts on what arrives and combines the
+// weighted results back into the residual of the token's own rank.
 //
-// Passes larger than the low-latency buffers (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK
-// tokens per rank; prefill chunks) run as several dispatch/combine rounds of at most that many
-// tokens each: every rank runs the same number, ceil(group max tokens / buffer), known from
-// begin_step, ranks with fewer tokens sending empty rounds. Decode passes (no rank extends) run
-// the experts as GEMVs over the received rows only; prefill passes as tensor-core grouped GEMMs.
-// Decode passes may also replay a CUDA graph of the GPU model (graph_safe_pass).
+// Two exchanges, chosen per pass from facts the whole group shares (begin_step), as on CPU ranks
+// (moe/ep_model_experts.h): --deepep-mode auto sends prefill passes (some rank extends) through the
+// normal mode and decode passes through the low-latency mode; normal / low_latency force one.
+//  * Low-latency (LowLatencyGpuRank): fixed slabs [local_experts][R * max][hidden], masked
+//    products, no host synchronisation. Decode passes run the experts as GEMVs over the received
+//    rows and may replay a CUDA graph of the GPU model (graph_safe_pass). Passes larger than the
+//    buffers (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK tokens per rank) run in normal mode
+//    when the group has one, else as ceil(group max / buffer) rounds on every rank.
+//  * Normal (NormalGpuRank): each token goes once to each rank owning one of its experts; the
+//    received rows are laid out per local expert on the host's counts (a synchronisation, as in
+//    DeepEP) and run through contiguous grouped GEMMs; the per-row weighted sums go back in bf16.
+//    The contiguous buffers hold `contiguous_rows` rows (default R x the normal buffer's tokens per
+//    rank, the balanced load at R >= top-k); a pass routing more rows to this rank runs its
+//    experts over several windows of that many rows.
 //
 // Physical expert e lives on rank e / local_experts (no redundant experts, no EPLB: the server
 // refuses those with GPU EP). Calls come from the rank's thread, on the model's current stream.
@@ -25,40 +32,68 @@
 #include "model/deepseek_v3.h"
 #include "model/gpu_weights.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
+#include "moe/cuda/ep_normal_gpu.h"
+#include "parallel/rank_layout.h"
 
 namespace pdserve::moe::gpu {
+
+struct GpuEpExpertsOptions {
+  NormalGpuRank* normal = nullptr;  // this rank of the group's normal-mode exchange; none: low-latency only
+  parallel::DeepEpMode mode = parallel::DeepEpMode::kAuto;
+  int64_t contiguous_rows = 0;      // normal mode's expert buffers (0: R x its tokens per rank)
+};
 
 class GpuEpExperts final : public model::RoutedExperts {
  public:
   // Uploads this rank's slice of every MoE layer's routed experts to the rank's device and sizes
-  // the expert buffers. `rank` (and its group) must outlive the object.
+  // the expert buffers. `rank` and `opts.normal` (and their groups) must outlive the object.
   static Result<std::unique_ptr<GpuEpExperts>> create(std::shared_ptr<const model::DeepseekV3Model> model,
-                                                      LowLatencyGpuRank& rank, int ranks);
+                                                      LowLatencyGpuRank& rank, int ranks, GpuEpExpertsOptions opts = {});
 
   void begin_step(int64_t group_max_tokens, bool group_extends) override;
-  // Decode passes of one round: a graph captured with this hook replays one dispatch and one
-  // combine per MoE layer, as the eager pass makes (the peers need only the same number of calls,
-  // not the same token counts). While capturing, forward skips the last layer's synchronize, and
-  // the first-call meeting waits for before_replay.
-  bool graph_safe_pass() const override { return decode_ && rounds_ == 1; }
-  Status before_replay() override;
-  Status after_replay() override;
   // x bf16 [T, hidden], topk_ids i32 / topk_weights f32 [T, top_k], out f32 [T, hidden] (the
   // residual the routed sum is added to), all on the rank's device; T may be 0.
   Status forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                  Tensor& out) override;
+  // Low-latency decode passes of one round: a graph captured with this hook replays one dispatch
+  // and one combine per MoE layer, as the eager pass makes (the peers need only the same number of
+  // calls, not the same token counts). While capturing, forward skips the last layer's
+  // synchronize, and the first-call meeting waits for before_replay.
+  bool graph_safe_pass() const override { return !normal_pass_ && decode_ && rounds_ == 1; }
+  Status before_replay() override;
+  Status after_replay() override;
+  // Whether the pass begun last runs the normal-mode exchange (tests).
+  bool normal_pass() const { return normal_pass_; }
 
  private:
   GpuEpExperts() = default;
   Status run_experts(const model::GpuExperts& e, bool decode);
+  // One expert GEMM per row bucket of the normal path at creation: a kernel's first launch waits
+  // for every kernel on the GPU, the peers' spinning exchange included.
+  void warm_normal_gemms(const model::GpuExperts& e);
+  Status forward_low_latency(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
+                             cudaStream_t stream);
+  Status forward_normal(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
+                        cudaStream_t stream);
+  void abort(const std::string& why);
 
   LowLatencyGpuRank* rank_ = nullptr;
+  NormalGpuRank* normal_ = nullptr;
+  parallel::DeepEpMode mode_ = parallel::DeepEpMode::kAuto;
   int64_t ranks_ = 1, local_ = 0, max_tokens_ = 0, hidden_ = 0, inter_ = 0, last_moe_layer_ = -1;
   std::map<int64_t, model::GpuExperts> layers_;  // MoE layer -> this rank's experts
+  // Low-latency mode.
   Tensor gate_, up_, y_;  // bf16 [local, R * max, inter | inter | hidden]
   Tensor combined_;       // f32 [max, hidden]: one round's routed sums before they join the residual
+  // Normal mode (when a normal rank is given).
+  int64_t normal_tokens_ = 0, contiguous_rows_ = 0;
+  Tensor xc_, gc_, uc_, yc_;              // bf16 [contiguous_rows, hidden | inter | inter | hidden]
+  Tensor slots_;                          // i32 [R * normal_tokens, top_k]
+  Tensor partial_, partial_bf16_;         // f32 / bf16 [R * normal_tokens, hidden]
+  Tensor row_base_, counts_;              // i32 [local]
+  Tensor normal_out_;                     // f32 [normal_tokens, hidden]
   int64_t rounds_ = 1;
-  bool decode_ = true;
+  bool decode_ = true, normal_pass_ = false;
 };
 
 }  // namespace pdserve::moe::gpu

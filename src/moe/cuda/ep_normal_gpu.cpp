@@ -167,6 +167,11 @@ Status NormalGpuRank::fail_argument(const std::string& why) {
   return Error(ErrorCode::kInvalidArgument, msg);
 }
 
+int NormalGpuRank::ranks() const { return group_->size(); }
+const NormalGpuConfig& NormalGpuRank::config() const { return group_->config_; }
+
+void NormalGpuRank::abort(const std::string& reason) { group_->abort(fmt::format("rank {}: {}", rank_, reason)); }
+
 Status NormalGpuRank::synchronize(cudaStream_t stream) {
   PDSERVE_RETURN_IF_ERROR(cuda_status(cudaSetDevice(device_), "cudaSetDevice"));
   PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream), fmt::format("rank {}: cudaStreamSynchronize", rank_)));

@@ -66,8 +66,13 @@ class NormalGpuRank {
   Status combine(const Tensor& partial, const Tensor& topk_ids, Tensor& out, cudaStream_t stream);
   Status synchronize(cudaStream_t stream);
   Status status() const;
+  // Gives up on the group (every peer's waiting kernel fails with `reason`), as
+  // LowLatencyGpuRank::abort.
+  void abort(const std::string& reason);
   int rank() const { return rank_; }
   int device() const { return device_; }
+  int ranks() const;
+  const NormalGpuConfig& config() const;
 
  private:
   friend class NormalGpuGroup;
