@@ -73,11 +73,11 @@ export NUM_PROMPTS=16 MAX_CONCURRENCY=16 INPUT_LEN=64 OUTPUT_LEN=768
 export SLOW_DOWN_TIME=1 PROFILE_STEPS=5 EXPERT_RECORDER_MODE=stat
 export READY_TIMEOUT=120 FILL_TIMEOUT=60 PROFILE_TIMEOUT=60 BENCH_TIMEOUT=300
 export WORK_DIR=$WORK JOB_NAME=pdserve-e2e TIME_LIMIT=10
-# Every "node" is 127.0.0.1: groups get their own ports (base + group x stride).
-for v in SERVER_PORT BOOTSTRAP_PORT DIST_INIT_PORT ROUTER_PORT; do
-  port=$(slurm_fixture_free_port) || fail "no free port"
-  export "$v=$port"
-done
+# Every "node" is 127.0.0.1: groups get their own ports (base + group x stride). The four bases
+# come from one free block, 100 apart, so no group's port can land on another base (picked one by
+# one, the router's once drew the decode group's port: base + 7).
+base=$(slurm_fixture_free_port_block 400) || fail "no free ports"
+export SERVER_PORT=$base BOOTSTRAP_PORT=$((base + 100)) DIST_INIT_PORT=$((base + 200)) ROUTER_PORT=$((base + 300))
 export GROUP_PORT_STRIDE=7
 
 # --- scripts fail clearly when run out of order ----------------------------------------------

@@ -52,6 +52,22 @@ slurm_fixture_free_port() {
   return 1
 }
 
+# The first of N consecutive TCP ports none of which is in use now (same range as above): for a
+# base port whose neighbours get derived from it (the scripts' group ports, base + group x stride).
+slurm_fixture_free_port_block() {
+  local n=${1:?slurm_fixture_free_port_block: number of ports} used base
+  used=$(ss -Htan | awk '{print $4}' | sed 's/.*://' | sort -un)
+  for _ in $(seq 200); do
+    base=$((20000 + RANDOM % (10000 - n)))
+    if ! awk -v lo="$base" -v hi="$((base + n))" '$1 >= lo && $1 < hi {hit = 1} END {exit !hit}' <<<"$used"; then
+      echo "$base"
+      return 0
+    fi
+  done
+  echo "slurm fixture: no block of $n free ports found" >&2
+  return 1
+}
+
 # slurm_fixture_up NODES: starts the cluster; exports SLURM_CONF (read by salloc/srun/scontrol) and
 # SLURM_FIXTURE_DIR, and waits until every node is idle.
 slurm_fixture_up() {
