@@ -5,7 +5,8 @@
 #     device allocation log on: any cudaMalloc or free made while ranks spin shows up there, and a
 #     stalled pass prints where each rank's host thread is;
 #  2. `pdserve serve --tp-size 2 --dp-size 2 --enable-dp-attention --moe-a2a-backend deepep`
-#     (PDSERVE_GPU_EP=1) on mini-deepseek-v3 beside one GPU rank, both eager, through
+#     (PDSERVE_GPU_EP=1) on mini-deepseek-v3 beside one GPU rank (eager), the EP server with
+#     decode CUDA graphs and eagerly (EP_MODES, default "graphs eager"), through
 #     scripts/gpu/serve_smoke.sh; the greedy ids of the sequential requests are compared.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,13 +24,24 @@ echo "device allocations logged while a group lived: $(grep -c 'device-alloc' "$
 echo "== serve: one GPU rank, then two EP ranks sharing the GPU (eager)"
 # EP_SKIP_ONE=1: skip the one-rank server (its ids from an earlier run already in $OUT).
 [[ ${EP_SKIP_ONE:-0} == 1 ]] || SERVE_SKIP_GENERATE=1 SERVE_MODES=eager SERVE_TAG=-one scripts/gpu/serve_smoke.sh || rc=1
-PDSERVE_GPU_EP=1 PDSERVE_DEBUG_DEVICE_ALLOC=${EP_DEBUG_ALLOC:-1} SERVE_SKIP_GENERATE=1 SERVE_MODES=eager SERVE_TAG=-ep2 \
+EP_MODES=${EP_MODES:-graphs eager}
+PDSERVE_GPU_EP=1 PDSERVE_DEBUG_DEVICE_ALLOC=${EP_DEBUG_ALLOC:-1} SERVE_SKIP_GENERATE=1 SERVE_MODES="$EP_MODES" SERVE_TAG=-ep2 \
   SERVE_EXTRA="--tp-size 2 --dp-size 2 --enable-dp-attention --moe-a2a-backend deepep --watchdog-timeout ${EP_WATCHDOG:-40} ${EP_EXTRA:-}" \
   scripts/gpu/serve_smoke.sh || rc=1
-LOG="$OUT/serve_mini_eager-ep2.log"
-grep -E "EP low-latency GPU group|EP rank|timed out|aborted|Traceback|error" "$LOG" | head -12 | cut -c1-300
-echo "device allocations logged by the EP server: $(grep -c 'device-alloc' "$LOG"); after the start-up:"
-awk '/fired up/{f=1} f && /device-alloc/' "$LOG" | head -8
+for mode in $EP_MODES; do
+  LOG="$OUT/serve_mini_$mode-ep2.log"
+  echo "-- EP server, $mode"
+  grep -E "EP low-latency GPU group|EP normal-mode GPU group|EP rank|Capture cuda graph (bs|end)|timed out|aborted|Traceback|error" "$LOG" | head -14 | cut -c1-300
+  echo "device allocations logged by the EP server: $(grep -c 'device-alloc' "$LOG"); after the start-up:"
+  awk '/fired up/{f=1} f && /device-alloc/' "$LOG" | head -8
+done
+if [[ " $EP_MODES " == *" graphs "* && " $EP_MODES " == *" eager "* ]]; then
+  python3 - "$OUT/serve_ids_eager-ep2.json" "$OUT/serve_ids_graphs-ep2.json" <<'PY' || rc=1
+import json, sys
+a, b = (json.load(open(p))["sequential"] for p in sys.argv[1:3])
+print(f"EP graphs vs EP eager, sequential greedy requests: identical {sum(x == y for x, y in zip(a, b))}/{len(a)}")
+PY
+fi
 python3 - "$OUT/serve_ids_eager-one.json" "$OUT/serve_ids_eager-ep2.json" <<'PY' || rc=1
 import json, sys
 try:
