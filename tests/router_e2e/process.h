@@ -4,7 +4,6 @@
 #pragma once
 
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -14,8 +13,6 @@
 
 #include "server/server_process.h"
 
-extern char** environ;
-
 namespace pdserve::test {
 
 class Process {
@@ -23,15 +20,19 @@ class Process {
   Process(std::vector<std::string> args, const std::string& name) {
     log_ = std::filesystem::temp_directory_path() / ("pdserve_router_e2e_" + name + "_" + std::to_string(::getpid()) + ".log");
     args.insert(args.begin(), PDSERVE_BINARY);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    if (posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
+    const pid_t parent = ::getpid();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      die_with_parent(parent);  // server/server_process.h says why
+      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
   }
   ~Process() { kill(SIGKILL); }
   Process(const Process&) = delete;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,6 +39,15 @@ inline int free_port() {
   return port;
 }
 
+// In a forked child before exec: die with the test (SIGKILL when the forking thread ends), so a
+// test binary killed by ctest's timeout leaves no server behind holding ports and CPU for the
+// tests after it. The parent may have ended before prctl; then exit at once. (The signal follows
+// the forking *thread*: start servers from threads that outlive them, as the suites do.)
+inline void die_with_parent(pid_t parent) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(127);
+}
+
 inline std::string read_file(const std::filesystem::path& p) {
   std::ifstream f(p);
   std::stringstream s;
@@ -57,8 +67,10 @@ class ServerProcess {
                                      "--port", std::to_string(port_)};
     if (pass_host) args.insert(args.end(), {"--host", "127.0.0.1"});
     args.insert(args.end(), extra.begin(), extra.end());
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      die_with_parent(parent);
       const int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
