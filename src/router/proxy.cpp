@@ -4,12 +4,14 @@
 // server's own I/O loop (no hop to another thread), so the request's state needs no locks; only
 // the client-disconnect callback may come from another I/O thread.
 #include <algorithm>
+#include <span>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include "base/clock.h"
 #include "base/logging.h"
@@ -84,6 +86,11 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     std::string message;       // our message, if it did not
   };
 
+  // The attempts' bookkeeping, in the request rather than in run()'s coroutine frame (see run).
+  // The workers tried are a few at most: kept inline, no allocation per request.
+  boost::container::small_vector<Worker*, 4> tried;
+  Failure failure{503, "", "", "No available workers"};  // answered if no attempt succeeds
+
   enum class Step { kDone, kRetry };
 
   std::function<bool()> relay_hold() {
@@ -132,7 +139,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
                          {{"route", route_label(kind)}, {"error_type", std::to_string(f.status)}});
   }
 
-  WorkerPtr pick(WorkerType type, Policy& policy, const std::vector<Worker*>& tried) {
+  WorkerPtr pick(WorkerType type, Policy& policy, std::span<Worker* const> tried) {
     auto avail = router->registry_.available(type);
     if (avail.empty()) return nullptr;
     // Another worker than the ones that just failed this request, while there is one (the first
@@ -355,90 +362,118 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     if (d_ok) d->count_processed();
   }
 
-  static asio::awaitable<void> run(std::shared_ptr<ProxyRequest> self) {
-    Router& r = *self->router;
+  // Plain mode: picks a worker that has not failed this request yet and builds its payload (the
+  // client's body with a rid inserted in its text: no copy of the parsed body and no
+  // re-serialization on the hot path). Null when no worker is available.
+  WorkerPtr prepare_plain(std::string& payload) {
+    auto w = pick(WorkerType::kRegular, *router->policy_, tried);
+    if (!w) {
+      failure = Failure{503, "", "", "No available workers"};
+      return nullptr;
+    }
+    tried.push_back(w.get());
+    auto rooms = make_rooms(batch);
+    payload.reserve(raw_body.size() + 64);  // room for the rid: no reallocation to insert it
+    payload = raw_body;
+    auto rids = ensure_rid_text(payload, scan, batch, rooms);
+    if (!rids) {
+      json copy = body;
+      rids = ensure_rid(copy, batch, rooms);
+      payload = copy.dump();
+    }
+    std::vector<std::pair<WorkerPtr, std::vector<std::string>>> t;
+    t.emplace_back(w, std::move(*rids));
+    set_targets(std::move(t));
+    return w;
+  }
+
+  // One PD attempt: a prefill and a decode worker, the body rewritten for them.
+  asio::awaitable<Step> pd_try() {
+    auto p = pick(WorkerType::kPrefill, *router->prefill_policy_, tried);
+    auto d = pick(WorkerType::kDecode, *router->decode_policy_, tried);
+    if (!p || !d) {
+      failure = Failure{503, "", "", !p ? "No available prefill workers" : "No available decode workers"};
+      co_return Step::kRetry;
+    }
+    tried.push_back(p.get());
+    tried.push_back(d.get());
+    json rewritten = body;
+    auto rooms = make_rooms(batch);
+    inject_bootstrap(rewritten, p->bootstrap_host(), p->bootstrap_port(), rooms, batch);
+    auto rids = ensure_rid(rewritten, batch, rooms);
+    set_targets({{p, rids}, {d, rids}});
+    LoadGuard pl(p), dl(d);
+    co_return co_await pd_attempt(p, d, rewritten.dump(), rids, failure);
+  }
+
+  // The wait before retry `attempt` (counted in the metrics).
+  asio::awaitable<void> backoff(int attempt) {
+    auto& m = router->metrics_;
+    m.inc("sgl_router_retries_total", {{"route", route_label(kind)}});
+    auto wait = retry_backoff(router->retry_, attempt - 1, static_cast<double>(random_u64() >> 11) * 0x1.0p-53);
+    m.observe("sgl_router_retry_backoff_duration_seconds", {{"attempt", std::to_string(attempt)}},
+              std::chrono::duration<double>(wait).count());
+    asio::steady_timer t(lane->executor, wait);
+    co_await t.async_wait(asio::use_awaitable);
+  }
+
+  // After the last attempt: the failure answered if none succeeded, and the request's metrics.
+  void finish(bool done) {
+    Router& r = *router;
     const bool pd = r.args_.pd_disaggregation;
     const int attempts = r.retry_.attempts();
-    std::vector<Worker*> tried;  // a few workers at most: a vector beats a set's node allocations
-    Failure failure{503, "", "", "No available workers"};
-    bool done = false;
-    for (int attempt = 0; attempt < attempts && !done && !self->client_gone; ++attempt) {
-      if (attempt > 0) {
-        r.metrics_.inc("sgl_router_retries_total", {{"route", route_label(self->kind)}});
-        auto wait = retry_backoff(r.retry_, attempt - 1, static_cast<double>(random_u64() >> 11) * 0x1.0p-53);
-        r.metrics_.observe("sgl_router_retry_backoff_duration_seconds", {{"attempt", std::to_string(attempt)}},
-                           std::chrono::duration<double>(wait).count());
-        asio::steady_timer t(self->lane->executor, wait);
-        co_await t.async_wait(asio::use_awaitable);
-        if (self->client_gone) break;
-      }
-      Step step = Step::kRetry;
-      if (!pd) {
-        auto w = self->pick(WorkerType::kRegular, *r.policy_, tried);
-        if (!w) {
-          failure = Failure{503, "", "", "No available workers"};
-          continue;
-        }
-        tried.push_back(w.get());
-        auto rooms = make_rooms(self->batch);
-        // The body is forwarded as it came, with a rid inserted in its text: no copy of the
-        // parsed body and no re-serialization on the hot path.
-        std::string payload;
-        payload.reserve(self->raw_body.size() + 64);  // room for the rid: no reallocation to insert it
-        payload = self->raw_body;
-        auto rids = ensure_rid_text(payload, self->scan, self->batch, rooms);
-        if (!rids) {
-          json body = self->body;
-          rids = ensure_rid(body, self->batch, rooms);
-          payload = body.dump();
-        }
-        std::vector<std::pair<WorkerPtr, std::vector<std::string>>> targets;
-        targets.emplace_back(w, std::move(*rids));
-        self->set_targets(std::move(targets));
-        LoadGuard load(w);
-        if (self->stream) {
-          step = co_await self->stream_attempt(w, std::move(payload), failure);
-        } else {
-          // In this frame: a coroutine of its own cost a frame allocation per request.
-          http::ClientRequest req("POST", w->url() + self->path, std::move(payload), self->headers, self->timeout);
-          auto result = co_await self->lane->client->request(std::move(req));
-          step = self->relay_plain(w, result, failure);
-        }
-      } else {
-        auto p = self->pick(WorkerType::kPrefill, *r.prefill_policy_, tried);
-        auto d = self->pick(WorkerType::kDecode, *r.decode_policy_, tried);
-        if (!p || !d) {
-          failure = Failure{503, "", "", !p ? "No available prefill workers" : "No available decode workers"};
-          continue;
-        }
-        tried.push_back(p.get());
-        tried.push_back(d.get());
-        json body = self->body;
-        auto rooms = make_rooms(self->batch);
-        inject_bootstrap(body, p->bootstrap_host(), p->bootstrap_port(), rooms, self->batch);
-        auto rids = ensure_rid(body, self->batch, rooms);
-        self->set_targets({{p, rids}, {d, rids}});
-        LoadGuard pl(p), dl(d);
-        step = co_await self->pd_attempt(p, d, body.dump(), rids, failure);
-      }
-      done = step == Step::kDone;
-    }
-    self->set_targets({});
-    const std::string_view route = route_label(self->kind);
-    if (!done && !self->client_gone) {
+    set_targets({});
+    const std::string_view route = route_label(kind);
+    if (!done && !client_gone) {
       if (attempts > 1) r.metrics_.inc("sgl_router_retries_exhausted_total", {{"route", route}});
       log::warning("router: {} failed after {} attempt(s): {} {}", route, attempts, failure.status,
                    failure.message.empty() ? failure.body.substr(0, 200) : failure.message);
-      self->finish_failure(failure);
+      finish_failure(failure);
     }
-    const double dt = Clock::monotonic() - self->started;
-    auto& refs = r.route_refs_[static_cast<std::size_t>(self->kind)];
+    const double dt = Clock::monotonic() - started;
+    auto& refs = r.route_refs_[static_cast<std::size_t>(kind)];
     r.metrics_.observe(refs.duration, "sgl_router_request_duration_seconds", {{"route", route}}, dt);
     r.metrics_.observe(refs.generate_duration, "sgl_router_generate_duration_seconds", {{"route", route}}, dt);
     if (pd) {
       r.metrics_.inc("sgl_router_pd_requests_total", {{"route", route}});
       r.metrics_.observe("sgl_router_pd_request_duration_seconds", {{"route", route}}, dt);
     }
+  }
+
+  // The request's attempts. GCC keeps every local of a coroutine in its frame, waits or not, and
+  // Asio recycles frames of at most 1,020 bytes (a few per thread): so this frame holds only what
+  // the plain non-streamed attempt needs across its wait, and the rest is in the request (above)
+  // or in coroutines of their own that only PD, streams and retries pay for. (It was 1,248 bytes:
+  // an aligned_alloc per request, which also evicted a recycled frame.)
+  static asio::awaitable<void> run(std::shared_ptr<ProxyRequest> self) {
+    const bool pd = self->router->args_.pd_disaggregation;
+    const int attempts = self->router->retry_.attempts();
+    bool done = false;
+    for (int attempt = 0; attempt < attempts && !done && !self->client_gone; ++attempt) {
+      if (attempt > 0) {
+        co_await self->backoff(attempt);
+        if (self->client_gone) break;
+      }
+      Step step = Step::kRetry;
+      if (pd) {
+        step = co_await self->pd_try();
+      } else {
+        std::string payload;
+        WorkerPtr w = self->prepare_plain(payload);
+        if (!w) continue;
+        LoadGuard load(w);
+        if (self->stream) {
+          step = co_await self->stream_attempt(w, std::move(payload), self->failure);
+        } else {
+          // In this frame: a coroutine of its own cost a frame allocation per request.
+          auto result = co_await self->lane->client->request(
+              http::ClientRequest("POST", w->url() + self->path, std::move(payload), self->headers, self->timeout));
+          step = self->relay_plain(w, result, self->failure);
+        }
+      }
+      done = step == Step::kDone;
+    }
+    self->finish(done);
   }
 };
 
