@@ -9,6 +9,7 @@ PACKAGES=(
   libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev
   libboost1.81-dev libpcre2-dev prometheus nginx-light
   libzmq3-dev cppzmq-dev
+  libmimalloc-dev  # the allocator pdserve and router_bench link (CMakeLists.txt: PDSERVE_MIMALLOC)
   clang libclang-rt-14-dev libomp-dev  # scripts/fuzz.sh: libFuzzer and OpenMP for clang
   slurmd slurmctld munge slurm-client curl iproute2 procps  # tests/slurm: a real SLURM test cluster (slurm_fixture.sh)
 )
