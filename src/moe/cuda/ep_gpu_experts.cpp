@@ -72,7 +72,9 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
       e->yc_ = Tensor::empty(e->xc_.shape(), DType::kBF16, Device::kCuda);
       e->slots_ = Tensor::empty({recv, c.num_experts_per_tok}, DType::kI32, Device::kCuda);
       e->partial_ = Tensor::empty({recv, e->hidden_}, DType::kF32, Device::kCuda);
-      e->partial_bf16_ = Tensor::empty({recv, e->hidden_}, DType::kBF16, Device::kCuda);
+      // The bf16 partials go into xc_ once the experts have run (free by then; the combine pushes
+      // them to their owners before the next layer's scatter), unless xc_ is the smaller.
+      if (e->contiguous_rows_ < recv) e->partial_bf16_ = Tensor::empty({recv, e->hidden_}, DType::kBF16, Device::kCuda);
       e->row_base_ = Tensor::empty({e->local_}, DType::kI32, Device::kCuda);
       e->counts_ = Tensor::empty({e->local_}, DType::kI32, Device::kCuda);
       e->normal_out_ = Tensor::empty({std::max<int64_t>(e->normal_tokens_, 1), e->hidden_}, DType::kF32, Device::kCuda);
@@ -190,7 +192,7 @@ Status GpuEpExperts::forward_normal(const model::GpuExperts& e, const Tensor& x,
     ops::grouped_linear_contiguous(gr, starts, part(e.down), yr);
     ops::moe_combine(yr, slots, d.recv_topk_weights, partial);
   }
-  Tensor partial_bf16 = partial_bf16_.slice(0, 0, std::max<int64_t>(n, 1));
+  Tensor partial_bf16 = (partial_bf16_.defined() ? partial_bf16_ : xc_).slice(0, 0, std::max<int64_t>(n, 1));
   if (n > 0) {
     Tensor rows = partial_bf16.slice(0, 0, n);
     ops::cast(partial, rows);

@@ -89,7 +89,8 @@ class GpuEpExperts final : public model::RoutedExperts {
   int64_t normal_tokens_ = 0, contiguous_rows_ = 0;
   Tensor xc_, gc_, uc_, yc_;              // bf16 [contiguous_rows, hidden | inter | inter | hidden]
   Tensor slots_;                          // i32 [R * normal_tokens, top_k]
-  Tensor partial_, partial_bf16_;         // f32 / bf16 [R * normal_tokens, hidden]
+  Tensor partial_;                        // f32 [R * normal_tokens, hidden]
+  Tensor partial_bf16_;                   // bf16, the same; only when xc_ is smaller (else xc_ holds them)
   Tensor row_base_, counts_;              // i32 [local]
   Tensor normal_out_;                     // f32 [normal_tokens, hidden]
   int64_t rounds_ = 1;
