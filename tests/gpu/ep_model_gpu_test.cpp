@@ -137,6 +137,45 @@ std::string tiny_fp8_dir() {
   return dir.string();
 }
 
+// The low-latency group of these tests: R ranks on GPU 0, bf16 rows, kMaxDispatch tokens per rank.
+moe::gpu::LowLatencyGpuConfig ll_config(const ModelConfig& c, int R) {
+  moe::gpu::LowLatencyGpuConfig gc;
+  gc.num_experts = c.n_routed_experts;
+  gc.hidden = c.hidden_size;
+  gc.max_tokens_per_rank = kMaxDispatch;
+  gc.top_k = c.num_experts_per_tok;
+  gc.fp8 = false;
+  gc.devices = moe::gpu::default_devices(R, 1);  // every rank on GPU 0
+  gc.timeout = std::chrono::milliseconds(20000);
+  return gc;
+}
+
+// Random prompts: rank r holds count(r) of them, of min_len + [0, spread) tokens on `pages` pages
+// of its own cache; `ref` has the same prompts on pages of the one-GPU model's single cache.
+struct RankPrompts {
+  std::vector<std::vector<Seq>> ep, ref;
+};
+RankPrompts random_prompts(const ModelConfig& c, int R, uint32_t seed, const std::function<int(int)>& count, int min_len,
+                           int spread, int pages) {
+  std::mt19937 rng(seed);
+  RankPrompts out{std::vector<std::vector<Seq>>(static_cast<size_t>(R)), std::vector<std::vector<Seq>>(static_cast<size_t>(R))};
+  int32_t ref_page = 0;
+  for (int r = 0; r < R; ++r) {
+    int32_t page = 0;
+    for (int i = 0; i < count(r); ++i) {
+      Seq s;
+      s.tokens.resize(static_cast<size_t>(min_len + static_cast<int>(rng() % static_cast<uint32_t>(spread))));
+      for (auto& t : s.tokens) t = static_cast<int32_t>(rng() % c.vocab_size);
+      for (int p = 0; p < pages; ++p) s.pages.push_back(page++);
+      Seq rs = s;
+      for (auto& p : rs.pages) p = ref_page++;
+      out.ep[static_cast<size_t>(r)].push_back(s);
+      out.ref[static_cast<size_t>(r)].push_back(rs);
+    }
+  }
+  return out;
+}
+
 // normal: prefill passes through the normal-mode exchange (--deepep-mode auto, as the server runs
 // GPU EP), with `contiguous_rows` expert buffers (0: the default; small: several windows per
 // layer). Its prefill is not bit-exact against one GPU: the ranks' partial sums travel in bf16
@@ -161,14 +200,7 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
   ASSERT_TRUE(ref_r.has_value()) << ref_r.error().message();
   auto& ref = *ref_r;
 
-  moe::gpu::LowLatencyGpuConfig gc;
-  gc.num_experts = c.n_routed_experts;
-  gc.hidden = c.hidden_size;
-  gc.max_tokens_per_rank = kMaxDispatch;
-  gc.top_k = c.num_experts_per_tok;
-  gc.fp8 = false;
-  gc.devices = moe::gpu::default_devices(R, 1);  // every rank on GPU 0
-  gc.timeout = std::chrono::milliseconds(20000);
+  const moe::gpu::LowLatencyGpuConfig gc = ll_config(c, R);
   auto group_r = moe::gpu::LowLatencyGpuGroup::create(gc);
   ASSERT_TRUE(group_r.has_value()) << group_r.error().message();
   auto& group = *group_r;
@@ -206,23 +238,9 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
   }
 
   // Rank r holds 3 prompts (even r) or 1 (odd r): rank 0's prefill is over the 32-token buffers.
-  std::mt19937 rng(11);
-  std::vector<std::vector<Seq>> seqs(static_cast<size_t>(R));
-  std::vector<std::vector<Seq>> ref_seqs(static_cast<size_t>(R));
-  int32_t ref_page = 0;
-  for (int r = 0; r < R; ++r) {
-    int32_t page = 0;
-    for (int i = 0; i < (r % 2 == 0 ? 3 : 1); ++i) {
-      Seq s;
-      s.tokens.resize(static_cast<size_t>(20 + rng() % 30));
-      for (auto& t : s.tokens) t = static_cast<int32_t>(rng() % c.vocab_size);
-      for (int p = 0; p < 8; ++p) s.pages.push_back(page++);
-      Seq rs = s;
-      for (auto& p : rs.pages) p = ref_page++;
-      seqs[static_cast<size_t>(r)].push_back(s);
-      ref_seqs[static_cast<size_t>(r)].push_back(rs);
-    }
-  }
+  RankPrompts prompts = random_prompts(c, R, 11, [](int r) { return r % 2 == 0 ? 3 : 1; }, 20, 30, 8);
+  auto& seqs = prompts.ep;
+  auto& ref_seqs = prompts.ref;
 
   constexpr int kPasses = 4;  // prefill, then decode; rank 1 sits pass 2 out
   for (int pass = 0; pass < kPasses; ++pass) {
@@ -325,15 +343,7 @@ TEST(EpModelGpu, DecodeGraphReplaysEqualEagerRunsOfTheirLayout) {
   ASSERT_TRUE(ref_r.has_value()) << ref_r.error().message();
   auto& ref = *ref_r;
 
-  moe::gpu::LowLatencyGpuConfig gc;
-  gc.num_experts = c.n_routed_experts;
-  gc.hidden = c.hidden_size;
-  gc.max_tokens_per_rank = kMaxDispatch;
-  gc.top_k = c.num_experts_per_tok;
-  gc.fp8 = false;
-  gc.devices = moe::gpu::default_devices(R, 1);
-  gc.timeout = std::chrono::milliseconds(20000);
-  auto group_r = moe::gpu::LowLatencyGpuGroup::create(gc);
+  auto group_r = moe::gpu::LowLatencyGpuGroup::create(ll_config(c, R));
   ASSERT_TRUE(group_r.has_value()) << group_r.error().message();
   auto& group = *group_r;
   std::vector<std::shared_ptr<moe::gpu::GpuEpExperts>> experts;
@@ -354,23 +364,9 @@ TEST(EpModelGpu, DecodeGraphReplaysEqualEagerRunsOfTheirLayout) {
     models.push_back(std::move(*m));
   }
 
-  std::mt19937 rng(5);
-  std::vector<std::vector<Seq>> seqs(R);
-  std::vector<std::vector<Seq>> ref_seqs(R);
-  int32_t ref_page = 0;
-  for (int r = 0; r < R; ++r) {
-    int32_t page = 0;
-    for (int i = 0; i < (r == 0 ? 3 : 1); ++i) {
-      Seq s;
-      s.tokens.resize(static_cast<size_t>(10 + rng() % 20));
-      for (auto& t : s.tokens) t = static_cast<int32_t>(rng() % c.vocab_size);
-      for (int p = 0; p < 4; ++p) s.pages.push_back(page++);
-      Seq rs = s;
-      for (auto& p : rs.pages) p = ref_page++;
-      seqs[r].push_back(s);
-      ref_seqs[r].push_back(rs);
-    }
-  }
+  RankPrompts prompts = random_prompts(c, R, 5, [](int r) { return r == 0 ? 3 : 1; }, 10, 20, 4);
+  auto& seqs = prompts.ep;
+  auto& ref_seqs = prompts.ref;
   // One pass on every rank at once; `run(r)` is rank r's forward (rank 1 in pass 2: an idle pass).
   auto all_ranks = [&](int pass, int64_t group_max, bool extends, const std::function<Result<Tensor>(int)>& run) {
     std::vector<Result<Tensor>> got(R, Result<Tensor>(Tensor()));
