@@ -41,6 +41,10 @@ bool device_sampling_from_env() {
   return !(host_sampling && std::string_view(host_sampling) == "1");
 }
 
+// The most new tokens one forward of a rank carries: sizes the GPU activation arena and the
+// GPU EP normal-mode buffers alike, so both must come from here.
+int64_t max_forward_tokens(const ServerArgs& a) { return std::max(a.max_prefill_tokens, a.chunked_prefill_size); }
+
 // GPU expert parallelism: one GPU model per EP rank on the rank's GPU (the routed experts live in
 // the rank's hook, so each model uploads the rest), the KV cache of ranks sharing a GPU split
 // evenly. Returns rank 0's runner; every rank's goes to `runners`.
@@ -98,7 +102,7 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<cons
   go.max_total_tokens = args.max_total_tokens;
   go.page_size = args.page_size;
   go.context_length = args.context_length > 0 ? args.context_length : c.max_position_embeddings;
-  go.max_forward_tokens = std::max(args.max_prefill_tokens, args.chunked_prefill_size);
+  go.max_forward_tokens = max_forward_tokens(args);
   if (!args.disable_cuda_graph) {
     const int64_t max_running = args.max_running_requests > 0 ? args.max_running_requests : 1024;
     const int64_t max_bs = args.cuda_graph_max_bs > 0 ? args.cuda_graph_max_bs : std::min<int64_t>(max_running, 64);
@@ -163,7 +167,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(args.watchdog_timeout * 500));
     PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, timeout, max_dispatch, args.device,
                                                            static_cast<int>(args.base_gpu_id),
-                                                           std::max(args.max_prefill_tokens, args.chunked_prefill_size)));
+                                                           max_forward_tokens(args)));
     log::info("DeepEP MoE: {} EP ranks, {} routed experts each, --deepep-mode {}, low-latency buffers for {} tokens "
               "per rank", args.ep_size, c.n_routed_experts / args.ep_size, args.deepep_mode, max_dispatch);
   }
