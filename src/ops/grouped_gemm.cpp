@@ -39,25 +39,45 @@ void check_activation_dtype(const char* op, const char* name, const Tensor& t, b
     fail(op, fmt::format("{} must be f32 or bf16 on the GPU, got {}", name, dtype_name(t.dtype())));
 }
 
-// The masked layout's arguments: x [G, max_m, K], counts [G] i32, y [G, max_m, N], one device.
+// The masked layout's arguments: x [G, max_m, K], counts [G] i32, y [G, max_m, N], one device;
+// with x_scales defined, x is fp8 e4m3 and x_scales f32 [G, ceil(K/128), max_m].
 bool check_masked(const char* op, const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts,
-                  const Tensor& y, const Tensor& extra) {
+                  const Tensor& y, const Tensor& extra, const Tensor& x_scales = Tensor()) {
   detail::check_rank(op, "x", x, 3);
   detail::check_contiguous(op, "x", x);
   detail::check_rank(op, "y", y, 3);
   detail::check_contiguous(op, "y", y);
   detail::check_dtype(op, "counts", counts, DType::kI32);
   detail::check_contiguous(op, "counts", counts);
-  const bool cpu = check_experts_and_place(op, experts, {&x, &y, &counts, &extra});
-  check_activation_dtype(op, "x", x, cpu);
+  const bool cpu = check_experts_and_place(op, experts, {&x, &y, &counts, &extra, &x_scales});
+  if (x_scales.defined())
+    detail::check_dtype(op, "x (with x_scales)", x, DType::kF8E4M3);
+  else
+    check_activation_dtype(op, "x", x, cpu);
   check_activation_dtype(op, "y", y, cpu);
   const int64_t groups = static_cast<int64_t>(experts.size());
   const int64_t max_m = x.size(1), n = experts.front().rows(), k = experts.front().cols();
   if (x.size(0) != groups || x.size(2) != k)
     fail(op, fmt::format("x {} does not match {} experts of in-features {}", shape_to_string(x.shape()), groups, k));
+  if (x_scales.defined()) {
+    detail::check_dtype(op, "x_scales", x_scales, DType::kF32);
+    detail::check_contiguous(op, "x_scales", x_scales);
+    detail::check_shape(op, "x_scales", x_scales, {groups, (k + 127) / 128, max_m});
+  }
   detail::check_shape(op, "counts", counts, {groups});
   detail::check_shape(op, "y", y, {groups, max_m, n});
   return cpu;
+}
+
+// Rows [0, rows) of q [max_m, K] fp8 with scales [ceil(K/128), max_m] as f32 [rows, K].
+Tensor dequantize_rows(const Tensor& q, const Tensor& scales, int64_t rows) {
+  const int64_t k = q.size(1), max_m = q.size(0);
+  const Tensor qf = q.slice(0, 0, rows).to_f32();
+  Tensor x = Tensor::empty({rows, k}, DType::kF32);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < k; ++c)
+      x.data<float>()[r * k + c] = qf.data<float>()[r * k + c] * scales.data<float>()[(c / 128) * max_m + r];
+  return x;
 }
 
 }  // namespace
@@ -133,16 +153,16 @@ Tensor expert_pointer_table(const std::vector<Weight>& experts) {
 }
 
 void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
-                         Tensor& y) {
+                         Tensor& y, const Tensor& x_scales) {
   constexpr const char* op = "grouped_gemv_masked";
-  const bool cpu = check_masked(op, x, counts, experts, y, table);
+  const bool cpu = check_masked(op, x, counts, experts, y, table, x_scales);
   const int64_t groups = static_cast<int64_t>(experts.size()), max_m = x.size(1), k = experts.front().cols();
   if (!cpu) {
     detail::check_dtype(op, "table", table, DType::kI64);
     detail::check_shape(op, "table", table, {2, groups});
     if (k % 16 != 0) fail(op, fmt::format("in-features {} must be a multiple of 16 on the GPU", k));
 #ifdef PDSERVE_HAVE_CUDA
-    return cuda::grouped_gemv_masked(x, counts, experts, table, y);
+    return cuda::grouped_gemv_masked(x, counts, experts, table, y, x_scales);
 #else
     detail::no_cuda(op);
 #endif
@@ -151,7 +171,10 @@ void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vecto
     const int64_t c = std::clamp<int64_t>(counts.data<int32_t>()[g], 0, max_m);
     if (c == 0) continue;
     Tensor ys = y.select(g).slice(0, 0, c);
-    linear(x.select(g).slice(0, 0, c), experts[g], ys);
+    if (x_scales.defined())
+      linear(dequantize_rows(x.select(g), x_scales.select(g), c), experts[g], ys);
+    else
+      linear(x.select(g).slice(0, 0, c), experts[g], ys);
   }
 }
 

@@ -35,8 +35,12 @@ void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vec
 // `table` comes from expert_pointer_table(experts) (built once, on the experts' device: the kernel
 // finds each expert's weight and scales there, so the call needs no upload and can be captured).
 // x [G, max_m, K], y [G, max_m, N]: f32 on the CPU; f32 or bf16 on the GPU; K % 16 == 0 on the GPU.
+// x may also be fp8 e4m3 (CPU and GPU) with `x_scales` f32 [G, ceil(K/128), max_m]: row r of group g
+// is x[g, r, c] * x_scales[g, c / 128, r], the layout the low-latency EP dispatch delivers
+// (moe/cuda/ep_low_latency_gpu.h, recv_x / recv_scales), so the experts read the dispatched FP8
+// rows as they arrived, with no dequantization pass.
 void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
-                         Tensor& y);
+                         Tensor& y, const Tensor& x_scales = Tensor());
 // i64 [2, G] on the experts' device: each expert's weight address, then its scale_inv address (0
 // when it has none). On the CPU an empty tensor (the reference reads `experts` directly).
 Tensor expert_pointer_table(const std::vector<Weight>& experts);

@@ -140,7 +140,10 @@ Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model
   cfg.hidden = c.hidden_size;
   cfg.max_tokens_per_rank = max_dispatch_tokens_per_rank;
   cfg.top_k = c.num_experts_per_tok;
-  cfg.fp8 = false;  // the experts' GEMMs take bf16 rows (FP8 activations with their scales: a later step)
+  // FP8 models dispatch FP8 rows with 1x128 scales (half the bytes; DeepEP's low-latency default),
+  // which the experts' GEMV reads as they are; bf16 models move bf16 rows, so that their output
+  // equals one GPU's.
+  cfg.fp8 = c.quantization.has_value();
   cfg.timeout = timeout;
   cfg.devices = moe::gpu::default_devices(layout.world_size(), count - base_gpu_id);
   for (int& d : cfg.devices) d += base_gpu_id;

@@ -144,7 +144,7 @@ moe::gpu::LowLatencyGpuConfig ll_config(const ModelConfig& c, int R) {
   gc.hidden = c.hidden_size;
   gc.max_tokens_per_rank = kMaxDispatch;
   gc.top_k = c.num_experts_per_tok;
-  gc.fp8 = false;
+  gc.fp8 = c.quantization.has_value();  // as the server: FP8 models dispatch FP8 rows
   gc.devices = moe::gpu::default_devices(R, 1);  // every rank on GPU 0
   gc.timeout = std::chrono::milliseconds(20000);
   return gc;

@@ -357,7 +357,7 @@ TEST(GroupedGemmGpu, MaskedAndLinearReplayFromCudaGraph) {
 }
 
 // grouped_gemv_masked: rows < count against the CPU op (no activation quantization: the GEMV reads
-// x in f32, so the only differences are FMA order: 1e-5 of max|ref| for f32 output, one bf16
+// x in f32, or fp8 rows with their scales exactly as given, so the only differences are FMA order: 1e-5 of max|ref| for f32 output, one bf16
 // rounding (4e-3) for bf16 output); rows past a count and experts with no rows stay untouched.
 void check_gemv(const Experts& e, int64_t max_m, const std::vector<int32_t>& counts, DType x_dtype, DType y_dtype) {
   const int64_t groups = static_cast<int64_t>(e.host.size()), k = e.host[0].cols(), n = e.host[0].rows();
@@ -368,15 +368,29 @@ void check_gemv(const Experts& e, int64_t max_m, const std::vector<int32_t>& cou
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t r = std::clamp<int64_t>(counts[g], 0, max_m); r < max_m; ++r)
       for (int64_t c = 0; c < k; ++c) x32.data<float>()[(g * max_m + r) * k + c] = std::numeric_limits<float>::quiet_NaN();
-  const Tensor x = as_dtype(x32, x_dtype);
   Tensor cnt = Tensor::empty({groups}, DType::kI32);
   for (int64_t g = 0; g < groups; ++g) cnt.data<int32_t>()[g] = counts[g];
   Tensor ref = Tensor::empty({groups, max_m, n}, DType::kF32);
-  ops::grouped_gemv_masked(x.to_f32(), cnt, e.host, Tensor(), ref);
+  Tensor x, scales;
+  if (x_dtype == DType::kF8E4M3) {
+    // FP8 rows as the low-latency dispatch delivers them: per group, quantize_fp8_per_token_group's
+    // q [max_m, K] and scales [K/128, max_m] (NaN rows past a count give NaN scales: never read).
+    const int64_t kb = (k + 127) / 128;
+    x = Tensor::empty({groups, max_m, k}, DType::kF8E4M3);
+    scales = Tensor::empty({groups, kb, max_m}, DType::kF32);
+    for (int64_t g = 0; g < groups; ++g) {
+      Tensor q = x.select(g), s = scales.select(g);
+      ops::quantize_fp8_per_token_group(x32.select(g), q, s);
+    }
+    ops::grouped_gemv_masked(x, cnt, e.host, Tensor(), ref, scales);
+  } else {
+    x = as_dtype(x32, x_dtype);
+    ops::grouped_gemv_masked(x.to_f32(), cnt, e.host, Tensor(), ref);
+  }
 
   const Tensor table = ops::expert_pointer_table(e.dev);
   Tensor xd = x.to(Device::kCuda), cd = cnt.to(Device::kCuda), yd = poisoned_device({groups, max_m, n}, y_dtype);
-  ops::grouped_gemv_masked(xd, cd, e.dev, table, yd);
+  ops::grouped_gemv_masked(xd, cd, e.dev, table, yd, scales.defined() ? scales.to(Device::kCuda) : Tensor());
   const Tensor got = yd.to(Device::kCpu).to_f32();
   double num = 0, den = 0;
   for (int64_t g = 0; g < groups; ++g) {
@@ -403,6 +417,11 @@ TEST(GroupedGemmGpu, GemvMaskedMatchesCpuAndSkipsEmptyRows) {
     check_gemv(small, 3, {1, 0, 3, 2, 0, 1}, DType::kBF16, DType::kBF16);
     const Experts v3 = make_experts(4, 2048, 7168, fp8, 32);  // V3 expert gate / up
     check_gemv(v3, 16, {1, 0, 9, 16}, DType::kF32, DType::kBF16);
+    // FP8 rows with their scales (the low-latency dispatch's), V3's down projection shape too.
+    check_gemv(small, 40, {0, 5, 40, 17, 99, -3}, DType::kF8E4M3, DType::kF32);
+    check_gemv(v3, 16, {1, 0, 9, 16}, DType::kF8E4M3, DType::kBF16);
+    const Experts down = make_experts(3, 7168, 2048, fp8, 33);
+    check_gemv(down, 8, {8, 2, 0}, DType::kF8E4M3, DType::kBF16);
   }
 }
 

@@ -103,15 +103,20 @@ void GpuEpExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
 }
 
 Status GpuEpExperts::run_experts(const model::GpuExperts& e, bool decode) {
-  const Tensor& x = rank_->recv_x();  // bf16 [local, R * max, hidden]
+  const Tensor& x = rank_->recv_x();  // bf16, or fp8 with recv_scales, [local, R * max, hidden]
   const Tensor& counts = rank_->recv_count();
+  const bool fp8_rows = x.dtype() == DType::kF8E4M3;
   // SiLU over the received rows only: a slab has R x max rows per expert (1,024 at EP8 with 128
   // tokens per rank), a decode step fills a few of them.
-  if (decode) {
+  if (decode || fp8_rows) {
     // A few rows per expert: the GEMV computes (and reads the weights of) only the rows received;
-    // rows past the counts stay stale, and combine reads none of them.
-    ops::grouped_gemv_masked(x, counts, e.gate, e.gate_table, gate_);
-    ops::grouped_gemv_masked(x, counts, e.up, e.up_table, up_);
+    // rows past the counts stay stale, and combine reads none of them. FP8 rows go through the
+    // GEMV in every pass (it applies their scales as it reads them; the masked GEMMs take bf16):
+    // the low-latency exchange carries prefill passes only under --deepep-mode low_latency or
+    // without a normal group, and its rounds then compute the received rows only.
+    const Tensor scales = fp8_rows ? rank_->recv_scales() : Tensor();
+    ops::grouped_gemv_masked(x, counts, e.gate, e.gate_table, gate_, scales);
+    ops::grouped_gemv_masked(x, counts, e.up, e.up_table, up_, scales);
     ops::silu_mul_masked(gate_, up_, counts, gate_);
     ops::grouped_gemv_masked(gate_, counts, e.down, e.down_table, y_);
   } else {

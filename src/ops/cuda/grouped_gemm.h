@@ -12,6 +12,6 @@ void grouped_linear_contiguous(const Tensor& x, const std::vector<int64_t>& offs
                                Tensor& y);
 void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, Tensor& y);
 void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
-                         Tensor& y);
+                         Tensor& y, const Tensor& x_scales);
 
 }  // namespace pdserve::ops::cuda

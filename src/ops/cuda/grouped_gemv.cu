@@ -2,7 +2,9 @@
 // once when the expert has no rows, so only chosen experts' weights are read. Each warp computes
 // one output column at a time for up to kRows rows: its 32 lanes stride K in 16-element pieces
 // (16 fp8 bytes or 32 bf16 bytes: one vector load each), the piece's weights are dequantized once
-// (a 16-element piece never straddles a 128-wide scale block) and used for every row.
+// (a 16-element piece never straddles a 128-wide scale block) and used for every row. FP8 rows
+// (the low-latency dispatch's) carry one scale per row per 128 columns, applied to the piece's
+// partial dot product.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -56,8 +58,9 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 template <typename XT, typename WT, typename YT>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const XT* x, const int32_t* counts, const int64_t* table,
-                                                           int groups, int max_m, int n, int k, YT* y) {
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const XT* x, const float* x_scales, const int32_t* counts,
+                                                           const int64_t* table, int groups, int max_m, int n, int k,
+                                                           YT* y) {
   const int g = blockIdx.y;
   const int c = min(max(counts[g], 0), max_m);
   if (c == 0) return;
@@ -66,6 +69,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const XT* x, const in
   const int scale_cols = (k + 127) / 128;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const XT* xg = x + static_cast<int64_t>(g) * max_m * k;
+  // x_scales [G, scale_cols, max_m]: row r's scale of column block kb at xsg[kb * max_m + r].
+  const float* xsg = x_scales != nullptr ? x_scales + static_cast<int64_t>(g) * scale_cols * max_m : nullptr;
   YT* yg = y + static_cast<int64_t>(g) * max_m * n;
   for (int ci = 0; ci < kColsPerWarp; ++ci) {
     const int col = (blockIdx.x * kWarps + warp) * kColsPerWarp + ci;
@@ -88,8 +93,15 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const XT* x, const in
           if (r0 + r >= c) break;
           float xv[kPiece];
           load_piece(xg + static_cast<int64_t>(r0 + r) * k + k0, xv);
+          if (xsg != nullptr) {
+            float part = 0.0f;
 #pragma unroll
-          for (int i = 0; i < kPiece; ++i) acc[r] = fmaf(wv[i], xv[i], acc[r]);
+            for (int i = 0; i < kPiece; ++i) part = fmaf(wv[i], xv[i], part);
+            acc[r] = fmaf(part, xsg[(k0 / 128) * max_m + r0 + r], acc[r]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < kPiece; ++i) acc[r] = fmaf(wv[i], xv[i], acc[r]);
+          }
         }
       }
 #pragma unroll
@@ -104,24 +116,25 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const XT* x, const in
 }
 
 template <typename XT, typename WT>
-void launch_y(const Tensor& x, const Tensor& counts, const Tensor& table, int groups, int max_m, int n, int k, Tensor& y,
-              dim3 grid) {
+void launch_y(const Tensor& x, const Tensor& x_scales, const Tensor& counts, const Tensor& table, int groups, int max_m,
+              int n, int k, Tensor& y, dim3 grid) {
   const auto* xp = static_cast<const XT*>(x.raw_data());
+  const float* xs = x_scales.defined() ? x_scales.data<float>() : nullptr;
   if (y.dtype() == DType::kBF16)
     gemv_kernel<XT, WT, __nv_bfloat16><<<grid, kWarps * 32, 0, current_stream()>>>(
-        xp, counts.data<int32_t>(), table.data<int64_t>(), groups, max_m, n, k, y.data<__nv_bfloat16>());
+        xp, xs, counts.data<int32_t>(), table.data<int64_t>(), groups, max_m, n, k, y.data<__nv_bfloat16>());
   else
     gemv_kernel<XT, WT, float><<<grid, kWarps * 32, 0, current_stream()>>>(
-        xp, counts.data<int32_t>(), table.data<int64_t>(), groups, max_m, n, k, y.data<float>());
+        xp, xs, counts.data<int32_t>(), table.data<int64_t>(), groups, max_m, n, k, y.data<float>());
 }
 
 template <typename XT>
-void launch_w(const Tensor& x, const Tensor& counts, DType w_dtype, const Tensor& table, int groups, int max_m, int n,
-              int k, Tensor& y, dim3 grid) {
+void launch_w(const Tensor& x, const Tensor& x_scales, const Tensor& counts, DType w_dtype, const Tensor& table,
+              int groups, int max_m, int n, int k, Tensor& y, dim3 grid) {
   switch (w_dtype) {
-    case DType::kF8E4M3: return launch_y<XT, __nv_fp8_e4m3>(x, counts, table, groups, max_m, n, k, y, grid);
-    case DType::kBF16: return launch_y<XT, __nv_bfloat16>(x, counts, table, groups, max_m, n, k, y, grid);
-    case DType::kF32: return launch_y<XT, float>(x, counts, table, groups, max_m, n, k, y, grid);
+    case DType::kF8E4M3: return launch_y<XT, __nv_fp8_e4m3>(x, x_scales, counts, table, groups, max_m, n, k, y, grid);
+    case DType::kBF16: return launch_y<XT, __nv_bfloat16>(x, x_scales, counts, table, groups, max_m, n, k, y, grid);
+    case DType::kF32: return launch_y<XT, float>(x, x_scales, counts, table, groups, max_m, n, k, y, grid);
     default: throw std::invalid_argument("grouped_gemv_masked: expert weights must be fp8, bf16 or f32");
   }
 }
@@ -129,15 +142,17 @@ void launch_w(const Tensor& x, const Tensor& counts, DType w_dtype, const Tensor
 }  // namespace
 
 void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
-                         Tensor& y) {
+                         Tensor& y, const Tensor& x_scales) {
   const int groups = static_cast<int>(experts.size()), max_m = static_cast<int>(x.size(1));
   const int n = static_cast<int>(experts.front().rows()), k = static_cast<int>(experts.front().cols());
   if (groups == 0 || max_m == 0 || n == 0) return;
   const dim3 grid(ceil_div(n, kWarps * kColsPerWarp), static_cast<unsigned>(groups));
-  if (x.dtype() == DType::kBF16)
-    launch_w<__nv_bfloat16>(x, counts, experts.front().weight.dtype(), table, groups, max_m, n, k, y, grid);
-  else
-    launch_w<float>(x, counts, experts.front().weight.dtype(), table, groups, max_m, n, k, y, grid);
+  const DType w = experts.front().weight.dtype();
+  switch (x.dtype()) {
+    case DType::kF8E4M3: launch_w<__nv_fp8_e4m3>(x, x_scales, counts, w, table, groups, max_m, n, k, y, grid); break;
+    case DType::kBF16: launch_w<__nv_bfloat16>(x, x_scales, counts, w, table, groups, max_m, n, k, y, grid); break;
+    default: launch_w<float>(x, x_scales, counts, w, table, groups, max_m, n, k, y, grid); break;
+  }
   check_launch("grouped_gemv_masked");
 }
 
