@@ -69,6 +69,27 @@ void moe_drop_padding_rows(const Tensor& seq_lens, Tensor& topk_ids) {
     if (seq_lens.data<int32_t>()[t] == 0) std::fill_n(topk_ids.data<int32_t>() + t * k, k, -1);
 }
 
+void moe_map_expert_ids(const Tensor& ids, const Tensor& table, Tensor& out) {
+  constexpr const char* op = "moe_map_expert_ids";
+  check_ids(op, ids);
+  check_ids(op, out);
+  detail::check_shape(op, "out", out, ids.shape());
+  detail::check_dtype(op, "table", table, DType::kI32);
+  detail::check_rank(op, "table", table, 1);
+  detail::check_contiguous(op, "table", table);
+  if (!detail::all_on_cpu(op, {&ids, &table, &out})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::moe_map_expert_ids(ids, table, out);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  const int64_t n = ids.numel(), L = table.size(0);
+  const int32_t* in = ids.data<int32_t>();
+  int32_t* o = out.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i) o[i] = in[i] >= 0 && in[i] < L ? table.data<int32_t>()[in[i]] : -1;
+}
+
 void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,
                  Tensor& counts) {
   constexpr const char* op = "moe_scatter";

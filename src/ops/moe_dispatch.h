@@ -21,6 +21,12 @@ void moe_count(const Tensor& topk_ids, Tensor& counts);
 // topk_ids: [T, k] i32, both on one device; nothing synchronizes on the GPU (graph safe).
 void moe_drop_padding_rows(const Tensor& seq_lens, Tensor& topk_ids);
 
+// out[t, j] = table[ids[t, j]] for ids in [0, L), else -1: a rank's logical -> physical expert map
+// (moe/expert_location.h: with redundant experts each logical expert has one or more physical
+// copies, and each rank sends to the copy its static dispatch map names). ids, out: [T, k] i32
+// (out may be ids itself); table: [L] i32; all on one device; nothing synchronizes on the GPU.
+void moe_map_expert_ids(const Tensor& ids, const Tensor& table, Tensor& out);
+
 // x_out[row_base[e] + rank] = x[t] for every entry (t, j), and slots[t, j] = that row, or -1 when
 // the id is outside [0, E) or the row is outside x_out (then nothing is written for it).
 // x: [T, K], x_out: [R, K] of x's dtype (f32; also bf16 on the GPU), row_base: [E] i32 (masked

@@ -83,5 +83,20 @@ TEST(MoeDispatchGpu, DropPaddingRowsMatchesCpu) {
   }
 }
 
+TEST(MoeDispatchGpu, MapExpertIdsMatchesCpu) {
+  for (const int64_t T : {1, 7, 300}) {
+    Tensor ids = random_ids(T, 8, 64, static_cast<uint32_t>(T) + 5);
+    for (int64_t i = 0; i < ids.numel(); i += 7) ids.data<int32_t>()[i] = -1;
+    Tensor table = Tensor::empty({64}, DType::kI32);
+    std::mt19937 rng(static_cast<uint32_t>(T));
+    for (int64_t e = 0; e < 64; ++e) table.data<int32_t>()[e] = static_cast<int32_t>(rng() % 96);
+    Tensor out = Tensor::empty(ids.shape(), DType::kI32);
+    ops::moe_map_expert_ids(ids, table, out);
+    Tensor ids_d = ids.to(Device::kCuda), out_d = Tensor::empty(ids.shape(), DType::kI32, Device::kCuda);
+    ops::moe_map_expert_ids(ids_d, table.to(Device::kCuda), out_d);
+    EXPECT_EQ(std::memcmp(out_d.to(Device::kCpu).raw_data(), out.raw_data(), out.nbytes()), 0) << T;
+  }
+}
+
 }  // namespace
 }  // namespace pdserve::gpu_test

@@ -81,5 +81,21 @@ TEST(MoeDispatch, DropPaddingRowsClearsOnlyZeroLengthRows) {
   EXPECT_THROW(moe_drop_padding_rows(wrong, ids), std::invalid_argument);
 }
 
+TEST(MoeDispatch, MapExpertIdsUsesTheTableAndKeepsNoneAsNone) {
+  // Logical 0..3 on physical copies {5, 1, 4, 1} (logical 1 and 3 share no copy: made up, the op
+  // only looks the ids up); -1 and ids past the table map to -1.
+  const Tensor table = i32({4}, {5, 1, 4, 2});
+  const Tensor ids = i32({3, 2}, {0, 3, -1, 2, 1, 4});
+  Tensor out = Tensor::empty({3, 2}, DType::kI32);
+  moe_map_expert_ids(ids, table, out);
+  EXPECT_EQ(vec(out), (std::vector<int32_t>{5, 2, -1, 4, 1, -1}));
+  Tensor in_place = ids.clone();
+  moe_map_expert_ids(in_place, table, in_place);
+  EXPECT_EQ(vec(in_place), vec(out));
+  Tensor wrong = Tensor::empty({2, 3}, DType::kI32);
+  EXPECT_THROW(moe_map_expert_ids(ids, table, wrong), std::invalid_argument);
+  EXPECT_THROW(moe_map_expert_ids(ids, Tensor::empty({4}, DType::kI64), out), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace pdserve::ops

@@ -78,6 +78,13 @@ __global__ void drop_padding_kernel(const int32_t* seq_lens, int64_t n, int k, i
   if (i < n && seq_lens[i / k] == 0) ids[i] = -1;
 }
 
+__global__ void map_ids_kernel(const int32_t* ids, int64_t n, const int32_t* table, int64_t L, int32_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int32_t id = ids[i];
+  out[i] = id >= 0 && id < L ? table[id] : -1;
+}
+
 template <typename T>
 __global__ void combine_kernel(const T* y, int64_t rows, int64_t n, const int32_t* slots, const float* weights, int k,
                                float* out) {
@@ -110,6 +117,15 @@ void moe_drop_padding_rows(const Tensor& seq_lens, Tensor& topk_ids) {
   drop_padding_kernel<<<blocks, kThreads, 0, current_stream()>>>(seq_lens.data<int32_t>(), n,
                                                                  static_cast<int>(topk_ids.size(1)), topk_ids.data<int32_t>());
   check_launch("moe_drop_padding_rows");
+}
+
+void moe_map_expert_ids(const Tensor& ids, const Tensor& table, Tensor& out) {
+  const int64_t n = ids.numel();
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  map_ids_kernel<<<blocks, kThreads, 0, current_stream()>>>(ids.data<int32_t>(), n, table.data<int32_t>(), table.size(0),
+                                                            out.data<int32_t>());
+  check_launch("moe_map_expert_ids");
 }
 
 void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,
