@@ -13,21 +13,38 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "model/deepseek_v3.h"
 #include "moe/ep_moe.h"
+#include "moe/expert_location.h"
+#include "moe/expert_location_dispatch.h"
 #include "parallel/communicator.h"
 #include "parallel/rank_layout.h"
 
 namespace pdserve::moe {
 
+// Where the experts live (moe/expert_location.h): physical expert p on rank p / local, holding
+// logical expert location->logical_of(layer, p); the gate's logical ids go to physical copies by
+// `algorithm` (static: the rank's static dispatch map; dynamic: a random copy per entry). Null
+// location: physical = logical (no redundant experts).
+struct EpPlacement {
+  std::shared_ptr<const ExpertLocation> location;
+  DispatchAlgorithm algorithm = DispatchAlgorithm::kStatic;
+};
+
+// The placement's shape against the model's and the group's; kInvalidArgument naming what differs.
+// Shared by the CPU and GPU EP ranks.
+Status check_placement(const EpPlacement& placement, const model::ModelConfig& cfg, int ep_size);
+
 class EpModelExperts final : public model::RoutedExperts {
  public:
   // `ep`: this rank's communicator of its EP group (size = EP size, this rank's index = its EP
-  // rank); it must outlive the object. The model's weights are shared (views), not copied.
+  // rank); it must outlive the object. The model's weights are shared (views), not copied: a
+  // redundant copy of an expert is one more view of the same weights.
   static Result<std::unique_ptr<EpModelExperts>> create(std::shared_ptr<const model::DeepseekV3Model> model,
                                                         parallel::Communicator& ep, parallel::DeepEpMode mode,
-                                                        EpMoeOptions opts);
+                                                        EpMoeOptions opts, EpPlacement placement = {});
 
   void begin_step(int64_t group_max_tokens, bool group_extends) override;
   Status forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
@@ -47,6 +64,7 @@ class EpModelExperts final : public model::RoutedExperts {
   EpGeometry geo_;
   EpMoeOptions opts_;
   std::map<int64_t, EpMoe> layers_;  // MoE layer index -> its exchange and local experts
+  std::optional<ExpertDispatcher> dispatcher_;  // logical -> physical ids, with a placement
   bool warned_overflow_ = false;
 };
 

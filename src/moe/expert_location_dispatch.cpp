@@ -36,10 +36,11 @@ void ExpertDispatcher::set_location(std::shared_ptr<const ExpertLocation> locati
 void ExpertDispatcher::to_physical(int layer, std::span<int32_t> ids) {
   if (algorithm_ == DispatchAlgorithm::kStatic) {
     const auto& row = static_map_[layer];
-    for (int32_t& id : ids) id = row[id];
+    for (int32_t& id : ids) id = id < 0 ? id : row[id];  // -1: no expert (a padding row)
     return;
   }
   for (int32_t& id : ids) {
+    if (id < 0) continue;
     const auto& copies = location_->replicas(layer, id);
     id = copies.size() == 1 ? copies[0] : copies[rng_() % copies.size()];
   }

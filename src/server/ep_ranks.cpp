@@ -87,24 +87,22 @@ class CommStepSync final : public scheduler::StepSync {
 
 Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& layout,
                                                  std::shared_ptr<const model::DeepseekV3Model> model,
-                                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank,
-                                                 const std::string& device, int base_gpu_id, int64_t max_forward_tokens) {
+                                                 const EpRanksOptions& options) {
   auto e = std::unique_ptr<EpRanks>(new EpRanks());
-  e->max_dispatch_tokens_ = max_dispatch_tokens_per_rank;
+  e->opts_ = options;
+  PDSERVE_RETURN_IF_ERROR(moe::check_placement(options.placement, model->config(), layout.world_size()));
   parallel::CollectiveOptions opts;
-  opts.timeout = timeout;
+  opts.timeout = options.timeout;
   e->world_ = std::make_unique<parallel::LocalWorld>(layout, opts);
   moe::EpMoeOptions mo;
-  mo.max_dispatch_tokens_per_rank = max_dispatch_tokens_per_rank;
+  mo.max_dispatch_tokens_per_rank = options.max_dispatch_tokens_per_rank;
   // One doorbell per EP group; with --moe-a2a-backend deepep there is one group of all ranks.
   std::vector<std::shared_ptr<Doorbell>> bells(static_cast<size_t>(layout.world_size()));
   for (const auto& members : layout.ep_groups()) {
     auto bell = std::make_shared<Doorbell>();
     for (int m : members) bells[static_cast<size_t>(m)] = bell;
   }
-  if (device == "cuda")
-    PDSERVE_RETURN_IF_ERROR(
-        e->create_gpu_group(layout, *model, timeout, max_dispatch_tokens_per_rank, base_gpu_id, max_forward_tokens));
+  if (options.device == "cuda") PDSERVE_RETURN_IF_ERROR(e->create_gpu_group(layout, *model));
   const char* stall = std::getenv("PDSERVE_EP_TEST_STALL_RANK");
   const int stall_rank = stall ? std::atoi(stall) : -1;
   for (int r = 0; r < layout.world_size(); ++r) {
@@ -113,8 +111,8 @@ Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& lay
     if (e->on_gpu()) {
       PDSERVE_ASSIGN_OR_RETURN(rank.experts, e->gpu_experts(model, r, layout.config().deepep_mode));
     } else {
-      PDSERVE_ASSIGN_OR_RETURN(auto experts,
-                               moe::EpModelExperts::create(model, *comms.ep, layout.config().deepep_mode, mo));
+      PDSERVE_ASSIGN_OR_RETURN(auto experts, moe::EpModelExperts::create(model, *comms.ep, layout.config().deepep_mode,
+                                                                         mo, options.placement));
       rank.experts = std::shared_ptr<model::RoutedExperts>(std::move(experts));
     }
     EpRanks* owner = e.get();
@@ -126,19 +124,27 @@ Result<std::unique_ptr<EpRanks>> EpRanks::create(const parallel::RankLayout& lay
 }
 
 #if defined(PDSERVE_HAVE_CUDA)
-Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model,
-                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id,
-                                 int64_t max_forward_tokens) {
+Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model) {
   const auto& c = model.config();
+  const auto timeout = opts_.timeout;
+  const int base_gpu_id = opts_.base_gpu_id;
+  const auto& placement = opts_.placement;
+  if (placement.location && placement.algorithm != moe::DispatchAlgorithm::kStatic)
+    return make_error(ErrorCode::kUnsupported,
+                      "--ep-dispatch-algorithm {} on GPU EP ranks is not in this build: use static (each rank sends a "
+                      "logical expert's tokens to the copy its static dispatch map names)",
+                      moe::dispatch_algorithm_name(placement.algorithm));
+  // With redundant experts the exchange addresses physical experts.
+  const int64_t num_experts = placement.location ? placement.location->layout().num_physical : c.n_routed_experts;
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
     return make_error(ErrorCode::kUnsupported, "--device cuda with --moe-a2a-backend deepep: no CUDA device is visible");
   if (base_gpu_id < 0 || base_gpu_id >= count)
     return make_error(ErrorCode::kInvalidArgument, "--base-gpu-id {} with {} GPUs visible", base_gpu_id, count);
   moe::gpu::LowLatencyGpuConfig cfg;
-  cfg.num_experts = c.n_routed_experts;
+  cfg.num_experts = num_experts;
   cfg.hidden = c.hidden_size;
-  cfg.max_tokens_per_rank = max_dispatch_tokens_per_rank;
+  cfg.max_tokens_per_rank = opts_.max_dispatch_tokens_per_rank;
   cfg.top_k = c.num_experts_per_tok;
   // FP8 models dispatch FP8 rows with 1x128 scales (half the bytes; DeepEP's low-latency default),
   // which the experts' GEMV reads as they are; bf16 models move bf16 rows, so that their output
@@ -164,11 +170,11 @@ Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model
   gpu_group_ = std::shared_ptr<moe::gpu::LowLatencyGpuGroup>(std::move(group));
   // Prefill passes (and, with --deepep-mode normal, every pass) go through the normal mode: sized
   // for the largest forward of one rank (max(--max-prefill-tokens, --chunked-prefill-size)).
-  if (layout.config().deepep_mode != parallel::DeepEpMode::kLowLatency && max_forward_tokens > 0) {
+  if (layout.config().deepep_mode != parallel::DeepEpMode::kLowLatency && opts_.max_forward_tokens > 0) {
     moe::gpu::NormalGpuConfig ncfg;
-    ncfg.num_experts = c.n_routed_experts;
+    ncfg.num_experts = num_experts;
     ncfg.hidden = c.hidden_size;
-    ncfg.max_tokens_per_rank = max_forward_tokens;
+    ncfg.max_tokens_per_rank = opts_.max_forward_tokens;
     ncfg.top_k = c.num_experts_per_tok;
     ncfg.devices = cfg.devices;
     ncfg.blocks = cfg.blocks;
@@ -187,12 +193,13 @@ Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_p
   moe::gpu::GpuEpExpertsOptions opts;
   if (gpu_normal_group_) opts.normal = &static_cast<moe::gpu::NormalGpuGroup*>(gpu_normal_group_.get())->rank(rank);
   opts.mode = mode;
+  opts.location = opts_.placement.location;
+  opts.max_pass_tokens = std::max(opts_.max_forward_tokens, opts_.max_dispatch_tokens_per_rank);
   PDSERVE_ASSIGN_OR_RETURN(auto experts, moe::gpu::GpuEpExperts::create(std::move(model), group.rank(rank), group.size(), opts));
   return std::shared_ptr<model::RoutedExperts>(std::move(experts));
 }
 #else
-Status EpRanks::create_gpu_group(const parallel::RankLayout&, const model::DeepseekV3Model&, std::chrono::milliseconds,
-                                 int64_t, int, int64_t) {
+Status EpRanks::create_gpu_group(const parallel::RankLayout&, const model::DeepseekV3Model&) {
   return make_error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA (configure with PDSERVE_CUDA=ON)");
 }
 Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_ptr<const model::DeepseekV3Model>, int,

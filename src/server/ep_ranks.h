@@ -18,23 +18,29 @@
 
 #include "base/status.h"
 #include "model/deepseek_v3.h"
+#include "moe/ep_model_experts.h"
 #include "parallel/local_world.h"
 #include "scheduler/step_sync.h"
 
 namespace pdserve::server {
 
+struct EpRanksOptions {
+  std::chrono::milliseconds timeout{10000};  // every collective and exchange wait
+  int64_t max_dispatch_tokens_per_rank = 128;  // the low-latency buffers (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK)
+  std::string device = "cpu";  // "cpu" or "cuda" (then base_gpu_id is the first GPU)
+  int base_gpu_id = 0;
+  // GPU ranks: the largest forward pass of one rank; they get a normal-mode exchange for passes
+  // of up to that many tokens unless --deepep-mode is low_latency.
+  int64_t max_forward_tokens = 0;
+  moe::EpPlacement placement;  // where the experts live (none: physical = logical)
+};
+
 class EpRanks {
  public:
-  // Every rank of `layout` (one process, all nodes' ranks here). `max_dispatch_tokens_per_rank`:
-  // the low-latency buffers (SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK).
-  // `device`: "cpu" or "cuda" (then `base_gpu_id` is the first GPU, and GPU ranks get a normal-mode
-  // exchange for passes of up to `max_forward_tokens` tokens per rank unless --deepep-mode is
-  // low_latency).
+  // Every rank of `layout` (one process, all nodes' ranks here).
   static Result<std::unique_ptr<EpRanks>> create(const parallel::RankLayout& layout,
                                                  std::shared_ptr<const model::DeepseekV3Model> model,
-                                                 std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank,
-                                                 const std::string& device = "cpu", int base_gpu_id = 0,
-                                                 int64_t max_forward_tokens = 0);
+                                                 const EpRanksOptions& opts);
   ~EpRanks();
 
   std::shared_ptr<model::RoutedExperts> experts(int rank) const { return ranks_.at(static_cast<size_t>(rank)).experts; }
@@ -44,7 +50,7 @@ class EpRanks {
   int gpu(int rank) const { return gpus_.at(static_cast<size_t>(rank)); }
   int size() const { return static_cast<int>(ranks_.size()); }
   // The low-latency buffers' tokens per rank: the largest decode batch a graph may be captured for.
-  int64_t max_dispatch_tokens_per_rank() const { return max_dispatch_tokens_; }
+  int64_t max_dispatch_tokens_per_rank() const { return opts_.max_dispatch_tokens_per_rank; }
   // Breaks every group (blocked ranks return errors naming `reason`).
   void abort(const std::string& reason);
 
@@ -54,9 +60,7 @@ class EpRanks {
     std::shared_ptr<scheduler::StepSync> sync;
   };
   EpRanks() = default;
-  Status create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model,
-                          std::chrono::milliseconds timeout, int64_t max_dispatch_tokens_per_rank, int base_gpu_id,
-                          int64_t max_forward_tokens);
+  Status create_gpu_group(const parallel::RankLayout& layout, const model::DeepseekV3Model& model);
   Result<std::shared_ptr<model::RoutedExperts>> gpu_experts(std::shared_ptr<const model::DeepseekV3Model> model, int rank,
                                                             parallel::DeepEpMode mode);
   std::unique_ptr<parallel::LocalWorld> world_;
@@ -66,7 +70,7 @@ class EpRanks {
   std::shared_ptr<void> gpu_normal_group_;  // moe::gpu::NormalGpuGroup, or none (--deepep-mode low_latency)
   std::vector<int> gpus_;
   std::vector<Rank> ranks_;
-  int64_t max_dispatch_tokens_ = 0;
+  EpRanksOptions opts_;
 };
 
 }  // namespace pdserve::server

@@ -42,6 +42,7 @@ class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
   moe::ExpertDistributionRecorder* recorder() const { return recorder_.get(); }
   // The placement in effect now (online rebalancing replaces it; the snapshot itself never changes).
   std::shared_ptr<const moe::ExpertLocation> location() const { return eplb_ ? eplb_->location() : location_; }
+  moe::DispatchAlgorithm dispatch_algorithm() const { return dispatch_; }
   // The online rebalancer; null without --enable-eplb.
   moe::EplbManager* eplb() const { return eplb_.get(); }
 

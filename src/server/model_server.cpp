@@ -146,9 +146,11 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     if (args.nnodes > 1)
       return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
     if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
-    if (args.expert.ep_num_redundant_experts > 0 || args.expert.enable_eplb)
+    if (args.expert.enable_eplb)
       return make_error(ErrorCode::kUnsupported,
-                        "--moe-a2a-backend deepep with redundant experts or --enable-eplb is not supported in this build");
+                        "--enable-eplb with --moe-a2a-backend deepep (rebalancing while serving moves expert weights "
+                        "between EP ranks) is not in this build; place the experts at start-up instead: "
+                        "--init-expert-location with recorded counts (EPLB runs on them) and --ep-num-redundant-experts");
   }
   model::LoadOptions load{format, static_cast<uint64_t>(args.dummy_seed), args.json_model_override_args};
   // GPU EP ranks make their own slice of dummy routed experts: the host never holds them all
@@ -162,14 +164,24 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   for (const auto& note : args.layout->notes()) log::info("{}", note);
   if (args.enable_two_batch_overlap)
     log::warning("--enable-two-batch-overlap is accepted but not implemented: passes run without the overlap");
+  if (args.expert.enable_eplb && args.nnodes > 1)  // each node would rebalance on its own share of the counts
+    return make_error(ErrorCode::kUnsupported, "--enable-eplb runs on a one-node server only in this build");
+  // The placement (and recorder) first: EP ranks hold the physical experts it names.
+  const int ep_group = args.expert_parallel() ? args.layout->world_size() : static_cast<int>(args.dp_size);
+  PDSERVE_ASSIGN_OR_RETURN(s->experts_, ExpertBalancing::create(args.expert, c, ep_group, args.served_model_name));
   if (args.expert_parallel()) {
-    PDSERVE_ASSIGN_OR_RETURN(const int64_t max_dispatch, moe::max_dispatch_tokens_per_rank_from_env());
-    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(args.watchdog_timeout * 500));
-    PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, timeout, max_dispatch, args.device,
-                                                           static_cast<int>(args.base_gpu_id),
-                                                           max_forward_tokens(args)));
-    log::info("DeepEP MoE: {} EP ranks, {} routed experts each, --deepep-mode {}, low-latency buffers for {} tokens "
-              "per rank", args.ep_size, c.n_routed_experts / args.ep_size, args.deepep_mode, max_dispatch);
+    EpRanksOptions eo;
+    PDSERVE_ASSIGN_OR_RETURN(eo.max_dispatch_tokens_per_rank, moe::max_dispatch_tokens_per_rank_from_env());
+    eo.timeout = std::chrono::milliseconds(static_cast<int64_t>(args.watchdog_timeout * 500));
+    eo.device = args.device;
+    eo.base_gpu_id = static_cast<int>(args.base_gpu_id);
+    eo.max_forward_tokens = max_forward_tokens(args);
+    if (s->experts_) eo.placement = {s->experts_->location(), s->experts_->dispatch_algorithm()};
+    PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, eo));
+    const int64_t physical = eo.placement.location ? eo.placement.location->layout().num_physical : c.n_routed_experts;
+    log::info("DeepEP MoE: {} EP ranks, {} routed experts each ({} physical in all), --deepep-mode {}, low-latency "
+              "buffers for {} tokens per rank",
+              args.ep_size, physical / args.ep_size, physical, args.deepep_mode, eo.max_dispatch_tokens_per_rank);
   }
   std::vector<std::shared_ptr<scheduler::ModelRunner>> ep_gpu_runners;  // GPU EP: one per rank
   PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args, s->ep_ranks_.get(), ep_gpu_runners));
@@ -181,10 +193,6 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     avail = fmt::format(", available_gpu_mem={:.2f} GB", gpu->model().memory().avail_gb);
   s->args_ = std::move(args);
   const auto& a = s->args_;
-  if (a.expert.enable_eplb && a.nnodes > 1)  // each node would rebalance on its own share of the counts
-    return make_error(ErrorCode::kUnsupported, "--enable-eplb runs on a one-node server only in this build");
-  PDSERVE_ASSIGN_OR_RETURN(s->experts_, ExpertBalancing::create(a.expert, c, static_cast<int>(a.dp_size),
-                                                               a.served_model_name));
 
   auto decoder = std::make_shared<TokenizerTextDecoder>(s->tokenizer_);
   scheduler::SchedulerConfig sc;

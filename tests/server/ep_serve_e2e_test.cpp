@@ -64,17 +64,20 @@ class EpServeE2E : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete reference_; }
 
-  // Serves the workload with EP in `mode` and compares with the single rank.
-  static void expect_same_as_one_rank(const std::string& mode, const std::string& log_needle = "") {
+  // Serves the workload with EP in `mode` (plus `extra` flags) and compares with the single rank.
+  static void expect_same_as_one_rank(const std::string& mode, const std::string& log_needle = "",
+                                      const std::vector<std::string>& extra = {},
+                                      const std::string& experts_each = "4 routed experts each (16 physical in all)") {
     ASSERT_NE(reference_, nullptr);
     auto flags = ep_flags(mode);
     flags.insert(flags.end(), {"--device", "cpu"});
+    flags.insert(flags.end(), extra.begin(), extra.end());
     ServerProcess s(flags, "ep_" + mode);
     ASSERT_TRUE(s.wait_ready()) << s.log();  // the warmup ran on one rank with three idle ones
     const auto outs = run_workload(s);
     EXPECT_EQ(outs, *reference_) << s.log();
     const std::string log = s.log();
-    EXPECT_NE(log.find("DeepEP MoE: 4 EP ranks, 4 routed experts each, --deepep-mode " + mode), std::string::npos) << log;
+    EXPECT_NE(log.find("DeepEP MoE: 4 EP ranks, " + experts_each + ", --deepep-mode " + mode), std::string::npos) << log;
     EXPECT_NE(log.find("DP3 TP3 EP3"), std::string::npos) << "rank prefixes name DP/TP/EP\n" << log;
     if (!log_needle.empty()) {
       EXPECT_NE(log.find(log_needle), std::string::npos) << log;
@@ -96,6 +99,34 @@ TEST_F(EpServeE2E, LowLatencyModeEqualsOneRankAndFallsBackForLargePasses) {
   ::unsetenv("SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK");
 }
 
+// Recorded counts where experts 0 and 5 carry most of the load: EPLB gives them (and others) the 4
+// redundant copies, so the ranks hold 5 physical experts each, some of them copies of one logical
+// expert, and the tokens of a hot expert are split over its copies. Replicas compute the same
+// function, so the output still equals one rank's.
+std::string skewed_counts() {
+  json layers = json::array();
+  for (int l = 0; l < 4; ++l) {
+    json row = json::array();
+    for (int e = 0; e < 16; ++e) row.push_back(e == 0 || e == 5 ? 900 + 10 * l : 10 + e);
+    layers.push_back(row);
+  }
+  return json{{"logical_count", layers}}.dump();
+}
+
+TEST_F(EpServeE2E, RedundantExpertsPlacedByEplbEqualOneRank) {
+  expect_same_as_one_rank("auto", "init_expert_location from init_by_eplb",
+                          {"--ep-num-redundant-experts", "4", "--init-expert-location", skewed_counts()},
+                          "5 routed experts each (20 physical in all)");
+}
+
+TEST_F(EpServeE2E, RedundantExpertsWithDynamicDispatchEqualOneRank) {
+  // dynamic: each entry goes to a random copy of its expert (every copy sees traffic).
+  expect_same_as_one_rank("low_latency", "ep-dispatch-algorithm=dynamic",
+                          {"--ep-num-redundant-experts", "4", "--init-expert-location", skewed_counts(),
+                           "--ep-dispatch-algorithm", "dynamic"},
+                          "5 routed experts each (20 physical in all)");
+}
+
 TEST(EpServeE2EFlags, RefusesWhatThisBuildCannotRun) {
   auto expect_refused = [](std::vector<std::string> flags, const std::string& needle, const std::string& name) {
     flags.insert(flags.end(), {"--device", "cpu", "--skip-server-warmup"});
@@ -111,6 +142,16 @@ TEST(EpServeE2EFlags, RefusesWhatThisBuildCannotRun) {
   expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
                   "--deepep-mode", "fast"},
                  "--deepep-mode must be normal, low_latency or auto", "ep_bad_mode");
+  expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
+                  "--enable-eplb"},
+                 "place the experts at start-up instead", "ep_eplb");
+  expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
+                  "--ep-num-redundant-experts", "2", "--ep-dispatch-algorithm", "fake"},
+                 "--ep-dispatch-algorithm fake replaces the routing", "ep_fake");
+  // 16 + 3 physical experts do not split over 2 ranks.
+  expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
+                  "--ep-num-redundant-experts", "3"},
+                 "--init-expert-location", "ep_odd_redundant");
   // GPU ranks on a machine without a GPU (CI's): refused with a message that says so. (On GPU
   // machines, scripts/gpu/ep_smoke.sh runs this layout.)
   if (!model::cuda_device_available()) {

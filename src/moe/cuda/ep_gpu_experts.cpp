@@ -26,36 +26,62 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
   e->normal_ = opts.normal;
   e->mode_ = opts.mode;
   e->ranks_ = ranks;
-  if (ranks < 1 || c.n_routed_experts % ranks != 0)
-    return make_error(ErrorCode::kInvalidArgument, "GPU EP: {} routed experts do not divide over {} ranks",
+  const ExpertLocation* loc = opts.location.get();
+  const int64_t physical = loc ? loc->layout().num_physical : c.n_routed_experts;
+  if (ranks < 1 || physical % ranks != 0)
+    return make_error(ErrorCode::kInvalidArgument, "GPU EP: {} physical experts do not divide over {} ranks", physical,
+                      ranks);
+  if (loc && (loc->layout().ep_size != ranks || loc->layout().num_logical != c.n_routed_experts ||
+              loc->layout().num_layers != c.num_hidden_layers))
+    return make_error(ErrorCode::kInvalidArgument,
+                      "GPU EP: the expert placement ({} layers x {} experts over {} ranks) does not fit the model ({} x "
+                      "{}) and group ({} ranks)",
+                      loc->layout().num_layers, loc->layout().num_logical, loc->layout().ep_size, c.num_hidden_layers,
                       c.n_routed_experts, ranks);
   if (opts.normal && (opts.normal->ranks() != ranks || opts.normal->rank() != rank.rank()))
     return make_error(ErrorCode::kInvalidArgument, "GPU EP: the normal-mode rank ({} of {}) is not low-latency rank {} of {}",
                       opts.normal->rank(), opts.normal->ranks(), rank.rank(), ranks);
-  e->local_ = c.n_routed_experts / ranks;
+  e->local_ = physical / ranks;
   e->hidden_ = c.hidden_size;
   e->inter_ = c.moe_intermediate_size;
   try {
     PDSERVE_RETURN_IF_ERROR(cuda_status(cudaSetDevice(rank.device()), "cudaSetDevice"));
     const int64_t begin = rank.rank() * e->local_;
     const auto& w = model->weights();
+    const std::vector<std::vector<int>> dispatch_map = loc ? loc->static_dispatch_map(rank.rank()) : std::vector<std::vector<int>>{};
     for (size_t l = 0; l < w.layers.size(); ++l) {
       if (!w.layers[l].is_moe) continue;
+      // The logical expert of each local slot.
+      std::vector<int64_t> logical;
+      for (int64_t p = begin; p < begin + e->local_; ++p)
+        logical.push_back(loc ? loc->logical_of(static_cast<int>(l), static_cast<int>(p)) : p);
+      model::MoeWeights slice;
       if (!w.layers[l].moe.experts.empty()) {
-        e->layers_[static_cast<int64_t>(l)] = model::upload_experts(w.layers[l].moe, begin, begin + e->local_);
+        for (int64_t id : logical) slice.experts.push_back(w.layers[l].moe.experts.at(static_cast<size_t>(id)));
       } else if (w.dummy_experts_seed) {
         // Dummy weights without the routed experts on the host: this rank makes its slice, one
         // layer at a time (host memory: one layer's slice, not the model's experts).
-        model::MoeWeights slice;
-        slice.experts = model::make_dummy_experts(c, *w.dummy_experts_seed, static_cast<int64_t>(l), begin, begin + e->local_);
-        e->layers_[static_cast<int64_t>(l)] = model::upload_experts(slice, 0, e->local_);
+        for (int64_t id : logical)
+          slice.experts.push_back(model::make_dummy_experts(c, *w.dummy_experts_seed, static_cast<int64_t>(l), id, id + 1).front());
       } else {
         return make_error(ErrorCode::kInternal, "GPU EP rank {}: layer {} has no routed experts", rank.rank(), l);
+      }
+      e->layers_[static_cast<int64_t>(l)] = model::upload_experts(slice, 0, e->local_);
+      if (loc) {
+        const auto& row = dispatch_map.at(l);
+        Tensor map = Tensor::empty({static_cast<int64_t>(row.size())}, DType::kI32);
+        std::copy(row.begin(), row.end(), map.data<int32_t>());
+        e->id_maps_[static_cast<int64_t>(l)] = map.to(Device::kCuda);
       }
       e->last_moe_layer_ = static_cast<int64_t>(l);
     }
     // The received slab of each local expert: R ranks x the buffer's tokens per rank.
     e->max_tokens_ = rank.recv_x().size(1) / ranks;
+    if (loc) {
+      const int64_t most = opts.max_pass_tokens > 0 ? opts.max_pass_tokens
+                                                   : std::max(e->max_tokens_, e->normal_ ? e->normal_->config().max_tokens_per_rank : 0);
+      e->mapped_ids_ = Tensor::empty({std::max<int64_t>(most, 1), c.num_experts_per_tok}, DType::kI32, Device::kCuda);
+    }
     const int64_t slab = ranks * e->max_tokens_;
     e->gate_ = Tensor::empty({e->local_, slab, e->inter_}, DType::kBF16, Device::kCuda);
     e->up_ = Tensor::empty(e->gate_.shape(), DType::kBF16, Device::kCuda);
@@ -224,8 +250,12 @@ Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_
   cudaStream_t stream = ops::cuda::current_stream();
   Status st = ok_status();
   try {
-    st = normal_pass_ ? forward_normal(it->second, x, topk_ids, topk_weights, out, stream)
-                      : forward_low_latency(it->second, x, topk_ids, topk_weights, out, stream);
+    Result<Tensor> ids = physical_ids(layer, topk_ids);
+    if (!ids)
+      st = ids.error();
+    else
+      st = normal_pass_ ? forward_normal(it->second, x, *ids, topk_weights, out, stream)
+                        : forward_low_latency(it->second, x, *ids, topk_weights, out, stream);
   } catch (const std::exception& ex) {
     st = Error(ErrorCode::kInternal, ex.what());
   }
@@ -241,6 +271,16 @@ Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"));
   return capture == cudaStreamCaptureStatusNone ? rank_->synchronize(stream) : ok_status();
+}
+
+Result<Tensor> GpuEpExperts::physical_ids(int64_t layer, const Tensor& topk_ids) {
+  if (id_maps_.empty()) return topk_ids;
+  const int64_t T = topk_ids.size(0);
+  if (T > mapped_ids_.size(0))
+    return make_error(ErrorCode::kInternal, "GPU EP: {} tokens in one call, buffers for {}", T, mapped_ids_.size(0));
+  Tensor mapped = mapped_ids_.slice(0, 0, T);
+  ops::moe_map_expert_ids(topk_ids, id_maps_.at(layer), mapped);
+  return mapped;
 }
 
 Status GpuEpExperts::before_replay() { return rank_->meet_peers(ops::cuda::current_stream()); }

@@ -19,8 +19,11 @@
 //    rank, the balanced load at R >= top-k); a pass routing more rows to this rank runs its
 //    experts over several windows of that many rows.
 //
-// Physical expert e lives on rank e / local_experts (no redundant experts, no EPLB: the server
-// refuses those with GPU EP). Calls come from the rank's thread, on the model's current stream.
+// Physical expert e lives on rank e / local_experts. With a placement (moe/expert_location.h:
+// redundant experts, EPLB at start-up) local slot i of rank r holds logical expert
+// location->logical_of(layer, r * local + i), and the gate's logical ids are mapped on the device
+// to the physical copies of the rank's static dispatch map before the exchange (one small kernel,
+// graph safe). Calls come from the rank's thread, on the model's current stream.
 #pragma once
 
 #if defined(PDSERVE_HAVE_CUDA)
@@ -31,6 +34,7 @@
 
 #include "model/deepseek_v3.h"
 #include "model/gpu_weights.h"
+#include "moe/expert_location.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
 #include "moe/cuda/ep_normal_gpu.h"
 #include "parallel/rank_layout.h"
@@ -41,6 +45,12 @@ struct GpuEpExpertsOptions {
   NormalGpuRank* normal = nullptr;  // this rank of the group's normal-mode exchange; none: low-latency only
   parallel::DeepEpMode mode = parallel::DeepEpMode::kAuto;
   int64_t contiguous_rows = 0;      // normal mode's expert buffers (0: R x its tokens per rank)
+  // Where the experts live; none: physical = logical. The exchange groups must be sized for its
+  // physical experts.
+  std::shared_ptr<const ExpertLocation> location;
+  // The most tokens one forward call may carry (the mapped ids' buffer); 0: the larger of the two
+  // exchanges' tokens per rank.
+  int64_t max_pass_tokens = 0;
 };
 
 class GpuEpExperts final : public model::RoutedExperts {
@@ -71,6 +81,8 @@ class GpuEpExperts final : public model::RoutedExperts {
   // One expert GEMM per row bucket of the normal path at creation: a kernel's first launch waits
   // for every kernel on the GPU, the peers' spinning exchange included.
   void warm_normal_gemms(const model::GpuExperts& e);
+  // The ids the exchange sends by: topk_ids itself, or its physical copies (with a placement).
+  Result<Tensor> physical_ids(int64_t layer, const Tensor& topk_ids);
   Status forward_low_latency(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
                              cudaStream_t stream);
   Status forward_normal(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
@@ -93,6 +105,10 @@ class GpuEpExperts final : public model::RoutedExperts {
   Tensor partial_bf16_;                   // bf16, the same; only when xc_ is smaller (else xc_ holds them)
   Tensor row_base_, counts_;              // i32 [local]
   Tensor normal_out_;                     // f32 [normal_tokens, hidden]
+  // With a placement: per MoE layer this rank's logical -> physical map (i32 [logical] each, on the
+  // device) and the mapped ids of the current call.
+  std::map<int64_t, Tensor> id_maps_;
+  Tensor mapped_ids_;  // i32 [max_pass_tokens, top_k]
   int64_t rounds_ = 1;
   bool decode_ = true, normal_pass_ = false;
 };
