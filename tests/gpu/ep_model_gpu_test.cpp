@@ -38,6 +38,7 @@
 
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v3_gpu.h"
+#include "moe/expert_location.h"
 #include "moe/cuda/ep_gpu_experts.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
 #include "moe/cuda/ep_normal_gpu.h"
@@ -138,9 +139,10 @@ std::string tiny_fp8_dir() {
 }
 
 // The low-latency group of these tests: R ranks on GPU 0, bf16 rows, kMaxDispatch tokens per rank.
-moe::gpu::LowLatencyGpuConfig ll_config(const ModelConfig& c, int R) {
+// num_experts: the physical experts (0: the model's, no redundant copies).
+moe::gpu::LowLatencyGpuConfig ll_config(const ModelConfig& c, int R, int64_t num_experts = 0) {
   moe::gpu::LowLatencyGpuConfig gc;
-  gc.num_experts = c.n_routed_experts;
+  gc.num_experts = num_experts > 0 ? num_experts : c.n_routed_experts;
   gc.hidden = c.hidden_size;
   gc.max_tokens_per_rank = kMaxDispatch;
   gc.top_k = c.num_experts_per_tok;
@@ -176,12 +178,25 @@ RankPrompts random_prompts(const ModelConfig& c, int R, uint32_t seed, const std
   return out;
 }
 
-// normal: prefill passes through the normal-mode exchange (--deepep-mode auto, as the server runs
-// GPU EP), with `contiguous_rows` expert buffers (0: the default; small: several windows per
-// layer). Its prefill is not bit-exact against one GPU: the ranks' partial sums travel in bf16
-// (as DeepEP's) and are added in rank order, so prefill gets the decode bound.
-void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models/tiny-deepseek-v3",
-                           double decode_bound = 3e-2, bool normal = false, int64_t contiguous_rows = 0) {
+struct EpCase {
+  int R = 2;
+  std::string model_dir = kSrc + "/models/tiny-deepseek-v3";
+  double decode_bound = 3e-2;
+  // Prefill passes through the normal-mode exchange (--deepep-mode auto, as the server runs GPU
+  // EP), with `contiguous_rows` expert buffers (0: the default; small: several windows per layer).
+  // Its prefill is not bit-exact against one GPU: the ranks' partial sums travel in bf16 (as
+  // DeepEP's) and are added in rank order, so prefill gets the decode bound.
+  bool normal = false;
+  int64_t contiguous_rows = 0;
+  // Where the experts live (redundant copies); none: physical = logical.
+  std::shared_ptr<const moe::ExpertLocation> location;
+};
+
+void ranks_match_one_model(const EpCase& k) {
+  const int R = k.R;
+  const std::string& model_dir = k.model_dir;
+  const double decode_bound = k.decode_bound;
+  const bool normal = k.normal;
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
   auto host_r = DeepseekV3Model::load(model_dir, LoadOptions{LoadFormat::kDummy, 7, {}});
   ASSERT_TRUE(host_r.has_value()) << host_r.error().message();
@@ -200,14 +215,15 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
   ASSERT_TRUE(ref_r.has_value()) << ref_r.error().message();
   auto& ref = *ref_r;
 
-  const moe::gpu::LowLatencyGpuConfig gc = ll_config(c, R);
+  const int64_t physical = k.location ? k.location->layout().num_physical : c.n_routed_experts;
+  const moe::gpu::LowLatencyGpuConfig gc = ll_config(c, R, physical);
   auto group_r = moe::gpu::LowLatencyGpuGroup::create(gc);
   ASSERT_TRUE(group_r.has_value()) << group_r.error().message();
   auto& group = *group_r;
   std::unique_ptr<moe::gpu::NormalGpuGroup> normal_group;
   if (normal) {
     moe::gpu::NormalGpuConfig nc;
-    nc.num_experts = c.n_routed_experts;
+    nc.num_experts = physical;
     nc.hidden = c.hidden_size;
     nc.max_tokens_per_rank = options().max_forward_tokens;
     nc.top_k = c.num_experts_per_tok;
@@ -222,7 +238,8 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
   for (int r = 0; r < R; ++r) {
     moe::gpu::GpuEpExpertsOptions eo;
     if (normal_group) eo.normal = &normal_group->rank(r);
-    eo.contiguous_rows = contiguous_rows;
+    eo.contiguous_rows = k.contiguous_rows;
+    eo.location = k.location;
     auto e = moe::gpu::GpuEpExperts::create(ep_host, group->rank(r), R, eo);
     ASSERT_TRUE(e.has_value()) << e.error().message();
     experts.push_back(std::move(*e));
@@ -303,23 +320,47 @@ void ranks_match_one_model(int R, const std::string& model_dir = kSrc + "/models
   }
 }
 
-TEST(EpModelGpu, TwoRanksMatchOneModelHoldingEveryExpert) { ranks_match_one_model(2); }
+TEST(EpModelGpu, TwoRanksMatchOneModelHoldingEveryExpert) { ranks_match_one_model({}); }
 
-TEST(EpModelGpu, TwoRanksWithFp8ExpertsMatchOneModelHoldingEveryExpert) { ranks_match_one_model(2, tiny_fp8_dir(), 0.5); }
+TEST(EpModelGpu, TwoRanksWithFp8ExpertsMatchOneModelHoldingEveryExpert) {
+  ranks_match_one_model({.model_dir = tiny_fp8_dir(), .decode_bound = 0.5});
+}
 
-TEST(EpModelGpu, TwoRanksWithNormalModePrefillMatchOneModel) { ranks_match_one_model(2, kSrc + "/models/tiny-deepseek-v3", 3e-2, true); }
+TEST(EpModelGpu, TwoRanksWithNormalModePrefillMatchOneModel) { ranks_match_one_model({.normal = true}); }
 
 // Expert buffers of 16 rows: every prefill layer runs its experts over several windows, some
 // cutting an expert's rows in two.
 TEST(EpModelGpu, NormalModePrefillInSmallWindowsMatchesOneModel) {
-  ranks_match_one_model(2, kSrc + "/models/tiny-deepseek-v3", 3e-2, true, 16);
+  ranks_match_one_model({.normal = true, .contiguous_rows = 16});
 }
 
-TEST(EpModelGpu, FourRanksWithNormalModePrefillAndFp8ExpertsMatchOneModel) { ranks_match_one_model(4, tiny_fp8_dir(), 0.5, true); }
+TEST(EpModelGpu, FourRanksWithNormalModePrefillAndFp8ExpertsMatchOneModel) {
+  ranks_match_one_model({.R = 4, .model_dir = tiny_fp8_dir(), .decode_bound = 0.5, .normal = true});
+}
 
 // Four ranks on one GPU: first failed on 2026-12-04 (a rank's first launch of a cuBLASLt kernel
 // waited for the peers' spinning exchange; fixed by bucketed GEMM algorithms loaded at creation).
-TEST(EpModelGpu, FourRanksMatchOneModelHoldingEveryExpert) { ranks_match_one_model(4); }
+TEST(EpModelGpu, FourRanksMatchOneModelHoldingEveryExpert) { ranks_match_one_model({.R = 4}); }
+
+// Redundant experts placed by EPLB on skewed counts (16 logical on 20 physical, 10 per rank; hot
+// experts 0 and 5 copied): each rank holds its slots' logical experts and maps the gate's ids to
+// the copies of its static dispatch map on the device, in both exchanges; the output still equals
+// one GPU's (a copy computes what the original does).
+TEST(EpModelGpu, RedundantExpertsPlacedByEplbMatchOneModel) {
+  const int R = 2, layers = 4, logical = 16;
+  moe::ExpertLayout layout{layers, logical, logical + 4, R};
+  moe::Matrix counts(layers, logical);
+  for (int l = 0; l < layers; ++l)
+    for (int e = 0; e < logical; ++e) counts.values[static_cast<size_t>(l * logical + e)] = e == 0 || e == 5 ? 900 : 10 + e;
+  moe::EplbOptions eo;
+  eo.num_groups = 4;
+  auto loc = moe::ExpertLocation::from_counts(layout, counts, eo);
+  ASSERT_TRUE(loc.has_value()) << loc.error().message();
+  auto location = std::make_shared<const moe::ExpertLocation>(std::move(*loc));
+  ASSERT_GT(location->replicas(2, 0).size(), 1u) << "the hot expert got no copy: the test would not test copies";
+  ranks_match_one_model({.normal = true, .location = location});
+  ranks_match_one_model({.location = location});
+}
 
 // EP decode graphs (DeepseekV3GpuModel::capture_routed_graphs): two ranks capture graphs holding
 // their exchanges, one after the other with no peer running (as the server does), then decode
