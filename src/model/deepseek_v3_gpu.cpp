@@ -719,7 +719,8 @@ Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& bat
 }
 
 Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>& batch,
-                                                                const std::vector<RowSampling>& rows) {
+                                                                const std::vector<RowSampling>& rows,
+                                                                RoutingTrace* routing) {
   if (rows.size() != batch.size())
     return make_error(ErrorCode::kInvalidArgument, "forward_sample: {} sampling rows for {} sequences", rows.size(),
                       batch.size());
@@ -728,7 +729,9 @@ Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vecto
     Impl* impl;
     ~Reset() { impl->sampling = nullptr; }
   } reset{impl_.get()};
-  auto ids = forward(batch, {});
+  ForwardOptions opts;
+  opts.routing = routing;
+  auto ids = forward(batch, opts);
   if (!ids) return ids.error();
   return std::vector<int32_t>(ids->data<int32_t>(), ids->data<int32_t>() + ids->numel());
 }

@@ -84,8 +84,9 @@ class DeepseekV3GpuModel {
   // device (ops::sample_batch) and copies back only the ids, not [B, vocab] f32 logits (0.5 MB a
   // row for DeepSeek-V3). One RowSampling per sequence. Greedy rows equal the argmax of forward's
   // logits; other rows draw with Philox keyed by (seed, offset), not with the host's generator.
+  // `routing`: as ForwardOptions::routing (the pass then runs eagerly).
   Result<std::vector<int32_t>> forward_sample(const std::vector<SequenceInput>& batch,
-                                              const std::vector<RowSampling>& rows);
+                                              const std::vector<RowSampling>& rows, RoutingTrace* routing = nullptr);
 
   // The routed-experts hook every forward uses when its ForwardOptions name none (expert
   // parallelism: the rank's GPU EP experts). Set before the first forward.

@@ -32,7 +32,7 @@ void DeepseekV3GpuModel::set_routed_experts(std::shared_ptr<RoutedExperts>) {}
 Status DeepseekV3GpuModel::idle_forward(RoutedExperts&) { return make_error(ErrorCode::kUnsupported, "no CUDA in this build"); }
 Status DeepseekV3GpuModel::capture_routed_graphs() { return make_error(ErrorCode::kUnsupported, "no CUDA in this build"); }
 Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>&,
-                                                                const std::vector<RowSampling>&) {
+                                                                const std::vector<RowSampling>&, RoutingTrace*) {
   return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
 }
 

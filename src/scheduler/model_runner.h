@@ -127,13 +127,18 @@ class GpuRunner final : public ModelRunner {
   Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
     model::ForwardOptions opts;
     opts.all_logits = all_logits;
+    opts.routing = routing_;  // a traced pass runs eagerly (the model copies each layer's ids out)
     return model_->forward(batch, opts);
+  }
+  bool set_routing_trace(model::RoutingTrace* trace) override {
+    routing_ = trace;
+    return true;
   }
   bool last_forward_used_graph() const override { return model_->last_forward_used_graph(); }
   bool samples_on_device() const override { return device_sampling_; }
   Result<std::vector<int32_t>> forward_sample(const std::vector<model::SequenceInput>& batch,
                                               const std::vector<model::RowSampling>& rows) override {
-    return model_->forward_sample(batch, rows);
+    return model_->forward_sample(batch, rows, routing_);
   }
   KvBufferView kv_buffers() override {
     const Tensor kv = model_->kv_cache();  // [layers, pages, page_size, latent] bf16
@@ -152,6 +157,7 @@ class GpuRunner final : public ModelRunner {
   std::unique_ptr<model::DeepseekV3GpuModel> model_;
   bool device_sampling_ = true;
   std::shared_ptr<model::RoutedExperts> routed_;
+  model::RoutingTrace* routing_ = nullptr;
 };
 
 // Returns fixed logits that favour token (last input token + 1) % vocab: deterministic, costs

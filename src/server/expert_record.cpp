@@ -33,19 +33,31 @@ class RecordingRunner final : public scheduler::ModelRunner {
   Status idle_forward() override { return inner_->idle_forward(); }
 
   Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
+    return pass(batch, [&] { return inner_->forward(batch, all_logits); });
+  }
+  // Device sampling (GPU runners) stays on: a traced pass reports its routing either way.
+  bool samples_on_device() const override { return inner_->samples_on_device(); }
+  Result<std::vector<int32_t>> forward_sample(const std::vector<model::SequenceInput>& batch,
+                                              const std::vector<model::RowSampling>& rows) override {
+    return pass(batch, [&] { return inner_->forward_sample(batch, rows); });
+  }
+
+ private:
+  template <typename Run>
+  auto pass(const std::vector<model::SequenceInput>& batch, Run run) -> decltype(run()) {
     const int64_t pass_id = forward_ct_++;
     placement_.sync();
-    auto out = record_pass(batch, all_logits, pass_id);
+    auto out = record_pass(batch, run, pass_id);
     if (eplb_) eplb_->on_forward_pass(pass_id);
     return out;
   }
 
- private:
-  Result<Tensor> record_pass(const std::vector<model::SequenceInput>& batch, bool all_logits, int64_t pass_id) {
-    if (!recorder_->recording()) return inner_->forward(batch, all_logits);
+  template <typename Run>
+  auto record_pass(const std::vector<model::SequenceInput>& batch, Run run, int64_t pass_id) -> decltype(run()) {
+    if (!recorder_->recording()) return run();
     model::RoutingTrace trace;
     inner_->set_routing_trace(&trace);
-    auto out = inner_->forward(batch, all_logits);
+    auto out = run();
     inner_->set_routing_trace(nullptr);
     if (!out.has_value()) return out;
     moe::PassRouting pass;
@@ -166,7 +178,7 @@ Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::share
   if (!inner->set_routing_trace(nullptr))
     return make_error(ErrorCode::kUnsupported,
                       "--expert-distribution-recorder-mode needs a backend that reports expert routing (the CPU "
-                      "backend in this build)");
+                      "and CUDA DeepSeek-V3 backends in this build)");
   return std::shared_ptr<scheduler::ModelRunner>(
       std::make_shared<RecordingRunner>(std::move(inner), shared_from_this(), dispatch_, rank, top_k_));
 }

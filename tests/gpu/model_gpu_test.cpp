@@ -182,6 +182,56 @@ TEST(ModelGpu, GraphReplayEqualsEagerOfTheSameBatch) {
   EXPECT_LT(rel_l2(packed->data<float>(), graph->data<float>(), graph->numel()), 3e-2);
 }
 
+// The routing trace (the expert distribution recorder's input): a traced pass runs eagerly even
+// where a graph fits, reports every new token's experts per MoE layer (rows sorted, distinct, in
+// range), agrees with the CPU model's trace except near gate ties, and forward_sample traces too.
+TEST(ModelGpu, RoutingTraceReportsEveryTokensExperts) {
+  Pair p = load_pair(kSrc + "/models/tiny-deepseek-v3", LoadFormat::kDummy, {4});
+  ASSERT_TRUE(p.gpu);
+  const auto& c = p.cpu->config();
+  auto batch = prefill_batch(random_prompts(3, c.vocab_size, 21), 8);
+  int64_t tokens = 0;
+  for (const auto& s : batch) tokens += static_cast<int64_t>(s.tokens.size());
+  RoutingTrace cpu_trace, gpu_trace;
+  ForwardOptions co;
+  co.routing = &cpu_trace;
+  ASSERT_TRUE(p.cpu->forward(batch, *p.pool, co).has_value());
+  ForwardOptions go;
+  go.routing = &gpu_trace;
+  ASSERT_TRUE(p.gpu->forward(batch, go).has_value());
+  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  ASSERT_EQ(static_cast<int64_t>(gpu_trace.experts.size()), moe_layers);
+  int64_t equal = 0, rows = 0;
+  for (const auto& [layer, gpu_rows] : gpu_trace.experts) {
+    ASSERT_EQ(static_cast<int64_t>(gpu_rows.size()), tokens) << "layer " << layer;
+    const auto& cpu_rows = cpu_trace.experts.at(layer);
+    for (size_t t = 0; t < gpu_rows.size(); ++t) {
+      const auto& r = gpu_rows[t];
+      ASSERT_EQ(static_cast<int64_t>(r.size()), c.num_experts_per_tok);
+      EXPECT_TRUE(std::is_sorted(r.begin(), r.end()) && std::adjacent_find(r.begin(), r.end()) == r.end());
+      EXPECT_TRUE(r.front() >= 0 && r.back() < c.n_routed_experts);
+      equal += r == cpu_rows[t];
+      ++rows;
+    }
+  }
+  std::printf("routing rows equal to the CPU's: %lld / %lld\n", static_cast<long long>(equal), static_cast<long long>(rows));
+  EXPECT_GE(equal * 10, rows * 8);  // bf16 moves a few gate scores across ties
+
+  // A decode step that fits the graph of 4 runs eagerly while traced, and forward_sample traces.
+  for (auto& s : batch) {
+    s.prefix_len = static_cast<int64_t>(s.tokens.size());
+    s.tokens = {7};
+  }
+  RoutingTrace decode_trace;
+  auto ids = p.gpu->forward_sample(batch, std::vector<RowSampling>(batch.size()), &decode_trace);
+  ASSERT_TRUE(ids.has_value()) << ids.error().message();
+  EXPECT_FALSE(p.gpu->last_forward_used_graph());
+  ASSERT_EQ(static_cast<int64_t>(decode_trace.experts.size()), moe_layers);
+  for (const auto& [layer, r] : decode_trace.experts) EXPECT_EQ(r.size(), batch.size()) << "layer " << layer;
+  ASSERT_TRUE(p.gpu->forward(batch).has_value());  // untraced: the graph again
+  EXPECT_TRUE(p.gpu->last_forward_used_graph());
+}
+
 // forward_sample draws on the device what the scheduler would draw from forward's logits: greedy
 // rows are the logits' argmax (prefill eagerly, decode through a graph), seeded rows repeat for
 // the same (seed, offset), stay inside top_k and vary with the offset.
