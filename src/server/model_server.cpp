@@ -162,6 +162,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   if (!(args.watchdog_timeout > 0)) return make_error(ErrorCode::kInvalidArgument, "--watchdog-timeout must be positive");
   PDSERVE_ASSIGN_OR_RETURN(s->disagg_, DisaggSetup::create(args));
   for (const auto& note : args.layout->notes()) log::info("{}", note);
+  for (const auto& a : args.adjustments) log::warning("{}", a);
   if (args.enable_two_batch_overlap)
     log::warning("--enable-two-batch-overlap is accepted but not implemented: passes run without the overlap");
   if (args.expert.enable_eplb && args.nnodes > 1)  // each node would rebalance on its own share of the counts

@@ -129,9 +129,16 @@ Status ServerArgs::resolve_parallel() {
       return bad(fmt::format("--tp-size {} with --dp-size {} means attention tensor parallelism of {} per DP rank, which this "
                              "build does not have: use --tp-size {} --dp-size {}",
                              tp_size, dp_size, tp_size / std::max<int64_t>(dp_size, 1), tp_size, tp_size));
-    // Global limits, as SGLang: each DP rank gets its share.
+    // Global limits, as SGLang: each DP rank gets its share. SGLang also schedules DP ranks more
+    // aggressively (their batches are small): conservativeness x 0.3.
     if (max_running_requests > 0) max_running_requests = std::max<int64_t>(1, max_running_requests / dp_size);
     if (chunked_prefill_size > 0) chunked_prefill_size = std::max<int64_t>(1, chunked_prefill_size / dp_size);
+    if (dp_size > 1) {  // SGLang turns DP attention off at --dp-size 1
+      schedule_conservativeness *= 0.3;
+      adjustments.push_back(fmt::format("DP attention is enabled. The chunked prefill size is adjusted to {} to avoid MoE "
+                                        "kernel issues. ",
+                                        chunked_prefill_size));
+    }
   } else if (tp_size > 1) {
     return bad(fmt::format("--tp-size {} without --enable-dp-attention is tensor parallelism, which this build does not "
                            "have: use --tp-size {} --dp-size {} --enable-dp-attention",

@@ -73,6 +73,8 @@ struct ServerArgs {
   bool enable_two_batch_overlap = false; // accepted; passes run without the overlap (logged)
   // The layout those flags give (resolve_parallel): ranks, groups, SGLang's notes.
   std::optional<parallel::RankLayout> layout;
+  // What resolve_parallel changed in the user's flags, as SGLang warns about it (logged at start-up).
+  std::vector<std::string> adjustments;
   bool expert_parallel() const { return moe_a2a_backend == "deepep" && ep_size > 1; }
   // Multi-node (docs/cluster.md): one process per node, each running dp_size / nnodes DP ranks;
   // node 0 serves HTTP and forwards to the others.
