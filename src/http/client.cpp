@@ -375,10 +375,12 @@ struct Connection::Impl : std::enable_shared_from_this<Connection::Impl> {
     return true;
   }
 
-  // Passes a stream's parsed body bytes on: false when the exchange ends here (a callback stopped
-  // it, or an SSE event was too large, which `a` then reports).
-  bool pass_on(const StreamCallbacks& callbacks, Attempt& a) {
-    bool stopped = callbacks.on_data && !callbacks.on_data(pending);
+  // Passes a stream's parsed body bytes on (`last`: the response is complete with them): false
+  // when the exchange ends here (a callback stopped it, or an SSE event was too large, which `a`
+  // then reports).
+  bool pass_on(const StreamCallbacks& callbacks, Attempt& a, bool last) {
+    const auto& on_data = last && callbacks.on_last_data ? callbacks.on_last_data : callbacks.on_data;
+    bool stopped = on_data && !on_data(pending);
     if (!stopped && callbacks.on_event) {
       bool fed = sse.feed(pending, [&](const SseEvent& e) {
         if (!stopped && !callbacks.on_event(e)) stopped = true;
@@ -444,7 +446,7 @@ struct Connection::Impl : std::enable_shared_from_this<Connection::Impl> {
         close();
         co_return;
       }
-      if (!pending.empty() && !pass_on(*callbacks, a)) co_return;
+      if (!pending.empty() && !pass_on(*callbacks, a, head_seen && parser->is_done())) co_return;
       if (head_seen && parser->is_done()) break;
       if (streaming && callbacks->hold && callbacks->hold()) co_await hold_reads(*callbacks, deadline);
       if (timed_out) {  // passed while no read was under way (a callback, a hold)

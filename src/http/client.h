@@ -79,6 +79,9 @@ struct StreamCallbacks {
   std::function<bool(const Response& head)> on_head;    // status and headers (body empty)
   std::function<bool(std::string_view data)> on_data;   // body bytes as they arrive (any split)
   std::function<bool(const SseEvent& event)> on_event;  // SSE events parsed from the body
+  // Optional: called instead of on_data for the body's last bytes, when the response is complete
+  // as they are handed over (a relay can then send its client the rest and the end at once).
+  std::function<bool(std::string_view data)> on_last_data;
   // Optional backpressure (the router's relay): while it returns true, no more of the body is read
   // (checked after each chunk, then every millisecond), so a slow consumer slows the producer
   // down instead of making us buffer. The request's timeout still applies.

@@ -68,14 +68,14 @@ std::string Exchange::make_head(int status, std::string_view content_type, const
   return h;
 }
 
-bool Exchange::push(std::unique_lock<std::mutex>& lock, OutItem item, std::size_t payload_bytes) {
+bool Exchange::push(std::unique_lock<std::mutex>& lock, OutItem item, std::size_t payload_bytes, bool wake) {
   queued_.fetch_add(payload_bytes, std::memory_order_relaxed);
   const OutItem::Kind item_kind = item.kind;
   // take() swaps the queue out with each wake-up, so it starts empty every time: a relayed stream
   // queues head, chunk and end, and growing 1 -> 2 -> 4 cost two allocations and moves per request.
   if (items_.capacity() == 0) items_.reserve(4);
   items_.push_back(std::move(item));
-  if (!wake_pending_) {
+  if (wake && !wake_pending_) {
     wake_pending_ = true;
     const bool done = item_kind == OutItem::Kind::kFull || item_kind == OutItem::Kind::kEnd;
     wake_unlocked(lock, done ? Wake::kDone : Wake::kMore);
@@ -132,13 +132,33 @@ bool Exchange::send_chunk(std::string data) {
     return false;
   }
   std::size_t n = data.size();
+  return push(lock, chunk_item(std::move(data)), n);
+}
+
+OutItem Exchange::chunk_item(std::string data) const {
   std::string size_line;
   if (chunked_) {
-    append_number(size_line, n, 16);
+    append_number(size_line, data.size(), 16);
     size_line.append("\r\n");
   }
-  OutItem item{OutItem::Kind::kChunk, std::move(size_line), std::move(data), chunked_};
-  return push(lock, std::move(item), n);
+  return OutItem{OutItem::Kind::kChunk, std::move(size_line), std::move(data), chunked_};
+}
+
+bool Exchange::respond_stream(int status, std::string_view content_type, const Headers& extra, std::string data) {
+  std::unique_lock lock(mu_);
+  if (!attached_ || abort_ || state_ != State::kNone || !status_allows_body(status) || status > 999) return false;
+  state_ = State::kEnded;
+  if (!chunked_) keep_alive_ = false;  // as start_stream: a raw stream ends with the connection
+  const std::size_t n = head_only_ ? 0 : data.size();
+  if (n > max_queued_) {  // as send_chunk: never queue more than the bound, even at once
+    abort_ = true;
+    wake_pending_ = true;
+    wake_unlocked(lock, Wake::kAbort);
+    return false;
+  }
+  push(lock, OutItem{OutItem::Kind::kHead, make_head(status, content_type, extra, true, 0), {}}, 0, false);
+  if (n > 0) push(lock, chunk_item(std::move(data)), n, false);
+  return push(lock, OutItem{OutItem::Kind::kEnd, chunked_ && !head_only_ ? "0\r\n\r\n" : "", {}}, 0);
 }
 
 bool Exchange::end_stream() {

@@ -58,6 +58,7 @@ class Exchange {
   bool start_stream(int status, std::string_view content_type, const Headers& extra);
   bool send_chunk(std::string data);
   bool end_stream();
+  bool respond_stream(int status, std::string_view content_type, const Headers& extra, std::string data);
   void set_on_close(std::function<void()> callback);
   bool is_open() const;
   std::size_t queued_bytes() const { return queued_.load(std::memory_order_relaxed); }
@@ -81,8 +82,11 @@ class Exchange {
 
  private:
   enum class State { kNone, kFull, kStreaming, kEnded };
-  // Queues `item`; wakes the connection (after releasing `lock`) unless a wake-up is pending.
-  bool push(std::unique_lock<std::mutex>& lock, OutItem item, std::size_t payload_bytes);
+  // Queues `item`; wakes the connection (after releasing `lock`) unless a wake-up is pending or
+  // `wake` is false (more items of the same response follow under the same lock).
+  bool push(std::unique_lock<std::mutex>& lock, OutItem item, std::size_t payload_bytes, bool wake = true);
+  // A chunk's item (size line, payload, CRLF) for `data` (non-empty).
+  OutItem chunk_item(std::string data) const;
   // Releases `lock`, then calls wake_ (taken while locked).
   void wake_unlocked(std::unique_lock<std::mutex>& lock, Wake why);
   // `chunked`: a stream's head (Transfer-Encoding, and Cache-Control: no-cache unless `extra` has one).
@@ -122,6 +126,9 @@ class ConnectionResponder final : public Responder {
   }
   bool send_chunk(std::string data) override { return ex_->send_chunk(std::move(data)); }
   bool end_stream() override { return ex_->end_stream(); }
+  bool respond_stream(int status, std::string_view content_type, std::string data, const Headers& extra) override {
+    return ex_->respond_stream(status, content_type, extra, std::move(data));
+  }
   void on_close(std::function<void()> callback) override { ex_->set_on_close(std::move(callback)); }
   bool is_open() const override { return ex_->is_open(); }
   std::size_t queued_bytes() const override { return ex_->queued_bytes(); }

@@ -80,6 +80,14 @@ class Responder {
   virtual bool send_chunk(std::string data) = 0;
   // Ends the stream (the terminating zero-length chunk). The response is complete once written.
   virtual bool end_stream() = 0;
+  // A whole stream at once: start_stream, send_chunk(data), end_stream, queued together so that
+  // the connection writes them in one go (a relay that already holds an upstream's complete
+  // stream: one wake-up instead of a posted one for the head and another for the end).
+  virtual bool respond_stream(int status, std::string_view content_type, std::string data, const Headers& extra = {}) {
+    if (!start_stream(status, content_type, extra)) return false;
+    if (!send_chunk(std::move(data))) return false;
+    return end_stream();
+  }
 
   // `callback` runs once, on an I/O thread (or right here if the connection is already gone),
   // if the connection ends before the response was completely written: client disconnect,

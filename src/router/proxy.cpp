@@ -52,6 +52,31 @@ std::string stream_error_event(const std::string& message, int status) {
   return http::sse_event(json{{"error", {{"message", message}, {"status", status}}}}.dump());
 }
 
+// A worker's stream passed on to the client as its bytes arrive: the head with the first bytes;
+// when the worker's response is complete with the bytes at hand (StreamCallbacks::on_last_data),
+// they and the end go out together, and a stream that arrived whole goes as one response
+// (Responder::respond_stream: written at once, not after a posted wake-up per part).
+struct Relay {
+  bool started = false;  // the client has the head
+  bool ended = false;    // and the end
+  bool pass(http::Responder& r, int status, std::string_view type, std::string_view data, bool last) {
+    if (last && !started) {
+      started = ended = true;
+      return r.respond_stream(status, type, std::string(data));
+    }
+    if (!started) {
+      started = true;
+      r.start_stream(status, type);
+    }
+    const bool ok = r.send_chunk(std::string(data));
+    if (last) {
+      ended = true;
+      r.end_stream();
+    }
+    return ok;
+  }
+};
+
 }  // namespace
 
 struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
@@ -185,25 +210,21 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     http::ClientRequest req("POST", w->url() + path, std::move(payload), headers, timeout);
     int head_status = 0;
     std::string head_type;
-    bool relaying = false;
+    Relay relay;
     http::StreamCallbacks cb(
         [&](const http::Response& head) {
           head_status = head.status;
           head_type = content_type_of(head, "text/event-stream");
           return true;
         },
-        [&](std::string_view data) {
-          if (client_gone) return false;
-          if (!relaying) {
-            relaying = true;
-            responder->start_stream(head_status, head_type);
-          }
-          return responder->send_chunk(std::string(data));
-        },
+        [&](std::string_view data) { return !client_gone && relay.pass(*responder, head_status, head_type, data, false); },
         nullptr);
+    cb.on_last_data = [&](std::string_view data) {
+      return !client_gone && relay.pass(*responder, head_status, head_type, data, true);
+    };
     cb.hold = relay_hold();
     auto r = co_await client->stream(std::move(req), std::move(cb));
-    if (relaying) {
+    if (relay.started) {
       if (!r) {
         router->count_breaker(w, false);
         router->metrics_.inc("sgl_router_pd_stream_errors_total", {{"worker", w->url()}});
@@ -212,7 +233,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
         router->count_breaker(w, true);
         w->count_processed();
       }
-      responder->end_stream();
+      if (!relay.ended) responder->end_stream();
       co_return Step::kDone;
     }
     if (!classify(w, r, f, "Worker")) co_return Step::kRetry;
@@ -234,6 +255,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     m.inc("sgl_router_pd_decode_requests_total", {{"worker", d->url()}});
     std::optional<Result<http::Response>> pr, dr;
     bool relaying = false, prefill_failed = false, prefill_done = false;
+    Relay raw;  // the decode's bytes as they are (no logprobs to merge)
     PrefillLogprobs plp;
     std::vector<std::string> pending;  // decode events held until the prefill's logprobs arrive
     int head_status = 200;
@@ -286,11 +308,8 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
           // Without logprobs the decode's bytes go out as they are; with them each event is rewritten.
           logprob ? std::function<bool(std::string_view)>() : [&](std::string_view data) {
             if (client_gone || (prefill_failed && !relaying)) return false;
-            if (!relaying) {
-              relaying = true;
-              responder->start_stream(head_status, head_type);
-            }
-            return responder->send_chunk(std::string(data));
+            relaying = true;
+            return raw.pass(*responder, head_status, head_type, data, false);
           },
           !logprob ? std::function<bool(const http::SseEvent&)>() : [&](const http::SseEvent& e) {
             if (client_gone || (prefill_failed && !relaying)) return false;
@@ -298,6 +317,12 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
             pending.push_back(e.data);
             return true;
           });
+      if (!logprob)
+        cb.on_last_data = [&](std::string_view data) {
+          if (client_gone || (prefill_failed && !relaying)) return false;
+          relaying = true;
+          return raw.pass(*responder, head_status, head_type, data, true);
+        };
       cb.hold = relay_hold();
       dr.emplace(co_await client->stream(std::move(req), std::move(cb)));
     };
@@ -314,7 +339,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
       } else {
         count_pd(p, *pr && is_2xx((*pr)->status), d, true);
       }
-      responder->end_stream();
+      if (!raw.ended) responder->end_stream();
       co_return Step::kDone;
     }
     const Result<http::Response>& pres = *pr;

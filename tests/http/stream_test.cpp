@@ -71,6 +71,13 @@ class StreamTest : public ::testing::Test {
         r->end_stream();
       });
     });
+    // A whole stream in one call (a relay holding an upstream's complete stream); `bytes` of data.
+    server_->route("GET", "/whole", [this](Request req, std::shared_ptr<Responder> r) {
+      const int bytes = std::stoi(std::string(req.query_param("bytes").value_or("10")));
+      r->on_close([this] { ++closes_; });
+      whole_ok_ = r->respond_stream(200, "text/event-stream", std::string(static_cast<size_t>(bytes), 'x'));
+      whole_again_ = r->send_chunk("late");  // the stream has ended: refused
+    });
     // Never answers; keeps the Responder where the test can see it.
     server_->route("GET", "/hang", [this](Request, std::shared_ptr<Responder> r) {
       r->on_close([this] { ++closes_; });
@@ -86,6 +93,7 @@ class StreamTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   std::atomic<int> closes_{0};
   std::atomic<int> send_failures_{0};
+  std::atomic<bool> whole_ok_{false}, whole_again_{true};
   std::mutex mu_;
   std::shared_ptr<Responder> held_;
 };
@@ -139,6 +147,57 @@ TEST_F(StreamTest, EventsArriveAsTheyAreSent) {
   ASSERT_TRUE(r.has_value()) << r.error().message();
   ASSERT_EQ(at.size(), 9u);
   EXPECT_GE(at[7] - at[0], 150ms);  // 7 gaps of 30 ms between the first and the last data event
+}
+
+// respond_stream: head, one chunk and the end in one go; the client sees an ordinary chunked
+// stream, whose bytes all come as the last data (the response is complete when they arrive), and
+// the connection is reused. Past the queue limit it is refused and the connection dropped.
+TEST_F(StreamTest, WholeStreamInOneCallIsAChunkedStreamEndingWithItsData) {
+  ServerOptions o;
+  o.max_queued_bytes = 1000;
+  start(o);
+  Client client;
+  std::string data, last;
+  Response head;
+  StreamCallbacks cb([&](const Response& h) { head = h; return true; },
+                     [&](std::string_view d) { data += d; return true; }, nullptr);
+  cb.on_last_data = [&](std::string_view d) { last += d; return true; };
+  auto r = client.stream(ClientRequest("GET", url("/whole?bytes=300")), cb);
+  ASSERT_TRUE(r.has_value()) << r.error().message();
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.headers.get_or("transfer-encoding", ""), "chunked");
+  EXPECT_EQ(data + last, std::string(300, 'x'));
+  EXPECT_EQ(last.size(), 300u) << "one write: every byte is in the complete response's last piece";
+  EXPECT_TRUE(whole_ok_.load());
+  EXPECT_FALSE(whole_again_.load());
+  auto again = client.get(url("/delayed"));
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->status, 200);
+  EXPECT_EQ(closes_.load(), 0);
+
+  // Larger than the queue bound: refused, the client sees the connection end.
+  auto big = Client().stream(ClientRequest("GET", url("/whole?bytes=5000")), StreamCallbacks());
+  EXPECT_FALSE(big.has_value() && big->status == 200 && big->body.size() == 5000);
+  EXPECT_FALSE(whole_ok_.load());
+  EXPECT_TRUE(eventually([&] { return closes_.load() == 1; }));
+}
+
+// Without on_last_data, the last bytes go to on_data as before (a stream of many writes: the
+// earlier events arrive before the response is complete).
+TEST_F(StreamTest, LastDataFallsBackToOnData) {
+  start();
+  Client client;
+  std::string data, last;
+  StreamCallbacks cb(nullptr, [&](std::string_view d) { data += d; return true; }, nullptr);
+  auto r = client.stream(ClientRequest("GET", url("/whole?bytes=64")), cb);
+  ASSERT_TRUE(r.has_value()) << r.error().message();
+  EXPECT_EQ(data, std::string(64, 'x'));
+  data.clear();
+  cb.on_last_data = [&](std::string_view d) { last += d; return true; };
+  auto s = client.stream(ClientRequest("GET", url("/stream?n=3&gap_ms=20")), cb);
+  ASSERT_TRUE(s.has_value()) << s.error().message();
+  EXPECT_NE(data.find("\"i\":0"), std::string::npos) << "events sent apart arrive before the end";
+  EXPECT_NE((data + last).find("[DONE]"), std::string::npos);
 }
 
 TEST_F(StreamTest, ClientDisconnectMidStreamFiresOnCloseOnce) {
