@@ -89,7 +89,7 @@ Timing run(int ranks, bool low_latency, int64_t tokens, int64_t experts, int rep
     }
     std::vector<double> td, tc, tb;
     Timing& me = per_rank[static_cast<size_t>(info.global_rank)];
-    // Allocated once: first-touch page faults are not part of the exchange (docs/parallel.md).
+    // Allocated once: first-touch page faults are not part of the exchange (docs/parallelism.md).
     Tensor out = Tensor::empty({tokens, kHidden}, DType::kF32);
     moe::ReusableBuffer base_send, base_recv;
     for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up (and grows the reused buffers)

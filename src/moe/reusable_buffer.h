@@ -1,7 +1,7 @@
 // A grow-only host buffer that hands out tensor views, so the EP exchange reuses its memory step
 // after step, as DeepEP's Buffer does. Why it matters on CPU ranks too: fresh host memory costs a
 // page fault per page on first touch, and on the CI VM a new 115 MB tensor took 1.0 s (measured;
-// docs/parallel.md), which dwarfed the exchange itself.
+// docs/parallelism.md), which dwarfed the exchange itself.
 #pragma once
 
 #include <cstring>

@@ -154,7 +154,7 @@ Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model
   cfg.devices = moe::gpu::default_devices(layout.world_size(), count - base_gpu_id);
   for (int& d : cfg.devices) d += base_gpu_id;
   // Blocks per rank kernel (default: as many as fit with every rank's kernels resident at once, half
-  // the GPU when ranks share it). A diagnostic knob (docs/parallel.md §8): fewer blocks leave SMs
+  // the GPU when ranks share it). A diagnostic knob (docs/parallelism.md §8): fewer blocks leave SMs
   // free for the ranks' other kernels.
   if (const char* b = std::getenv("PDSERVE_EP_GPU_BLOCKS")) {
     char* end = nullptr;

@@ -1,4 +1,4 @@
-// Expert parallelism inside one server process (docs/parallel.md §6, §8): the DP ranks of
+// Expert parallelism inside one server process (docs/parallelism.md §6, §8): the DP ranks of
 // --tp N --dp N --enable-dp-attention --moe-a2a-backend deepep, each with its slice of every MoE
 // layer's routed experts and its hook into the group's lockstep (scheduler::StepSync over the EP
 // communicator of a parallel::LocalWorld). On CPU ranks the experts exchange tokens through that

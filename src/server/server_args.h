@@ -62,7 +62,7 @@ struct ServerArgs {
   // --max-running-requests / --chunked-prefill-size are global, divided among the DP ranks.
   int64_t tp_size = 1;
   bool enable_dp_attention = false;
-  // Expert parallelism (docs/parallel.md §6): with --moe-a2a-backend deepep the DP ranks split the
+  // Expert parallelism (docs/parallelism.md §6): with --moe-a2a-backend deepep the DP ranks split the
   // routed experts (EP size = TP size, as SGLang forces) and exchange tokens in every MoE layer,
   // running in lockstep. --deepep-mode auto: normal for prefill passes, low-latency for decode.
   int64_t ep_size = 1;
