@@ -194,7 +194,6 @@ Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_p
   if (gpu_normal_group_) opts.normal = &static_cast<moe::gpu::NormalGpuGroup*>(gpu_normal_group_.get())->rank(rank);
   opts.mode = mode;
   opts.location = opts_.placement.location;
-  opts.max_pass_tokens = std::max(opts_.max_forward_tokens, opts_.max_dispatch_tokens_per_rank);
   PDSERVE_ASSIGN_OR_RETURN(auto experts, moe::gpu::GpuEpExperts::create(std::move(model), group.rank(rank), group.size(), opts));
   return std::shared_ptr<model::RoutedExperts>(std::move(experts));
 }

@@ -78,8 +78,8 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
     // The received slab of each local expert: R ranks x the buffer's tokens per rank.
     e->max_tokens_ = rank.recv_x().size(1) / ranks;
     if (loc) {
-      const int64_t most = opts.max_pass_tokens > 0 ? opts.max_pass_tokens
-                                                   : std::max(e->max_tokens_, e->normal_ ? e->normal_->config().max_tokens_per_rank : 0);
+      // One exchange call carries at most one round (low-latency) or one normal pass.
+      const int64_t most = std::max(e->max_tokens_, e->normal_ ? e->normal_->config().max_tokens_per_rank : 0);
       e->mapped_ids_ = Tensor::empty({std::max<int64_t>(most, 1), c.num_experts_per_tok}, DType::kI32, Device::kCuda);
     }
     const int64_t slab = ranks * e->max_tokens_;
@@ -173,7 +173,7 @@ Status GpuEpExperts::forward_low_latency(const model::GpuExperts& e, const Tenso
   const int64_t T = x.size(0);
   for (int64_t round = 0; round < rounds_; ++round) {
     const int64_t r0 = std::min(T, round * max_tokens_), r1 = std::min(T, r0 + max_tokens_);
-    const Tensor xs = x.slice(0, r0, r1), is = ids.slice(0, r0, r1), ws = w.slice(0, r0, r1);
+    const Tensor xs = x.slice(0, r0, r1), is = physical_ids(ids.slice(0, r0, r1)), ws = w.slice(0, r0, r1);
     PDSERVE_RETURN_IF_ERROR(rank_->dispatch(xs, is, stream));
     PDSERVE_RETURN_IF_ERROR(run_experts(e, decode_));
     Tensor sums = combined_.slice(0, 0, r1 - r0);
@@ -188,7 +188,8 @@ Status GpuEpExperts::forward_low_latency(const model::GpuExperts& e, const Tenso
 
 Status GpuEpExperts::forward_normal(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w,
                                     Tensor& out, cudaStream_t stream) {
-  PDSERVE_RETURN_IF_ERROR(normal_->dispatch(x, ids, w, stream));
+  const Tensor pids = physical_ids(ids);  // dispatch and combine take the same ids
+  PDSERVE_RETURN_IF_ERROR(normal_->dispatch(x, pids, w, stream));
   PDSERVE_ASSIGN_OR_RETURN(NormalGpuReceived d, normal_->received(stream));
   const int64_t n = d.rows;
   const std::vector<int64_t> offsets = contiguous_layout(d.tokens_per_expert).offsets;  // [local + 1]
@@ -229,7 +230,7 @@ Status GpuEpExperts::forward_normal(const model::GpuExperts& e, const Tensor& x,
     ops::cast(partial, rows);
   }
   Tensor sums = normal_out_.slice(0, 0, x.size(0));
-  PDSERVE_RETURN_IF_ERROR(normal_->combine(partial_bf16, ids, sums, stream));
+  PDSERVE_RETURN_IF_ERROR(normal_->combine(partial_bf16, pids, sums, stream));
   if (x.size(0) > 0) ops::add_inplace(out, sums);
   return ok_status();
 }
@@ -250,12 +251,10 @@ Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_
   cudaStream_t stream = ops::cuda::current_stream();
   Status st = ok_status();
   try {
-    Result<Tensor> ids = physical_ids(layer, topk_ids);
-    if (!ids)
-      st = ids.error();
-    else
-      st = normal_pass_ ? forward_normal(it->second, x, *ids, topk_weights, out, stream)
-                        : forward_low_latency(it->second, x, *ids, topk_weights, out, stream);
+    auto map = id_maps_.find(layer);
+    id_map_ = map == id_maps_.end() ? nullptr : &map->second;
+    st = normal_pass_ ? forward_normal(it->second, x, topk_ids, topk_weights, out, stream)
+                      : forward_low_latency(it->second, x, topk_ids, topk_weights, out, stream);
   } catch (const std::exception& ex) {
     st = Error(ErrorCode::kInternal, ex.what());
   }
@@ -270,22 +269,33 @@ Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_
   if (normal_pass_) return normal_->synchronize(stream);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing"));
-  return capture == cudaStreamCaptureStatusNone ? rank_->synchronize(stream) : ok_status();
+  return capture == cudaStreamCaptureStatusNone ? with_exchange_state(rank_->synchronize(stream)) : ok_status();
 }
 
-Result<Tensor> GpuEpExperts::physical_ids(int64_t layer, const Tensor& topk_ids) {
-  if (id_maps_.empty()) return topk_ids;
-  const int64_t T = topk_ids.size(0);
-  if (T > mapped_ids_.size(0))
-    return make_error(ErrorCode::kInternal, "GPU EP: {} tokens in one call, buffers for {}", T, mapped_ids_.size(0));
-  Tensor mapped = mapped_ids_.slice(0, 0, T);
-  ops::moe_map_expert_ids(topk_ids, id_maps_.at(layer), mapped);
+Status GpuEpExperts::with_exchange_state(Status st) const {
+  // A failed exchange (a peer that never arrived): its synchronisation words say which side of
+  // which call each block stopped at. The kernels have ended (they reported), so copying is safe.
+  if (!st) {
+    try {
+      log::error("GPU EP rank {} exchange state after the failure: {}", rank_->rank(), rank_->exchange_state());
+    } catch (const std::exception& e) {
+      log::error("GPU EP rank {}: the exchange state could not be read: {}", rank_->rank(), e.what());
+    }
+  }
+  return st;
+}
+
+Tensor GpuEpExperts::physical_ids(const Tensor& topk_ids) {
+  if (id_map_ == nullptr) return topk_ids;
+  // forward checked T against begin_step's group maximum; a round or a normal pass fits.
+  Tensor mapped = mapped_ids_.slice(0, 0, topk_ids.size(0));
+  ops::moe_map_expert_ids(topk_ids, *id_map_, mapped);
   return mapped;
 }
 
 Status GpuEpExperts::before_replay() { return rank_->meet_peers(ops::cuda::current_stream()); }
 
-Status GpuEpExperts::after_replay() { return rank_->status(); }
+Status GpuEpExperts::after_replay() { return with_exchange_state(rank_->status()); }
 
 }  // namespace pdserve::moe::gpu
 

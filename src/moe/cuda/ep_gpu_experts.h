@@ -48,9 +48,6 @@ struct GpuEpExpertsOptions {
   // Where the experts live; none: physical = logical. The exchange groups must be sized for its
   // physical experts.
   std::shared_ptr<const ExpertLocation> location;
-  // The most tokens one forward call may carry (the mapped ids' buffer); 0: the larger of the two
-  // exchanges' tokens per rank.
-  int64_t max_pass_tokens = 0;
 };
 
 class GpuEpExperts final : public model::RoutedExperts {
@@ -81,13 +78,16 @@ class GpuEpExperts final : public model::RoutedExperts {
   // One expert GEMM per row bucket of the normal path at creation: a kernel's first launch waits
   // for every kernel on the GPU, the peers' spinning exchange included.
   void warm_normal_gemms(const model::GpuExperts& e);
-  // The ids the exchange sends by: topk_ids itself, or its physical copies (with a placement).
-  Result<Tensor> physical_ids(int64_t layer, const Tensor& topk_ids);
+  // The ids one exchange call sends by (at most one round's or one normal pass's tokens): topk_ids
+  // itself, or its physical copies (with a placement).
+  Tensor physical_ids(const Tensor& topk_ids);
   Status forward_low_latency(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
                              cudaStream_t stream);
   Status forward_normal(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
                         cudaStream_t stream);
   void abort(const std::string& why);
+  // `st`, after logging the low-latency exchange's state when it is an error.
+  Status with_exchange_state(Status st) const;
 
   LowLatencyGpuRank* rank_ = nullptr;
   NormalGpuRank* normal_ = nullptr;
@@ -108,7 +108,8 @@ class GpuEpExperts final : public model::RoutedExperts {
   // With a placement: per MoE layer this rank's logical -> physical map (i32 [logical] each, on the
   // device) and the mapped ids of the current call.
   std::map<int64_t, Tensor> id_maps_;
-  Tensor mapped_ids_;  // i32 [max_pass_tokens, top_k]
+  Tensor mapped_ids_;  // i32 [max(low-latency, normal tokens per rank), top_k]
+  const Tensor* id_map_ = nullptr;  // the current layer's, during forward
   int64_t rounds_ = 1;
   bool decode_ = true, normal_pass_ = false;
 };
