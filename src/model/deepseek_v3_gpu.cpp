@@ -520,6 +520,12 @@ struct DeepseekV3GpuModel::Impl {
     if (routed) throw_if_failed(routed->before_replay());
     fill_static(batch, bs);
     check(cudaGraphLaunch(graphs.at(bs), stream), "graph launch");
+    // EP: wait for the replay before any copy into pageable host memory (download's). Such a copy
+    // blocks inside the driver until the stream reaches it, and while it blocks a peer rank's
+    // launches can wait on the driver too; the replay's exchange waits for those launches: a
+    // deadlock until the exchange times out (seen on an H200 with two ranks replaying at once).
+    // The eager path synchronises after its last exchange for the same reason (GpuEpExperts).
+    if (routed) check(cudaStreamSynchronize(stream), "graph replay");
     Tensor out = download(st.logits, static_cast<int64_t>(batch.size()));
     if (routed) throw_if_failed(routed->after_replay());  // the stream is synchronised: the exchanges' report is final
     return out;
