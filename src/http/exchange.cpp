@@ -108,31 +108,46 @@ bool Exchange::respond_error(int status, std::string_view message) {
 
 bool Exchange::start_stream(int status, std::string_view content_type, const Headers& extra) {
   std::unique_lock lock(mu_);
-  if (!attached_ || abort_ || state_ != State::kNone || !status_allows_body(status) || status > 999) {
-    return false;
-  }
+  if (!may_start_stream(status)) return false;
   state_ = State::kStreaming;
-  if (!chunked_) keep_alive_ = false;  // the end of a raw stream is the end of the connection
-  OutItem item{OutItem::Kind::kHead, make_head(status, content_type, extra, true, 0), {}};
-  return push(lock, std::move(item), 0);
+  return push(lock, stream_head(status, content_type, extra), 0);
 }
 
 bool Exchange::send_chunk(std::string data) {
   std::unique_lock lock(mu_);
   if (!attached_ || abort_ || state_ != State::kStreaming) return false;
   if (data.empty() || head_only_) return true;
-  if (queued_.load(std::memory_order_relaxed) + data.size() > max_queued_) {
-    // The client reads slower than we produce: closing is the only bound that cannot be
-    // defeated by a stalled reader; on_close tells the producer to stop.
-    abort_ = true;
-    // Always wake, even if a wake-up is pending: the connection may be stuck in a write and
-    // only this wake-up closes the socket under it.
-    wake_pending_ = true;
-    wake_unlocked(lock, Wake::kAbort);
-    return false;
-  }
+  if (queued_.load(std::memory_order_relaxed) + data.size() > max_queued_) return abort_response(lock);
   std::size_t n = data.size();
   return push(lock, chunk_item(std::move(data)), n);
+}
+
+bool Exchange::respond_stream(int status, std::string_view content_type, const Headers& extra, std::string data) {
+  std::unique_lock lock(mu_);
+  if (!may_start_stream(status)) return false;
+  state_ = State::kEnded;
+  const std::size_t n = head_only_ ? 0 : data.size();
+  if (queued_.load(std::memory_order_relaxed) + n > max_queued_) return abort_response(lock);  // as send_chunk
+  // One wake-up, with the last item: the connection writes the three at once.
+  push(lock, stream_head(status, content_type, extra), 0, false);
+  if (n > 0) push(lock, chunk_item(std::move(data)), n, false);
+  return push(lock, end_item(), 0);
+}
+
+bool Exchange::end_stream() {
+  std::unique_lock lock(mu_);
+  if (!attached_ || abort_ || state_ != State::kStreaming) return false;
+  state_ = State::kEnded;
+  return push(lock, end_item(), 0);
+}
+
+bool Exchange::may_start_stream(int status) const {
+  return attached_ && !abort_ && state_ == State::kNone && status_allows_body(status) && status <= 999;
+}
+
+OutItem Exchange::stream_head(int status, std::string_view content_type, const Headers& extra) {
+  if (!chunked_) keep_alive_ = false;  // the end of a raw stream is the end of the connection
+  return OutItem{OutItem::Kind::kHead, make_head(status, content_type, extra, true, 0), {}};
 }
 
 OutItem Exchange::chunk_item(std::string data) const {
@@ -144,28 +159,17 @@ OutItem Exchange::chunk_item(std::string data) const {
   return OutItem{OutItem::Kind::kChunk, std::move(size_line), std::move(data), chunked_};
 }
 
-bool Exchange::respond_stream(int status, std::string_view content_type, const Headers& extra, std::string data) {
-  std::unique_lock lock(mu_);
-  if (!attached_ || abort_ || state_ != State::kNone || !status_allows_body(status) || status > 999) return false;
-  state_ = State::kEnded;
-  if (!chunked_) keep_alive_ = false;  // as start_stream: a raw stream ends with the connection
-  const std::size_t n = head_only_ ? 0 : data.size();
-  if (n > max_queued_) {  // as send_chunk: never queue more than the bound, even at once
-    abort_ = true;
-    wake_pending_ = true;
-    wake_unlocked(lock, Wake::kAbort);
-    return false;
-  }
-  push(lock, OutItem{OutItem::Kind::kHead, make_head(status, content_type, extra, true, 0), {}}, 0, false);
-  if (n > 0) push(lock, chunk_item(std::move(data)), n, false);
-  return push(lock, OutItem{OutItem::Kind::kEnd, chunked_ && !head_only_ ? "0\r\n\r\n" : "", {}}, 0);
-}
+OutItem Exchange::end_item() const { return OutItem{OutItem::Kind::kEnd, chunked_ && !head_only_ ? "0\r\n\r\n" : "", {}}; }
 
-bool Exchange::end_stream() {
-  std::unique_lock lock(mu_);
-  if (!attached_ || abort_ || state_ != State::kStreaming) return false;
-  state_ = State::kEnded;
-  return push(lock, OutItem{OutItem::Kind::kEnd, chunked_ && !head_only_ ? "0\r\n\r\n" : "", {}}, 0);
+bool Exchange::abort_response(std::unique_lock<std::mutex>& lock) {
+  // The client reads slower than we produce: closing is the only bound that cannot be defeated
+  // by a stalled reader; on_close tells the producer to stop.
+  abort_ = true;
+  // Always wake, even if a wake-up is pending: the connection may be stuck in a write and only
+  // this wake-up closes the socket under it.
+  wake_pending_ = true;
+  wake_unlocked(lock, Wake::kAbort);
+  return false;
 }
 
 void Exchange::set_on_close(std::function<void()> callback) {
@@ -196,10 +200,7 @@ void Exchange::abandon() {
                         std::move(body)},
                 n);
   } else if (state_ == State::kStreaming) {
-    // Ending the stream cleanly would present a truncated stream as complete.
-    abort_ = true;
-    wake_pending_ = true;
-    wake_unlocked(lock, Wake::kAbort);  // unconditionally, see send_chunk
+    abort_response(lock);  // ending the stream cleanly would present a truncated stream as complete
   }
 }
 

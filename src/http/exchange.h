@@ -85,8 +85,16 @@ class Exchange {
   // Queues `item`; wakes the connection (after releasing `lock`) unless a wake-up is pending or
   // `wake` is false (more items of the same response follow under the same lock).
   bool push(std::unique_lock<std::mutex>& lock, OutItem item, std::size_t payload_bytes, bool wake = true);
-  // A chunk's item (size line, payload, CRLF) for `data` (non-empty).
+  // Under mu_: a stream (or a whole one) may begin with `status`.
+  bool may_start_stream(int status) const;
+  // Under mu_: a stream's head item (a raw HTTP/1.0 stream also ends the connection).
+  OutItem stream_head(int status, std::string_view content_type, const Headers& extra);
+  // A chunk's item (size line, payload, CRLF) for `data` (non-empty), and the stream's end.
   OutItem chunk_item(std::string data) const;
+  OutItem end_item() const;
+  // Closes the connection under the response (the queue bound was hit, or a stream was
+  // abandoned): wakes the connection with kAbort after releasing `lock`; returns false.
+  bool abort_response(std::unique_lock<std::mutex>& lock);
   // Releases `lock`, then calls wake_ (taken while locked).
   void wake_unlocked(std::unique_lock<std::mutex>& lock, Wake why);
   // `chunked`: a stream's head (Transfer-Encoding, and Cache-Control: no-cache unless `extra` has one).
