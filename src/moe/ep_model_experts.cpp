@@ -1,29 +1,10 @@
 #include "moe/ep_model_experts.h"
 
+#include <cstring>
+
 #include "base/logging.h"
 
 namespace pdserve::moe {
-
-Status check_placement(const EpPlacement& placement, const model::ModelConfig& cfg, int ep_size) {
-  if (!placement.location) {
-    if (cfg.n_routed_experts % ep_size != 0)
-      return make_error(ErrorCode::kInvalidArgument,
-                        "expert parallelism needs the model's {} routed experts to split evenly over --ep-size {}",
-                        cfg.n_routed_experts, ep_size);
-    return ok_status();
-  }
-  const ExpertLayout& l = placement.location->layout();
-  if (l.num_logical != cfg.n_routed_experts || l.num_layers != cfg.num_hidden_layers || l.ep_size != ep_size)
-    return make_error(ErrorCode::kInvalidArgument,
-                      "the expert placement is for {} layers x {} experts over {} ranks; the model has {} x {} and the "
-                      "EP group {} ranks",
-                      l.num_layers, l.num_logical, l.ep_size, cfg.num_hidden_layers, cfg.n_routed_experts, ep_size);
-  if (placement.algorithm == DispatchAlgorithm::kFake)
-    return make_error(ErrorCode::kInvalidArgument,
-                      "--ep-dispatch-algorithm fake replaces the routing; with --moe-a2a-backend deepep use static or "
-                      "dynamic");
-  return ok_status();
-}
 
 Result<std::unique_ptr<EpModelExperts>> EpModelExperts::create(std::shared_ptr<const model::DeepseekV3Model> model,
                                                                parallel::Communicator& ep, parallel::DeepEpMode mode,
@@ -31,7 +12,7 @@ Result<std::unique_ptr<EpModelExperts>> EpModelExperts::create(std::shared_ptr<c
   const auto& cfg = model->config();
   PDSERVE_RETURN_IF_ERROR(check_placement(placement, cfg, ep.size()));
   auto e = std::unique_ptr<EpModelExperts>(new EpModelExperts());
-  e->geo_.num_experts = placement.location ? placement.location->layout().num_physical : cfg.n_routed_experts;
+  e->geo_.num_experts = placement.num_physical(cfg);
   e->geo_.ep_size = ep.size();
   e->geo_.ep_rank = ep.rank();
   PDSERVE_RETURN_IF_ERROR(e->geo_.validate());
@@ -77,8 +58,12 @@ Status EpModelExperts::forward(int64_t layer, const Tensor& x, const Tensor& top
   if (it == layers_.end())
     return make_error(ErrorCode::kInternal, "EP MoE: layer {} is not a MoE layer of this model", layer);
   if (!dispatcher_) return it->second.forward(*ep_, step_mode_, x, topk_ids, topk_weights, out);
-  // The gate chose logical experts; the exchange sends to physical copies.
-  Tensor physical = topk_ids.clone();
+  // The gate chose logical experts; the exchange sends to physical copies (in a buffer reused
+  // layer after layer, not a tensor per layer).
+  if (topk_ids.dtype() != DType::kI32 || !topk_ids.is_contiguous())
+    return make_error(ErrorCode::kInvalidArgument, "EP MoE: topk_ids must be contiguous i32");
+  Tensor physical = mapped_ids_.view(topk_ids.shape(), DType::kI32);
+  std::memcpy(physical.raw_data(), topk_ids.raw_data(), topk_ids.nbytes());
   dispatcher_->to_physical(static_cast<int>(layer),
                            std::span<int32_t>(physical.data<int32_t>(), static_cast<size_t>(physical.numel())));
   return it->second.forward(*ep_, step_mode_, x, physical, topk_weights, out);

@@ -17,25 +17,13 @@
 
 #include "model/deepseek_v3.h"
 #include "moe/ep_moe.h"
-#include "moe/expert_location.h"
+#include "moe/ep_placement.h"
 #include "moe/expert_location_dispatch.h"
+#include "moe/reusable_buffer.h"
 #include "parallel/communicator.h"
 #include "parallel/rank_layout.h"
 
 namespace pdserve::moe {
-
-// Where the experts live (moe/expert_location.h): physical expert p on rank p / local, holding
-// logical expert location->logical_of(layer, p); the gate's logical ids go to physical copies by
-// `algorithm` (static: the rank's static dispatch map; dynamic: a random copy per entry). Null
-// location: physical = logical (no redundant experts).
-struct EpPlacement {
-  std::shared_ptr<const ExpertLocation> location;
-  DispatchAlgorithm algorithm = DispatchAlgorithm::kStatic;
-};
-
-// The placement's shape against the model's and the group's; kInvalidArgument naming what differs.
-// Shared by the CPU and GPU EP ranks.
-Status check_placement(const EpPlacement& placement, const model::ModelConfig& cfg, int ep_size);
 
 class EpModelExperts final : public model::RoutedExperts {
  public:
@@ -65,6 +53,7 @@ class EpModelExperts final : public model::RoutedExperts {
   EpMoeOptions opts_;
   std::map<int64_t, EpMoe> layers_;  // MoE layer index -> its exchange and local experts
   std::optional<ExpertDispatcher> dispatcher_;  // logical -> physical ids, with a placement
+  ReusableBuffer mapped_ids_;                   // the physical ids of the current layer
   bool warned_overflow_ = false;
 };
 

@@ -128,14 +128,8 @@ Status EpRanks::create_gpu_group(const parallel::RankLayout& layout, const model
   const auto& c = model.config();
   const auto timeout = opts_.timeout;
   const int base_gpu_id = opts_.base_gpu_id;
-  const auto& placement = opts_.placement;
-  if (placement.location && placement.algorithm != moe::DispatchAlgorithm::kStatic)
-    return make_error(ErrorCode::kUnsupported,
-                      "--ep-dispatch-algorithm {} on GPU EP ranks is not in this build: use static (each rank sends a "
-                      "logical expert's tokens to the copy its static dispatch map names)",
-                      moe::dispatch_algorithm_name(placement.algorithm));
   // With redundant experts the exchange addresses physical experts.
-  const int64_t num_experts = placement.location ? placement.location->layout().num_physical : c.n_routed_experts;
+  const int64_t num_experts = opts_.placement.num_physical(c);
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
     return make_error(ErrorCode::kUnsupported, "--device cuda with --moe-a2a-backend deepep: no CUDA device is visible");
@@ -193,7 +187,7 @@ Result<std::shared_ptr<model::RoutedExperts>> EpRanks::gpu_experts(std::shared_p
   moe::gpu::GpuEpExpertsOptions opts;
   if (gpu_normal_group_) opts.normal = &static_cast<moe::gpu::NormalGpuGroup*>(gpu_normal_group_.get())->rank(rank);
   opts.mode = mode;
-  opts.location = opts_.placement.location;
+  opts.placement = opts_.placement;
   PDSERVE_ASSIGN_OR_RETURN(auto experts, moe::gpu::GpuEpExperts::create(std::move(model), group.rank(rank), group.size(), opts));
   return std::shared_ptr<model::RoutedExperts>(std::move(experts));
 }

@@ -18,7 +18,7 @@
 
 #include "base/status.h"
 #include "model/deepseek_v3.h"
-#include "moe/ep_model_experts.h"
+#include "moe/ep_placement.h"
 #include "parallel/local_world.h"
 #include "scheduler/step_sync.h"
 

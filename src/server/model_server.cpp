@@ -179,7 +179,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     eo.max_forward_tokens = max_forward_tokens(args);
     if (s->experts_) eo.placement = {s->experts_->location(), s->experts_->dispatch_algorithm()};
     PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, eo));
-    const int64_t physical = eo.placement.location ? eo.placement.location->layout().num_physical : c.n_routed_experts;
+    const int64_t physical = eo.placement.num_physical(c);
     log::info("DeepEP MoE: {} EP ranks, {} routed experts each ({} physical in all), --deepep-mode {}, low-latency "
               "buffers for {} tokens per rank",
               args.ep_size, physical / args.ep_size, physical, args.deepep_mode, eo.max_dispatch_tokens_per_rank);

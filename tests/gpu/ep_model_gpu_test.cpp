@@ -215,7 +215,7 @@ void ranks_match_one_model(const EpCase& k) {
   ASSERT_TRUE(ref_r.has_value()) << ref_r.error().message();
   auto& ref = *ref_r;
 
-  const int64_t physical = k.location ? k.location->layout().num_physical : c.n_routed_experts;
+  const int64_t physical = moe::EpPlacement{k.location}.num_physical(c);
   const moe::gpu::LowLatencyGpuConfig gc = ll_config(c, R, physical);
   auto group_r = moe::gpu::LowLatencyGpuGroup::create(gc);
   ASSERT_TRUE(group_r.has_value()) << group_r.error().message();
@@ -239,7 +239,7 @@ void ranks_match_one_model(const EpCase& k) {
     moe::gpu::GpuEpExpertsOptions eo;
     if (normal_group) eo.normal = &normal_group->rank(r);
     eo.contiguous_rows = k.contiguous_rows;
-    eo.location = k.location;
+    eo.placement.location = k.location;
     auto e = moe::gpu::GpuEpExperts::create(ep_host, group->rank(r), R, eo);
     ASSERT_TRUE(e.has_value()) << e.error().message();
     experts.push_back(std::move(*e));

@@ -26,18 +26,15 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
   e->normal_ = opts.normal;
   e->mode_ = opts.mode;
   e->ranks_ = ranks;
-  const ExpertLocation* loc = opts.location.get();
-  const int64_t physical = loc ? loc->layout().num_physical : c.n_routed_experts;
-  if (ranks < 1 || physical % ranks != 0)
-    return make_error(ErrorCode::kInvalidArgument, "GPU EP: {} physical experts do not divide over {} ranks", physical,
-                      ranks);
-  if (loc && (loc->layout().ep_size != ranks || loc->layout().num_logical != c.n_routed_experts ||
-              loc->layout().num_layers != c.num_hidden_layers))
-    return make_error(ErrorCode::kInvalidArgument,
-                      "GPU EP: the expert placement ({} layers x {} experts over {} ranks) does not fit the model ({} x "
-                      "{}) and group ({} ranks)",
-                      loc->layout().num_layers, loc->layout().num_logical, loc->layout().ep_size, c.num_hidden_layers,
-                      c.n_routed_experts, ranks);
+  if (ranks < 1) return make_error(ErrorCode::kInvalidArgument, "GPU EP: {} ranks", ranks);
+  if (auto st = check_placement(opts.placement, c, ranks); !st) return st.error().with_context("GPU EP");
+  const ExpertLocation* loc = opts.placement.location.get();
+  if (loc && opts.placement.algorithm != DispatchAlgorithm::kStatic)
+    return make_error(ErrorCode::kUnsupported,
+                      "--ep-dispatch-algorithm {} on GPU EP ranks is not in this build: use static (each rank sends a "
+                      "logical expert's tokens to the copy its static dispatch map names)",
+                      dispatch_algorithm_name(opts.placement.algorithm));
+  const int64_t physical = opts.placement.num_physical(c);
   if (opts.normal && (opts.normal->ranks() != ranks || opts.normal->rank() != rank.rank()))
     return make_error(ErrorCode::kInvalidArgument, "GPU EP: the normal-mode rank ({} of {}) is not low-latency rank {} of {}",
                       opts.normal->rank(), opts.normal->ranks(), rank.rank(), ranks);
@@ -66,12 +63,13 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
       } else {
         return make_error(ErrorCode::kInternal, "GPU EP rank {}: layer {} has no routed experts", rank.rank(), l);
       }
-      e->layers_[static_cast<int64_t>(l)] = model::upload_experts(slice, 0, e->local_);
+      Layer& layer = e->layers_[static_cast<int64_t>(l)];
+      layer.experts = model::upload_experts(slice, 0, e->local_);
       if (loc) {
         const auto& row = dispatch_map.at(l);
         Tensor map = Tensor::empty({static_cast<int64_t>(row.size())}, DType::kI32);
         std::copy(row.begin(), row.end(), map.data<int32_t>());
-        e->id_maps_[static_cast<int64_t>(l)] = map.to(Device::kCuda);
+        layer.id_map = map.to(Device::kCuda);
       }
       e->last_moe_layer_ = static_cast<int64_t>(l);
     }
@@ -109,9 +107,9 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
     // kernels are loaded before any EP pass: a kernel's first launch waits for every kernel on the
     // GPU, including peers spinning in an exchange with this rank.
     if (!e->layers_.empty()) {
-      PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second, true));
-      PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second, false));
-      if (e->normal_) e->warm_normal_gemms(e->layers_.begin()->second);
+      PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second.experts, true));
+      PDSERVE_RETURN_IF_ERROR(e->run_experts(e->layers_.begin()->second.experts, false));
+      if (e->normal_) e->warm_normal_gemms(e->layers_.begin()->second.experts);
       PDSERVE_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(ops::cuda::current_stream()), "GPU EP warm-up"));
     }
   } catch (const std::exception& ex) {
@@ -168,14 +166,14 @@ void GpuEpExperts::warm_normal_gemms(const model::GpuExperts& e) {
   }
 }
 
-Status GpuEpExperts::forward_low_latency(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w,
+Status GpuEpExperts::forward_low_latency(const Layer& layer, const Tensor& x, const Tensor& ids, const Tensor& w,
                                          Tensor& out, cudaStream_t stream) {
   const int64_t T = x.size(0);
   for (int64_t round = 0; round < rounds_; ++round) {
     const int64_t r0 = std::min(T, round * max_tokens_), r1 = std::min(T, r0 + max_tokens_);
-    const Tensor xs = x.slice(0, r0, r1), is = physical_ids(ids.slice(0, r0, r1)), ws = w.slice(0, r0, r1);
+    const Tensor xs = x.slice(0, r0, r1), is = physical_ids(layer, ids.slice(0, r0, r1)), ws = w.slice(0, r0, r1);
     PDSERVE_RETURN_IF_ERROR(rank_->dispatch(xs, is, stream));
-    PDSERVE_RETURN_IF_ERROR(run_experts(e, decode_));
+    PDSERVE_RETURN_IF_ERROR(run_experts(layer.experts, decode_));
     Tensor sums = combined_.slice(0, 0, r1 - r0);
     PDSERVE_RETURN_IF_ERROR(rank_->combine(y_, is, ws, sums, stream));
     if (r1 > r0) {
@@ -186,9 +184,10 @@ Status GpuEpExperts::forward_low_latency(const model::GpuExperts& e, const Tenso
   return ok_status();
 }
 
-Status GpuEpExperts::forward_normal(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w,
+Status GpuEpExperts::forward_normal(const Layer& layer, const Tensor& x, const Tensor& ids, const Tensor& w,
                                     Tensor& out, cudaStream_t stream) {
-  const Tensor pids = physical_ids(ids);  // dispatch and combine take the same ids
+  const model::GpuExperts& e = layer.experts;
+  const Tensor pids = physical_ids(layer, ids);  // dispatch and combine take the same ids
   PDSERVE_RETURN_IF_ERROR(normal_->dispatch(x, pids, w, stream));
   PDSERVE_ASSIGN_OR_RETURN(NormalGpuReceived d, normal_->received(stream));
   const int64_t n = d.rows;
@@ -251,8 +250,6 @@ Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_
   cudaStream_t stream = ops::cuda::current_stream();
   Status st = ok_status();
   try {
-    auto map = id_maps_.find(layer);
-    id_map_ = map == id_maps_.end() ? nullptr : &map->second;
     st = normal_pass_ ? forward_normal(it->second, x, topk_ids, topk_weights, out, stream)
                       : forward_low_latency(it->second, x, topk_ids, topk_weights, out, stream);
   } catch (const std::exception& ex) {
@@ -285,11 +282,11 @@ Status GpuEpExperts::with_exchange_state(Status st) const {
   return st;
 }
 
-Tensor GpuEpExperts::physical_ids(const Tensor& topk_ids) {
-  if (id_map_ == nullptr) return topk_ids;
+Tensor GpuEpExperts::physical_ids(const Layer& layer, const Tensor& topk_ids) {
+  if (!layer.id_map.defined()) return topk_ids;
   // forward checked T against begin_step's group maximum; a round or a normal pass fits.
   Tensor mapped = mapped_ids_.slice(0, 0, topk_ids.size(0));
-  ops::moe_map_expert_ids(topk_ids, *id_map_, mapped);
+  ops::moe_map_expert_ids(topk_ids, layer.id_map, mapped);
   return mapped;
 }
 

@@ -19,11 +19,12 @@
 //    rank, the balanced load at R >= top-k); a pass routing more rows to this rank runs its
 //    experts over several windows of that many rows.
 //
-// Physical expert e lives on rank e / local_experts. With a placement (moe/expert_location.h:
+// Physical expert e lives on rank e / local_experts. With a placement (moe/ep_placement.h:
 // redundant experts, EPLB at start-up) local slot i of rank r holds logical expert
 // location->logical_of(layer, r * local + i), and the gate's logical ids are mapped on the device
-// to the physical copies of the rank's static dispatch map before the exchange (one small kernel,
-// graph safe). Calls come from the rank's thread, on the model's current stream.
+// to the physical copies of the rank's static dispatch map before each exchange call (one small
+// kernel, graph safe; the `dynamic` algorithm is refused). Calls come from the rank's thread, on
+// the model's current stream.
 #pragma once
 
 #if defined(PDSERVE_HAVE_CUDA)
@@ -34,7 +35,7 @@
 
 #include "model/deepseek_v3.h"
 #include "model/gpu_weights.h"
-#include "moe/expert_location.h"
+#include "moe/ep_placement.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
 #include "moe/cuda/ep_normal_gpu.h"
 #include "parallel/rank_layout.h"
@@ -45,9 +46,9 @@ struct GpuEpExpertsOptions {
   NormalGpuRank* normal = nullptr;  // this rank of the group's normal-mode exchange; none: low-latency only
   parallel::DeepEpMode mode = parallel::DeepEpMode::kAuto;
   int64_t contiguous_rows = 0;      // normal mode's expert buffers (0: R x its tokens per rank)
-  // Where the experts live; none: physical = logical. The exchange groups must be sized for its
+  // Where the experts live (static dispatch only); the exchange groups must be sized for its
   // physical experts.
-  std::shared_ptr<const ExpertLocation> location;
+  EpPlacement placement;
 };
 
 class GpuEpExperts final : public model::RoutedExperts {
@@ -78,12 +79,18 @@ class GpuEpExperts final : public model::RoutedExperts {
   // One expert GEMM per row bucket of the normal path at creation: a kernel's first launch waits
   // for every kernel on the GPU, the peers' spinning exchange included.
   void warm_normal_gemms(const model::GpuExperts& e);
+  // A MoE layer's experts on this rank and, with a placement, its logical -> physical id map
+  // (i32 [logical] on the device).
+  struct Layer {
+    model::GpuExperts experts;
+    Tensor id_map;
+  };
   // The ids one exchange call sends by (at most one round's or one normal pass's tokens): topk_ids
   // itself, or its physical copies (with a placement).
-  Tensor physical_ids(const Tensor& topk_ids);
-  Status forward_low_latency(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
+  Tensor physical_ids(const Layer& layer, const Tensor& topk_ids);
+  Status forward_low_latency(const Layer& layer, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
                              cudaStream_t stream);
-  Status forward_normal(const model::GpuExperts& e, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
+  Status forward_normal(const Layer& layer, const Tensor& x, const Tensor& ids, const Tensor& w, Tensor& out,
                         cudaStream_t stream);
   void abort(const std::string& why);
   // `st`, after logging the low-latency exchange's state when it is an error.
@@ -93,7 +100,7 @@ class GpuEpExperts final : public model::RoutedExperts {
   NormalGpuRank* normal_ = nullptr;
   parallel::DeepEpMode mode_ = parallel::DeepEpMode::kAuto;
   int64_t ranks_ = 1, local_ = 0, max_tokens_ = 0, hidden_ = 0, inter_ = 0, last_moe_layer_ = -1;
-  std::map<int64_t, model::GpuExperts> layers_;  // MoE layer -> this rank's experts
+  std::map<int64_t, Layer> layers_;  // MoE layer -> this rank's experts
   // Low-latency mode.
   Tensor gate_, up_, y_;  // bf16 [local, R * max, inter | inter | hidden]
   Tensor combined_;       // f32 [max, hidden]: one round's routed sums before they join the residual
@@ -105,11 +112,7 @@ class GpuEpExperts final : public model::RoutedExperts {
   Tensor partial_bf16_;                   // bf16, the same; only when xc_ is smaller (else xc_ holds them)
   Tensor row_base_, counts_;              // i32 [local]
   Tensor normal_out_;                     // f32 [normal_tokens, hidden]
-  // With a placement: per MoE layer this rank's logical -> physical map (i32 [logical] each, on the
-  // device) and the mapped ids of the current call.
-  std::map<int64_t, Tensor> id_maps_;
-  Tensor mapped_ids_;  // i32 [max(low-latency, normal tokens per rank), top_k]
-  const Tensor* id_map_ = nullptr;  // the current layer's, during forward
+  Tensor mapped_ids_;  // with a placement: i32 [max(low-latency, normal tokens per rank), top_k]
   int64_t rounds_ = 1;
   bool decode_ = true, normal_pass_ = false;
 };
