@@ -254,24 +254,22 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
     m.inc("sgl_router_pd_prefill_requests_total", {{"worker", p->url()}});
     m.inc("sgl_router_pd_decode_requests_total", {{"worker", d->url()}});
     std::optional<Result<http::Response>> pr, dr;
-    bool relaying = false, prefill_failed = false, prefill_done = false;
-    Relay raw;  // the decode's bytes as they are (no logprobs to merge)
+    bool prefill_failed = false, prefill_done = false;
+    // The decode's stream towards the client: its bytes as they are, or (with logprobs) each
+    // event rewritten. relay.started: the client has part of the answer.
+    Relay relay;
     PrefillLogprobs plp;
     std::vector<std::string> pending;  // decode events held until the prefill's logprobs arrive
     int head_status = 200;
     std::string head_type = "text/event-stream";
     auto send_event = [&](std::string_view data) {
-      if (!relaying) {
-        relaying = true;
-        responder->start_stream(head_status, head_type);
-      }
       std::string out = (data == "[DONE]") ? std::string(data) : plp.apply(data);
-      return responder->send_chunk(http::sse_event(out));
+      return relay.pass(*responder, head_status, head_type, http::sse_event(out), false);
     };
     auto prefill_failed_now = [&] {
       prefill_failed = true;
       // The decode would wait for KV that never comes: end it now.
-      if (!relaying) abort_on({{d, rids}});
+      if (!relay.started) abort_on({{d, rids}});
     };
 
     auto prefill_call = [&]() -> asio::awaitable<void> {
@@ -307,28 +305,26 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
           },
           // Without logprobs the decode's bytes go out as they are; with them each event is rewritten.
           logprob ? std::function<bool(std::string_view)>() : [&](std::string_view data) {
-            if (client_gone || (prefill_failed && !relaying)) return false;
-            relaying = true;
-            return raw.pass(*responder, head_status, head_type, data, false);
+            if (client_gone || (prefill_failed && !relay.started)) return false;
+            return relay.pass(*responder, head_status, head_type, data, false);
           },
           !logprob ? std::function<bool(const http::SseEvent&)>() : [&](const http::SseEvent& e) {
-            if (client_gone || (prefill_failed && !relaying)) return false;
+            if (client_gone || (prefill_failed && !relay.started)) return false;
             if (prefill_done) return send_event(e.data);
             pending.push_back(e.data);
             return true;
           });
       if (!logprob)
         cb.on_last_data = [&](std::string_view data) {
-          if (client_gone || (prefill_failed && !relaying)) return false;
-          relaying = true;
-          return raw.pass(*responder, head_status, head_type, data, true);
+          if (client_gone || (prefill_failed && !relay.started)) return false;
+          return relay.pass(*responder, head_status, head_type, data, true);
         };
       cb.hold = relay_hold();
       dr.emplace(co_await client->stream(std::move(req), std::move(cb)));
     };
     co_await (prefill_call() && decode_call());
 
-    if (relaying) {
+    if (relay.started) {
       // The client already has part of the answer: no retry is possible any more.
       if (prefill_done)
         for (auto& e : pending) send_event(e);
@@ -339,7 +335,7 @@ struct ProxyRequest : std::enable_shared_from_this<ProxyRequest> {
       } else {
         count_pd(p, *pr && is_2xx((*pr)->status), d, true);
       }
-      if (!raw.ended) responder->end_stream();
+      if (!relay.ended) responder->end_stream();
       co_return Step::kDone;
     }
     const Result<http::Response>& pres = *pr;
