@@ -184,6 +184,10 @@ void Router::register_worker_routes(http::Server& s) {
       r->respond_error(400, "body must be {\"url\": \"http://host:port\", \"worker_type\": \"regular|prefill|decode\"}");
       return;
     }
+    if (body.contains("worker_type") && !body["worker_type"].is_string()) {
+      r->respond_error(400, "field 'worker_type' must be a string: regular, prefill or decode");
+      return;
+    }
     std::string type = body.value("worker_type", args_.pd_disaggregation ? "" : "regular");
     WorkerType t;
     if (type == "regular" && !args_.pd_disaggregation) {

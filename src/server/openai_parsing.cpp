@@ -11,6 +11,14 @@ namespace {
 
 Error bad(const std::string& msg) { return Error(ErrorCode::kInvalidArgument, msg); }
 
+// obj[key] when it is a string, `fallback` when absent or null; another type is the client's error
+// (json::value would throw a type_error, which the route would turn into a 500).
+Result<std::string> optional_string(const json& obj, const char* key, const char* fallback, const std::string& field) {
+  if (!obj.contains(key) || obj[key].is_null()) return std::string(fallback);
+  if (!obj[key].is_string()) return bad("field '" + field + "' must be a string");
+  return obj[key].get<std::string>();
+}
+
 // Messages name fields as the client wrote them: OpenAI's names, not SGLang's sampling_params.
 std::string openai_names(std::string m) {
   for (auto [ours, theirs] : {std::pair{"sampling_params.max_new_tokens", "max_tokens"},
@@ -172,8 +180,9 @@ Result<OpenAIRequest> parse_openai_chat(const json& body, const ParseLimits& lim
   for (const auto& [key, v] : body.items())
     if (!kKnown.count(key)) return bad("unknown field '" + key + "'");
   if (body.contains("logit_bias") && !body["logit_bias"].is_null()) return bad("field 'logit_bias' is not supported");
+  // json == "text" rather than value("type", ...): a non-string type must be a 400, not an exception.
   if (body.contains("response_format") && body["response_format"].is_object() &&
-      body["response_format"].value("type", "text") != "text")
+      body["response_format"].contains("type") && body["response_format"]["type"] != "text")
     return bad("field 'response_format' other than {\"type\": \"text\"} is not supported");
   OpenAIRequest out;
   out.chat = true;
@@ -200,7 +209,7 @@ Result<OpenAIRequest> parse_openai_chat(const json& body, const ParseLimits& lim
         // OpenAI content parts: only text parts can be served by a text model.
         std::string text;
         for (size_t k = 0; k < c.size(); ++k) {
-          if (!c[k].is_object() || c[k].value("type", "") != "text" || !c[k].contains("text") || !c[k]["text"].is_string())
+          if (!c[k].is_object() || !c[k].contains("type") || c[k]["type"] != "text" || !c[k].contains("text") || !c[k]["text"].is_string())
             return bad("field '" + f + ".content[" + std::to_string(k) + "]' must be a {\"type\": \"text\"} part");
           text += c[k]["text"].get<std::string>();
         }
@@ -216,9 +225,9 @@ Result<OpenAIRequest> parse_openai_chat(const json& body, const ParseLimits& lim
         tokenizer::ToolCall call;
         if (!tc.is_object() || !tc.contains("function") || !tc["function"].is_object())
           return bad("field '" + f + ".tool_calls' entries must have a 'function' object");
-        call.id = tc.value("id", "");
-        call.type = tc.value("type", "function");
-        call.name = tc["function"].value("name", "");
+        PDSERVE_ASSIGN_OR_RETURN(call.id, optional_string(tc, "id", "", f + ".tool_calls[].id"));
+        PDSERVE_ASSIGN_OR_RETURN(call.type, optional_string(tc, "type", "function", f + ".tool_calls[].type"));
+        PDSERVE_ASSIGN_OR_RETURN(call.name, optional_string(tc["function"], "name", "", f + ".tool_calls[].function.name"));
         const auto& args = tc["function"].contains("arguments") ? tc["function"]["arguments"] : json("{}");
         call.arguments = args.is_string() ? args.get<std::string>() : args.dump();
         cm.tool_calls.push_back(std::move(call));

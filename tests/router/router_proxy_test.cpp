@@ -440,6 +440,10 @@ TEST(RouterProxy, WorkerApiInfoRoutesAndMetrics) {
   ASSERT_TRUE(add);
   EXPECT_EQ(add->status, 200) << add->body;
   EXPECT_EQ(c.post_json(url(*r, "/workers"), json{{"url", d2.url()}, {"worker_type", "regular"}}.dump())->status, 400);
+  auto typed = c.post_json(url(*r, "/workers"), json{{"url", d2.url()}, {"worker_type", 7}}.dump());
+  ASSERT_TRUE(typed);
+  EXPECT_EQ(typed->status, 400);  // a wrong type is a clear 400, not a dropped connection
+  EXPECT_NE(typed->body.find("'worker_type' must be a string"), std::string::npos) << typed->body;
   EXPECT_EQ(json::parse(c.get(url(*r, "/workers"))->body)["total"], 3);
 
   auto info = json::parse(c.get(url(*r, "/server_info"))->body);

@@ -262,6 +262,18 @@ TEST_F(ApiE2E, BadInputGetsAClearError) {
   expect_400(post("/generate", {{"text", "x"}, {"input_ids", {1}}}), "exactly one");
   expect_400(post("/generate", {{"prompt", "x"}}), "unknown field 'prompt'");
   expect_400(post("/v1/chat/completions", {{"messages", "hi"}}), "messages");
+  // Fields of a wrong type in nested objects: 400s naming the field, not a dropped connection (a
+  // fuzzer found the type_error json::value throws).
+  const json hi = {{"role", "user"}, {"content", "hi"}};
+  expect_400(post("/v1/chat/completions", {{"messages", {hi}}, {"response_format", {{"type", 1}}}}), "response_format");
+  expect_400(post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", {{{"type", 2}, {"text", "a"}}}}}}}}),
+             "messages[0].content[0]");
+  expect_400(post("/v1/chat/completions",
+                  {{"messages", {hi, {{"role", "assistant"}, {"tool_calls", {{{"id", 5}, {"function", {{"name", "f"}}}}}}}}}}),
+             "'messages[1].tool_calls[].id' must be a string");
+  expect_400(post("/v1/chat/completions",
+                  {{"messages", {hi, {{"role", "assistant"}, {"tool_calls", {{{"function", {{"name", json::array()}}}}}}}}}}),
+             "'messages[1].tool_calls[].function.name' must be a string");
   expect_400(post("/v1/completions", {{"prompt", "x"}, {"max_tokens", -1}}), "max_tokens");
   // Found by fuzz/openai_request: a float beyond int64's range must not be converted (UB).
   expect_400(post_raw("/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 3.3e55}"), "must be an integer");
