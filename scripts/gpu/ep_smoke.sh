@@ -8,7 +8,8 @@
 #     (PDSERVE_GPU_EP=1) on mini-deepseek-v3 beside one GPU rank (eager), the EP server with
 #     decode CUDA graphs and eagerly (EP_MODES, default "graphs eager"), through
 #     scripts/gpu/serve_smoke.sh; the greedy ids of the sequential requests are compared;
-#  3. (EP_PLACEMENT=1, default) the EP server with --ep-num-redundant-experts 2, ids compared with 2.
+#  3. (EP_PLACEMENT=1, default) the EP server with --ep-num-redundant-experts 2, static and dynamic
+#     dispatch (EP_DISPATCH_ALGOS), ids compared with 2.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/pdserve-gpu-out}
@@ -45,20 +46,24 @@ PY
 fi
 if [[ ${EP_PLACEMENT:-1} == 1 ]]; then
   # Redundant experts (trivial placement: physical 256 and 257 copy logical 0 and 1, on rank 1),
-  # with graphs: rank 1 sends its tokens for experts 0 and 1 to its own copies.
-  echo "== serve: two EP ranks with 2 redundant experts (graphs)"
-  PDSERVE_GPU_EP=1 SERVE_SKIP_GENERATE=1 SERVE_MODES=graphs SERVE_TAG=-ep2-redundant \
-    SERVE_EXTRA="--tp-size 2 --dp-size 2 --enable-dp-attention --moe-a2a-backend deepep --watchdog-timeout ${EP_WATCHDOG:-40} --ep-num-redundant-experts 2 ${EP_EXTRA:-}" \
-    scripts/gpu/serve_smoke.sh || rc=1
-  grep -E "Expert placement|DeepEP MoE|timed out|aborted|error" "$OUT/serve_mini_graphs-ep2-redundant.log" | head -6 | cut -c1-300
-  python3 - "$OUT/serve_ids_graphs-ep2.json" "$OUT/serve_ids_graphs-ep2-redundant.json" <<'PY' || rc=1
+  # with graphs. static: rank 1 sends its tokens for experts 0 and 1 to its own copies; dynamic:
+  # every rank draws a copy per entry on the device, afresh on each graph replay.
+  for algo in ${EP_DISPATCH_ALGOS:-static dynamic}; do
+    tag=-ep2-redundant; [[ $algo == static ]] || tag=-ep2-redundant-$algo
+    echo "== serve: two EP ranks with 2 redundant experts, --ep-dispatch-algorithm $algo (graphs)"
+    PDSERVE_GPU_EP=1 SERVE_SKIP_GENERATE=1 SERVE_MODES=graphs SERVE_TAG=$tag \
+      SERVE_EXTRA="--tp-size 2 --dp-size 2 --enable-dp-attention --moe-a2a-backend deepep --watchdog-timeout ${EP_WATCHDOG:-40} --ep-num-redundant-experts 2 --ep-dispatch-algorithm $algo ${EP_EXTRA:-}" \
+      scripts/gpu/serve_smoke.sh || rc=1
+    grep -E "Expert placement|DeepEP MoE|timed out|aborted|error" "$OUT/serve_mini_graphs$tag.log" | head -6 | cut -c1-300
+    python3 - "$OUT/serve_ids_graphs-ep2.json" "$OUT/serve_ids_graphs$tag.json" "$algo" <<'PY' || rc=1
 import json, sys
 try:
     a, b = (json.load(open(p))["sequential"] for p in sys.argv[1:3])
 except Exception as e:
     print(f"no ids to compare: {e}"); sys.exit(1)
-print(f"EP with 2 redundant experts vs EP, sequential greedy requests: identical {sum(x == y for x, y in zip(a, b))}/{len(a)}")
+print(f"EP with 2 redundant experts ({sys.argv[3]}) vs EP, sequential greedy requests: identical {sum(x == y for x, y in zip(a, b))}/{len(a)}")
 PY
+  done
 fi
 python3 - "$OUT/serve_ids_eager-one.json" "$OUT/serve_ids_eager-ep2.json" <<'PY' || rc=1
 import json, sys

@@ -1,8 +1,10 @@
 #include "moe/ep_model_experts.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "base/logging.h"
+#include "moe/eplb_manager.h"
 
 namespace pdserve::moe {
 
@@ -12,6 +14,7 @@ Result<std::unique_ptr<EpModelExperts>> EpModelExperts::create(std::shared_ptr<c
   const auto& cfg = model->config();
   PDSERVE_RETURN_IF_ERROR(check_placement(placement, cfg, ep.size()));
   auto e = std::unique_ptr<EpModelExperts>(new EpModelExperts());
+  e->model_ = model;
   e->geo_.num_experts = placement.num_physical(cfg);
   e->geo_.ep_size = ep.size();
   e->geo_.ep_rank = ep.rank();
@@ -21,25 +24,63 @@ Result<std::unique_ptr<EpModelExperts>> EpModelExperts::create(std::shared_ptr<c
     if (!layers[l].is_moe) continue;
     std::vector<model::MlpWeights> mine;
     if (placement.location) {
-      // Each local physical slot holds the weights of its logical expert (views: a copy of an
-      // expert costs no host memory here).
-      for (int p : placement.location->local_physical(ep.rank()))
-        mine.push_back(layers[l].moe.experts.at(static_cast<size_t>(placement.location->logical_of(static_cast<int>(l), p))));
+      mine = e->slot_experts(*placement.location, l);
     } else {
       PDSERVE_ASSIGN_OR_RETURN(mine, local_experts(layers[l].moe.experts, e->geo_));
     }
     PDSERVE_ASSIGN_OR_RETURN(EpMoe m, EpMoe::create(e->geo_, std::move(mine), opts));
     e->layers_.emplace(static_cast<int64_t>(l), std::move(m));
   }
+  if (placement.rebalancer && !placement.location)
+    return make_error(ErrorCode::kInvalidArgument, "EP MoE: a rebalancer needs the placement it starts from");
   if (placement.location) e->dispatcher_.emplace(placement.location, placement.algorithm, ep.rank());
-  e->model_ = std::move(model);
+  e->rebalancer_ = placement.rebalancer;
+  e->location_ = placement.location;
   e->ep_ = &ep;
   e->configured_ = mode;
   e->opts_ = opts;
   return e;
 }
 
+std::vector<model::MlpWeights> EpModelExperts::slot_experts(const ExpertLocation& loc, size_t l) const {
+  // Each local physical slot holds the weights of its logical expert (views: a copy of an expert
+  // costs no host memory here, and a rebalance moves no bytes).
+  std::vector<model::MlpWeights> mine;
+  for (int p : loc.local_physical(geo_.ep_rank))
+    mine.push_back(model_->weights().layers[l].moe.experts.at(static_cast<size_t>(loc.logical_of(static_cast<int>(l), p))));
+  return mine;
+}
+
+Status EpModelExperts::follow_rebalancer() {
+  const int64_t step = group_step_++;
+  rebalancer_->on_group_step(step);  // may publish a placement for step + 1 (never for this one)
+  std::shared_ptr<const ExpertLocation> next = rebalancer_->location_at(step);
+  if (next == location_) return ok_status();
+  int changed = 0;
+  for (auto& [l, moe] : layers_) {
+    const std::vector<int> slots = next->local_physical(geo_.ep_rank);
+    const bool same = std::all_of(slots.begin(), slots.end(), [&](int p) {
+      return next->logical_of(static_cast<int>(l), p) == location_->logical_of(static_cast<int>(l), p);
+    });
+    if (same) continue;
+    PDSERVE_RETURN_IF_ERROR(moe.set_experts(slot_experts(*next, static_cast<size_t>(l))));
+    ++changed;
+  }
+  dispatcher_->set_location(next);
+  location_ = std::move(next);
+  log::debug("EP rank {}: placement of group step {} in effect ({} layers with new local experts)", geo_.ep_rank, step,
+             changed);
+  return ok_status();
+}
+
 void EpModelExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
+  if (rebalancer_ && !rebalance_error_) {
+    // Every rank makes this call once per group step, so every rank swaps at the same step.
+    if (Status st = follow_rebalancer(); !st.has_value()) {
+      log::error("EP rank {}: the rebalanced placement could not be applied: {}", geo_.ep_rank, st.error().message());
+      rebalance_error_ = st;
+    }
+  }
   step_mode_ = parallel::resolve_deepep_mode(configured_, group_extends);
   if (step_mode_ == parallel::DeepEpMode::kLowLatency && group_max_tokens > opts_.max_dispatch_tokens_per_rank) {
     // Every rank sees the same group_max_tokens, so every rank switches together.
@@ -54,6 +95,7 @@ void EpModelExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
 
 Status EpModelExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                                Tensor& out) {
+  if (rebalance_error_) return *rebalance_error_;
   auto it = layers_.find(layer);
   if (it == layers_.end())
     return make_error(ErrorCode::kInternal, "EP MoE: layer {} is not a MoE layer of this model", layer);

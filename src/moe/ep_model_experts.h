@@ -51,8 +51,18 @@ class EpModelExperts final : public model::RoutedExperts {
   parallel::DeepEpMode step_mode_ = parallel::DeepEpMode::kNormal;
   EpGeometry geo_;
   EpMoeOptions opts_;
+  // The local slots' experts under `loc` for MoE layer l (views of the model's weights).
+  std::vector<model::MlpWeights> slot_experts(const ExpertLocation& loc, size_t l) const;
+  // Online rebalancing: the rebalancer's placement for the group step now starting, applied to the
+  // layers whose local slots changed and to the dispatcher.
+  Status follow_rebalancer();
+
   std::map<int64_t, EpMoe> layers_;  // MoE layer index -> its exchange and local experts
   std::optional<ExpertDispatcher> dispatcher_;  // logical -> physical ids, with a placement
+  EplbManager* rebalancer_ = nullptr;           // --enable-eplb
+  std::shared_ptr<const ExpertLocation> location_;  // the placement the layers hold
+  int64_t group_step_ = 0;  // begin_step calls so far: the same count on every rank (lockstep)
+  std::optional<Status> rebalance_error_;  // a placement that could not be applied fails every pass
   ReusableBuffer mapped_ids_;                   // the physical ids of the current layer
   bool warned_overflow_ = false;
 };

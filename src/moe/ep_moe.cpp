@@ -43,6 +43,27 @@ Result<EpMoe> EpMoe::create(const EpGeometry& geo, std::vector<model::MlpWeights
   return m;
 }
 
+Status EpMoe::set_experts(std::vector<model::MlpWeights> experts) {
+  if (static_cast<int64_t>(experts.size()) != geo_.local_experts())
+    return make_error(ErrorCode::kInvalidArgument, "EP rank {} got {} experts, expected {}", geo_.ep_rank,
+                      experts.size(), geo_.local_experts());
+  for (const auto& e : experts)
+    if (!e.gate_proj.weight.defined() || e.gate_proj.rows() != inter_ || e.gate_proj.cols() != hidden_ ||
+        !e.up_proj.weight.defined() || e.up_proj.rows() != inter_ || !e.down_proj.weight.defined() ||
+        e.down_proj.rows() != hidden_)
+      return make_error(ErrorCode::kInvalidArgument, "EP rank {}: a new expert's shape differs from the old ones'",
+                        geo_.ep_rank);
+  gate_.clear();
+  up_.clear();
+  down_.clear();
+  for (const auto& e : experts) {
+    gate_.push_back(e.gate_proj);
+    up_.push_back(e.up_proj);
+    down_.push_back(e.down_proj);
+  }
+  return ok_status();
+}
+
 Status EpMoe::prepare_low_latency() {
   if (ll_) return ok_status();
   // Allocated on first use: a prefill-only server never needs the slabs, which for DeepSeek-V3

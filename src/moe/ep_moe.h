@@ -45,6 +45,10 @@ class EpMoe {
   Status forward(parallel::Communicator& ep, parallel::DeepEpMode mode, const Tensor& x, const Tensor& topk_ids,
                  const Tensor& topk_weights, Tensor& out);
 
+  // Replaces the local experts (online rebalancing, between passes): the same count and shapes as
+  // at create; kInvalidArgument otherwise, and the experts stay as they were.
+  Status set_experts(std::vector<model::MlpWeights> experts);
+
   const EpGeometry& geometry() const { return geo_; }
 
  private:

@@ -1,5 +1,7 @@
 #include "moe/ep_placement.h"
 
+#include <algorithm>
+
 namespace pdserve::moe {
 
 Status check_placement(const EpPlacement& placement, const model::ModelConfig& cfg, int ep_size) {
@@ -21,6 +23,20 @@ Status check_placement(const EpPlacement& placement, const model::ModelConfig& c
                       "--ep-dispatch-algorithm fake replaces the routing; with --moe-a2a-backend deepep use static or "
                       "dynamic");
   return ok_status();
+}
+
+ReplicaTables replica_tables(const ExpertLocation& location, int layer) {
+  const int64_t logical = location.layout().num_logical;
+  int64_t most = 1;
+  for (int e = 0; e < logical; ++e) most = std::max<int64_t>(most, static_cast<int64_t>(location.replicas(layer, e).size()));
+  ReplicaTables t{Tensor::empty({logical, most}, DType::kI32), Tensor::empty({logical}, DType::kI32)};
+  for (int e = 0; e < logical; ++e) {
+    const std::vector<int>& copies = location.replicas(layer, e);
+    t.copies.data<int32_t>()[e] = static_cast<int32_t>(copies.size());
+    for (int64_t c = 0; c < most; ++c)
+      t.replicas.data<int32_t>()[e * most + c] = copies[static_cast<size_t>(c) < copies.size() ? c : 0];
+  }
+  return t;
 }
 
 }  // namespace pdserve::moe

@@ -11,13 +11,19 @@
 #include "model/config.h"
 #include "moe/expert_location.h"
 #include "moe/expert_location_dispatch.h"
+#include "tensor/tensor.h"
 
 namespace pdserve::moe {
+
+class EplbManager;
 
 // No location: physical = logical (no redundant experts).
 struct EpPlacement {
   std::shared_ptr<const ExpertLocation> location;
   DispatchAlgorithm algorithm = DispatchAlgorithm::kStatic;
+  // --enable-eplb: the rebalancer whose placements the ranks follow step by step (its lockstep
+  // form, moe/eplb_manager.h); null: `location` holds for good. Outlives the ranks.
+  EplbManager* rebalancer = nullptr;
 
   int64_t num_physical(const model::ModelConfig& cfg) const {
     return location ? location->layout().num_physical : cfg.n_routed_experts;
@@ -28,5 +34,13 @@ struct EpPlacement {
 // against the group size); kInvalidArgument naming what differs. `fake` replaces the routing and
 // is refused.
 Status check_placement(const EpPlacement& placement, const model::ModelConfig& cfg, int ep_size);
+
+// Dynamic dispatch's table for one layer, on the host: replicas i32 [logical, most copies] holds each
+// logical expert's physical copies in its first copies[e] columns (the rest repeat the first copy),
+// copies i32 [logical]; what ops::moe_pick_expert_replicas draws from.
+struct ReplicaTables {
+  Tensor replicas, copies;
+};
+ReplicaTables replica_tables(const ExpertLocation& location, int layer);
 
 }  // namespace pdserve::moe

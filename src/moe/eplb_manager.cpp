@@ -32,16 +32,27 @@ Result<std::unique_ptr<EplbManager>> EplbManager::create(EplbManagerOptions opts
 EplbManager::EplbManager(EplbManagerOptions opts, std::shared_ptr<const ExpertLocation> initial,
                          ExpertDistributionRecorder* recorder)
     : opts_(std::move(opts)), layout_(initial->layout()), recorder_(recorder), location_(std::move(initial)),
-      next_trigger_(opts_.rebalance_num_iterations) {}
+      next_trigger_(opts_.rebalance_num_iterations) {
+  history_.emplace_back(0, location_);
+}
 
 std::shared_ptr<const ExpertLocation> EplbManager::location() const {
   std::lock_guard<std::mutex> lock(pub_mu_);
   return location_;
 }
 
+std::shared_ptr<const ExpertLocation> EplbManager::location_at(int64_t step) const {
+  std::lock_guard<std::mutex> lock(pub_mu_);
+  for (auto it = history_.rbegin(); it != history_.rend(); ++it)
+    if (it->first <= step) return it->second;
+  return history_.front().second;  // older than everything kept: cannot happen in lockstep
+}
+
 void EplbManager::publish(std::shared_ptr<const ExpertLocation> loc) {
   {
     std::lock_guard<std::mutex> lock(pub_mu_);
+    history_.emplace_back(effect_step_, loc);
+    if (history_.size() > 8) history_.pop_front();
     location_ = std::move(loc);
   }
   // After the pointer: a rank that sees the new version also gets the new snapshot.
@@ -53,8 +64,13 @@ bool EplbManager::rebalancing() const {
   return target_ != nullptr;
 }
 
-void EplbManager::on_forward_pass(int64_t pass_id) {
-  const int64_t step = pass_id + 1;
+void EplbManager::on_forward_pass(int64_t pass_id) { advance(pass_id + 1, 0); }
+
+// Group step s starts after s passes: the same trigger arithmetic as on_forward_pass's "pass s - 1
+// finished", with what it publishes taking effect at the next step.
+void EplbManager::on_group_step(int64_t step) { advance(step, step + 1); }
+
+void EplbManager::advance(int64_t step, int64_t effect_step) {
   int64_t prev = max_step_.load();
   while (step > prev && !max_step_.compare_exchange_weak(prev, step)) {
   }
@@ -63,6 +79,7 @@ void EplbManager::on_forward_pass(int64_t pass_id) {
   // placement: skip rather than block (the chunk goes out at the next step).
   std::unique_lock<std::mutex> lock(work_mu_, std::try_to_lock);
   if (!lock.owns_lock()) return;
+  effect_step_ = effect_step;
   if (target_) {
     apply_chunk_locked();
   } else if (step >= next_trigger_) {

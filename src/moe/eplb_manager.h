@@ -14,10 +14,18 @@
 //
 // On the CPU backend every rank holds every expert, so publishing the maps is the whole move. On GPU
 // EP the expert weights would also be copied between ranks per chunk (not built here).
+//
+// Expert-parallel groups (--moe-a2a-backend deepep) cannot switch rank by rank: a token sent to
+// physical slot p must find p's new expert on p's rank in the same pass. Their ranks run in
+// lockstep (one begin_step per agreed group step on every rank), so they drive the manager with
+// on_group_step and read location_at(step): a placement published while step s runs takes effect
+// at step s + 1 on every rank. No rank can be past step s then (step s + 1 needs the publishing
+// rank's agreement), and a rank still at step s keeps the snapshot every rank uses for s.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,6 +61,13 @@ class EplbManager {
   // publishes the next chunk of a rebalance in progress on each new step.
   void on_forward_pass(int64_t pass_id);
 
+  // The lockstep form (EP groups; above): called by every rank at the start of group step `step`
+  // (0-based, the same numbering on every rank), before location_at(step). A chunk published here
+  // takes effect at step + 1. Use one form per manager.
+  void on_group_step(int64_t step);
+  // The placement in effect at group step `step`: the newest published with effect <= step.
+  std::shared_ptr<const ExpertLocation> location_at(int64_t step) const;
+
   // Runs EPLB on the window now and publishes the first chunk (tests; on_forward_pass calls it).
   // False when nothing was started: empty window, a rebalance already in progress, or an error
   // (logged).
@@ -70,6 +85,9 @@ class EplbManager {
   EplbManager(EplbManagerOptions opts, std::shared_ptr<const ExpertLocation> initial,
               ExpertDistributionRecorder* recorder);
   void publish(std::shared_ptr<const ExpertLocation> loc);
+  // The step bookkeeping of both forms: whether this call is the first to reach `step`; then,
+  // unless another rank thread is computing, the next chunk or a new rebalance.
+  void advance(int64_t step, int64_t effect_step);
   bool start_locked(int64_t step);
   void apply_chunk_locked();
 
@@ -80,11 +98,15 @@ class EplbManager {
   mutable std::mutex pub_mu_;  // guards location_ (short: pointer copies only)
   std::shared_ptr<const ExpertLocation> location_;
   std::atomic<uint64_t> version_{0};
+  // Lockstep form: the last few placements with the group step each takes effect at (ranks are
+  // at most one step apart, so two would do; a few more cost nothing). Guarded by pub_mu_.
+  std::deque<std::pair<int64_t, std::shared_ptr<const ExpertLocation>>> history_;
 
   std::atomic<int64_t> max_step_{0};
   mutable std::mutex work_mu_;  // one rank thread runs the rebalance steps at a time
   std::shared_ptr<const ExpertLocation> target_;  // the rebalance in progress, or null
   int64_t next_trigger_ = 0;  // the server step of the next rebalance
+  int64_t effect_step_ = 0;   // the step a publish takes effect at (lockstep: the next; else 0, now)
   int next_layer_ = 0;
   double started_at_ = 0;
   std::atomic<int64_t> num_rebalances_{0};

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ops/check.h"
+#include "ops/replica_pick.h"
 #ifdef PDSERVE_HAVE_CUDA
 #include "ops/cuda/moe_dispatch.h"
 #endif
@@ -88,6 +89,43 @@ void moe_map_expert_ids(const Tensor& ids, const Tensor& table, Tensor& out) {
   const int32_t* in = ids.data<int32_t>();
   int32_t* o = out.data<int32_t>();
   for (int64_t i = 0; i < n; ++i) o[i] = in[i] >= 0 && in[i] < L ? table.data<int32_t>()[in[i]] : -1;
+}
+
+void moe_pick_expert_replicas(const Tensor& ids, const Tensor& replicas, const Tensor& copies, uint64_t seed,
+                              Tensor& draw, Tensor& out) {
+  constexpr const char* op = "moe_pick_expert_replicas";
+  check_ids(op, ids);
+  check_ids(op, out);
+  detail::check_shape(op, "out", out, ids.shape());
+  detail::check_dtype(op, "replicas", replicas, DType::kI32);
+  detail::check_rank(op, "replicas", replicas, 2);
+  detail::check_contiguous(op, "replicas", replicas);
+  if (replicas.size(1) < 1) fail(op, "replicas needs at least one column");
+  detail::check_dtype(op, "copies", copies, DType::kI32);
+  detail::check_shape(op, "copies", copies, {replicas.size(0)});
+  detail::check_dtype(op, "draw", draw, DType::kI64);
+  detail::check_shape(op, "draw", draw, {1});
+  if (!detail::all_on_cpu(op, {&ids, &replicas, &copies, &draw, &out})) {
+#ifdef PDSERVE_HAVE_CUDA
+    return cuda::moe_pick_expert_replicas(ids, replicas, copies, seed, draw, out);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  const int64_t n = ids.numel(), L = replicas.size(0), C = replicas.size(1);
+  const uint64_t d = static_cast<uint64_t>(draw.data<int64_t>()[0]);
+  const int32_t* in = ids.data<int32_t>();
+  int32_t* o = out.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t e = in[i];
+    if (e < 0 || e >= L) {
+      o[i] = -1;
+      continue;
+    }
+    const auto c = static_cast<uint32_t>(std::clamp<int64_t>(copies.data<int32_t>()[e], 1, C));
+    o[i] = replicas.data<int32_t>()[e * C + pick_replica(seed, d, static_cast<uint64_t>(i), c)];
+  }
+  draw.data<int64_t>()[0] += 1;
 }
 
 void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,

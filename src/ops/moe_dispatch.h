@@ -27,6 +27,16 @@ void moe_drop_padding_rows(const Tensor& seq_lens, Tensor& topk_ids);
 // (out may be ids itself); table: [L] i32; all on one device; nothing synchronizes on the GPU.
 void moe_map_expert_ids(const Tensor& ids, const Tensor& table, Tensor& out);
 
+// --ep-dispatch-algorithm dynamic: out[i] = replicas[ids[i], c] for ids in [0, L), c a copy drawn
+// uniformly from [0, copies[ids[i]]) by ops/replica_pick.h's hash of (seed, draw[0], i), else -1;
+// then draw[0] += 1, so the next call (or the next replay of a CUDA graph holding this one) draws
+// afresh. ids, out: [T, k] i32 (out may be ids); replicas: [L, C] i32, a logical expert's physical
+// copies in its first copies[e] columns; copies: [L] i32 in [1, C] (values outside are clamped
+// there); draw: [1] i64. All on one device; nothing synchronizes on the GPU. The CPU and the GPU
+// pick the same copies for the same inputs.
+void moe_pick_expert_replicas(const Tensor& ids, const Tensor& replicas, const Tensor& copies, uint64_t seed,
+                              Tensor& draw, Tensor& out);
+
 // x_out[row_base[e] + rank] = x[t] for every entry (t, j), and slots[t, j] = that row, or -1 when
 // the id is outside [0, E) or the row is outside x_out (then nothing is written for it).
 // x: [T, K], x_out: [R, K] of x's dtype (f32; also bf16 on the GPU), row_base: [E] i32 (masked

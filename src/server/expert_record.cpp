@@ -19,9 +19,10 @@ namespace {
 class RecordingRunner final : public scheduler::ModelRunner {
  public:
   RecordingRunner(std::shared_ptr<scheduler::ModelRunner> inner, std::shared_ptr<const ExpertBalancing> owner,
-                  moe::DispatchAlgorithm dispatch, int rank, int top_k)
+                  moe::DispatchAlgorithm dispatch, int rank, int top_k, bool ep_ranks)
       : inner_(std::move(inner)), owner_(std::move(owner)), recorder_(owner_->recorder()),
-        eplb_(owner_->eplb()), placement_(eplb_, owner_->location(), dispatch, rank), rank_(rank), top_k_(top_k) {}
+        eplb_(ep_ranks ? nullptr : owner_->eplb()),
+        placement_(owner_->eplb(), owner_->location(), dispatch, rank), rank_(rank), top_k_(top_k) {}
   int64_t vocab_size() const override { return inner_->vocab_size(); }
   int64_t num_pages() const override { return inner_->num_pages(); }
   int64_t page_size() const override { return inner_->page_size(); }
@@ -88,7 +89,10 @@ class RecordingRunner final : public scheduler::ModelRunner {
   std::shared_ptr<scheduler::ModelRunner> inner_;
   std::shared_ptr<const ExpertBalancing> owner_;  // keeps the recorder, placement and rebalancer alive
   moe::ExpertDistributionRecorder* recorder_;
-  moe::EplbManager* eplb_;  // null without --enable-eplb
+  moe::EplbManager* eplb_;  // what this runner drives: null without --enable-eplb, or on EP ranks
+  // The recording's logical -> physical map. On EP ranks it follows new placements by version, so
+  // a pass at a switch may be recorded under the next placement one step early (the rebalancer
+  // restarts its window when a rebalance ends, so that pass is in no window it uses).
   moe::RankExpertLocation placement_;
   int rank_, top_k_;
   int64_t forward_ct_ = 0;
@@ -173,14 +177,14 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
 }
 
 Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::shared_ptr<scheduler::ModelRunner> inner,
-                                                                      int rank) {
+                                                                      int rank, bool ep_ranks) {
   if (!recorder_) return inner;
   if (!inner->set_routing_trace(nullptr))
     return make_error(ErrorCode::kUnsupported,
                       "--expert-distribution-recorder-mode needs a backend that reports expert routing (the CPU "
                       "and CUDA DeepSeek-V3 backends in this build)");
   return std::shared_ptr<scheduler::ModelRunner>(
-      std::make_shared<RecordingRunner>(std::move(inner), shared_from_this(), dispatch_, rank, top_k_));
+      std::make_shared<RecordingRunner>(std::move(inner), shared_from_this(), dispatch_, rank, top_k_, ep_ranks));
 }
 
 json expert_record_node_command(ExpertBalancing* experts, const json& args) {

@@ -36,8 +36,11 @@ class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
                                                          int ep_size, const std::string& model_name);
 
   // The rank's runner, wrapped so that its forward passes feed the recorder. kUnsupported if the
-  // recorder is on and the runner cannot report routing.
-  Result<std::shared_ptr<scheduler::ModelRunner>> wrap(std::shared_ptr<scheduler::ModelRunner> inner, int rank);
+  // recorder is on and the runner cannot report routing. `ep_ranks`: the runner's EP experts drive
+  // the rebalancer themselves, step by step in lockstep (moe/eplb_manager.h), so the passes here
+  // only record.
+  Result<std::shared_ptr<scheduler::ModelRunner>> wrap(std::shared_ptr<scheduler::ModelRunner> inner, int rank,
+                                                       bool ep_ranks = false);
 
   moe::ExpertDistributionRecorder* recorder() const { return recorder_.get(); }
   // The placement in effect now (online rebalancing replaces it; the snapshot itself never changes).

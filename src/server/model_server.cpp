@@ -146,11 +146,12 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     if (args.nnodes > 1)
       return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
     if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
-    if (args.expert.enable_eplb)
+    if (args.expert.enable_eplb && args.device == "cuda")
       return make_error(ErrorCode::kUnsupported,
-                        "--enable-eplb with --moe-a2a-backend deepep (rebalancing while serving moves expert weights "
-                        "between EP ranks) is not in this build; place the experts at start-up instead: "
-                        "--init-expert-location with recorded counts (EPLB runs on them) and --ep-num-redundant-experts");
+                        "--enable-eplb with --moe-a2a-backend deepep on GPUs (rebalancing while serving copies expert "
+                        "weights between the GPUs) is not in this build (CPU EP ranks rebalance); place the experts at "
+                        "start-up instead: --init-expert-location with recorded counts (EPLB runs on them) and "
+                        "--ep-num-redundant-experts");
   }
   model::LoadOptions load{format, static_cast<uint64_t>(args.dummy_seed), args.json_model_override_args};
   // GPU EP ranks make their own slice of dummy routed experts: the host never holds them all
@@ -177,7 +178,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     eo.device = args.device;
     eo.base_gpu_id = static_cast<int>(args.base_gpu_id);
     eo.max_forward_tokens = max_forward_tokens(args);
-    if (s->experts_) eo.placement = {s->experts_->location(), s->experts_->dispatch_algorithm()};
+    if (s->experts_) eo.placement = {s->experts_->location(), s->experts_->dispatch_algorithm(), s->experts_->eplb()};
     PDSERVE_ASSIGN_OR_RETURN(s->ep_ranks_, EpRanks::create(*args.layout, s->model_, eo));
     const int64_t physical = eo.placement.num_physical(c);
     log::info("DeepEP MoE: {} EP ranks, {} routed experts each ({} physical in all), --deepep-mode {}, low-latency "
@@ -231,7 +232,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
         : i == 0                ? runner
                                 : std::make_shared<scheduler::DeepseekV3Runner>(s->model_, a.max_total_tokens, a.page_size);
     if (s->experts_) {
-      PDSERVE_ASSIGN_OR_RETURN(rank_runner, s->experts_->wrap(rank_runner, static_cast<int>(rank)));
+      PDSERVE_ASSIGN_OR_RETURN(rank_runner, s->experts_->wrap(rank_runner, static_cast<int>(rank), args.expert_parallel()));
     }
     sc.dp_rank = static_cast<int>(rank);
     sc.dp_size = static_cast<int>(a.dp_size);

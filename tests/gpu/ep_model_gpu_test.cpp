@@ -190,6 +190,7 @@ struct EpCase {
   int64_t contiguous_rows = 0;
   // Where the experts live (redundant copies); none: physical = logical.
   std::shared_ptr<const moe::ExpertLocation> location;
+  moe::DispatchAlgorithm algorithm = moe::DispatchAlgorithm::kStatic;
 };
 
 void ranks_match_one_model(const EpCase& k) {
@@ -240,6 +241,7 @@ void ranks_match_one_model(const EpCase& k) {
     if (normal_group) eo.normal = &normal_group->rank(r);
     eo.contiguous_rows = k.contiguous_rows;
     eo.placement.location = k.location;
+    eo.placement.algorithm = k.algorithm;
     auto e = moe::gpu::GpuEpExperts::create(ep_host, group->rank(r), R, eo);
     ASSERT_TRUE(e.has_value()) << e.error().message();
     experts.push_back(std::move(*e));
@@ -362,6 +364,11 @@ TEST(EpModelGpu, RedundantExpertsPlacedByEplbMatchOneModel) {
   ASSERT_GT(location->replicas(2, 0).size(), 1u) << "the hot expert got no copy: the test would not test copies";
   ranks_match_one_model({.normal = true, .location = location});
   ranks_match_one_model({.location = location});
+  // --ep-dispatch-algorithm dynamic (the published prefill's): each entry goes to a random copy,
+  // which holds the same weights, so the output is the same within the bounds.
+  const auto dynamic = moe::DispatchAlgorithm::kDynamic;
+  ranks_match_one_model({.normal = true, .location = location, .algorithm = dynamic});
+  ranks_match_one_model({.location = location, .algorithm = dynamic});
 }
 
 // EP decode graphs (DeepseekV3GpuModel::capture_routed_graphs): two ranks capture graphs holding

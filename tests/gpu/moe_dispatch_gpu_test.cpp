@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gpu/gpu_test_util.h"
+#include "ops/cuda/cuda_common.h"
 #include "ops/moe_dispatch.h"
 #include "tensor/dtype.h"
 
@@ -96,6 +97,80 @@ TEST(MoeDispatchGpu, MapExpertIdsMatchesCpu) {
     ops::moe_map_expert_ids(ids_d, table.to(Device::kCuda), out_d);
     EXPECT_EQ(std::memcmp(out_d.to(Device::kCpu).raw_data(), out.raw_data(), out.nbytes()), 0) << T;
   }
+}
+
+// A random replica table: logical e has 1..C copies among P physical ids.
+struct Replicas {
+  Tensor table, copies;
+};
+Replicas random_replicas(int64_t L, int64_t C, int64_t P, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Replicas r{Tensor::empty({L, C}, DType::kI32), Tensor::empty({L}, DType::kI32)};
+  for (int64_t e = 0; e < L; ++e) {
+    r.copies.data<int32_t>()[e] = static_cast<int32_t>(1 + rng() % C);
+    for (int64_t c = 0; c < C; ++c) r.table.data<int32_t>()[e * C + c] = static_cast<int32_t>(rng() % P);
+  }
+  return r;
+}
+
+Tensor one_draw(int64_t d, Device device) {
+  Tensor t = Tensor::empty({1}, DType::kI64);
+  t.data<int64_t>()[0] = d;
+  return t.to(device);
+}
+
+// The device picks exactly the CPU's copies (one hash for both), for several draws in a row.
+TEST(MoeDispatchGpu, PickExpertReplicasMatchesCpu) {
+  for (const int64_t T : {1, 7, 300, 16384}) {
+    Tensor ids = random_ids(T, 8, 64, static_cast<uint32_t>(T) + 9);
+    for (int64_t i = 0; i < ids.numel(); i += 11) ids.data<int32_t>()[i] = -1;
+    const Replicas r = random_replicas(64, 4, 96, static_cast<uint32_t>(T));
+    Tensor draw = one_draw(3, Device::kCpu), draw_d = one_draw(3, Device::kCuda);
+    const Tensor ids_d = ids.to(Device::kCuda), table_d = r.table.to(Device::kCuda), copies_d = r.copies.to(Device::kCuda);
+    for (int call = 0; call < 2; ++call) {
+      Tensor out = Tensor::empty(ids.shape(), DType::kI32), out_d = Tensor::empty(ids.shape(), DType::kI32, Device::kCuda);
+      ops::moe_pick_expert_replicas(ids, r.table, r.copies, 42 + T, draw, out);
+      ops::moe_pick_expert_replicas(ids_d, table_d, copies_d, 42 + T, draw_d, out_d);
+      EXPECT_EQ(std::memcmp(out_d.to(Device::kCpu).raw_data(), out.raw_data(), out.nbytes()), 0) << T << " call " << call;
+    }
+    EXPECT_EQ(draw_d.to(Device::kCpu).data<int64_t>()[0], 5) << T;
+  }
+}
+
+// Captured once in a CUDA graph, each replay draws afresh (the draw lives on the device) and equals
+// the CPU's pick for that draw.
+TEST(MoeDispatchGpu, PickExpertReplicasDrawsAfreshOnEachGraphReplay) {
+  const Tensor ids = random_ids(64, 8, 32, 77);
+  const Replicas r = random_replicas(32, 3, 48, 78);
+  const Tensor ids_d = ids.to(Device::kCuda), table_d = r.table.to(Device::kCuda), copies_d = r.copies.to(Device::kCuda);
+  Tensor draw_d = one_draw(0, Device::kCuda), out_d = Tensor::empty(ids.shape(), DType::kI32, Device::kCuda);
+  cudaStream_t stream = nullptr;
+  ops::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  ops::cuda::set_current_stream(stream);
+  ops::cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ops::cuda::check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  ops::moe_pick_expert_replicas(ids_d, table_d, copies_d, 5, draw_d, out_d);
+  ops::cuda::check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  ops::cuda::check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  Tensor draw = one_draw(0, Device::kCpu);
+  std::vector<std::vector<int32_t>> replays;
+  for (int replay = 0; replay < 3; ++replay) {
+    ops::cuda::check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+    ops::cuda::check(cudaStreamSynchronize(stream), "sync");
+    Tensor out = Tensor::empty(ids.shape(), DType::kI32);
+    ops::moe_pick_expert_replicas(ids, r.table, r.copies, 5, draw, out);
+    const Tensor got = out_d.to(Device::kCpu);
+    EXPECT_EQ(std::memcmp(got.raw_data(), out.raw_data(), out.nbytes()), 0) << "replay " << replay;
+    replays.emplace_back(got.data<int32_t>(), got.data<int32_t>() + got.numel());
+  }
+  EXPECT_NE(replays[0], replays[1]);  // 512 entries over 1-3 copies: equal draws would be a stuck counter
+  EXPECT_EQ(draw_d.to(Device::kCpu).data<int64_t>()[0], 3);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  ops::cuda::set_current_stream(cudaStreamPerThread);
+  cudaStreamDestroy(stream);
 }
 
 }  // namespace

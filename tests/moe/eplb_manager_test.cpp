@@ -1,6 +1,8 @@
 #include "moe/eplb_manager.h"
 
 #include <atomic>
+#include <barrier>
+#include <random>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -194,6 +196,88 @@ TEST(EplbManager, ConcurrentRanksNeverSeeATornMap) {
   EXPECT_GT(versions_seen.load(), 0u);
   std::printf("%lld rebalances, %llu placements published\n", static_cast<long long>(w.manager->num_rebalances()),
               static_cast<unsigned long long>(w.manager->version()));
+}
+
+// An EP rank's step in the lockstep form (EpModelExperts::begin_step): drive, then read the
+// placement of this step; then the pass records its routing under that placement.
+std::shared_ptr<const ExpertLocation> ep_rank_step(World& w, int rank_id, int64_t step, int hot) {
+  w.manager->on_group_step(step);
+  auto loc = w.manager->location_at(step);
+  ExpertDispatcher d(loc, DispatchAlgorithm::kStatic, rank_id);
+  PassRouting p;
+  p.forward_pass_id = step;
+  p.rank = rank_id;
+  p.top_k = 2;
+  for (int layer = 1; layer < kLayout.num_layers; ++layer) {
+    std::vector<int32_t> ids;
+    for (int t = 0; t < 8; ++t) {
+      ids.push_back(hot);
+      ids.push_back((hot + 1 + t % 2) % 8);
+    }
+    d.to_physical(layer, ids);
+    p.physical_ids[layer] = std::move(ids);
+  }
+  EXPECT_TRUE(w.recorder->record(p).has_value());
+  return loc;
+}
+
+// A placement published while group step s runs takes effect at step s + 1, not during s: ranks
+// that read step s's placement before or after the publish must read the same one.
+TEST(EplbManager, LockstepPlacementTakesEffectAtTheNextGroupStep) {
+  for (int64_t chunk : {-1, 1}) {
+    World w(5, chunk);
+    std::vector<std::shared_ptr<const ExpertLocation>> at;
+    for (int64_t step = 0; step < 10; ++step) at.push_back(ep_rank_step(w, 0, step, 2));  // the next is due at 10
+    ASSERT_EQ(w.manager->num_rebalances(), 1) << chunk;
+    // Step 5 triggers the rebalance: its placement is still the initial one, step 6 sees the first
+    // (or only) chunk, and with one layer per chunk each later step one more layer.
+    for (int64_t step = 0; step <= 5; ++step) EXPECT_EQ(at[step].get(), w.initial.get()) << "chunk " << chunk << " step " << step;
+    EXPECT_NE(at[6].get(), w.initial.get()) << chunk;
+    EXPECT_EQ(w.manager->location_at(5).get(), w.initial.get());  // still answerable afterwards
+    const int chunks = chunk > 0 ? kLayout.num_layers : 1;
+    for (int c = 1; c < chunks; ++c) EXPECT_NE(at[6 + c].get(), at[5 + c].get()) << "chunk step " << c;
+    EXPECT_EQ(at[6 + chunks - 1].get(), w.manager->location().get());
+    EXPECT_EQ(at[9].get(), w.manager->location().get());
+  }
+}
+
+// Four rank threads in lockstep (a barrier between steps, as the group's agreement is), arriving
+// in random order so that any of them drives a step: at every step all four read the same
+// placement, while rebalances keep publishing one layer per step.
+TEST(EplbManager, LockstepRanksAgreeOnEveryStepsPlacement) {
+  World w(6, 1);
+  constexpr int kRanks = 4;
+  constexpr int64_t kSteps = 240;
+  std::vector<std::vector<const ExpertLocation*>> seen(kRanks, std::vector<const ExpertLocation*>(kSteps));
+  std::vector<std::shared_ptr<const ExpertLocation>> keep(kSteps);  // keeps every snapshot alive
+  std::mutex keep_mu;
+  std::barrier step_done(kRanks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRanks; ++r)
+    threads.emplace_back([&, r] {
+      std::mt19937 rng(static_cast<uint32_t>(r));
+      for (int64_t step = 0; step < kSteps; ++step) {
+        for (int spin = static_cast<int>(rng() % 200); spin > 0; --spin) std::this_thread::yield();
+        auto loc = ep_rank_step(w, r, step, static_cast<int>(step / 30) % 8);
+        seen[r][step] = loc.get();
+        {
+          std::lock_guard<std::mutex> lock(keep_mu);
+          keep[step] = loc;
+        }
+        step_done.arrive_and_wait();
+      }
+    });
+  for (auto& t : threads) t.join();
+  int disagreements = 0, switches = 0;
+  for (int64_t step = 0; step < kSteps; ++step) {
+    for (int r = 1; r < kRanks; ++r) disagreements += seen[r][step] != seen[0][step];
+    if (step > 0) switches += seen[0][step] != seen[0][step - 1];
+  }
+  EXPECT_EQ(disagreements, 0);
+  EXPECT_GE(w.manager->num_rebalances(), 3);
+  EXPECT_GE(switches, 3 * (kLayout.num_layers - 1));  // a layer per step; an unchanged layer publishes too
+  std::printf("%lld rebalances, %d placement switches over %lld lockstep steps\n",
+              static_cast<long long>(w.manager->num_rebalances()), switches, static_cast<long long>(kSteps));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "moe/ep_placement.h"
 #include "moe/expert_location_dispatch.h"
 #include "moe/expert_location_torch.h"
 
@@ -75,6 +76,19 @@ TEST(ExpertDispatcher, DynamicSpreadsOverCopiesStaticIsFixed) {
   EXPECT_EQ(s, (std::vector<int32_t>{3, 1, 2, 3}));
   EXPECT_FALSE(parse_dispatch_algorithm("nearest").has_value());
   EXPECT_EQ(*parse_dispatch_algorithm("random"), DispatchAlgorithm::kDynamic);
+}
+
+TEST(ExpertLocation, ReplicaTablesListEveryCopyPaddedWithTheFirst) {
+  // Layer 1: expert 0 on slots 0, 5 and 6; expert 2 on 2 and 7; the rest once.
+  auto loc = ExpertLocation::from_mapping(layout(2, 5, 8, 4), {{0, 1, 2, 3, 4, 0, 1, 2}, {0, 1, 2, 3, 4, 0, 0, 2}});
+  ASSERT_TRUE(loc.has_value()) << loc.error().message();
+  const ReplicaTables t = replica_tables(*loc, 1);
+  ASSERT_EQ(t.replicas.shape(), (Shape{5, 3}));
+  EXPECT_EQ(std::vector<int32_t>(t.copies.data<int32_t>(), t.copies.data<int32_t>() + 5),
+            (std::vector<int32_t>{3, 1, 2, 1, 1}));
+  EXPECT_EQ(std::vector<int32_t>(t.replicas.data<int32_t>(), t.replicas.data<int32_t>() + 15),
+            (std::vector<int32_t>{0, 5, 6, 1, 1, 1, 2, 7, 2, 3, 3, 3, 4, 4, 4}));
+  EXPECT_EQ(replica_tables(*loc, 0).replicas.size(1), 2);  // layer 0 has at most two copies
 }
 
 TEST(ExpertDispatcher, FakeRoutingIsUniformAndDistinct) {

@@ -2,6 +2,9 @@
 // ids out of range and rows past the buffer.
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
+
 #include "ops/moe_dispatch.h"
 
 namespace pdserve::ops {
@@ -95,6 +98,89 @@ TEST(MoeDispatch, MapExpertIdsUsesTheTableAndKeepsNoneAsNone) {
   Tensor wrong = Tensor::empty({2, 3}, DType::kI32);
   EXPECT_THROW(moe_map_expert_ids(ids, table, wrong), std::invalid_argument);
   EXPECT_THROW(moe_map_expert_ids(ids, Tensor::empty({4}, DType::kI64), out), std::invalid_argument);
+}
+
+// Logical e has copies {10e, 10e + 1, ...} (copies[e] of them) in a table of 3 columns.
+struct ReplicaTable {
+  Tensor replicas = i32({4, 3}, {0, -9, -9, 10, 11, -9, 20, 21, 22, 30, 31, 32});
+  Tensor copies = i32({4}, {1, 2, 3, 3});
+};
+
+std::set<int32_t> as_set(const Tensor& t) { return {t.data<int32_t>(), t.data<int32_t>() + t.numel()}; }
+
+Tensor draw_at(int64_t d) {
+  Tensor t = Tensor::empty({1}, DType::kI64);
+  t.data<int64_t>()[0] = d;
+  return t;
+}
+
+TEST(MoeDispatch, PickExpertReplicasChoosesACopyOfTheSameExpert) {
+  const ReplicaTable tab;
+  const Tensor ids = i32({4, 3}, {0, 1, 2, 3, -1, 4, 2, 2, 2, 1, 0, 3});
+  Tensor out = Tensor::empty(ids.shape(), DType::kI32), draw = draw_at(0);
+  moe_pick_expert_replicas(ids, tab.replicas, tab.copies, 7, draw, out);
+  EXPECT_EQ(draw.data<int64_t>()[0], 1);  // the next call draws afresh
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    const int32_t e = ids.data<int32_t>()[i], p = out.data<int32_t>()[i];
+    if (e < 0 || e >= 4) {
+      EXPECT_EQ(p, -1) << i;
+    } else {
+      EXPECT_EQ(p / 10, e) << i;                            // a copy of e ...
+      EXPECT_LT(p % 10, tab.copies.data<int32_t>()[e]) << i;  // ... among its copies[e] (never the -9 padding)
+    }
+  }
+  // The same (seed, draw) picks the same copies, also in place.
+  Tensor again = ids.clone(), draw0 = draw_at(0);
+  moe_pick_expert_replicas(again, tab.replicas, tab.copies, 7, draw0, again);
+  EXPECT_EQ(vec(again), vec(out));
+}
+
+TEST(MoeDispatch, PickExpertReplicasSpreadsEvenlyOverCopiesEntriesAndDraws) {
+  const ReplicaTable tab;
+  // 6,000 entries of expert 2 (three copies) over 3 draws: each copy near a third, and neighbouring
+  // entries, and the same entry in consecutive draws, agree about a third of the time (independent).
+  const int64_t n = 2000;
+  const Tensor ids = i32({n, 1}, std::vector<int32_t>(n, 2));
+  Tensor draw = draw_at(41);
+  std::map<int32_t, int> per_copy;
+  std::vector<std::vector<int32_t>> draws;
+  for (int d = 0; d < 3; ++d) {
+    Tensor out = Tensor::empty(ids.shape(), DType::kI32);
+    moe_pick_expert_replicas(ids, tab.replicas, tab.copies, 5, draw, out);
+    draws.push_back(vec(out));
+    for (int32_t p : draws.back()) ++per_copy[p];
+  }
+  EXPECT_EQ(draw.data<int64_t>()[0], 44);
+  ASSERT_EQ(per_copy.size(), 3u);
+  for (const auto& [p, c] : per_copy) EXPECT_NEAR(c, 2000, 150) << "copy " << p;
+  int same_neighbour = 0, same_next_draw = 0;
+  for (int64_t i = 0; i + 1 < n; ++i) same_neighbour += draws[0][i] == draws[0][i + 1];
+  for (int64_t i = 0; i < n; ++i) same_next_draw += draws[0][i] == draws[1][i];
+  EXPECT_NEAR(same_neighbour, n / 3, 120);
+  EXPECT_NEAR(same_next_draw, n / 3, 120);
+  // Another seed (another rank) picks differently.
+  Tensor other = Tensor::empty(ids.shape(), DType::kI32), d41 = draw_at(41);
+  moe_pick_expert_replicas(ids, tab.replicas, tab.copies, 6, d41, other);
+  EXPECT_NE(vec(other), draws[0]);
+}
+
+TEST(MoeDispatch, PickExpertReplicasClampsCopiesAndChecksShapes) {
+  const Tensor replicas = i32({2, 2}, {0, 1, 10, 11});
+  const Tensor copies = i32({2}, {0, 9});  // clamped to 1 and 2
+  const Tensor ids = i32({200, 1}, std::vector<int32_t>(200, 0));
+  Tensor out = Tensor::empty(ids.shape(), DType::kI32), draw = draw_at(0);
+  moe_pick_expert_replicas(ids, replicas, copies, 1, draw, out);
+  EXPECT_EQ(as_set(out), (std::set<int32_t>{0}));
+  const Tensor ones = i32({200, 1}, std::vector<int32_t>(200, 1));
+  moe_pick_expert_replicas(ones, replicas, copies, 1, draw, out);
+  EXPECT_EQ(as_set(out), (std::set<int32_t>{10, 11}));
+  EXPECT_THROW(moe_pick_expert_replicas(ids, replicas, i32({3}, {1, 1, 1}), 1, draw, out), std::invalid_argument);
+  Tensor draw32 = Tensor::empty({1}, DType::kI32);
+  EXPECT_THROW(moe_pick_expert_replicas(ids, replicas, copies, 1, draw32, out), std::invalid_argument);
+  Tensor short_out = Tensor::empty({100, 1}, DType::kI32);
+  EXPECT_THROW(moe_pick_expert_replicas(ids, replicas, copies, 1, draw, short_out), std::invalid_argument);
+  EXPECT_THROW(moe_pick_expert_replicas(ids, Tensor::empty({2, 0}, DType::kI32), copies, 1, draw, out),
+               std::invalid_argument);
 }
 
 }  // namespace

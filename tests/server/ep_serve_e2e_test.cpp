@@ -127,6 +127,39 @@ TEST_F(EpServeE2E, RedundantExpertsWithDynamicDispatchEqualOneRank) {
                           "5 routed experts each (20 physical in all)");
 }
 
+// --enable-eplb with EP ranks (the published workflow's second way to balance decode): the ranks
+// rebalance every 3 group steps, one layer per step, while serving the workload. Each switch must
+// happen at the same step on every rank (a token sent to a slot must find the slot's new expert),
+// so the output still equals one rank's; the log and /metrics show that rebalances happened and
+// moved slots.
+TEST_F(EpServeE2E, OnlineRebalancingWhileServingEqualsOneRank) {
+  ASSERT_NE(reference_, nullptr);
+  auto flags = ep_flags("auto");
+  flags.insert(flags.end(), {"--device", "cpu", "--ep-num-redundant-experts", "4", "--enable-eplb",
+                             "--eplb-rebalance-num-iterations", "3", "--eplb-rebalance-layers-per-chunk", "1", "--enable-metrics"});
+  ServerProcess s(flags, "ep_eplb");
+  ASSERT_TRUE(s.wait_ready()) << s.log();
+  const auto outs = run_workload(s);
+  EXPECT_EQ(outs, *reference_) << s.log();
+  http::Client c;
+  auto m = c.get(s.url("/metrics"));
+  ASSERT_TRUE(m && m->status == 200);
+  const std::string needle = "sglang:eplb_rebalances_total{";
+  const auto at = m->body.find(needle);
+  ASSERT_NE(at, std::string::npos) << m->body;
+  const auto value = std::stod(m->body.substr(m->body.find("} ", at) + 2));
+  EXPECT_GE(value, 2) << m->body;
+  const std::string log = s.log();
+  EXPECT_NE(log.find("[EPLBManager] rebalance end"), std::string::npos) << log;
+  // At least one rebalance moved experts between slots (else the test would not test switching).
+  bool moved = false;
+  for (auto pos = log.find("new placement changes "); pos != std::string::npos && !moved;
+       pos = log.find("new placement changes ", pos + 1))
+    moved = std::stoi(log.substr(pos + 22)) > 0;
+  EXPECT_TRUE(moved) << log;
+  EXPECT_EQ(s.terminate(), 0) << s.log();
+}
+
 TEST(EpServeE2EFlags, RefusesWhatThisBuildCannotRun) {
   auto expect_refused = [](std::vector<std::string> flags, const std::string& needle, const std::string& name) {
     flags.insert(flags.end(), {"--device", "cpu", "--skip-server-warmup"});
@@ -142,9 +175,6 @@ TEST(EpServeE2EFlags, RefusesWhatThisBuildCannotRun) {
   expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
                   "--deepep-mode", "fast"},
                  "--deepep-mode must be normal, low_latency or auto", "ep_bad_mode");
-  expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
-                  "--enable-eplb"},
-                 "place the experts at start-up instead", "ep_eplb");
   expect_refused({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
                   "--ep-num-redundant-experts", "2", "--ep-dispatch-algorithm", "fake"},
                  "--ep-dispatch-algorithm fake replaces the routing", "ep_fake");
@@ -163,6 +193,12 @@ TEST(EpServeE2EFlags, RefusesWhatThisBuildCannotRun) {
     EXPECT_TRUE(gpu.log().find("no CUDA device is visible") != std::string::npos ||
                 gpu.log().find("this build has no CUDA") != std::string::npos)
         << gpu.log();
+    // Online rebalancing on GPU EP ranks (weights would move between GPUs) is refused first.
+    ServerProcess gpu_eplb({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
+                            "--device", "cuda", "--enable-eplb", "--skip-server-warmup"},
+                           "ep_gpu_eplb");
+    EXPECT_FALSE(gpu_eplb.wait_ready(std::chrono::seconds(60)));
+    EXPECT_NE(gpu_eplb.log().find("CPU EP ranks rebalance"), std::string::npos) << gpu_eplb.log();
   }
 }
 

@@ -28,12 +28,13 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
   e->ranks_ = ranks;
   if (ranks < 1) return make_error(ErrorCode::kInvalidArgument, "GPU EP: {} ranks", ranks);
   if (auto st = check_placement(opts.placement, c, ranks); !st) return st.error().with_context("GPU EP");
-  const ExpertLocation* loc = opts.placement.location.get();
-  if (loc && opts.placement.algorithm != DispatchAlgorithm::kStatic)
+  if (opts.placement.rebalancer)
     return make_error(ErrorCode::kUnsupported,
-                      "--ep-dispatch-algorithm {} on GPU EP ranks is not in this build: use static (each rank sends a "
-                      "logical expert's tokens to the copy its static dispatch map names)",
-                      dispatch_algorithm_name(opts.placement.algorithm));
+                      "GPU EP: online rebalancing (--enable-eplb) would copy expert weights between GPUs while serving; "
+                      "not in this build");
+  const ExpertLocation* loc = opts.placement.location.get();
+  // check_placement refused fake: with a location the algorithm is static or dynamic.
+  const bool dynamic = loc && opts.placement.algorithm == DispatchAlgorithm::kDynamic;
   const int64_t physical = opts.placement.num_physical(c);
   if (opts.normal && (opts.normal->ranks() != ranks || opts.normal->rank() != rank.rank()))
     return make_error(ErrorCode::kInvalidArgument, "GPU EP: the normal-mode rank ({} of {}) is not low-latency rank {} of {}",
@@ -45,7 +46,8 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
     PDSERVE_RETURN_IF_ERROR(cuda_status(cudaSetDevice(rank.device()), "cudaSetDevice"));
     const int64_t begin = rank.rank() * e->local_;
     const auto& w = model->weights();
-    const std::vector<std::vector<int>> dispatch_map = loc ? loc->static_dispatch_map(rank.rank()) : std::vector<std::vector<int>>{};
+    const std::vector<std::vector<int>> dispatch_map =
+        loc && !dynamic ? loc->static_dispatch_map(rank.rank()) : std::vector<std::vector<int>>{};
     for (size_t l = 0; l < w.layers.size(); ++l) {
       if (!w.layers[l].is_moe) continue;
       // The logical expert of each local slot.
@@ -65,7 +67,11 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
       }
       Layer& layer = e->layers_[static_cast<int64_t>(l)];
       layer.experts = model::upload_experts(slice, 0, e->local_);
-      if (loc) {
+      if (dynamic) {
+        const ReplicaTables tables = replica_tables(*loc, static_cast<int>(l));
+        layer.replicas = tables.replicas.to(Device::kCuda);
+        layer.copies = tables.copies.to(Device::kCuda);
+      } else if (loc) {
         const auto& row = dispatch_map.at(l);
         Tensor map = Tensor::empty({static_cast<int64_t>(row.size())}, DType::kI32);
         std::copy(row.begin(), row.end(), map.data<int32_t>());
@@ -79,6 +85,8 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
       // One exchange call carries at most one round (low-latency) or one normal pass.
       const int64_t most = std::max(e->max_tokens_, e->normal_ ? e->normal_->config().max_tokens_per_rank : 0);
       e->mapped_ids_ = Tensor::empty({std::max<int64_t>(most, 1), c.num_experts_per_tok}, DType::kI32, Device::kCuda);
+      if (dynamic) e->draw_ = detail::device_zeros({1}, DType::kI64);
+      e->dispatch_seed_ = kDispatchSeed + static_cast<uint64_t>(rank.rank());
     }
     const int64_t slab = ranks * e->max_tokens_;
     e->gate_ = Tensor::empty({e->local_, slab, e->inter_}, DType::kBF16, Device::kCuda);
@@ -283,10 +291,13 @@ Status GpuEpExperts::with_exchange_state(Status st) const {
 }
 
 Tensor GpuEpExperts::physical_ids(const Layer& layer, const Tensor& topk_ids) {
-  if (!layer.id_map.defined()) return topk_ids;
+  if (!layer.id_map.defined() && !layer.replicas.defined()) return topk_ids;
   // forward checked T against begin_step's group maximum; a round or a normal pass fits.
   Tensor mapped = mapped_ids_.slice(0, 0, topk_ids.size(0));
-  ops::moe_map_expert_ids(topk_ids, layer.id_map, mapped);
+  if (layer.replicas.defined())
+    ops::moe_pick_expert_replicas(topk_ids, layer.replicas, layer.copies, dispatch_seed_, draw_, mapped);
+  else
+    ops::moe_map_expert_ids(topk_ids, layer.id_map, mapped);
   return mapped;
 }
 

@@ -79,11 +79,13 @@ class GpuEpExperts final : public model::RoutedExperts {
   // One expert GEMM per row bucket of the normal path at creation: a kernel's first launch waits
   // for every kernel on the GPU, the peers' spinning exchange included.
   void warm_normal_gemms(const model::GpuExperts& e);
-  // A MoE layer's experts on this rank and, with a placement, its logical -> physical id map
-  // (i32 [logical] on the device).
+  // A MoE layer's experts on this rank and, with a placement, how its logical ids become physical
+  // ones: static dispatch, the rank's map (i32 [logical] on the device); dynamic, every copy of each
+  // logical expert (replicas i32 [logical, most copies], copies i32 [logical]), one drawn per entry.
   struct Layer {
     model::GpuExperts experts;
     Tensor id_map;
+    Tensor replicas, copies;
   };
   // The ids one exchange call sends by (at most one round's or one normal pass's tokens): topk_ids
   // itself, or its physical copies (with a placement).
@@ -113,6 +115,11 @@ class GpuEpExperts final : public model::RoutedExperts {
   Tensor row_base_, counts_;              // i32 [local]
   Tensor normal_out_;                     // f32 [normal_tokens, hidden]
   Tensor mapped_ids_;  // with a placement: i32 [max(low-latency, normal tokens per rank), top_k]
+  // Dynamic dispatch: the draw counter (i64 [1] on the device, so graph replays draw afresh) and
+  // this rank's seed (the CPU ranks' ExpertDispatcher seeds 42 + rank the same way).
+  static constexpr uint64_t kDispatchSeed = 42;
+  Tensor draw_;
+  uint64_t dispatch_seed_ = kDispatchSeed;
   int64_t rounds_ = 1;
   bool decode_ = true, normal_pass_ = false;
 };

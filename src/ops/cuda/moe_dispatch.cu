@@ -6,6 +6,7 @@
 
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/moe_dispatch.h"
+#include "ops/replica_pick.h"
 
 namespace pdserve::ops::cuda {
 
@@ -85,6 +86,23 @@ __global__ void map_ids_kernel(const int32_t* ids, int64_t n, const int32_t* tab
   out[i] = id >= 0 && id < L ? table[id] : -1;
 }
 
+__global__ void pick_replicas_kernel(const int32_t* ids, int64_t n, const int32_t* replicas, const int32_t* copies,
+                                     int64_t L, int64_t C, uint64_t seed, const int64_t* draw, int32_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int32_t e = ids[i];
+  if (e < 0 || e >= L) {
+    out[i] = -1;
+    return;
+  }
+  const int64_t c = min(max(static_cast<int64_t>(copies[e]), int64_t{1}), C);
+  out[i] = replicas[e * C + pick_replica(seed, static_cast<uint64_t>(*draw), static_cast<uint64_t>(i),
+                                         static_cast<uint32_t>(c))];
+}
+
+// A kernel of its own: the picking blocks all read the draw before it moves on.
+__global__ void next_draw_kernel(int64_t* draw) { *draw += 1; }
+
 template <typename T>
 __global__ void combine_kernel(const T* y, int64_t rows, int64_t n, const int32_t* slots, const float* weights, int k,
                                float* out) {
@@ -126,6 +144,21 @@ void moe_map_expert_ids(const Tensor& ids, const Tensor& table, Tensor& out) {
   map_ids_kernel<<<blocks, kThreads, 0, current_stream()>>>(ids.data<int32_t>(), n, table.data<int32_t>(), table.size(0),
                                                             out.data<int32_t>());
   check_launch("moe_map_expert_ids");
+}
+
+void moe_pick_expert_replicas(const Tensor& ids, const Tensor& replicas, const Tensor& copies, uint64_t seed,
+                              Tensor& draw, Tensor& out) {
+  const int64_t n = ids.numel();
+  cudaStream_t s = current_stream();
+  if (n > 0) {
+    const auto blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+    pick_replicas_kernel<<<blocks, kThreads, 0, s>>>(ids.data<int32_t>(), n, replicas.data<int32_t>(),
+                                                     copies.data<int32_t>(), replicas.size(0), replicas.size(1), seed,
+                                                     draw.data<int64_t>(), out.data<int32_t>());
+    check_launch("moe_pick_expert_replicas");
+  }
+  next_draw_kernel<<<1, 1, 0, s>>>(draw.data<int64_t>());
+  check_launch("moe_pick_expert_replicas (next draw)");
 }
 
 void moe_scatter(const Tensor& x, const Tensor& topk_ids, const Tensor& row_base, Tensor& x_out, Tensor& slots,
