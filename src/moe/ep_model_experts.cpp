@@ -57,8 +57,8 @@ Status EpModelExperts::follow_rebalancer() {
   std::shared_ptr<const ExpertLocation> next = rebalancer_->location_at(step);
   if (next == location_) return ok_status();
   int changed = 0;
+  const std::vector<int> slots = next->local_physical(geo_.ep_rank);
   for (auto& [l, moe] : layers_) {
-    const std::vector<int> slots = next->local_physical(geo_.ep_rank);
     const bool same = std::all_of(slots.begin(), slots.end(), [&](int p) {
       return next->logical_of(static_cast<int>(l), p) == location_->logical_of(static_cast<int>(l), p);
     });

@@ -68,7 +68,8 @@ class EplbManager {
   // The placement in effect at group step `step`: the newest published with effect <= step.
   std::shared_ptr<const ExpertLocation> location_at(int64_t step) const;
 
-  // Runs EPLB on the window now and publishes the first chunk (tests; on_forward_pass calls it).
+  // Runs EPLB on the window now and publishes the first chunk (tests of the on_forward_pass form;
+  // on_forward_pass calls it).
   // False when nothing was started: empty window, a rebalance already in progress, or an error
   // (logged).
   bool start_rebalance();

@@ -135,6 +135,9 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   }
   if (args.nnodes > 1) PDSERVE_RETURN_IF_ERROR(parallel::parse_host_port(args.dist_init_addr));
   PDSERVE_ASSIGN_OR_RETURN(s->config_, model::load_model_config(args.model_path, args.json_model_override_args));
+  // SGLang's kernel and tuning flags, before the (long) weight load: a refused one fails at once.
+  PDSERVE_ASSIGN_OR_RETURN(auto compat_notes,
+                           args.compat.resolve(s->config_, args.disaggregation_mode, args.expert_parallel()));
   const auto tok_dir = tokenizer::resolve_tokenizer_dir(args.model_path, args.tokenizer_path);
   auto tok = tokenizer::Tokenizer::load(tok_dir);
   if (!tok)
@@ -166,6 +169,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   for (const auto& a : args.adjustments) log::warning("{}", a);
   if (args.enable_two_batch_overlap)
     log::warning("--enable-two-batch-overlap is accepted but not implemented: passes run without the overlap");
+  for (const auto& note : compat_notes) log::info("{}", note);
   if (args.expert.enable_eplb && args.nnodes > 1)  // each node would rebalance on its own share of the counts
     return make_error(ErrorCode::kUnsupported, "--enable-eplb runs on a one-node server only in this build");
   // The placement (and recorder) first: EP ranks hold the physical experts it names.
@@ -258,6 +262,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   std::vector<const RankHandle*> craw(s->ranks_.begin(), s->ranks_.end());
   s->tm_ = std::make_unique<TokenizerManager>(s->tokenizer_, s->ranks_, a.served_model_name, a.context_length);
   if (s->disagg_) s->tm_->set_disagg(s->disagg_->mode(), a.disaggregation_bootstrap_port);
+  s->tm_->set_dp_follows_bootstrap_room(a.compat.dp_follows_bootstrap_room());
   if (a.enable_metrics) {
     s->metrics_ = std::make_unique<Metrics>(a.served_model_name, craw);
     s->tm_->set_metrics(s->metrics_.get());

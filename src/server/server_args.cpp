@@ -75,6 +75,7 @@ void add_server_flags(CLI::App& app, ServerArgs& a) {
   add_disagg_flags(app, a);
   add_parallel_flags(app, a);
   add_expert_flags(app, a.expert);
+  add_sglang_compat_flags(app, a.compat);
   app.add_option("--model-path", a.model_path, "Model folder (config.json, safetensors, tokenizer)")->required();
   app.add_option("--tokenizer-path", a.tokenizer_path, "Tokenizer folder (default: the model folder)");
   app.add_option("--load-format", a.load_format, "auto | safetensors | dummy")->capture_default_str();
@@ -232,7 +233,6 @@ nlohmann::json ServerArgs::to_json() const {
           {"http_max_queued_bytes", http_max_queued_bytes},
           {"tp_size", tp_size},
           {"dp_size", dp_size},
-          {"ep_size", 1},
           {"enable_dp_attention", enable_dp_attention},
           {"ep_size", ep_size},
           {"moe_a2a_backend", moe_a2a_backend},
@@ -255,6 +255,7 @@ nlohmann::json ServerArgs::to_json() const {
           {"cuda_graph_max_bs", cuda_graph_max_bs},
           {"disable_cuda_graph", disable_cuda_graph}};
   j.update(expert.to_json());
+  j.update(compat.to_json());
   return j;
 }
 

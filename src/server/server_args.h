@@ -12,6 +12,7 @@
 #include "base/status.h"
 #include "parallel/rank_layout.h"
 #include "server/expert_args.h"
+#include "server/sglang_compat_args.h"
 
 namespace pdserve::server {
 
@@ -103,6 +104,7 @@ struct ServerArgs {
   // The settings every node of one server must share (compared at rendezvous).
   std::string node_fingerprint() const;
   ExpertArgs expert;  // EPLB placement and recorder flags (expert_args.h)
+  SglangCompatArgs compat;  // SGLang's kernel, overlap and tuning flags (sglang_compat_args.h)
   nlohmann::json to_json() const;  // every field, for /server_info
 };
 

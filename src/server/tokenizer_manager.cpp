@@ -185,15 +185,16 @@ void TokenizerManager::submit(std::vector<PromptItem> items, ApiFormat format, b
     in.return_logprob = items[i].return_logprob;
     in.logprob_start_len = items[i].logprob_start_len;
     in.top_logprobs_num = items[i].top_logprobs_num;
-    // Round robin over DP ranks (SGLang's default load_balance_method); in PD mode both sides pick
-    // bootstrap_room % dp_size, so the prefill and decode ranks of a request pair up by themselves.
+    // Round robin over DP ranks (SGLang's default load_balance_method); a request with a bootstrap
+    // room goes to rank bootstrap_room % dp_size (the prefill must: decode servers look its KV up
+    // there) unless --load-balance-method round_robin says otherwise.
     size_t rank = next_rr_.fetch_add(1) % schedulers_.size();
     if (items[i].bootstrap_room) {
       if (disagg_mode_ != scheduler::DisaggMode::kNull)
         in.bootstrap = scheduler::BootstrapInfo{items[i].bootstrap_host.value_or(""),
                                                 static_cast<int>(items[i].bootstrap_port.value_or(bootstrap_port_)),
                                                 static_cast<uint64_t>(*items[i].bootstrap_room)};
-      rank = static_cast<size_t>(static_cast<uint64_t>(*items[i].bootstrap_room) % schedulers_.size());
+      if (follow_room_) rank = static_cast<size_t>(static_cast<uint64_t>(*items[i].bootstrap_room) % schedulers_.size());
     }
     if (items[i].data_parallel_rank) rank = static_cast<size_t>(*items[i].data_parallel_rank);
     auto* s = schedulers_[rank];

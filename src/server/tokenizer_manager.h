@@ -44,6 +44,9 @@ class TokenizerManager {
     disagg_mode_ = mode;
     bootstrap_port_ = bootstrap_port;
   }
+  // --load-balance-method: whether a request with a bootstrap room goes to DP rank room % dp size
+  // (the default, PD pairing) or round robin like the rest (round_robin; never on a prefill).
+  void set_dp_follows_bootstrap_room(bool follow) { follow_room_ = follow; }
 
   // Submits the items of one HTTP request and answers through `ch`: a JSON object (or a list for
   // batches), or an SSE stream. Text prompts are tokenized here (errors answer 400 before anything
@@ -80,6 +83,7 @@ class TokenizerManager {
   RequestMetricsSink* metrics_ = nullptr;
   scheduler::DisaggMode disagg_mode_ = scheduler::DisaggMode::kNull;
   int bootstrap_port_ = 8998;
+  bool follow_room_ = true;
   std::atomic<uint64_t> next_rr_{0};
   std::atomic<uint64_t> rid_counter_{0};
   uint64_t rid_salt_;
