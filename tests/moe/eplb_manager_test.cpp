@@ -35,10 +35,9 @@ struct World {
   }
 };
 
-// One rank's pass as the server's RecordingRunner does it: pick up the placement, route `tokens`
-// tokens to logical experts (mostly `hot` and hot+1), record the physical copies, count the pass.
-void rank_pass(World& w, RankExpertLocation& rank, int rank_id, int64_t pass_id, int hot, int tokens = 8) {
-  rank.sync();
+// Records one rank's pass: `tokens` tokens routed to logical experts (mostly `hot` and hot+1),
+// recorded as the physical copies `d` sends them to.
+void record_skewed_pass(World& w, ExpertDispatcher& d, int rank_id, int64_t pass_id, int hot, int tokens = 8) {
   PassRouting p;
   p.forward_pass_id = pass_id;
   p.rank = rank_id;
@@ -49,10 +48,17 @@ void rank_pass(World& w, RankExpertLocation& rank, int rank_id, int64_t pass_id,
       ids.push_back(hot);
       ids.push_back(t % 4 == 0 ? (hot + 2 + t) % 8 : (hot + 1) % 8);
     }
-    rank.dispatcher().to_physical(layer, ids);
+    d.to_physical(layer, ids);
     p.physical_ids[layer] = std::move(ids);
   }
-  ASSERT_TRUE(w.recorder->record(p).has_value());
+  EXPECT_TRUE(w.recorder->record(p).has_value());
+}
+
+// One rank's pass as the server's RecordingRunner does it: pick up the placement, record the
+// pass's routing, count the pass.
+void rank_pass(World& w, RankExpertLocation& rank, int rank_id, int64_t pass_id, int hot, int tokens = 8) {
+  rank.sync();
+  record_skewed_pass(w, rank.dispatcher(), rank_id, pass_id, hot, tokens);
   w.manager->on_forward_pass(pass_id);
 }
 
@@ -204,20 +210,7 @@ std::shared_ptr<const ExpertLocation> ep_rank_step(World& w, int rank_id, int64_
   w.manager->on_group_step(step);
   auto loc = w.manager->location_at(step);
   ExpertDispatcher d(loc, DispatchAlgorithm::kStatic, rank_id);
-  PassRouting p;
-  p.forward_pass_id = step;
-  p.rank = rank_id;
-  p.top_k = 2;
-  for (int layer = 1; layer < kLayout.num_layers; ++layer) {
-    std::vector<int32_t> ids;
-    for (int t = 0; t < 8; ++t) {
-      ids.push_back(hot);
-      ids.push_back((hot + 1 + t % 2) % 8);
-    }
-    d.to_physical(layer, ids);
-    p.physical_ids[layer] = std::move(ids);
-  }
-  EXPECT_TRUE(w.recorder->record(p).has_value());
+  record_skewed_pass(w, d, rank_id, step, hot);
   return loc;
 }
 

@@ -3,20 +3,10 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
+#include "server/parsed_server_args.h"
 
 namespace pdserve::server {
 namespace {
-
-ServerArgs parsed(std::vector<std::string> flags) {
-  CLI::App app;
-  ServerArgs a;
-  add_server_flags(app, a);
-  flags.insert(flags.begin(), {"--model-path", "m"});
-  std::reverse(flags.begin(), flags.end());  // CLI11 parses a vector in reverse order
-  app.parse(flags);
-  return a;
-}
 
 TEST(ServerArgs, DpAttentionSharesTheChunkAndSchedulesLessConservatively) {
   ServerArgs a = parsed({"--tp-size", "4", "--dp-size", "4", "--enable-dp-attention", "--chunked-prefill-size", "16384",

@@ -8,19 +8,10 @@
 #include <fstream>
 
 #include "server/server_args.h"
+#include "server/parsed_server_args.h"
 
 namespace pdserve::server {
 namespace {
-
-ServerArgs parsed(std::vector<std::string> flags) {
-  CLI::App app;
-  ServerArgs a;
-  add_server_flags(app, a);
-  flags.insert(flags.begin(), {"--model-path", "m"});
-  std::reverse(flags.begin(), flags.end());  // CLI11 parses a vector in reverse order
-  app.parse(flags);
-  return a;
-}
 
 model::ModelConfig config(bool fp8) {
   model::ModelConfig c;
