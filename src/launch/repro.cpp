@@ -21,6 +21,7 @@
 #include "http/client.h"
 #include "http/signals.h"
 #include "launch/child_process.h"
+#include "launch/extra_args.h"
 #include "profile/log_parser.h"
 
 namespace pdserve::launch {
@@ -174,6 +175,10 @@ class Repro {
       o_.load_format = has_weights ? "auto" : "dummy";
     }
     if (o_.target_running <= 0) o_.target_running = std::min(o_.num_prompts, o_.max_concurrency);
+    PDSERVE_ASSIGN_OR_RETURN(prefill_extra_, split_command_line(o_.prefill_extra_args));
+    PDSERVE_ASSIGN_OR_RETURN(decode_extra_, split_command_line(o_.decode_extra_args));
+    PDSERVE_RETURN_IF_ERROR(check_extra_server_args(prefill_extra_, "--prefill-extra-args"));
+    PDSERVE_RETURN_IF_ERROR(check_extra_server_args(decode_extra_, "--decode-extra-args"));
     for (int* port : {&prefill_port_, &decode_port_, &router_port_, &bootstrap_port_}) {
       PDSERVE_ASSIGN_OR_RETURN(*port, free_port());
     }
@@ -211,12 +216,16 @@ class Repro {
   }
 
   std::vector<std::string> serve_args(const std::string& mode, int port, int dp) const {
-    return {"serve", "--model-path", model_, "--load-format", o_.load_format, "--device", o_.device,
-            "--host", "127.0.0.1", "--port", std::to_string(port), "--disaggregation-mode", mode,
-            "--disaggregation-bootstrap-port", std::to_string(bootstrap_port_), "--dp-size", std::to_string(dp),
-            "--json-model-override-args", o_.json_model_override_args,
-            // One Decode line per step: the fill watches #running-req and analyze averages it.
-            "--decode-log-interval", "1"};
+    std::vector<std::string> args = {
+        "serve", "--model-path", model_, "--load-format", o_.load_format, "--device", o_.device,
+        "--host", "127.0.0.1", "--port", std::to_string(port), "--disaggregation-mode", mode,
+        "--disaggregation-bootstrap-port", std::to_string(bootstrap_port_), "--dp-size", std::to_string(dp),
+        "--json-model-override-args", o_.json_model_override_args,
+        // One Decode line per step: the fill watches #running-req and analyze averages it.
+        "--decode-log-interval", "1"};
+    const auto& extra = mode == "prefill" ? prefill_extra_ : decode_extra_;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
   }
 
   Status start_servers() {
@@ -409,6 +418,8 @@ class Repro {
               {"max_concurrency", o_.max_concurrency},
               {"prefill_dp_size", o_.prefill_dp_size},
               {"decode_dp_size", o_.decode_dp_size},
+              {"prefill_extra_args", prefill_extra_},
+              {"decode_extra_args", decode_extra_},
               {"fill", {{"method", hold_fill() ? "hold" : "slow_down"},
                         {"forward_sleep_time", hold_fill() ? json(nullptr) : json(o_.slow_down_time)},
                         {"released_by", hold_fill() ? json(fill_released_by_) : json(nullptr)},
@@ -426,6 +437,7 @@ class Repro {
   ReproOptions o_;
   std::string step_ = "setup", binary_, model_;
   fs::path out_, traces_;
+  std::vector<std::string> prefill_extra_, decode_extra_;  // --prefill-extra-args / --decode-extra-args, split
   int prefill_port_ = 0, decode_port_ = 0, router_port_ = 0, bootstrap_port_ = 0;
   std::vector<std::unique_ptr<ChildProcess>> children_;
   ChildProcess *prefill_ = nullptr, *decode_ = nullptr, *router_ = nullptr, *bench_ = nullptr;
@@ -461,6 +473,10 @@ std::function<int()> add_repro_command(CLI::App& root) {
   app->add_option("--max-concurrency", o->max_concurrency)->capture_default_str()->check(CLI::PositiveNumber);
   app->add_option("--prefill-dp-size", o->prefill_dp_size)->capture_default_str()->check(CLI::PositiveNumber);
   app->add_option("--decode-dp-size", o->decode_dp_size)->capture_default_str()->check(CLI::PositiveNumber);
+  app->add_option("--prefill-extra-args", o->prefill_extra_args,
+                  "More `pdserve serve` flags for the prefill server, as on a command line");
+  app->add_option("--decode-extra-args", o->decode_extra_args,
+                  "More `pdserve serve` flags for the decode server, e.g. \"--enable-dp-attention --moe-a2a-backend deepep\"");
   app->add_option("--target-running", o->target_running, "Fill until decode's #running-req reaches this (0: min(prompts, concurrency))")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   app->add_option("--fill", o->fill,

@@ -23,6 +23,9 @@ struct ReproOptions {
   int max_concurrency = 32;
   int prefill_dp_size = 1;
   int decode_dp_size = 1;
+  // More `pdserve serve` flags for one side, as on a shell command line (launch/extra_args.h):
+  // e.g. EP decode "--enable-dp-attention --moe-a2a-backend deepep --ep-num-redundant-experts 32".
+  std::string prefill_extra_args, decode_extra_args;
   int target_running = 0;  // 0: min(num_prompts, max_concurrency)
   // How decode's batch is filled before the profile: "hold" (POST /hold_decode: no decode step
   // until #running-req reaches the target) or "slow-down" (SGLang's /slow_down fixed sleep).

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/child_process.h"
+#include "launch/extra_args.h"
 #include "profile/trace_reader.h"
 #include "server/server_process.h"
 #include "test_time.h"
@@ -184,6 +185,59 @@ TEST(ReproE2E, FailedServerIsNamedWithItsLog) {
   expect_no_children_left(text, 2);
   fs::remove_all(out);
   fs::remove(console);
+}
+
+// Issue 13's shape on CPU ranks: an EP decode (2 DP ranks exchanging tokens, DeepEP style) with
+// redundant experts rebalanced online while the benchmark runs; the report counts its 2 GPUs.
+TEST(ReproE2E, ExpertParallelDecodeWithOnlineRebalancing) {
+  const auto out = fresh_dir("ep");
+  const auto console = out.parent_path() / (out.filename().string() + ".console");
+  auto repro = start_repro(out, console,
+                           {{"--decode-dp-size", "2"},
+                            {"--decode-extra-args", "--enable-dp-attention --moe-a2a-backend deepep "
+                                                    "--ep-num-redundant-experts 2 --enable-eplb "
+                                                    "--eplb-rebalance-num-iterations 5"},
+                            {"--prefill-extra-args", "--attention-backend fa3"}});
+  const int rc = wait_exit(repro, test::scaled(80));
+  const std::string text = read_file(console);
+  ASSERT_EQ(rc, 0) << text;
+  EXPECT_NE(text.find("/ 2 GPUs = "), std::string::npos) << text;
+  EXPECT_NE(read_file(out / "bench.log").find("Successful requests:                     8"), std::string::npos);
+  const std::string decode = read_file(out / "decode.log");
+  EXPECT_NE(decode.find("DeepEP MoE: 2 EP ranks, 9 routed experts each (18 physical in all)"), std::string::npos) << decode;
+  EXPECT_NE(decode.find("[EPLBManager] rebalance end"), std::string::npos) << decode;
+  EXPECT_NE(read_file(out / "prefill.log").find("--attention-backend fa3: no effect"), std::string::npos);
+  const json summary = json::parse(read_file(out / "repro.json"));
+  EXPECT_EQ(summary["decode_extra_args"].size(), 8u);
+  expect_no_children_left(text, 4);
+  fs::remove_all(out);
+  fs::remove(console);
+}
+
+TEST(ReproE2E, ExtraArgsThatReproSetsItselfAreRefusedBeforeStartingAnything) {
+  const auto out = fresh_dir("owned");
+  const auto console = out.parent_path() / (out.filename().string() + ".console");
+  auto repro = start_repro(out, console, {{"--decode-extra-args", "--enable-dp-attention --dp-size 4"}});
+  EXPECT_EQ(wait_exit(repro, std::chrono::seconds(10)), 1);
+  EXPECT_NE(read_file(console).find("--decode-extra-args: --dp-size is set by repro itself; use --prefill-dp-size / "
+                                    "--decode-dp-size"),
+            std::string::npos)
+      << read_file(console);
+  expect_no_children_left(read_file(console), 0);
+  fs::remove_all(out);
+  fs::remove(console);
+}
+
+TEST(ReproExtraArgs, SplitsLikeAShellForFlagsAndInlineJson) {
+  auto words = launch::split_command_line(R"(  --a 1	--b '{"x": [1, 2]}' --c "say \"hi\"" --d=''  )");
+  ASSERT_TRUE(words.has_value()) << words.error().message();
+  EXPECT_EQ(*words, (std::vector<std::string>{"--a", "1", "--b", R"({"x": [1, 2]})", "--c", R"(say "hi")", "--d="}));
+  EXPECT_TRUE(launch::split_command_line("")->empty());
+  EXPECT_FALSE(launch::split_command_line("--b '{\"x\": 1").has_value());  // unterminated quote
+  EXPECT_TRUE(launch::check_extra_server_args({"--enable-eplb", "--cuda-graph-bs", "1", "2"}, "--x").has_value());
+  auto owned = launch::check_extra_server_args({"--port=9"}, "--prefill-extra-args");
+  ASSERT_FALSE(owned.has_value());
+  EXPECT_NE(owned.error().message().find("--prefill-extra-args: --port is set by repro itself"), std::string::npos);
 }
 
 TEST(ReproE2E, MissingModelFailsBeforeStartingAnything) {
