@@ -180,7 +180,10 @@ void ModelServer::register_control_routes() {
     auto body = parse_json_body(req.body);
     if (!body) return respond_error(*r, 400, body.error().message());
     if (!body->is_object()) return respond_error(*r, 400, "the body must be a JSON object");
-    const bool all = body->value("abort_all", false);
+    const json all_field = body->contains("abort_all") ? (*body)["abort_all"] : json(nullptr);
+    if (!all_field.is_null() && !all_field.is_boolean())
+      return respond_error(*r, 400, "field 'abort_all' must be true or false");
+    const bool all = all_field.is_boolean() && all_field.get<bool>();
     const json rid = body->contains("rid") ? (*body)["rid"] : json("");
     if (!rid.is_string()) return respond_error(*r, 400, "field 'rid' must be a string");
     if (!all && rid.get<std::string>().empty()) return respond_error(*r, 400, "give 'rid' or 'abort_all': true");

@@ -142,6 +142,10 @@ TEST_F(ControlE2E, AbortRequestEndsItWithAnAbortReason) {
     result = json::parse(r.body, nullptr, false);
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  // Fields of the wrong type are a 400 naming the field (not a dropped connection).
+  auto typed = post("/abort_request", {{"rid", "to-abort"}, {"abort_all", "yes"}});
+  EXPECT_EQ(typed.status, 400);
+  EXPECT_NE(typed.body.find("'abort_all' must be true or false"), std::string::npos) << typed.body;
   ASSERT_EQ(post("/abort_request", {{"rid", "to-abort"}}).status, 200);
   t.join();
   post("/slow_down", {{"forward_sleep_time", nullptr}});
