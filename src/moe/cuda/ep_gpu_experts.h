@@ -22,9 +22,10 @@
 // Physical expert e lives on rank e / local_experts. With a placement (moe/ep_placement.h:
 // redundant experts, EPLB at start-up) local slot i of rank r holds logical expert
 // location->logical_of(layer, r * local + i), and the gate's logical ids are mapped on the device
-// to the physical copies of the rank's static dispatch map before each exchange call (one small
-// kernel, graph safe; the `dynamic` algorithm is refused). Calls come from the rank's thread, on
-// the model's current stream.
+// to physical copies before each exchange call (one small kernel, graph safe): the rank's static
+// dispatch map, or with `dynamic` a copy drawn per entry (ops::moe_pick_expert_replicas, whose
+// draw counter lives on the device). Calls come from the rank's thread, on the model's current
+// stream.
 #pragma once
 
 #if defined(PDSERVE_HAVE_CUDA)
@@ -46,8 +47,8 @@ struct GpuEpExpertsOptions {
   NormalGpuRank* normal = nullptr;  // this rank of the group's normal-mode exchange; none: low-latency only
   parallel::DeepEpMode mode = parallel::DeepEpMode::kAuto;
   int64_t contiguous_rows = 0;      // normal mode's expert buffers (0: R x its tokens per rank)
-  // Where the experts live (static dispatch only); the exchange groups must be sized for its
-  // physical experts.
+  // Where the experts live and how copies are chosen (static or dynamic; no rebalancer); the
+  // exchange groups must be sized for its physical experts.
   EpPlacement placement;
 };
 
