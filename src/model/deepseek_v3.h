@@ -54,6 +54,11 @@ class RoutedExperts {
   // Before each pass (real or idle): facts gathered over the whole group, the same on every rank,
   // from which an implementation picks how tokens travel in this pass (every rank the same way).
   virtual void begin_step(int64_t group_max_tokens, bool group_extends) = 0;
+  // Before capturing a CUDA graph of a decode pass of `tokens` tokens per rank: the exchange a
+  // replay will make, set up as begin_step(tokens, false) does, without counting as a group step
+  // (captures are not passes of the group; an implementation that follows the group's steps, as
+  // online rebalancing does, must not see them).
+  virtual void begin_capture(int64_t tokens) { begin_step(tokens, false); }
   // CUDA graphs (GPU EP decode). Whether the pass begun by begin_step may replay a graph captured
   // with this hook: true only for an implementation whose forward has no host synchronisation and
   // makes, in this pass, exactly the calls it made while being captured.

@@ -464,7 +464,7 @@ struct DeepseekV3GpuModel::Impl {
     check(cudaStreamSynchronize(capture_stream), "graph warmup");
     for (auto it = bs_list.rbegin(); it != bs_list.rend(); ++it) {
       if (hook) {
-        hook->begin_step(*it, false);  // a decode pass of one exchange round, as replays will be
+        hook->begin_capture(*it);  // a decode pass of one exchange round, as replays will be
         if (!hook->graph_safe_pass())
           throw std::runtime_error(fmt::format("decode batch {} does not fit one EP exchange (tokens per rank of "
                                                "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK)", *it));

@@ -2,10 +2,29 @@
 
 #include <cstring>
 
+#if defined(PDSERVE_HAVE_CUDA)
+#include <cuda_runtime.h>
+
+#include "ops/cuda/cuda_common.h"
+#endif
+
 #include "ops/grouped_gemm.h"
 
 namespace pdserve::model {
 namespace {
+
+// The host form of a weight as the device keeps it: cuBLASLt's block-scaled FP8 GEMM needs whole
+// 128-wide K blocks and N % 16 == 0 (real DeepSeek shapes always are); other fp8 weights (tiny
+// test models) run as bf16.
+Weight device_form(const Weight& w) {
+  if (w.is_block_fp8() && (w.cols() % 128 != 0 || w.rows() % 16 != 0)) {
+    Tensor f = w.to_f32();
+    Tensor b = Tensor::empty(f.shape(), DType::kBF16);
+    convert_from_f32(DType::kBF16, f.data<float>(), b.raw_data(), static_cast<size_t>(f.numel()));
+    return Weight{b, Tensor()};
+  }
+  return w;
+}
 
 struct Uploader {
   size_t bytes = 0;
@@ -15,15 +34,8 @@ struct Uploader {
     return t.to(Device::kCuda);
   }
   Weight up(const Weight& w) {
-    // cuBLASLt's block-scaled FP8 GEMM needs whole 128-wide K blocks and N % 16 == 0 (real
-    // DeepSeek shapes always are); other fp8 weights (tiny test models) run as bf16.
-    if (w.is_block_fp8() && (w.cols() % 128 != 0 || w.rows() % 16 != 0)) {
-      Tensor f = w.to_f32();
-      Tensor b = Tensor::empty(f.shape(), DType::kBF16);
-      convert_from_f32(DType::kBF16, f.data<float>(), b.raw_data(), static_cast<size_t>(f.numel()));
-      return Weight{up(b), Tensor()};
-    }
-    return Weight{up(w.weight), up(w.scale_inv)};
+    const Weight d = device_form(w);
+    return Weight{up(d.weight), up(d.scale_inv)};
   }
   MlpWeights up(const MlpWeights& m) { return MlpWeights{up(m.gate_proj), up(m.up_proj), up(m.down_proj)}; }
 };
@@ -44,6 +56,44 @@ GpuExperts upload_experts(const MoeWeights& m, int64_t begin, int64_t end, size_
   g.down_table = ops::expert_pointer_table(g.down);
   if (bytes) *bytes += u.bytes;
   return g;
+}
+
+namespace {
+
+// host -> the existing device tensor `dev` (same dtype and size), synchronously.
+Status copy_into(const Tensor& host, Tensor& dev, const char* what) {
+  if (!host.defined() && !dev.defined()) return ok_status();
+  if (!host.defined() || !dev.defined() || host.dtype() != dev.dtype() || host.nbytes() != dev.nbytes())
+    return make_error(ErrorCode::kInvalidArgument, "overwrite_expert: the new expert's {} differs from the slot's", what);
+#if defined(PDSERVE_HAVE_CUDA)
+  const Tensor h = host.is_contiguous() ? host : host.clone();
+  // On this thread's stream, then waited for: a pageable cudaMemcpy may return before its DMA
+  // lands, and the kernels that read the slot next run on a non-blocking stream.
+  cudaStream_t s = ops::cuda::current_stream();
+  if (cudaMemcpyAsync(dev.raw_data(), h.raw_data(), h.nbytes(), cudaMemcpyHostToDevice, s) != cudaSuccess ||
+      cudaStreamSynchronize(s) != cudaSuccess)
+    return make_error(ErrorCode::kInternal, "overwrite_expert: copying the {} failed", what);
+  return ok_status();
+#else
+  return make_error(ErrorCode::kUnsupported, "overwrite_expert: this build has no CUDA");
+#endif
+}
+
+Status overwrite_weight(const Weight& host, Weight& dev, const char* what) {
+  const Weight d = device_form(host);
+  PDSERVE_RETURN_IF_ERROR(copy_into(d.weight, dev.weight, what));
+  return copy_into(d.scale_inv, dev.scale_inv, what);
+}
+
+}  // namespace
+
+Status overwrite_expert(GpuExperts& g, int64_t slot, const MlpWeights& host) {
+  if (slot < 0 || slot >= static_cast<int64_t>(g.gate.size()))
+    return make_error(ErrorCode::kInvalidArgument, "overwrite_expert: slot {} of {}", slot, g.gate.size());
+  const auto i = static_cast<size_t>(slot);
+  PDSERVE_RETURN_IF_ERROR(overwrite_weight(host.gate_proj, g.gate[i], "gate_proj"));
+  PDSERVE_RETURN_IF_ERROR(overwrite_weight(host.up_proj, g.up[i], "up_proj"));
+  return overwrite_weight(host.down_proj, g.down[i], "down_proj");
 }
 
 GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w, bool routed_experts) {

@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "base/status.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -40,5 +41,12 @@ GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w, bool ro
 
 // Experts [begin, end) of one MoE layer to the current CUDA device; adds their bytes to *bytes.
 GpuExperts upload_experts(const MoeWeights& m, int64_t begin, int64_t end, size_t* bytes = nullptr);
+
+// Local expert `slot` of `g` becomes `host` (converted as upload_experts converts), by synchronous
+// host-to-device copies into the slot's own buffers: nothing is allocated or freed on the device
+// (an EP rank rebalancing beside peers that spin in an exchange on the same GPU must not), and the
+// GEMV's pointer tables and captured CUDA graphs stay valid. kInvalidArgument when the new
+// expert's tensors differ in dtype or size from the slot's.
+Status overwrite_expert(GpuExperts& g, int64_t slot, const MlpWeights& host);
 
 }  // namespace pdserve::model

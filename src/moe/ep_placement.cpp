@@ -25,10 +25,11 @@ Status check_placement(const EpPlacement& placement, const model::ModelConfig& c
   return ok_status();
 }
 
-ReplicaTables replica_tables(const ExpertLocation& location, int layer) {
+ReplicaTables replica_tables(const ExpertLocation& location, int layer, int64_t columns) {
   const int64_t logical = location.layout().num_logical;
   int64_t most = 1;
   for (int e = 0; e < logical; ++e) most = std::max<int64_t>(most, static_cast<int64_t>(location.replicas(layer, e).size()));
+  if (columns > 0) most = std::max(most, columns);  // never fewer than an expert's copies
   ReplicaTables t{Tensor::empty({logical, most}, DType::kI32), Tensor::empty({logical}, DType::kI32)};
   for (int e = 0; e < logical; ++e) {
     const std::vector<int>& copies = location.replicas(layer, e);

@@ -35,12 +35,17 @@ struct EpPlacement {
 // is refused.
 Status check_placement(const EpPlacement& placement, const model::ModelConfig& cfg, int ep_size);
 
-// Dynamic dispatch's table for one layer, on the host: replicas i32 [logical, most copies] holds each
-// logical expert's physical copies in its first copies[e] columns (the rest repeat the first copy),
-// copies i32 [logical]; what ops::moe_pick_expert_replicas draws from.
+// Dynamic dispatch's table for one layer, on the host: replicas i32 [logical, C] holds each logical
+// expert's physical copies in its first copies[e] columns (the rest repeat the first copy),
+// copies i32 [logical]; what ops::moe_pick_expert_replicas draws from. C = `columns`, or 0: the
+// layer's most copies. A table that must keep its shape across placements (updated in place on a
+// GPU) takes max_replica_columns.
 struct ReplicaTables {
   Tensor replicas, copies;
 };
-ReplicaTables replica_tables(const ExpertLocation& location, int layer);
+ReplicaTables replica_tables(const ExpertLocation& location, int layer, int64_t columns = 0);
+// The most copies one logical expert can have under any placement of this layout: all redundant
+// slots on it, plus its own.
+inline int64_t max_replica_columns(const ExpertLayout& l) { return l.num_physical - l.num_logical + 1; }
 
 }  // namespace pdserve::moe

@@ -149,12 +149,6 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     if (args.nnodes > 1)
       return make_error(ErrorCode::kUnsupported, "--moe-a2a-backend deepep runs on one node in this build (--nnodes 1)");
     if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
-    if (args.expert.enable_eplb && args.device == "cuda")
-      return make_error(ErrorCode::kUnsupported,
-                        "--enable-eplb with --moe-a2a-backend deepep on GPUs (rebalancing while serving copies expert "
-                        "weights between the GPUs) is not in this build (CPU EP ranks rebalance); place the experts at "
-                        "start-up instead: --init-expert-location with recorded counts (EPLB runs on them) and "
-                        "--ep-num-redundant-experts");
   }
   model::LoadOptions load{format, static_cast<uint64_t>(args.dummy_seed), args.json_model_override_args};
   // GPU EP ranks make their own slice of dummy routed experts: the host never holds them all

@@ -38,6 +38,7 @@
 
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v3_gpu.h"
+#include "moe/eplb_manager.h"
 #include "moe/expert_location.h"
 #include "moe/cuda/ep_gpu_experts.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
@@ -191,6 +192,8 @@ struct EpCase {
   // Where the experts live (redundant copies); none: physical = logical.
   std::shared_ptr<const moe::ExpertLocation> location;
   moe::DispatchAlgorithm algorithm = moe::DispatchAlgorithm::kStatic;
+  // --enable-eplb: the ranks follow this manager's placements (starting from `location`).
+  moe::EplbManager* rebalancer = nullptr;
 };
 
 void ranks_match_one_model(const EpCase& k) {
@@ -242,6 +245,7 @@ void ranks_match_one_model(const EpCase& k) {
     eo.contiguous_rows = k.contiguous_rows;
     eo.placement.location = k.location;
     eo.placement.algorithm = k.algorithm;
+    eo.placement.rebalancer = k.rebalancer;
     auto e = moe::gpu::GpuEpExperts::create(ep_host, group->rank(r), R, eo);
     ASSERT_TRUE(e.has_value()) << e.error().message();
     experts.push_back(std::move(*e));
@@ -369,6 +373,38 @@ TEST(EpModelGpu, RedundantExpertsPlacedByEplbMatchOneModel) {
   const auto dynamic = moe::DispatchAlgorithm::kDynamic;
   ranks_match_one_model({.normal = true, .location = location, .algorithm = dynamic});
   ranks_match_one_model({.location = location, .algorithm = dynamic});
+}
+
+// Online rebalancing on GPU ranks (--enable-eplb): a manager over a trivial placement with 4
+// redundant slots, its window holding a skewed load (experts 0 and 5 hot), rebalancing every 2
+// group steps. Step 2 computes the new placement, which takes effect at step 3 on both ranks: each
+// loads the slots whose expert changed from the host into their own buffers and rewrites its
+// dispatch tables in place. The last pass runs on the new placement and still equals one GPU's.
+TEST(EpModelGpu, OnlineRebalancingMatchesOneModel) {
+  const int R = 2, layers = 4, logical = 16;
+  const moe::ExpertLayout layout{layers, logical, logical + 4, R};
+  for (const auto algorithm : {moe::DispatchAlgorithm::kStatic, moe::DispatchAlgorithm::kDynamic}) {
+    SCOPED_TRACE(moe::dispatch_algorithm_name(algorithm));
+    auto initial = std::make_shared<const moe::ExpertLocation>(*moe::ExpertLocation::trivial(layout));
+    moe::RecorderOptions ro;
+    ro.layout = layout;
+    auto recorder = moe::ExpertDistributionRecorder::create(ro);
+    ASSERT_TRUE(recorder.has_value()) << recorder.error().message();
+    moe::EplbManagerOptions mo;
+    mo.rebalance_num_iterations = 2;
+    mo.eplb.num_groups = 4;
+    auto manager = moe::EplbManager::create(mo, initial, recorder->get());
+    ASSERT_TRUE(manager.has_value()) << manager.error().message();
+    moe::PassRouting hot;
+    hot.forward_pass_id = 0;
+    hot.top_k = 2;
+    for (int l = 2; l < layers; ++l)  // the MoE layers (first_k_dense_replace 2); trivial: physical = logical
+      for (int t = 0; t < 64; ++t) hot.physical_ids[l].insert(hot.physical_ids[l].end(), {t % 3 ? 0 : 5, 1 + t % 15});
+    ASSERT_TRUE((*recorder)->record(hot).has_value());
+    ranks_match_one_model({.location = initial, .algorithm = algorithm, .rebalancer = manager->get()});
+    EXPECT_EQ((*manager)->num_rebalances(), 1);
+    EXPECT_NE((*manager)->location()->physical_to_logical(), initial->physical_to_logical());
+  }
 }
 
 // EP decode graphs (DeepseekV3GpuModel::capture_routed_graphs): two ranks capture graphs holding

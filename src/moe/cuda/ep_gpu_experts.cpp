@@ -8,6 +8,7 @@
 #include "base/logging.h"
 #include "model/dummy_weights.h"
 #include "moe/cuda/ep_gpu_common.h"
+#include "moe/eplb_manager.h"
 #include "moe/ep_dispatch.h"
 #include "ops/cuda/cuda_common.h"
 #include "ops/elementwise.h"
@@ -28,13 +29,18 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
   e->ranks_ = ranks;
   if (ranks < 1) return make_error(ErrorCode::kInvalidArgument, "GPU EP: {} ranks", ranks);
   if (auto st = check_placement(opts.placement, c, ranks); !st) return st.error().with_context("GPU EP");
-  if (opts.placement.rebalancer)
-    return make_error(ErrorCode::kUnsupported,
-                      "GPU EP: online rebalancing (--enable-eplb) would copy expert weights between GPUs while serving; "
-                      "not in this build");
+  if (opts.placement.rebalancer && !opts.placement.location)
+    return make_error(ErrorCode::kInvalidArgument, "GPU EP: a rebalancer needs the placement it starts from");
   const ExpertLocation* loc = opts.placement.location.get();
   // check_placement refused fake: with a location the algorithm is static or dynamic.
   const bool dynamic = loc && opts.placement.algorithm == DispatchAlgorithm::kDynamic;
+  e->model_ = model;
+  e->rebalancer_ = opts.placement.rebalancer;
+  e->location_ = opts.placement.location;
+  e->dynamic_ = dynamic;
+  // A rebalanced placement is written into these tables in place (captured graphs read them), so
+  // they are sized for any placement of the layout.
+  if (dynamic) e->replica_columns_ = opts.placement.rebalancer ? max_replica_columns(loc->layout()) : 0;
   const int64_t physical = opts.placement.num_physical(c);
   if (opts.normal && (opts.normal->ranks() != ranks || opts.normal->rank() != rank.rank()))
     return make_error(ErrorCode::kInvalidArgument, "GPU EP: the normal-mode rank ({} of {}) is not low-latency rank {} of {}",
@@ -55,20 +61,14 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
       for (int64_t p = begin; p < begin + e->local_; ++p)
         logical.push_back(loc ? loc->logical_of(static_cast<int>(l), static_cast<int>(p)) : p);
       model::MoeWeights slice;
-      if (!w.layers[l].moe.experts.empty()) {
-        for (int64_t id : logical) slice.experts.push_back(w.layers[l].moe.experts.at(static_cast<size_t>(id)));
-      } else if (w.dummy_experts_seed) {
-        // Dummy weights without the routed experts on the host: this rank makes its slice, one
-        // layer at a time (host memory: one layer's slice, not the model's experts).
-        for (int64_t id : logical)
-          slice.experts.push_back(model::make_dummy_experts(c, *w.dummy_experts_seed, static_cast<int64_t>(l), id, id + 1).front());
-      } else {
-        return make_error(ErrorCode::kInternal, "GPU EP rank {}: layer {} has no routed experts", rank.rank(), l);
+      for (int64_t id : logical) {
+        PDSERVE_ASSIGN_OR_RETURN(model::MlpWeights x, e->host_expert(static_cast<int64_t>(l), id));
+        slice.experts.push_back(std::move(x));
       }
       Layer& layer = e->layers_[static_cast<int64_t>(l)];
       layer.experts = model::upload_experts(slice, 0, e->local_);
       if (dynamic) {
-        const ReplicaTables tables = replica_tables(*loc, static_cast<int>(l));
+        const ReplicaTables tables = replica_tables(*loc, static_cast<int>(l), e->replica_columns_);
         layer.replicas = tables.replicas.to(Device::kCuda);
         layer.copies = tables.copies.to(Device::kCuda);
       } else if (loc) {
@@ -126,7 +126,74 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
   return e;
 }
 
+Result<model::MlpWeights> GpuEpExperts::host_expert(int64_t layer, int64_t logical) const {
+  const auto& w = model_->weights();
+  const auto& experts = w.layers.at(static_cast<size_t>(layer)).moe.experts;
+  if (!experts.empty()) return experts.at(static_cast<size_t>(logical));
+  // Dummy weights without the routed experts on the host: this rank makes each expert it holds
+  // (host memory: one expert at a time, not the model's experts).
+  if (w.dummy_experts_seed)
+    return model::make_dummy_experts(model_->config(), *w.dummy_experts_seed, layer, logical, logical + 1).front();
+  return make_error(ErrorCode::kInternal, "GPU EP rank {}: layer {} has no routed experts", rank_->rank(), layer);
+}
+
+Status GpuEpExperts::follow_rebalancer() {
+  const int64_t step = group_step_++;
+  rebalancer_->on_group_step(step);  // may publish a placement for step + 1 (never for this one)
+  std::shared_ptr<const ExpertLocation> next = rebalancer_->location_at(step);
+  if (next == location_) return ok_status();
+  // This rank's stream is idle here (every pass synchronises it before its outputs are read), so
+  // its previous pass no longer reads the slots or the tables. The peers may already spin in this
+  // step's first exchange, waiting for us: the copies below allocate and free nothing on the
+  // device (which would wait for their kernels) and take what a few experts' bytes take.
+  const int64_t begin = rank_->rank() * local_;
+  const std::vector<std::vector<int>> dispatch_map =
+      dynamic_ ? std::vector<std::vector<int>>{} : next->static_dispatch_map(rank_->rank());
+  int moved = 0;
+  for (auto& [l, layer] : layers_) {
+    const int li = static_cast<int>(l);
+    for (int64_t i = 0; i < local_; ++i) {
+      const int p = static_cast<int>(begin + i);
+      const int now = next->logical_of(li, p);
+      if (now == location_->logical_of(li, p)) continue;
+      PDSERVE_ASSIGN_OR_RETURN(model::MlpWeights x, host_expert(l, now));
+      PDSERVE_RETURN_IF_ERROR(model::overwrite_expert(layer.experts, i, x));
+      ++moved;
+    }
+    if (dynamic_) {
+      const ReplicaTables t = replica_tables(*next, li, replica_columns_);
+      PDSERVE_RETURN_IF_ERROR(detail::copy_to_device(t.replicas, layer.replicas));
+      PDSERVE_RETURN_IF_ERROR(detail::copy_to_device(t.copies, layer.copies));
+    } else {
+      const auto& row = dispatch_map.at(static_cast<size_t>(l));
+      Tensor map = Tensor::empty({static_cast<int64_t>(row.size())}, DType::kI32);
+      std::copy(row.begin(), row.end(), map.data<int32_t>());
+      PDSERVE_RETURN_IF_ERROR(detail::copy_to_device(map, layer.id_map));
+    }
+  }
+  location_ = std::move(next);
+  log::debug("GPU EP rank {}: placement of group step {} in effect ({} slots loaded)", rank_->rank(), step, moved);
+  return ok_status();
+}
+
+void GpuEpExperts::begin_capture(int64_t tokens) {
+  // Not a group step: the rebalancer is not told, and the mode is set as for a decode pass.
+  set_pass_mode(tokens, false);
+}
+
 void GpuEpExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
+  if (rebalancer_ && !rebalance_error_) {
+    // Every rank makes this call once per group step, so every rank switches at the same step.
+    if (Status st = follow_rebalancer(); !st.has_value()) {
+      log::error("GPU EP rank {}: the rebalanced placement could not be applied: {}", rank_->rank(),
+                 st.error().message());
+      rebalance_error_ = st;
+    }
+  }
+  set_pass_mode(group_max_tokens, group_extends);
+}
+
+void GpuEpExperts::set_pass_mode(int64_t group_max_tokens, bool group_extends) {
   const parallel::DeepEpMode mode = parallel::resolve_deepep_mode(mode_, group_extends);
   // Every rank sees the same facts, so every rank picks the same exchange.
   normal_pass_ = normal_ && (mode == parallel::DeepEpMode::kNormal || group_max_tokens > max_tokens_);
@@ -250,6 +317,7 @@ void GpuEpExperts::abort(const std::string& why) {
 
 Status GpuEpExperts::forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                              Tensor& out) {
+  if (rebalance_error_) return *rebalance_error_;
   auto it = layers_.find(layer);
   if (it == layers_.end()) return make_error(ErrorCode::kInternal, "GPU EP: layer {} has no routed experts", layer);
   const int64_t T = x.size(0);
@@ -301,7 +369,10 @@ Tensor GpuEpExperts::physical_ids(const Layer& layer, const Tensor& topk_ids) {
   return mapped;
 }
 
-Status GpuEpExperts::before_replay() { return rank_->meet_peers(ops::cuda::current_stream()); }
+Status GpuEpExperts::before_replay() {
+  if (rebalance_error_) return *rebalance_error_;
+  return rank_->meet_peers(ops::cuda::current_stream());
+}
 
 Status GpuEpExperts::after_replay() { return with_exchange_state(rank_->status()); }
 

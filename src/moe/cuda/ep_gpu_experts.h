@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "model/deepseek_v3.h"
 #include "model/gpu_weights.h"
@@ -59,7 +60,12 @@ class GpuEpExperts final : public model::RoutedExperts {
   static Result<std::unique_ptr<GpuEpExperts>> create(std::shared_ptr<const model::DeepseekV3Model> model,
                                                       LowLatencyGpuRank& rank, int ranks, GpuEpExpertsOptions opts = {});
 
+  // With a rebalancer (--enable-eplb), first follows its placement in lockstep, as the CPU ranks do
+  // (moe/ep_model_experts.h): at the step a new placement takes effect, the local slots whose
+  // logical expert changed are loaded from the host's weights into their own buffers, and the
+  // dispatch tables are rewritten in place, so captured graphs stay valid.
   void begin_step(int64_t group_max_tokens, bool group_extends) override;
+  void begin_capture(int64_t tokens) override;
   // x bf16 [T, hidden], topk_ids i32 / topk_weights f32 [T, top_k], out f32 [T, hidden] (the
   // residual the routed sum is added to), all on the rank's device; T may be 0.
   Status forward(int64_t layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
@@ -76,6 +82,10 @@ class GpuEpExperts final : public model::RoutedExperts {
 
  private:
   GpuEpExperts() = default;
+  void set_pass_mode(int64_t group_max_tokens, bool group_extends);  // begin_step's choice of exchange
+  // Logical expert `logical` of MoE layer `layer` on the host: the model's, or made (dummy weights).
+  Result<model::MlpWeights> host_expert(int64_t layer, int64_t logical) const;
+  Status follow_rebalancer();
   Status run_experts(const model::GpuExperts& e, bool decode);
   // One expert GEMM per row bucket of the normal path at creation: a kernel's first launch waits
   // for every kernel on the GPU, the peers' spinning exchange included.
@@ -121,6 +131,14 @@ class GpuEpExperts final : public model::RoutedExperts {
   static constexpr uint64_t kDispatchSeed = 42;
   Tensor draw_;
   uint64_t dispatch_seed_ = kDispatchSeed;
+  // Online rebalancing (--enable-eplb).
+  std::shared_ptr<const model::DeepseekV3Model> model_;  // the host weights slots are loaded from
+  EplbManager* rebalancer_ = nullptr;
+  std::shared_ptr<const ExpertLocation> location_;  // what the slots and tables hold now
+  bool dynamic_ = false;
+  int64_t replica_columns_ = 0;  // dynamic with a rebalancer: fixed, max_replica_columns
+  int64_t group_step_ = 0;       // begin_step calls: the same count on every rank
+  std::optional<Status> rebalance_error_;  // a placement that could not be applied fails every pass
   int64_t rounds_ = 1;
   bool decode_ = true, normal_pass_ = false;
 };
