@@ -58,31 +58,30 @@ GpuExperts upload_experts(const MoeWeights& m, int64_t begin, int64_t end, size_
   return g;
 }
 
-namespace {
-
-// host -> the existing device tensor `dev` (same dtype and size), synchronously.
-Status copy_into(const Tensor& host, Tensor& dev, const char* what) {
+Status copy_to_device(const Tensor& host, Tensor& dev, const char* what) {
   if (!host.defined() && !dev.defined()) return ok_status();
   if (!host.defined() || !dev.defined() || host.dtype() != dev.dtype() || host.nbytes() != dev.nbytes())
-    return make_error(ErrorCode::kInvalidArgument, "overwrite_expert: the new expert's {} differs from the slot's", what);
+    return make_error(ErrorCode::kInvalidArgument, "{}: the host tensor differs from the device one in dtype or size", what);
 #if defined(PDSERVE_HAVE_CUDA)
   const Tensor h = host.is_contiguous() ? host : host.clone();
   // On this thread's stream, then waited for: a pageable cudaMemcpy may return before its DMA
-  // lands, and the kernels that read the slot next run on a non-blocking stream.
+  // lands, and the kernels that read `dev` next run on a non-blocking stream.
   cudaStream_t s = ops::cuda::current_stream();
   if (cudaMemcpyAsync(dev.raw_data(), h.raw_data(), h.nbytes(), cudaMemcpyHostToDevice, s) != cudaSuccess ||
       cudaStreamSynchronize(s) != cudaSuccess)
-    return make_error(ErrorCode::kInternal, "overwrite_expert: copying the {} failed", what);
+    return make_error(ErrorCode::kInternal, "{}: the host-to-device copy failed", what);
   return ok_status();
 #else
-  return make_error(ErrorCode::kUnsupported, "overwrite_expert: this build has no CUDA");
+  return make_error(ErrorCode::kUnsupported, "{}: this build has no CUDA", what);
 #endif
 }
 
+namespace {
+
 Status overwrite_weight(const Weight& host, Weight& dev, const char* what) {
   const Weight d = device_form(host);
-  PDSERVE_RETURN_IF_ERROR(copy_into(d.weight, dev.weight, what));
-  return copy_into(d.scale_inv, dev.scale_inv, what);
+  PDSERVE_RETURN_IF_ERROR(copy_to_device(d.weight, dev.weight, what));
+  return copy_to_device(d.scale_inv, dev.scale_inv, what);
 }
 
 }  // namespace

@@ -49,4 +49,8 @@ GpuExperts upload_experts(const MoeWeights& m, int64_t begin, int64_t end, size_
 // expert's tensors differ in dtype or size from the slot's.
 Status overwrite_expert(GpuExperts& g, int64_t slot, const MlpWeights& host);
 
+// host -> the existing device tensor `dev` of the same dtype and size, waited for on this thread's
+// stream; nothing is allocated on the device. `what` names it in errors.
+Status copy_to_device(const Tensor& host, Tensor& dev, const char* what);
+
 }  // namespace pdserve::model

@@ -9,8 +9,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "ops/cuda/cuda_common.h"
-
 namespace pdserve::moe::gpu::detail {
 
 Status cuda_status(cudaError_t e, const std::string& what) {
@@ -136,20 +134,6 @@ Tensor device_zeros(const Shape& shape, DType dtype) {
     if (e != cudaSuccess) throw std::runtime_error(std::string("cudaMemset: ") + cudaGetErrorString(e));
   }
   return t;
-}
-
-Status copy_to_device(const Tensor& host, Tensor& dev) {
-  if (host.dtype() != dev.dtype() || host.nbytes() != dev.nbytes() || !host.is_contiguous() || !dev.is_contiguous())
-    return make_error(ErrorCode::kInternal, "copy_to_device: {} bytes of {} into {} bytes of {}", host.nbytes(),
-                      dtype_name(host.dtype()), dev.nbytes(), dtype_name(dev.dtype()));
-  if (host.nbytes() == 0) return ok_status();
-  // On this thread's stream, then waited for: a pageable cudaMemcpy may return before its DMA
-  // lands, and the kernels that read `dev` next run on a non-blocking stream.
-  cudaStream_t s = ops::cuda::current_stream();
-  cudaError_t e = cudaMemcpyAsync(dev.raw_data(), host.raw_data(), host.nbytes(), cudaMemcpyHostToDevice, s);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
-  if (e != cudaSuccess) return make_error(ErrorCode::kInternal, "copy_to_device: {}", cudaGetErrorString(e));
-  return ok_status();
 }
 
 namespace {

@@ -71,10 +71,6 @@ Result<void*> alloc_mapped(size_t bytes);
 
 Tensor device_zeros(const Shape& shape, DType dtype);
 
-// host -> the existing device tensor `dev` of the same dtype and size (synchronous; nothing is
-// allocated on the device, so it never waits for other ranks' kernels).
-Status copy_to_device(const Tensor& host, Tensor& dev);
-
 // The kernels' report as a Status (OK when none). `who` names the rank, e.g. "EP low-latency GPU rank 0".
 struct ReportContext {
   std::string who;

@@ -162,13 +162,13 @@ Status GpuEpExperts::follow_rebalancer() {
     }
     if (dynamic_) {
       const ReplicaTables t = replica_tables(*next, li, replica_columns_);
-      PDSERVE_RETURN_IF_ERROR(detail::copy_to_device(t.replicas, layer.replicas));
-      PDSERVE_RETURN_IF_ERROR(detail::copy_to_device(t.copies, layer.copies));
+      PDSERVE_RETURN_IF_ERROR(model::copy_to_device(t.replicas, layer.replicas, "replica table"));
+      PDSERVE_RETURN_IF_ERROR(model::copy_to_device(t.copies, layer.copies, "replica counts"));
     } else {
       const auto& row = dispatch_map.at(static_cast<size_t>(l));
       Tensor map = Tensor::empty({static_cast<int64_t>(row.size())}, DType::kI32);
       std::copy(row.begin(), row.end(), map.data<int32_t>());
-      PDSERVE_RETURN_IF_ERROR(detail::copy_to_device(map, layer.id_map));
+      PDSERVE_RETURN_IF_ERROR(model::copy_to_device(map, layer.id_map, "dispatch map"));
     }
   }
   location_ = std::move(next);
