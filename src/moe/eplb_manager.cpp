@@ -16,6 +16,9 @@ Result<std::unique_ptr<EplbManager>> EplbManager::create(EplbManagerOptions opts
   if (opts.rebalance_num_iterations < 1)
     return make_error(ErrorCode::kInvalidArgument, "--eplb-rebalance-num-iterations must be at least 1, got {}",
                       opts.rebalance_num_iterations);
+  if (!(opts.min_rebalancing_utilization_threshold >= 0.0 && opts.min_rebalancing_utilization_threshold <= 1.0))
+    return make_error(ErrorCode::kInvalidArgument, "--eplb-min-rebalancing-utilization-threshold must be in [0, 1], got {}",
+                      opts.min_rebalancing_utilization_threshold);
   if (!initial || !recorder) return make_error(ErrorCode::kInvalidArgument, "EPLB manager: no placement or recorder");
   const ExpertLayout& l = initial->layout();
   opts.eplb.num_physical_experts = l.num_physical;
@@ -104,6 +107,17 @@ bool EplbManager::start_locked(int64_t step) {
   if (!(total > 0)) {
     log::info("[EPLBManager] rebalance skipped: no expert usage recorded in the window (is the recorder stopped?)");
     return false;
+  }
+  // SGLang's utilization check: the window's balancedness (mean over MoE layers of mean / max rank
+  // load) under the placement in effect; above the threshold the placement is kept.
+  const double threshold = opts_.min_rebalancing_utilization_threshold;
+  if (threshold < 1.0) {
+    auto now = compute_balancedness(counts, current->physical_to_logical(), layout_.ep_size);
+    if (now.has_value() && now->mean > threshold) {
+      log::info("[EPLBManager] Skipped ep rebalancing: current GPU utilization {:.2f} > minimum rebalance threshold {:.2f}",
+                now->mean, threshold);
+      return false;
+    }
   }
   auto target = ExpertLocation::from_counts(layout_, counts, opts_.eplb);
   if (!target.has_value()) {

@@ -41,6 +41,9 @@ namespace pdserve::moe {
 struct EplbManagerOptions {
   int64_t rebalance_num_iterations = 1000;  // server forward passes between rebalances
   int64_t layers_per_chunk = -1;            // layers published per pass; <= 0: all at once
+  // --eplb-min-rebalancing-utilization-threshold: a rebalance is skipped (and logged, as SGLang
+  // does) when the window's balancedness under the current placement is above it; 1.0: never.
+  double min_rebalancing_utilization_threshold = 1.0;
   EplbOptions eplb;                         // algorithm, groups, nodes (sizes come from the layout)
 };
 

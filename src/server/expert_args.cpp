@@ -14,7 +14,8 @@ nlohmann::json ExpertArgs::to_json() const {
           {"enable_eplb", enable_eplb},
           {"eplb_rebalance_num_iterations", eplb_rebalance_num_iterations},
           {"eplb_rebalance_layers_per_chunk",
-           eplb_rebalance_layers_per_chunk < 0 ? json(nullptr) : json(eplb_rebalance_layers_per_chunk)}};
+           eplb_rebalance_layers_per_chunk < 0 ? json(nullptr) : json(eplb_rebalance_layers_per_chunk)},
+          {"eplb_min_rebalancing_utilization_threshold", eplb_min_rebalancing_utilization_threshold}};
 }
 
 void add_expert_flags(CLI::App& app, ExpertArgs& a) {
@@ -38,6 +39,9 @@ void add_expert_flags(CLI::App& app, ExpertArgs& a) {
                  "Forward passes between online rebalances")->capture_default_str();
   app.add_option("--eplb-rebalance-layers-per-chunk", a.eplb_rebalance_layers_per_chunk,
                  "Layers whose new placement is applied per forward pass (default: all at once)");
+  app.add_option("--eplb-min-rebalancing-utilization-threshold", a.eplb_min_rebalancing_utilization_threshold,
+                 "Skip a rebalance while the window's balancedness is above this (1.0: never skip)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
 }
 
 }  // namespace pdserve::server

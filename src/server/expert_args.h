@@ -20,6 +20,7 @@ struct ExpertArgs {
   bool enable_eplb = false;
   int64_t eplb_rebalance_num_iterations = 1000;
   int64_t eplb_rebalance_layers_per_chunk = -1;
+  double eplb_min_rebalancing_utilization_threshold = 1.0;
   nlohmann::json to_json() const;
 };
 

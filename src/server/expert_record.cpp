@@ -170,6 +170,7 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
     moe::EplbManagerOptions mo;
     mo.rebalance_num_iterations = args.eplb_rebalance_num_iterations;
     mo.layers_per_chunk = args.eplb_rebalance_layers_per_chunk;
+    mo.min_rebalancing_utilization_threshold = args.eplb_min_rebalancing_utilization_threshold;
     mo.eplb = eplb;
     PDSERVE_ASSIGN_OR_RETURN(self->eplb_, moe::EplbManager::create(mo, self->location_, self->recorder_.get()));
   }

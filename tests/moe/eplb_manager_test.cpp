@@ -18,7 +18,7 @@ struct World {
   std::shared_ptr<const ExpertLocation> initial;
   std::unique_ptr<EplbManager> manager;
 
-  explicit World(int64_t every, int64_t chunk = -1) {
+  explicit World(int64_t every, int64_t chunk = -1, double min_utilization = 1.0) {
     RecorderOptions ro;
     ro.layout = kLayout;
     ro.buffer_size = every;
@@ -27,6 +27,7 @@ struct World {
     EplbManagerOptions mo;
     mo.rebalance_num_iterations = every;
     mo.layers_per_chunk = chunk;
+    mo.min_rebalancing_utilization_threshold = min_utilization;
     mo.eplb.algorithm = EplbAlgorithm::kDeepseek;
     auto m = EplbManager::create(mo, initial, recorder.get());
     EXPECT_TRUE(m.has_value()) << m.error().message();
@@ -124,6 +125,29 @@ TEST(EplbManager, SkewedWindowChangesPlacementAndImprovesBalancedness) {
   const std::string m = w.manager->render_metrics("model_name=\"t\"");
   EXPECT_NE(m.find("sglang:eplb_rebalances_total{model_name=\"t\"} 1\n"), std::string::npos) << m;
   EXPECT_NE(m.find("# TYPE sglang:eplb_balancedness gauge"), std::string::npos) << m;
+}
+
+// --eplb-min-rebalancing-utilization-threshold: the skewed window's balancedness under the trivial
+// placement is well below 1; a threshold under it skips the rebalance, one above it lets it run.
+TEST(EplbManager, UtilizationThresholdSkipsRebalancingWhenBalancedEnough) {
+  const Matrix load = skewed_load(0, 10);
+  auto trivial = ExpertLocation::trivial(kLayout);
+  const double now = compute_balancedness(load, trivial->physical_to_logical(), 4)->mean;
+  ASSERT_LT(now, 0.9);
+  for (const double threshold : {now - 0.05, now + 0.05}) {
+    World w(10, -1, threshold);
+    std::vector<RankExpertLocation> ranks;
+    for (int r = 0; r < 4; ++r) ranks.emplace_back(w.manager.get(), nullptr, DispatchAlgorithm::kStatic, r);
+    for (int64_t pass = 0; pass < 10; ++pass)
+      for (int r = 0; r < 4; ++r) rank_pass(w, ranks[r], r, pass, 0);
+    EXPECT_EQ(w.manager->num_rebalances(), threshold < now ? 0 : 1) << "threshold " << threshold << ", window " << now;
+  }
+  RecorderOptions ro;
+  ro.layout = kLayout;
+  auto rec = *ExpertDistributionRecorder::create(ro);
+  EplbManagerOptions bad;
+  bad.min_rebalancing_utilization_threshold = 1.5;
+  EXPECT_FALSE(EplbManager::create(bad, std::make_shared<const ExpertLocation>(*trivial), rec.get()).has_value());
 }
 
 TEST(EplbManager, ChunksApplyKLayersPerPass) {
