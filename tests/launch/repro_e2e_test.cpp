@@ -187,28 +187,34 @@ TEST(ReproE2E, FailedServerIsNamedWithItsLog) {
   fs::remove(console);
 }
 
-// Issue 13's shape on CPU ranks: an EP decode (2 DP ranks exchanging tokens, DeepEP style) with
-// redundant experts rebalanced online while the benchmark runs; the report counts its 2 GPUs.
-TEST(ReproE2E, ExpertParallelDecodeWithOnlineRebalancing) {
+// The H100 blog's shape (sglang-spec §1.1) on CPU ranks: an EP prefill (normal mode, redundant
+// experts, dynamic dispatch) and an EP decode (low-latency mode, redundant experts rebalanced
+// online while the benchmark runs), each over 2 DP ranks; the report counts the decode's 2 GPUs.
+TEST(ReproE2E, ExpertParallelPrefillAndDecodeAsPublished) {
   const auto out = fresh_dir("ep");
   const auto console = out.parent_path() / (out.filename().string() + ".console");
+  const std::string common = "--enable-dp-attention --moe-a2a-backend deepep --ep-num-redundant-experts 2 "
+                             "--moe-dense-tp-size 1 --enable-dp-lm-head --disable-radix-cache ";
   auto repro = start_repro(out, console,
-                           {{"--decode-dp-size", "2"},
-                            {"--decode-extra-args", "--enable-dp-attention --moe-a2a-backend deepep "
-                                                    "--ep-num-redundant-experts 2 --enable-eplb "
-                                                    "--eplb-rebalance-num-iterations 5"},
-                            {"--prefill-extra-args", "--attention-backend fa3"}});
+                           {{"--prefill-dp-size", "2"},
+                            {"--prefill-extra-args", common + "--deepep-mode normal --ep-dispatch-algorithm dynamic "
+                                                              "--enable-two-batch-overlap --attention-backend fa3"},
+                            {"--decode-dp-size", "2"},
+                            {"--decode-extra-args", common + "--deepep-mode low_latency --enable-eplb "
+                                                             "--eplb-rebalance-num-iterations 5"}});
   const int rc = wait_exit(repro, test::scaled(80));
   const std::string text = read_file(console);
   ASSERT_EQ(rc, 0) << text;
   EXPECT_NE(text.find("/ 2 GPUs = "), std::string::npos) << text;
   EXPECT_NE(read_file(out / "bench.log").find("Successful requests:                     8"), std::string::npos);
-  const std::string decode = read_file(out / "decode.log");
-  EXPECT_NE(decode.find("DeepEP MoE: 2 EP ranks, 9 routed experts each (18 physical in all)"), std::string::npos) << decode;
+  const std::string prefill = read_file(out / "prefill.log"), decode = read_file(out / "decode.log");
+  for (const std::string* log : {&prefill, &decode})
+    EXPECT_NE(log->find("DeepEP MoE: 2 EP ranks, 9 routed experts each (18 physical in all)"), std::string::npos) << *log;
+  EXPECT_NE(prefill.find("ep-dispatch-algorithm=dynamic"), std::string::npos) << prefill;
+  EXPECT_NE(prefill.find("--attention-backend fa3: no effect"), std::string::npos) << prefill;
   EXPECT_NE(decode.find("[EPLBManager] rebalance end"), std::string::npos) << decode;
-  EXPECT_NE(read_file(out / "prefill.log").find("--attention-backend fa3: no effect"), std::string::npos);
   const json summary = json::parse(read_file(out / "repro.json"));
-  EXPECT_EQ(summary["decode_extra_args"].size(), 8u);
+  EXPECT_EQ(summary["decode_extra_args"].size(), 14u);
   expect_no_children_left(text, 4);
   fs::remove_all(out);
   fs::remove(console);
