@@ -23,7 +23,7 @@ TEST(GpuWeights, OverwriteExpertLoadsASlotInPlace) {
   const std::string dir = std::string(PDSERVE_SOURCE_DIR) + "/models/tiny-deepseek-v3";
   // bf16 experts, and FP8 block-quantized ones (the tiny shapes run as bf16 on the device: the
   // conversion upload_experts makes must be the one overwrite_expert makes).
-  for (const std::string overrides :
+  for (const std::string& overrides :
        {std::string("{}"), std::string(R"({"quantization_config": {"quant_method": "fp8", "fmt": "e4m3", )"
                                        R"("activation_scheme": "dynamic", "weight_block_size": [128, 128]}})")}) {
     SCOPED_TRACE(overrides);
