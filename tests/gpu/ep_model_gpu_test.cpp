@@ -190,7 +190,7 @@ struct EpCase {
   bool normal = false;
   int64_t contiguous_rows = 0;
   // Where the experts live (redundant copies); none: physical = logical.
-  std::shared_ptr<const moe::ExpertLocation> location;
+  std::shared_ptr<const moe::ExpertLocation> location = nullptr;
   moe::DispatchAlgorithm algorithm = moe::DispatchAlgorithm::kStatic;
   // --enable-eplb: the ranks follow this manager's placements (starting from `location`).
   moe::EplbManager* rebalancer = nullptr;
