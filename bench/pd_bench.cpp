@@ -170,7 +170,11 @@ int ttft_bench(std::map<std::string, std::string> f) {
       return c.post_json(f["prefill"] + "/generate", b.dump(), std::chrono::seconds(300));
     });
     const double p = ttft(f["decode"] + "/generate", body);
-    pf.get();
+    const auto prefilled = pf.get();  // a failed prefill would leave the decode's TTFT meaningless
+    if (!prefilled || prefilled->status != 200)
+      return std::fprintf(stderr, "request %d: the prefill failed: %s\n", i,
+                          prefilled ? prefilled->body.c_str() : prefilled.error().message().c_str()),
+             1;
     if (s < 0 || p < 0) return std::fprintf(stderr, "request %d failed\n", i), 1;
     if (i > 0) {  // the first pair warms connections up
       single.push_back(s);

@@ -123,7 +123,9 @@ void run_and_check(const std::string& fill, const std::string& expected_fill_lin
   EXPECT_EQ(window["global_batch"], 8.0);
   EXPECT_GT(window["tokens_per_s_per_gpu"].get<double>(), 0);
   expect_no_children_left(text, 4);
-  if (method == "hold") EXPECT_EQ(summary["fill"]["released_by"], "target");
+  if (method == "hold") {
+    EXPECT_EQ(summary["fill"]["released_by"], "target");
+  }
   // The profile of the filled batch carries the model's layer spans (base/trace_spans.h): one per
   // decoder layer of the tiny model (4) in every forward.
   for (const auto& e : fs::directory_iterator(out / "traces")) {
