@@ -34,8 +34,7 @@ Result<std::unique_ptr<EpModelExperts>> EpModelExperts::create(std::shared_ptr<c
   if (placement.rebalancer && !placement.location)
     return make_error(ErrorCode::kInvalidArgument, "EP MoE: a rebalancer needs the placement it starts from");
   if (placement.location) e->dispatcher_.emplace(placement.location, placement.algorithm, ep.rank());
-  e->rebalancer_ = placement.rebalancer;
-  e->location_ = placement.location;
+  if (placement.rebalancer) e->lockstep_.emplace(placement.rebalancer, placement.location);
   e->ep_ = &ep;
   e->configured_ = mode;
   e->opts_ = opts;
@@ -52,29 +51,26 @@ std::vector<model::MlpWeights> EpModelExperts::slot_experts(const ExpertLocation
 }
 
 Status EpModelExperts::follow_rebalancer() {
-  const int64_t step = group_step_++;
-  rebalancer_->on_group_step(step);  // may publish a placement for step + 1 (never for this one)
-  std::shared_ptr<const ExpertLocation> next = rebalancer_->location_at(step);
-  if (next == location_) return ok_status();
+  const auto sw = lockstep_->begin_step();
+  if (!sw) return ok_status();
+  const ExpertLocation &from = *sw->from, &to = *sw->to;
   int changed = 0;
-  const std::vector<int> slots = next->local_physical(geo_.ep_rank);
+  const std::vector<int> slots = to.local_physical(geo_.ep_rank);
   for (auto& [l, moe] : layers_) {
-    const bool same = std::all_of(slots.begin(), slots.end(), [&](int p) {
-      return next->logical_of(static_cast<int>(l), p) == location_->logical_of(static_cast<int>(l), p);
-    });
+    const int li = static_cast<int>(l);
+    const bool same =
+        std::all_of(slots.begin(), slots.end(), [&](int p) { return to.logical_of(li, p) == from.logical_of(li, p); });
     if (same) continue;
-    PDSERVE_RETURN_IF_ERROR(moe.set_experts(slot_experts(*next, static_cast<size_t>(l))));
+    PDSERVE_RETURN_IF_ERROR(moe.set_experts(slot_experts(to, static_cast<size_t>(l))));
     ++changed;
   }
-  dispatcher_->set_location(next);
-  location_ = std::move(next);
-  log::debug("EP rank {}: placement of group step {} in effect ({} layers with new local experts)", geo_.ep_rank, step,
-             changed);
+  dispatcher_->set_location(sw->to);
+  log::debug("EP rank {}: a new placement is in effect ({} layers with new local experts)", geo_.ep_rank, changed);
   return ok_status();
 }
 
 void EpModelExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
-  if (rebalancer_ && !rebalance_error_) {
+  if (lockstep_ && !rebalance_error_) {
     // Every rank makes this call once per group step, so every rank swaps at the same step.
     if (Status st = follow_rebalancer(); !st.has_value()) {
       log::error("EP rank {}: the rebalanced placement could not be applied: {}", geo_.ep_rank, st.error().message());

@@ -18,6 +18,7 @@
 #include "model/deepseek_v3.h"
 #include "moe/ep_moe.h"
 #include "moe/ep_placement.h"
+#include "moe/eplb_manager.h"
 #include "moe/expert_location_dispatch.h"
 #include "moe/reusable_buffer.h"
 #include "parallel/communicator.h"
@@ -59,9 +60,7 @@ class EpModelExperts final : public model::RoutedExperts {
 
   std::map<int64_t, EpMoe> layers_;  // MoE layer index -> its exchange and local experts
   std::optional<ExpertDispatcher> dispatcher_;  // logical -> physical ids, with a placement
-  EplbManager* rebalancer_ = nullptr;           // --enable-eplb
-  std::shared_ptr<const ExpertLocation> location_;  // the placement the layers hold
-  int64_t group_step_ = 0;  // begin_step calls so far: the same count on every rank (lockstep)
+  std::optional<LockstepExpertLocation> lockstep_;  // --enable-eplb
   std::optional<Status> rebalance_error_;  // a placement that could not be applied fails every pass
   ReusableBuffer mapped_ids_;                   // the physical ids of the current layer
   bool warned_overflow_ = false;

@@ -108,23 +108,20 @@ bool EplbManager::start_locked(int64_t step) {
     log::info("[EPLBManager] rebalance skipped: no expert usage recorded in the window (is the recorder stopped?)");
     return false;
   }
-  // SGLang's utilization check: the window's balancedness (mean over MoE layers of mean / max rank
-  // load) under the placement in effect; above the threshold the placement is kept.
+  // The window's balancedness (mean over MoE layers of mean / max rank load) under the placement in
+  // effect. SGLang's utilization check: above the threshold the placement is kept.
+  auto before = compute_balancedness(counts, current->physical_to_logical(), layout_.ep_size);
   const double threshold = opts_.min_rebalancing_utilization_threshold;
-  if (threshold < 1.0) {
-    auto now = compute_balancedness(counts, current->physical_to_logical(), layout_.ep_size);
-    if (now.has_value() && now->mean > threshold) {
-      log::info("[EPLBManager] Skipped ep rebalancing: current GPU utilization {:.2f} > minimum rebalance threshold {:.2f}",
-                now->mean, threshold);
-      return false;
-    }
+  if (before.has_value() && before->mean > threshold) {
+    log::info("[EPLBManager] Skipped ep rebalancing: current GPU utilization {:.2f} > minimum rebalance threshold {:.2f}",
+              before->mean, threshold);
+    return false;
   }
   auto target = ExpertLocation::from_counts(layout_, counts, opts_.eplb);
   if (!target.has_value()) {
     log::warning("[EPLBManager] rebalance failed, keeping the placement: {}", target.error().message());
     return false;
   }
-  auto before = compute_balancedness(counts, current->physical_to_logical(), layout_.ep_size);
   auto after = compute_balancedness(counts, target->physical_to_logical(), layout_.ep_size);
   if (before.has_value() && after.has_value())
     log::info("[Expert Balancedness] forward_pass_id={} window_passes={} window_balancedness_before={:.3f} "

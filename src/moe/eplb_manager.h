@@ -28,6 +28,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "base/status.h"
@@ -131,6 +132,34 @@ class RankExpertLocation {
   const EplbManager* manager_;  // null: the placement is fixed
   uint64_t version_ = 0;        // before dispatcher_: read before the snapshot it stands for
   ExpertDispatcher dispatcher_;
+};
+
+// An EP rank's view in the lockstep form (EP ranks, CPU or GPU): the placement its slots hold, and
+// the group step it is at. Owned and used by one thread (the rank's).
+class LockstepExpertLocation {
+ public:
+  LockstepExpertLocation(EplbManager* manager, std::shared_ptr<const ExpertLocation> initial)
+      : manager_(manager), held_(std::move(initial)) {}
+  struct Switch {
+    std::shared_ptr<const ExpertLocation> from, to;
+  };
+  // At the start of every group step (the rank's begin_step): drives the manager, then returns the
+  // switch to the placement in effect for this step, if it differs from the one held (which it
+  // becomes: the caller applies it before the step's pass, or fails every pass from here on).
+  std::optional<Switch> begin_step() {
+    const int64_t step = step_++;
+    manager_->on_group_step(step);  // may publish a placement for step + 1, never for this one
+    auto next = manager_->location_at(step);
+    if (next == held_) return std::nullopt;
+    Switch s{held_, next};
+    held_ = std::move(next);
+    return s;
+  }
+
+ private:
+  EplbManager* manager_;
+  std::shared_ptr<const ExpertLocation> held_;
+  int64_t step_ = 0;  // begin_step calls so far: the same count on every rank
 };
 
 }  // namespace pdserve::moe

@@ -19,6 +19,17 @@ namespace pdserve::moe::gpu {
 
 using detail::cuda_status;
 
+namespace {
+
+// A host i32 tensor of `v` (a rank's static dispatch map of one layer).
+Tensor i32_host(const std::vector<int>& v) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kI32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const model::DeepseekV3Model> model,
                                                            LowLatencyGpuRank& rank, int ranks, GpuEpExpertsOptions opts) {
   const model::ModelConfig& c = model->config();
@@ -35,8 +46,7 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
   // check_placement refused fake: with a location the algorithm is static or dynamic.
   const bool dynamic = loc && opts.placement.algorithm == DispatchAlgorithm::kDynamic;
   e->model_ = model;
-  e->rebalancer_ = opts.placement.rebalancer;
-  e->location_ = opts.placement.location;
+  if (opts.placement.rebalancer) e->lockstep_.emplace(opts.placement.rebalancer, opts.placement.location);
   e->dynamic_ = dynamic;
   // A rebalanced placement is written into these tables in place (captured graphs read them), so
   // they are sized for any placement of the layout.
@@ -72,10 +82,7 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
         layer.replicas = tables.replicas.to(Device::kCuda);
         layer.copies = tables.copies.to(Device::kCuda);
       } else if (loc) {
-        const auto& row = dispatch_map.at(l);
-        Tensor map = Tensor::empty({static_cast<int64_t>(row.size())}, DType::kI32);
-        std::copy(row.begin(), row.end(), map.data<int32_t>());
-        layer.id_map = map.to(Device::kCuda);
+        layer.id_map = i32_host(dispatch_map.at(l)).to(Device::kCuda);
       }
       e->last_moe_layer_ = static_cast<int64_t>(l);
     }
@@ -138,41 +145,37 @@ Result<model::MlpWeights> GpuEpExperts::host_expert(int64_t layer, int64_t logic
 }
 
 Status GpuEpExperts::follow_rebalancer() {
-  const int64_t step = group_step_++;
-  rebalancer_->on_group_step(step);  // may publish a placement for step + 1 (never for this one)
-  std::shared_ptr<const ExpertLocation> next = rebalancer_->location_at(step);
-  if (next == location_) return ok_status();
+  const auto sw = lockstep_->begin_step();
+  if (!sw) return ok_status();
+  const ExpertLocation &from = *sw->from, &to = *sw->to;
   // This rank's stream is idle here (every pass synchronises it before its outputs are read), so
   // its previous pass no longer reads the slots or the tables. The peers may already spin in this
   // step's first exchange, waiting for us: the copies below allocate and free nothing on the
   // device (which would wait for their kernels) and take what a few experts' bytes take.
   const int64_t begin = rank_->rank() * local_;
   const std::vector<std::vector<int>> dispatch_map =
-      dynamic_ ? std::vector<std::vector<int>>{} : next->static_dispatch_map(rank_->rank());
+      dynamic_ ? std::vector<std::vector<int>>{} : to.static_dispatch_map(rank_->rank());
   int moved = 0;
   for (auto& [l, layer] : layers_) {
     const int li = static_cast<int>(l);
     for (int64_t i = 0; i < local_; ++i) {
       const int p = static_cast<int>(begin + i);
-      const int now = next->logical_of(li, p);
-      if (now == location_->logical_of(li, p)) continue;
+      const int now = to.logical_of(li, p);
+      if (now == from.logical_of(li, p)) continue;
       PDSERVE_ASSIGN_OR_RETURN(model::MlpWeights x, host_expert(l, now));
       PDSERVE_RETURN_IF_ERROR(model::overwrite_expert(layer.experts, i, x));
       ++moved;
     }
     if (dynamic_) {
-      const ReplicaTables t = replica_tables(*next, li, replica_columns_);
+      const ReplicaTables t = replica_tables(to, li, replica_columns_);
       PDSERVE_RETURN_IF_ERROR(model::copy_to_device(t.replicas, layer.replicas, "replica table"));
       PDSERVE_RETURN_IF_ERROR(model::copy_to_device(t.copies, layer.copies, "replica counts"));
     } else {
-      const auto& row = dispatch_map.at(static_cast<size_t>(l));
-      Tensor map = Tensor::empty({static_cast<int64_t>(row.size())}, DType::kI32);
-      std::copy(row.begin(), row.end(), map.data<int32_t>());
-      PDSERVE_RETURN_IF_ERROR(model::copy_to_device(map, layer.id_map, "dispatch map"));
+      PDSERVE_RETURN_IF_ERROR(
+          model::copy_to_device(i32_host(dispatch_map.at(static_cast<size_t>(l))), layer.id_map, "dispatch map"));
     }
   }
-  location_ = std::move(next);
-  log::debug("GPU EP rank {}: placement of group step {} in effect ({} slots loaded)", rank_->rank(), step, moved);
+  log::debug("GPU EP rank {}: a new placement is in effect ({} slots loaded)", rank_->rank(), moved);
   return ok_status();
 }
 
@@ -182,7 +185,7 @@ void GpuEpExperts::begin_capture(int64_t tokens) {
 }
 
 void GpuEpExperts::begin_step(int64_t group_max_tokens, bool group_extends) {
-  if (rebalancer_ && !rebalance_error_) {
+  if (lockstep_ && !rebalance_error_) {
     // Every rank makes this call once per group step, so every rank switches at the same step.
     if (Status st = follow_rebalancer(); !st.has_value()) {
       log::error("GPU EP rank {}: the rebalanced placement could not be applied: {}", rank_->rank(),

@@ -38,6 +38,7 @@
 #include "model/deepseek_v3.h"
 #include "model/gpu_weights.h"
 #include "moe/ep_placement.h"
+#include "moe/eplb_manager.h"
 #include "moe/cuda/ep_low_latency_gpu.h"
 #include "moe/cuda/ep_normal_gpu.h"
 #include "parallel/rank_layout.h"
@@ -133,11 +134,9 @@ class GpuEpExperts final : public model::RoutedExperts {
   uint64_t dispatch_seed_ = kDispatchSeed;
   // Online rebalancing (--enable-eplb).
   std::shared_ptr<const model::DeepseekV3Model> model_;  // the host weights slots are loaded from
-  EplbManager* rebalancer_ = nullptr;
-  std::shared_ptr<const ExpertLocation> location_;  // what the slots and tables hold now
+  std::optional<LockstepExpertLocation> lockstep_;  // what the slots and tables hold, and the step
   bool dynamic_ = false;
   int64_t replica_columns_ = 0;  // dynamic with a rebalancer: fixed, max_replica_columns
-  int64_t group_step_ = 0;       // begin_step calls: the same count on every rank
   std::optional<Status> rebalance_error_;  // a placement that could not be applied fails every pass
   int64_t rounds_ = 1;
   bool decode_ = true, normal_pass_ = false;
