@@ -120,6 +120,14 @@ Result<Tensor> DeepseekV3Model::moe(int64_t layer, const Tensor& x, const Forwar
                         layer);
     out = moe_experts_forward(m, x, ids, weights);
   }
+  if (auto* counts = opts.expert_counts) {
+    auto& row = counts->per_layer[layer];
+    row.assign(static_cast<size_t>(cfg_.n_routed_experts), 0);
+    for (int64_t i = 0; i < n * k; ++i) {
+      const int32_t e = ids.data<int32_t>()[i];
+      if (e >= 0 && e < cfg_.n_routed_experts) ++row[static_cast<size_t>(e)];
+    }
+  }
   if (auto* trace = opts.routing) {
     auto& rows = trace->experts[layer];
     for (int64_t t = 0; t < n; ++t) {

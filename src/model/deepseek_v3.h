@@ -40,6 +40,14 @@ struct RoutingTrace {
   std::map<int64_t, std::vector<std::vector<int32_t>>> experts;
 };
 
+// How many of the pass's (token, top-k) slots chose each logical expert, per MoE layer: all the
+// expert distribution recorder needs outside per_token mode. Unlike a RoutingTrace, a CUDA graph
+// can report it (the GPU model counts on the device inside its graphs), so recording does not
+// force eager passes.
+struct ExpertCounts {
+  std::map<int64_t, std::vector<int64_t>> per_layer;  // MoE layer -> [n_routed_experts]
+};
+
 // The routed half of each MoE layer when it is computed elsewhere than on this rank's own weights:
 // expert parallelism (moe/ep_model_experts.h) sends the tokens to the ranks holding their experts.
 // The model runs the gate and the shared expert on its own tokens and hands over the rest.
@@ -74,6 +82,7 @@ struct ForwardOptions {
   bool all_logits = false;         // logits of every new token instead of each sequence's last
   bool force_absorbed = false;     // use the absorbed MLA form for prefill too (tests)
   RoutingTrace* routing = nullptr;
+  ExpertCounts* expert_counts = nullptr;  // filled for every MoE layer of the pass
   RoutedExperts* routed = nullptr;  // nullptr: every expert is local
 };
 

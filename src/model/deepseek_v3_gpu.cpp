@@ -111,6 +111,9 @@ struct DeepseekV3GpuModel::Impl {
   // of copying the logits to the host.
   const std::vector<RowSampling>* sampling = nullptr;
   GpuRowSampler sampler;  // forward_sample's device buffers
+  // count_experts: [layers, n_routed_experts] i32, each MoE layer's row rewritten by every pass
+  // (dense layers' rows stay 0); at fixed addresses, so the graphs write it too.
+  Tensor expert_counts;
 
   // Graph state: static inputs for the largest batch, one executable graph per captured size.
   struct Static {
@@ -216,6 +219,10 @@ struct DeepseekV3GpuModel::Impl {
       ops::linear(x, lw.router, logits);
       ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
       if (masked) ops::moe_drop_padding_rows(seq_lens, ids);
+      if (expert_counts.defined()) {
+        Tensor row = expert_counts.select(l);
+        ops::moe_count(ids, row);  // padding rows are -1 here: not counted
+      }
     }
     if (lw.shared.gate_proj.weight.defined()) {
       trace::ScopedSpan span("shared_experts");
@@ -350,6 +357,20 @@ struct DeepseekV3GpuModel::Impl {
     check(cudaMemcpyAsync(out.raw_data(), dev_logits.raw_data(), out.nbytes(), cudaMemcpyDeviceToHost, stream), "logits");
     check(cudaStreamSynchronize(stream), "forward");
     return out;
+  }
+
+  // The last pass's counts into `out` (MoE layers only). After the pass's download, which
+  // synchronised the stream: the copy does not wait behind a replay (see run_graph).
+  void report_counts(ExpertCounts& out) {
+    const int64_t L = cfg->num_hidden_layers, E = cfg->n_routed_experts;
+    std::vector<int32_t> c(static_cast<size_t>(L * E));
+    check(cudaMemcpyAsync(c.data(), expert_counts.raw_data(), c.size() * 4, cudaMemcpyDeviceToHost, stream),
+          "expert counts");
+    check(cudaStreamSynchronize(stream), "expert counts");
+    out.per_layer.clear();
+    for (int64_t l = 0; l < L; ++l)
+      if (w.layers[static_cast<size_t>(l)].is_moe)
+        out.per_layer[l].assign(c.begin() + l * E, c.begin() + (l + 1) * E);
   }
 
   // EP ranks: one decode-shaped forward (b one-token sequences) per power of two b below
@@ -560,6 +581,7 @@ int64_t DeepseekV3GpuModel::page_size() const { return impl_->opts.page_size; }
 const GpuMemoryReport& DeepseekV3GpuModel::memory() const { return impl_->mem; }
 Tensor DeepseekV3GpuModel::kv_cache() const { return impl_->kv; }
 bool DeepseekV3GpuModel::last_forward_used_graph() const { return impl_->used_graph; }
+bool DeepseekV3GpuModel::counts_experts() const { return impl_->expert_counts.defined(); }
 
 Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shared_ptr<const DeepseekV3Model> host,
                                                                        const GpuModelOptions& opts) {
@@ -604,6 +626,10 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
     const int64_t latent = m.dims.latent_dim(), L = m.cfg->num_hidden_layers;
     m.kv = Tensor::empty({L, 1, m.opts.page_size, latent}, m.act, Device::kCuda);
     m.num_pages = 1;
+    if (opts.count_experts) {
+      m.expert_counts = Tensor::empty({L, m.cfg->n_routed_experts}, DType::kI32, Device::kCuda);
+      check(cudaMemsetAsync(m.expert_counts.raw_data(), 0, m.expert_counts.nbytes(), m.stream), "expert counts");
+    }
     {
       SequenceInput warm;
       const int64_t n = std::max<int64_t>(1, std::min(opts.max_forward_tokens, opts.context_length));
@@ -670,6 +696,8 @@ static Status begin_forward(DeepseekV3GpuModel& model, DeepseekV3GpuModel::Impl&
   std::function<Status()> idle;
   if (routed) idle = [&] { return model.idle_forward(*routed); };
   PDSERVE_RETURN_IF_ERROR(validate_batch_or_idle(*m.cfg, batch, m.num_pages, m.opts.page_size, idle));
+  if (opts.expert_counts && !m.expert_counts.defined())
+    return make_error(ErrorCode::kInternal, "expert counts asked of a GPU model created without count_experts");
   m.routed = routed;
   return ok_status();
 }
@@ -718,7 +746,9 @@ Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& bat
     PDSERVE_RETURN_IF_ERROR(begin_forward(*this, *impl_, batch, opts));
     const int64_t bs = impl_->graph_bs(batch, opts);
     impl_->used_graph = bs > 0;
-    return bs > 0 ? impl_->run_graph(batch, bs) : impl_->run_eager(batch, opts);
+    Tensor out = bs > 0 ? impl_->run_graph(batch, bs) : impl_->run_eager(batch, opts);
+    if (opts.expert_counts) impl_->report_counts(*opts.expert_counts);
+    return out;
   } catch (const std::exception& e) {
     return make_error(ErrorCode::kInternal, "GPU forward failed: {}", e.what());
   }
@@ -726,7 +756,7 @@ Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& bat
 
 Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>& batch,
                                                                 const std::vector<RowSampling>& rows,
-                                                                RoutingTrace* routing) {
+                                                                RoutingTrace* routing, ExpertCounts* counts) {
   if (rows.size() != batch.size())
     return make_error(ErrorCode::kInvalidArgument, "forward_sample: {} sampling rows for {} sequences", rows.size(),
                       batch.size());
@@ -737,6 +767,7 @@ Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vecto
   } reset{impl_.get()};
   ForwardOptions opts;
   opts.routing = routing;
+  opts.expert_counts = counts;
   auto ids = forward(batch, opts);
   if (!ids) return ids.error();
   return std::vector<int32_t>(ids->data<int32_t>(), ids->data<int32_t>() + ids->numel());
@@ -755,9 +786,13 @@ Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput
       ops::cuda::set_current_stream(impl_->stream);
       impl_->fill_static(batch, bs);
       impl_->static_decode(bs, impl_->graph_arena);
-      return impl_->download(impl_->st.logits, static_cast<int64_t>(batch.size()));
+      Tensor out = impl_->download(impl_->st.logits, static_cast<int64_t>(batch.size()));
+      if (opts.expert_counts) impl_->report_counts(*opts.expert_counts);
+      return out;
     }
-    return impl_->run_eager(batch, opts);
+    Tensor out = impl_->run_eager(batch, opts);
+    if (opts.expert_counts) impl_->report_counts(*opts.expert_counts);
+    return out;
   } catch (const std::exception& e) {
     return make_error(ErrorCode::kInternal, "GPU forward failed: {}", e.what());
   }

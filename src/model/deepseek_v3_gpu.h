@@ -40,6 +40,10 @@ struct GpuModelOptions {
   // this model's weights and activations is split so that each of them still finds room for its
   // own weights, activations and an equal share of cache.
   int later_models_on_device = 0;
+  // Count each MoE layer's chosen experts on the device in every pass, CUDA graphs included, so
+  // that ForwardOptions::expert_counts (the expert distribution recorder) costs no eager pass: one
+  // small kernel per MoE layer and step. Off: asking for counts is an error.
+  bool count_experts = false;
 };
 
 // SGLang's default capture list up to max_bs: 1, 2, 4, 8, 12, 16, ... (steps of 8 to 256, then 16).
@@ -76,7 +80,8 @@ class DeepseekV3GpuModel {
 
   // As DeepseekV3Model::forward (same validation and errors), against this model's device cache;
   // returns host f32 logits. Pure decode batches (every sequence one new token after a prefix) of
-  // at most the largest captured size replay a graph; everything else runs eagerly.
+  // at most the largest captured size replay a graph; everything else runs eagerly. A RoutingTrace
+  // forces the eager path; ExpertCounts do not (they need count_experts).
   Result<Tensor> forward(const std::vector<SequenceInput>& batch, const ForwardOptions& opts = {});
   bool last_forward_used_graph() const;
 
@@ -84,9 +89,13 @@ class DeepseekV3GpuModel {
   // device (ops::sample_batch) and copies back only the ids, not [B, vocab] f32 logits (0.5 MB a
   // row for DeepSeek-V3). One RowSampling per sequence. Greedy rows equal the argmax of forward's
   // logits; other rows draw with Philox keyed by (seed, offset), not with the host's generator.
-  // `routing`: as ForwardOptions::routing (the pass then runs eagerly).
+  // `routing`: as ForwardOptions::routing (the pass then runs eagerly); `counts`: as
+  // ForwardOptions::expert_counts (graphs stay on).
   Result<std::vector<int32_t>> forward_sample(const std::vector<SequenceInput>& batch,
-                                              const std::vector<RowSampling>& rows, RoutingTrace* routing = nullptr);
+                                              const std::vector<RowSampling>& rows, RoutingTrace* routing = nullptr,
+                                              ExpertCounts* counts = nullptr);
+  // Whether the model was created with count_experts (ForwardOptions::expert_counts works).
+  bool counts_experts() const;
 
   // The routed-experts hook every forward uses when its ForwardOptions name none (expert
   // parallelism: the rank's GPU EP experts). Set before the first forward.

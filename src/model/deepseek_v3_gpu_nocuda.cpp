@@ -28,11 +28,13 @@ Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput
   return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
 }
 bool DeepseekV3GpuModel::last_forward_used_graph() const { return false; }
+bool DeepseekV3GpuModel::counts_experts() const { return false; }
 void DeepseekV3GpuModel::set_routed_experts(std::shared_ptr<RoutedExperts>) {}
 Status DeepseekV3GpuModel::idle_forward(RoutedExperts&) { return make_error(ErrorCode::kUnsupported, "no CUDA in this build"); }
 Status DeepseekV3GpuModel::capture_routed_graphs() { return make_error(ErrorCode::kUnsupported, "no CUDA in this build"); }
 Result<std::vector<int32_t>> DeepseekV3GpuModel::forward_sample(const std::vector<SequenceInput>&,
-                                                                const std::vector<RowSampling>&, RoutingTrace*) {
+                                                                const std::vector<RowSampling>&, RoutingTrace*,
+                                                                ExpertCounts*) {
   return make_error(ErrorCode::kUnsupported, "no CUDA in this build");
 }
 

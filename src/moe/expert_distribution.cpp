@@ -90,6 +90,19 @@ Status ExpertDistributionRecorder::record(const PassRouting& pass) {
       ++counts[static_cast<size_t>(layer) * lay.num_physical + id];
     }
   }
+  for (const auto& [layer, row] : pass.physical_counts) {
+    if (layer < 0 || layer >= lay.num_layers)
+      return make_error(ErrorCode::kInvalidArgument, "expert recorder: layer {} outside [0, {})", layer, lay.num_layers);
+    if (static_cast<int64_t>(row.size()) != lay.num_physical)
+      return make_error(ErrorCode::kInvalidArgument, "expert recorder: layer {} has {} counts for {} physical experts",
+                        layer, row.size(), lay.num_physical);
+    for (size_t p = 0; p < row.size(); ++p) {
+      if (row[p] < 0)
+        return make_error(ErrorCode::kInvalidArgument, "expert recorder: layer {} physical expert {} count {}", layer, p,
+                          row[p]);
+      counts[static_cast<size_t>(layer) * lay.num_physical + p] += row[p];
+    }
+  }
   nlohmann::json token_record;
   if (opts_.mode == RecorderMode::kPerToken) {
     // topk_ids_of_layer[layers][tokens][top_k]; layers without routing (dense) are -1.

@@ -52,6 +52,9 @@ struct PassRouting {
   int top_k = 0;
   // MoE layer -> physical expert ids, [tokens][top_k] flattened (dense layers are simply absent).
   std::map<int, std::vector<int32_t>> physical_ids;
+  // Or already counted (what a CUDA graph reports; enough for stat and per_pass): MoE layer ->
+  // slots per physical expert, [num_physical]. Both forms may be given; they add up.
+  std::map<int, std::vector<int64_t>> physical_counts;
   // per_token only (optional): the tokens' ids and positions, and "extend" / "decode".
   std::vector<int32_t> input_ids, positions;
   std::string forward_mode;
@@ -72,8 +75,9 @@ class ExpertDistributionRecorder {
   bool recording() const;
   const RecorderOptions& options() const { return opts_; }
 
-  // Thread safe; a no-op while not recording. Physical ids outside [0, num_physical) or layers
-  // outside [0, num_layers) are an error (kInvalidArgument), nothing of that pass is recorded.
+  // Thread safe; a no-op while not recording. Physical ids outside [0, num_physical), layers
+  // outside [0, num_layers), count rows not of num_physical entries or with a negative count are
+  // an error (kInvalidArgument), nothing of that pass is recorded.
   Status record(const PassRouting& pass);
 
   // The dump object (see docs/eplb.md): logical_count, metadata, and per_pass / per_token records.

@@ -46,6 +46,27 @@ void ExpertDispatcher::to_physical(int layer, std::span<int32_t> ids) {
   }
 }
 
+void ExpertDispatcher::counts_to_physical(int layer, std::span<const int64_t> logical_counts,
+                                          std::span<int64_t> physical_counts) {
+  for (size_t e = 0; e < logical_counts.size(); ++e) {
+    const int64_t c = logical_counts[e];
+    if (c == 0) continue;
+    if (algorithm_ == DispatchAlgorithm::kStatic) {
+      physical_counts[static_cast<size_t>(static_map_[layer][e])] += c;
+      continue;
+    }
+    const auto& copies = location_->replicas(layer, static_cast<int>(e));
+    const int64_t n = static_cast<int64_t>(copies.size()), each = c / n;
+    for (int p : copies) physical_counts[static_cast<size_t>(p)] += each;
+    // The remainder to distinct copies: a partial shuffle's first `c % n` entries.
+    std::vector<int> order(copies.begin(), copies.end());
+    for (int64_t i = 0; i < c % n; ++i) {
+      std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(i + static_cast<int64_t>(rng_() % (n - i)))]);
+      physical_counts[static_cast<size_t>(order[static_cast<size_t>(i)])] += 1;
+    }
+  }
+}
+
 void fake_routing(std::span<int32_t> ids, int top_k, int num_logical, std::mt19937_64& rng) {
   std::vector<int32_t> all(num_logical);
   for (int e = 0; e < num_logical; ++e) all[e] = e;

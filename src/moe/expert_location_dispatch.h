@@ -33,6 +33,12 @@ class ExpertDispatcher {
   // Rewrites logical expert ids of `layer` (any number of tokens x top-k, flattened) into physical
   // ids in place. Ids must be valid logical experts (the router produced them).
   void to_physical(int layer, std::span<int32_t> ids);
+  // The same for counts: logical_counts [num_logical] (slots per logical expert) added into
+  // physical_counts [num_physical]. static: each expert's count to this rank's copy, as
+  // to_physical sends every slot; dynamic/fake: spread evenly over the expert's copies, the
+  // remainder to copies drawn at random (what to_physical's uniform draws give on average, the
+  // total unchanged).
+  void counts_to_physical(int layer, std::span<const int64_t> logical_counts, std::span<int64_t> physical_counts);
   // Swaps in a new placement (online rebalancing), recomputing the static map.
   void set_location(std::shared_ptr<const ExpertLocation> location);
 

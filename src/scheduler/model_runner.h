@@ -56,6 +56,9 @@ class ModelRunner {
   // Makes the following forwards write each MoE layer's chosen experts into *trace (nullptr: off),
   // for the expert distribution recorder. Returns false if this runner cannot report routing.
   virtual bool set_routing_trace(model::RoutingTrace* /*trace*/) { return false; }
+  // The same for per-layer expert counts (all the recorder needs outside per_token mode; a GPU
+  // runner reports them from its CUDA graphs, while a routing trace forces eager passes).
+  virtual bool set_expert_counts(model::ExpertCounts* /*counts*/) { return false; }
   // Expert parallelism: the group's facts before each pass (real or idle), and a pass without
   // tokens of this rank's own so that its peers' token exchanges complete. No-ops for runners that
   // hold every expert.
@@ -78,6 +81,7 @@ class DeepseekV3Runner final : public ModelRunner {
     model::ForwardOptions opts;
     opts.all_logits = all_logits;
     opts.routing = routing_;
+    opts.expert_counts = counts_;
     opts.routed = routed_.get();
     return model_->forward(batch, *pool_, opts);
   }
@@ -87,6 +91,10 @@ class DeepseekV3Runner final : public ModelRunner {
   Status idle_forward() override { return routed_ ? model_->idle_forward(*routed_) : ok_status(); }
   bool set_routing_trace(model::RoutingTrace* trace) override {
     routing_ = trace;
+    return true;
+  }
+  bool set_expert_counts(model::ExpertCounts* counts) override {
+    counts_ = counts;
     return true;
   }
   KvBufferView kv_buffers() override {
@@ -104,6 +112,7 @@ class DeepseekV3Runner final : public ModelRunner {
   std::unique_ptr<model::LatentKvPool> pool_;
   std::shared_ptr<model::RoutedExperts> routed_;
   model::RoutingTrace* routing_ = nullptr;
+  model::ExpertCounts* counts_ = nullptr;
 };
 
 // DeepSeek-V3 on one GPU; the cache lives on the device, sized by the model's memory planning.
@@ -128,17 +137,24 @@ class GpuRunner final : public ModelRunner {
     model::ForwardOptions opts;
     opts.all_logits = all_logits;
     opts.routing = routing_;  // a traced pass runs eagerly (the model copies each layer's ids out)
+    opts.expert_counts = counts_;
     return model_->forward(batch, opts);
   }
   bool set_routing_trace(model::RoutingTrace* trace) override {
     routing_ = trace;
     return true;
   }
+  // Only a model created with count_experts (the server sets it when a recorder needs counts).
+  bool set_expert_counts(model::ExpertCounts* counts) override {
+    if (!model_->counts_experts()) return false;
+    counts_ = counts;
+    return true;
+  }
   bool last_forward_used_graph() const override { return model_->last_forward_used_graph(); }
   bool samples_on_device() const override { return device_sampling_; }
   Result<std::vector<int32_t>> forward_sample(const std::vector<model::SequenceInput>& batch,
                                               const std::vector<model::RowSampling>& rows) override {
-    return model_->forward_sample(batch, rows, routing_);
+    return model_->forward_sample(batch, rows, routing_, counts_);
   }
   KvBufferView kv_buffers() override {
     const Tensor kv = model_->kv_cache();  // [layers, pages, page_size, latent] bf16
@@ -158,6 +174,7 @@ class GpuRunner final : public ModelRunner {
   bool device_sampling_ = true;
   std::shared_ptr<model::RoutedExperts> routed_;
   model::RoutingTrace* routing_ = nullptr;
+  model::ExpertCounts* counts_ = nullptr;
 };
 
 // Returns fixed logits that favour token (last input token + 1) % vocab: deterministic, costs

@@ -12,8 +12,10 @@ using nlohmann::json;
 
 namespace {
 
-// Feeds the recorder: while it records, the inner runner reports each MoE layer's chosen experts,
-// this rank's dispatcher turns them into physical copies, and the pass is recorded. With
+// Feeds the recorder: while it records, the inner runner reports each MoE layer's chosen experts
+// (counts per expert, which a GPU runner takes from its CUDA graphs; every token's choice in
+// per_token mode, which makes GPU passes eager), this rank's dispatcher turns them into physical
+// copies, and the pass is recorded. With
 // --enable-eplb it also counts the pass for the rebalancer and, between passes, picks up the
 // placement the rebalancer published (this thread owns the dispatcher).
 class RecordingRunner final : public scheduler::ModelRunner {
@@ -30,6 +32,7 @@ class RecordingRunner final : public scheduler::ModelRunner {
   scheduler::KvBufferView kv_buffers() override { return inner_->kv_buffers(); }
   bool last_forward_used_graph() const override { return inner_->last_forward_used_graph(); }
   bool set_routing_trace(model::RoutingTrace* trace) override { return inner_->set_routing_trace(trace); }
+  bool set_expert_counts(model::ExpertCounts* counts) override { return inner_->set_expert_counts(counts); }
   void begin_group_step(const scheduler::GroupStep& step) override { inner_->begin_group_step(step); }
   Status idle_forward() override { return inner_->idle_forward(); }
 
@@ -56,16 +59,26 @@ class RecordingRunner final : public scheduler::ModelRunner {
   template <typename Run>
   auto record_pass(const std::vector<model::SequenceInput>& batch, Run run, int64_t pass_id) -> decltype(run()) {
     if (!recorder_->recording()) return run();
+    const bool per_token = recorder_->options().mode == moe::RecorderMode::kPerToken;
     model::RoutingTrace trace;
-    inner_->set_routing_trace(&trace);
+    model::ExpertCounts counts;
+    if (per_token) inner_->set_routing_trace(&trace);
+    else inner_->set_expert_counts(&counts);
     auto out = run();
-    inner_->set_routing_trace(nullptr);
+    if (per_token) inner_->set_routing_trace(nullptr);
+    else inner_->set_expert_counts(nullptr);
     if (!out.has_value()) return out;
     moe::PassRouting pass;
     pass.forward_pass_id = pass_id;
     pass.rank = rank_;
     pass.top_k = top_k_;
-    if (recorder_->options().mode == moe::RecorderMode::kPerToken) {
+    auto& dispatcher = placement_.dispatcher();
+    for (const auto& [layer, logical] : counts.per_layer) {
+      auto& row = pass.physical_counts[static_cast<int>(layer)];
+      row.assign(static_cast<size_t>(dispatcher.location().layout().num_physical), 0);
+      dispatcher.counts_to_physical(static_cast<int>(layer), logical, row);
+    }
+    if (per_token) {
       bool decode = true;
       for (const auto& seq : batch) {
         for (size_t i = 0; i < seq.tokens.size(); ++i) {
@@ -79,7 +92,7 @@ class RecordingRunner final : public scheduler::ModelRunner {
     for (auto& [layer, rows] : trace.experts) {
       auto& ids = pass.physical_ids[static_cast<int>(layer)];
       for (const auto& row : rows) ids.insert(ids.end(), row.begin(), row.end());
-      placement_.dispatcher().to_physical(static_cast<int>(layer), ids);
+      dispatcher.to_physical(static_cast<int>(layer), ids);
     }
     if (auto st = recorder_->record(pass); !st.has_value())
       log::warning("expert distribution recorder: {}", st.error().message());  // a bug, not the request's fault
@@ -180,10 +193,12 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
 Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::shared_ptr<scheduler::ModelRunner> inner,
                                                                       int rank, bool ep_ranks) {
   if (!recorder_) return inner;
-  if (!inner->set_routing_trace(nullptr))
+  const bool reports = counts_on_device() ? inner->set_expert_counts(nullptr) : inner->set_routing_trace(nullptr);
+  if (!reports)
     return make_error(ErrorCode::kUnsupported,
-                      "--expert-distribution-recorder-mode needs a backend that reports expert routing (the CPU "
-                      "and CUDA DeepSeek-V3 backends in this build)");
+                      "--expert-distribution-recorder-mode {} needs a backend that reports expert routing (the CPU "
+                      "and CUDA DeepSeek-V3 backends in this build)",
+                      moe::recorder_mode_name(recorder_->options().mode));
   return std::shared_ptr<scheduler::ModelRunner>(
       std::make_shared<RecordingRunner>(std::move(inner), shared_from_this(), dispatch_, rank, top_k_, ep_ranks));
 }

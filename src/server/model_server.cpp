@@ -82,8 +82,9 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_ep_gpu_runners(std::shared_
   return runners.front();
 }
 
+// `count_experts`: the expert distribution recorder needs per-layer expert counts from every pass.
 Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<const model::DeepseekV3Model> model,
-                                                            ServerArgs& args, const EpRanks* ep,
+                                                            ServerArgs& args, const EpRanks* ep, bool count_experts,
                                                             std::vector<std::shared_ptr<scheduler::ModelRunner>>& ep_runners) {
   const auto& c = model->config();
   if (args.device == "auto") args.device = model::cuda_device_available() ? "cuda" : "cpu";
@@ -103,6 +104,7 @@ Result<std::shared_ptr<scheduler::ModelRunner>> make_runner(std::shared_ptr<cons
   go.page_size = args.page_size;
   go.context_length = args.context_length > 0 ? args.context_length : c.max_position_embeddings;
   go.max_forward_tokens = max_forward_tokens(args);
+  go.count_experts = count_experts;
   if (!args.disable_cuda_graph) {
     const int64_t max_running = args.max_running_requests > 0 ? args.max_running_requests : 1024;
     const int64_t max_bs = args.cuda_graph_max_bs > 0 ? args.cuda_graph_max_bs : std::min<int64_t>(max_running, 64);
@@ -184,7 +186,8 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
               args.ep_size, physical / args.ep_size, physical, args.deepep_mode, eo.max_dispatch_tokens_per_rank);
   }
   std::vector<std::shared_ptr<scheduler::ModelRunner>> ep_gpu_runners;  // GPU EP: one per rank
-  PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args, s->ep_ranks_.get(), ep_gpu_runners));
+  PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args, s->ep_ranks_.get(),
+                                                    s->experts_ && s->experts_->counts_on_device(), ep_gpu_runners));
   if (args.context_length > c.max_position_embeddings)
     log::warning("--context-length {} is longer than the model's max_position_embeddings {}", args.context_length,
                  c.max_position_embeddings);

@@ -131,6 +131,26 @@ TEST_P(GoldenTest, ChosenExpertsMatchWhereMarginIsClear) {
   EXPECT_GT(compared, total * 95 / 100) << compared << " of " << total;
 }
 
+// The counts a recorder takes instead of a trace (a GPU runner reports them from CUDA graphs)
+// are the traced choices counted, layer by layer.
+TEST_P(GoldenTest, ExpertCountsCountTheTracedChoices) {
+  RoutingTrace trace;
+  ExpertCounts counts;
+  ForwardOptions opts;
+  opts.routing = &trace;
+  opts.expert_counts = &counts;
+  run(prompts_, opts);
+  ASSERT_FALSE(trace.experts.empty());
+  ASSERT_EQ(counts.per_layer.size(), trace.experts.size());
+  for (const auto& [layer, rows] : trace.experts) {
+    std::vector<int64_t> want(static_cast<size_t>(model_->config().n_routed_experts), 0);
+    for (const auto& row : rows)
+      for (int32_t e : row) ++want.at(static_cast<size_t>(e));
+    ASSERT_TRUE(counts.per_layer.count(layer)) << "layer " << layer;
+    EXPECT_EQ(counts.per_layer.at(layer), want) << "layer " << layer;
+  }
+}
+
 TEST_P(GoldenTest, GreedyContinuationsMatchWhereMarginIsClear) {
   GenerateOptions opts;
   opts.max_new_tokens = 10;

@@ -70,7 +70,7 @@ struct Pair {
   std::unique_ptr<LatentKvPool> pool;
 };
 
-Pair load_pair(const std::string& dir, LoadFormat fmt, std::vector<int64_t> graph_bs = {}) {
+Pair load_pair(const std::string& dir, LoadFormat fmt, std::vector<int64_t> graph_bs = {}, bool count_experts = false) {
   Pair p;
   auto m = DeepseekV3Model::load(dir, LoadOptions{fmt, 7, {}});
   EXPECT_TRUE(m.has_value()) << (m ? "" : m.error().message());
@@ -81,6 +81,7 @@ Pair load_pair(const std::string& dir, LoadFormat fmt, std::vector<int64_t> grap
   o.context_length = 1024;
   o.max_forward_tokens = 512;
   o.cuda_graph_bs = std::move(graph_bs);
+  o.count_experts = count_experts;
   auto g = DeepseekV3GpuModel::create(p.cpu, o);
   EXPECT_TRUE(g.has_value()) << (g ? "" : g.error().message());
   p.gpu = std::move(*g);
@@ -230,6 +231,75 @@ TEST(ModelGpu, RoutingTraceReportsEveryTokensExperts) {
   for (const auto& [layer, r] : decode_trace.experts) EXPECT_EQ(r.size(), batch.size()) << "layer " << layer;
   ASSERT_TRUE(p.gpu->forward(batch).has_value());  // untraced: the graph again
   EXPECT_TRUE(p.gpu->last_forward_used_graph());
+}
+
+// Expert counts (the recorder's input outside per_token mode) come from the graphs themselves: a
+// decode step replays its graph while counting, its counts equal those of the same padded batch
+// run eagerly (the same kernels), the padding row is not counted, every MoE layer counts
+// tokens x top-k slots, and they agree with the traced choices of an eager pass except near gate
+// ties. A model created without counting refuses to report them.
+TEST(ModelGpu, ExpertCountsComeFromGraphs) {
+  Pair p = load_pair(kSrc + "/models/tiny-deepseek-v3", LoadFormat::kDummy, {4}, /*count_experts=*/true);
+  ASSERT_TRUE(p.gpu);
+  ASSERT_TRUE(p.gpu->counts_experts());
+  const auto& c = p.cpu->config();
+  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace, k = c.num_experts_per_tok;
+  auto batch = prefill_batch(random_prompts(3, c.vocab_size, 31), 8);
+  int64_t tokens = 0;
+  for (const auto& s : batch) tokens += static_cast<int64_t>(s.tokens.size());
+  auto histogram = [&](const std::vector<std::vector<int32_t>>& rows) {
+    std::vector<int64_t> h(static_cast<size_t>(c.n_routed_experts), 0);
+    for (const auto& r : rows)
+      for (int32_t e : r) ++h.at(static_cast<size_t>(e));
+    return h;
+  };
+  {  // prefill (eager): counts and trace of one pass agree exactly
+    RoutingTrace trace;
+    ExpertCounts counts;
+    ForwardOptions o;
+    o.routing = &trace;
+    o.expert_counts = &counts;
+    ASSERT_TRUE(p.gpu->forward(batch, o).has_value());
+    ASSERT_EQ(static_cast<int64_t>(counts.per_layer.size()), moe_layers);
+    for (const auto& [layer, rows] : trace.experts) EXPECT_EQ(counts.per_layer.at(layer), histogram(rows)) << layer;
+  }
+  for (auto& s : batch) {
+    s.prefix_len = static_cast<int64_t>(s.tokens.size());
+    s.tokens = {9};
+  }
+  ExpertCounts graph_counts, eager_counts, traced_counts;
+  RoutingTrace trace;
+  auto ids = p.gpu->forward_sample(batch, std::vector<RowSampling>(batch.size()), nullptr, &graph_counts);
+  ASSERT_TRUE(ids.has_value()) << ids.error().message();
+  EXPECT_TRUE(p.gpu->last_forward_used_graph());
+  ForwardOptions eo;
+  eo.expert_counts = &eager_counts;
+  ASSERT_TRUE(p.gpu->forward_eager(batch, eo, /*graph_layout=*/true).has_value());
+  EXPECT_EQ(graph_counts.per_layer, eager_counts.per_layer);
+  ForwardOptions to;
+  to.routing = &trace;
+  to.expert_counts = &traced_counts;
+  ASSERT_TRUE(p.gpu->forward(batch, to).has_value());
+  EXPECT_FALSE(p.gpu->last_forward_used_graph());
+  int64_t agree = 0, total = 0;
+  for (const auto& [layer, row] : graph_counts.per_layer) {
+    int64_t sum = 0;
+    for (int64_t n : row) sum += n;
+    EXPECT_EQ(sum, static_cast<int64_t>(batch.size()) * k) << "layer " << layer;  // 3 rows of 4: padding uncounted
+    EXPECT_EQ(traced_counts.per_layer.at(layer), histogram(trace.experts.at(layer))) << layer;
+    const auto& t = traced_counts.per_layer.at(layer);
+    for (size_t e = 0; e < row.size(); ++e) agree += std::min(row[e], t[e]);
+    total += sum;
+  }
+  EXPECT_GE(agree * 10, total * 8) << agree << " of " << total;
+
+  Pair plain = load_pair(kSrc + "/models/tiny-deepseek-v3", LoadFormat::kDummy, {4});
+  ASSERT_TRUE(plain.gpu);
+  EXPECT_FALSE(plain.gpu->counts_experts());
+  ExpertCounts none;
+  ForwardOptions no;
+  no.expert_counts = &none;
+  EXPECT_FALSE(plain.gpu->forward(batch, no).has_value());
 }
 
 // forward_sample draws on the device what the scheduler would draw from forward's logits: greedy

@@ -117,6 +117,46 @@ TEST(ExpertDistribution, PerPassAndPerTokenKeepRecords) {
   EXPECT_FALSE(dp["records"][0].contains("topk_ids_of_layer"));
 }
 
+// Counts (what a runner reports from a CUDA graph) record exactly as the ids they stand for.
+TEST(ExpertDistribution, CountsRecordAsTheIdsTheyCount) {
+  for (RecorderMode mode : {RecorderMode::kStat, RecorderMode::kPerPass}) {
+    auto by_ids = *ExpertDistributionRecorder::create(options(mode, 10));
+    auto by_counts = *ExpertDistributionRecorder::create(options(mode, 10));
+    by_ids->start();
+    by_counts->start();
+    const std::vector<std::pair<int, PassRouting>> passes = {{0, pass(1, 0, {0, 4, 4}, {1, 2, 5})},
+                                                             {1, pass(1, 1, {3, 5, 0}, {5, 5, 2})},
+                                                             {0, pass(2, 0, {2, 3, 2}, {0, 1, 1})}};
+    for (const auto& [rank, p] : passes) {
+      ASSERT_TRUE(by_ids->record(p).has_value());
+      PassRouting c = p;
+      c.physical_ids.clear();
+      for (const auto& [layer, ids] : p.physical_ids) {
+        auto& row = c.physical_counts[layer];
+        row.assign(6, 0);
+        for (int32_t id : ids) ++row[static_cast<size_t>(id)];
+      }
+      ASSERT_TRUE(by_counts->record(c).has_value());
+    }
+    EXPECT_EQ(by_counts->num_passes(), by_ids->num_passes());
+    EXPECT_EQ(by_counts->dump(trivial())["logical_count"], by_ids->dump(trivial())["logical_count"])
+        << recorder_mode_name(mode);
+  }
+  auto rec = *ExpertDistributionRecorder::create(options(RecorderMode::kStat, 4));
+  rec->start();
+  PassRouting bad;
+  bad.physical_counts[1] = {1, 2, 3};  // 3 counts for 6 physical experts
+  auto st = rec->record(bad);
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().message().find("3 counts for 6"), std::string::npos) << st.error().message();
+  bad.physical_counts[1] = {1, 2, 3, -1, 0, 0};
+  EXPECT_FALSE(rec->record(bad).has_value());
+  bad.physical_counts.clear();
+  bad.physical_counts[3] = std::vector<int64_t>(6, 0);  // layer 3 of 3
+  EXPECT_FALSE(rec->record(bad).has_value());
+  EXPECT_EQ(rec->num_passes(), 0);
+}
+
 TEST(ExpertDistribution, BadInputIsAnError) {
   EXPECT_FALSE(ExpertDistributionRecorder::create(options(RecorderMode::kStat, 0)).has_value());
   EXPECT_FALSE(ExpertDistributionRecorder::create(options(RecorderMode::kStat, -2)).has_value());

@@ -78,6 +78,43 @@ TEST(ExpertDispatcher, DynamicSpreadsOverCopiesStaticIsFixed) {
   EXPECT_EQ(*parse_dispatch_algorithm("random"), DispatchAlgorithm::kDynamic);
 }
 
+// counts_to_physical is what the recorder uses when the runner reports counts (CUDA graphs): it
+// must give what to_physical over the same slots gives (static: exactly; dynamic: the same totals
+// per expert, spread over that expert's copies only, as evenly as counts allow).
+TEST(ExpertDispatcher, CountsToPhysicalMatchesPerSlotDispatch) {
+  // Expert 0 on slots 0 and 3 and 5, expert 1 on 1, expert 2 on 2 and 4; 3 ranks x 2 slots.
+  auto loc = std::make_shared<ExpertLocation>(*ExpertLocation::from_mapping(layout(1, 3, 6, 3), {{0, 1, 2, 0, 2, 0}}));
+  const std::vector<int64_t> logical = {7, 4, 0};
+  for (int rank = 0; rank < 3; ++rank) {
+    ExpertDispatcher st(loc, DispatchAlgorithm::kStatic, rank);
+    std::vector<int32_t> ids;
+    for (int e = 0; e < 3; ++e) ids.insert(ids.end(), static_cast<size_t>(logical[e]), e);
+    st.to_physical(0, ids);
+    std::vector<int64_t> want(6, 0), got(6, 0);
+    for (int32_t p : ids) ++want[static_cast<size_t>(p)];
+    st.counts_to_physical(0, logical, got);
+    EXPECT_EQ(got, want) << "rank " << rank;
+  }
+  ExpertDispatcher dyn(loc, DispatchAlgorithm::kDynamic, 0);
+  std::vector<int64_t> total(6, 0);
+  for (int draw = 0; draw < 300; ++draw) {
+    std::vector<int64_t> got(6, 1000);  // adds into what is there
+    dyn.counts_to_physical(0, logical, got);
+    EXPECT_EQ(got[0] + got[3] + got[5], 3000 + 7);
+    EXPECT_EQ(got[1], 1000 + 4);
+    EXPECT_EQ(got[2] + got[4], 2000);
+    for (int p : {0, 3, 5}) {  // 7 over 3 copies: 2 each, the remainder one more to distinct copies
+      EXPECT_GE(got[static_cast<size_t>(p)], 1002);
+      EXPECT_LE(got[static_cast<size_t>(p)], 1003);
+    }
+    for (size_t p = 0; p < 6; ++p) total[p] += got[p] - 1000;
+  }
+  for (int p : {0, 3, 5}) {  // the remainder lands on each copy about equally: 700 of 2100 each
+    EXPECT_GT(total[static_cast<size_t>(p)], 630) << p;
+    EXPECT_LT(total[static_cast<size_t>(p)], 770) << p;
+  }
+}
+
 TEST(ExpertLocation, ReplicaTablesListEveryCopyPaddedWithTheFirst) {
   // Layer 1: expert 0 on slots 0, 5 and 6; expert 2 on 2 and 7; the rest once.
   auto loc = ExpertLocation::from_mapping(layout(2, 5, 8, 4), {{0, 1, 2, 3, 4, 0, 1, 2}, {0, 1, 2, 3, 4, 0, 0, 2}});
