@@ -177,9 +177,9 @@ double EplbManager::current_balancedness() const {
 
 std::string EplbManager::render_metrics(const std::string& labels) const {
   return fmt::format(
-      "# HELP sglang:eplb_balancedness Mean over MoE layers of mean/max EP rank load in the recorded window "
-      "under the current expert placement (1 = balanced).\n# TYPE sglang:eplb_balancedness gauge\n"
-      "sglang:eplb_balancedness{{{}}} {}\n"
+      "# HELP sglang:eplb_window_balancedness Mean over MoE layers of mean/max EP rank load in the recorded "
+      "window under the current expert placement (1 = balanced).\n# TYPE sglang:eplb_window_balancedness gauge\n"
+      "sglang:eplb_window_balancedness{{{}}} {}\n"
       "# HELP sglang:eplb_rebalances_total Online expert rebalances completed.\n"
       "# TYPE sglang:eplb_rebalances_total counter\nsglang:eplb_rebalances_total{{{}}} {}\n",
       labels, current_balancedness(), labels, num_rebalances());

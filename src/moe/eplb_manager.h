@@ -83,7 +83,8 @@ class EplbManager {
   // Balancedness (mean / max GPU load, 1 = perfect) of the recorder's current window under the
   // placement in effect; 1.0 while the window is empty.
   double current_balancedness() const;
-  // The Prometheus lines: sglang:eplb_balancedness (gauge), sglang:eplb_rebalances_total (counter).
+  // The Prometheus lines: sglang:eplb_window_balancedness (gauge; not SGLang's sglang:eplb_balancedness,
+  // a per-pass summary: moe/expert_balance_metrics.h), sglang:eplb_rebalances_total (counter).
   std::string render_metrics(const std::string& labels) const;
 
  private:

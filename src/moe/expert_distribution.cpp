@@ -72,13 +72,7 @@ int64_t ExpertDistributionRecorder::num_passes() const {
   return folded_passes_ + static_cast<int64_t>(ids.size());
 }
 
-Status ExpertDistributionRecorder::record(const PassRouting& pass) {
-  const ExpertLayout& lay = opts_.layout;
-  {
-    std::lock_guard lock(mu_);
-    if (!recording_) return ok_status();
-  }
-  // Count outside the lock: ranks record concurrently.
+Result<std::vector<int64_t>> physical_counts_of(const PassRouting& pass, const ExpertLayout& lay) {
   std::vector<int64_t> counts(static_cast<size_t>(lay.num_layers) * lay.num_physical, 0);
   for (const auto& [layer, ids] : pass.physical_ids) {
     if (layer < 0 || layer >= lay.num_layers)
@@ -103,6 +97,17 @@ Status ExpertDistributionRecorder::record(const PassRouting& pass) {
       counts[static_cast<size_t>(layer) * lay.num_physical + p] += row[p];
     }
   }
+  return counts;
+}
+
+Status ExpertDistributionRecorder::record(const PassRouting& pass) {
+  const ExpertLayout& lay = opts_.layout;
+  {
+    std::lock_guard lock(mu_);
+    if (!recording_) return ok_status();
+  }
+  // Count outside the lock: ranks record concurrently.
+  PDSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> counts, physical_counts_of(pass, lay));
   nlohmann::json token_record;
   if (opts_.mode == RecorderMode::kPerToken) {
     // topk_ids_of_layer[layers][tokens][top_k]; layers without routing (dense) are -1.

@@ -60,6 +60,10 @@ struct PassRouting {
   std::string forward_mode;
 };
 
+// The pass's counts flattened to [layers * num_physical] (ids and counts added up). Errors
+// (kInvalidArgument) as ExpertDistributionRecorder::record describes.
+Result<std::vector<int64_t>> physical_counts_of(const PassRouting& pass, const ExpertLayout& layout);
+
 // Where dumps go: $SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR, else $PDSERVE_EXPERT_DISTRIBUTION_RECORDER_DIR,
 // else /tmp (SGLang's default).
 std::filesystem::path expert_distribution_dir_from_env();

@@ -15,7 +15,8 @@ nlohmann::json ExpertArgs::to_json() const {
           {"eplb_rebalance_num_iterations", eplb_rebalance_num_iterations},
           {"eplb_rebalance_layers_per_chunk",
            eplb_rebalance_layers_per_chunk < 0 ? json(nullptr) : json(eplb_rebalance_layers_per_chunk)},
-          {"eplb_min_rebalancing_utilization_threshold", eplb_min_rebalancing_utilization_threshold}};
+          {"eplb_min_rebalancing_utilization_threshold", eplb_min_rebalancing_utilization_threshold},
+          {"enable_expert_distribution_metrics", enable_expert_distribution_metrics}};
 }
 
 void add_expert_flags(CLI::App& app, ExpertArgs& a) {
@@ -42,6 +43,9 @@ void add_expert_flags(CLI::App& app, ExpertArgs& a) {
   app.add_option("--eplb-min-rebalancing-utilization-threshold", a.eplb_min_rebalancing_utilization_threshold,
                  "Skip a rebalance while the window's balancedness is above this (1.0: never skip)")
       ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  app.add_flag("--enable-expert-distribution-metrics", a.enable_expert_distribution_metrics,
+               "Log each forward pass's expert balancedness (or, with SGLANG_ENABLE_EPLB_BALANCEDNESS_METRIC=1, "
+               "the sglang:eplb_balancedness summary); records in stat mode from startup");
 }
 
 }  // namespace pdserve::server

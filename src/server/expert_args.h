@@ -21,6 +21,7 @@ struct ExpertArgs {
   int64_t eplb_rebalance_num_iterations = 1000;
   int64_t eplb_rebalance_layers_per_chunk = -1;
   double eplb_min_rebalancing_utilization_threshold = 1.0;
+  bool enable_expert_distribution_metrics = false;  // per-pass balancedness; records from startup
   nlohmann::json to_json() const;
 };
 

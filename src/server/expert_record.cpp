@@ -23,7 +23,7 @@ class RecordingRunner final : public scheduler::ModelRunner {
   RecordingRunner(std::shared_ptr<scheduler::ModelRunner> inner, std::shared_ptr<const ExpertBalancing> owner,
                   moe::DispatchAlgorithm dispatch, int rank, int top_k, bool ep_ranks)
       : inner_(std::move(inner)), owner_(std::move(owner)), recorder_(owner_->recorder()),
-        eplb_(ep_ranks ? nullptr : owner_->eplb()),
+        eplb_(ep_ranks ? nullptr : owner_->eplb()), metrics_(owner_->balance_metrics()),
         placement_(owner_->eplb(), owner_->location(), dispatch, rank), rank_(rank), top_k_(top_k) {}
   int64_t vocab_size() const override { return inner_->vocab_size(); }
   int64_t num_pages() const override { return inner_->num_pages(); }
@@ -72,6 +72,9 @@ class RecordingRunner final : public scheduler::ModelRunner {
     pass.forward_pass_id = pass_id;
     pass.rank = rank_;
     pass.top_k = top_k_;
+    bool decode = true;
+    for (const auto& seq : batch) decode = decode && seq.tokens.size() == 1 && seq.prefix_len > 0;
+    pass.forward_mode = decode ? "decode" : "extend";
     auto& dispatcher = placement_.dispatcher();
     for (const auto& [layer, logical] : counts.per_layer) {
       auto& row = pass.physical_counts[static_cast<int>(layer)];
@@ -79,23 +82,22 @@ class RecordingRunner final : public scheduler::ModelRunner {
       dispatcher.counts_to_physical(static_cast<int>(layer), logical, row);
     }
     if (per_token) {
-      bool decode = true;
-      for (const auto& seq : batch) {
+      for (const auto& seq : batch)
         for (size_t i = 0; i < seq.tokens.size(); ++i) {
           pass.input_ids.push_back(seq.tokens[i]);
           pass.positions.push_back(static_cast<int32_t>(seq.prefix_len + static_cast<int64_t>(i)));
         }
-        decode = decode && seq.tokens.size() == 1 && seq.prefix_len > 0;
-      }
-      pass.forward_mode = decode ? "decode" : "extend";
     }
     for (auto& [layer, rows] : trace.experts) {
       auto& ids = pass.physical_ids[static_cast<int>(layer)];
       for (const auto& row : rows) ids.insert(ids.end(), row.begin(), row.end());
       dispatcher.to_physical(static_cast<int>(layer), ids);
     }
+    // Errors are bugs, not the request's fault: logged, the request goes on.
     if (auto st = recorder_->record(pass); !st.has_value())
-      log::warning("expert distribution recorder: {}", st.error().message());  // a bug, not the request's fault
+      log::warning("expert distribution recorder: {}", st.error().message());
+    else if (metrics_)
+      if (auto m = metrics_->add(pass); !m.has_value()) log::warning("expert balancedness: {}", m.error().message());
     return out;
   }
 
@@ -103,6 +105,7 @@ class RecordingRunner final : public scheduler::ModelRunner {
   std::shared_ptr<const ExpertBalancing> owner_;  // keeps the recorder, placement and rebalancer alive
   moe::ExpertDistributionRecorder* recorder_;
   moe::EplbManager* eplb_;  // what this runner drives: null without --enable-eplb, or on EP ranks
+  moe::ExpertBalanceMetrics* metrics_;  // null without --enable-expert-distribution-metrics
   // The recording's logical -> physical map. On EP ranks it follows new placements by version, so
   // a pass at a switch may be recorded under the next placement one step early (the rebalancer
   // restarts its window when a rebalance ends, so that pass is in no window it uses).
@@ -116,7 +119,8 @@ class RecordingRunner final : public scheduler::ModelRunner {
 Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArgs& args, const model::ModelConfig& cfg,
                                                                  int ep_size, const std::string& model_name) {
   const bool asked = !args.recorder_mode.empty() || args.ep_num_redundant_experts > 0 ||
-                     args.init_expert_location != "trivial" || args.enable_eplb;
+                     args.init_expert_location != "trivial" || args.enable_eplb ||
+                     args.enable_expert_distribution_metrics;
   if (cfg.n_routed_experts <= 0) {
     if (asked)
       return make_error(ErrorCode::kInvalidArgument,
@@ -141,6 +145,8 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
       self->args_.recorder_buffer_size = args.eplb_rebalance_num_iterations;
     }
   }
+  // SGLang: the metrics record in stat mode unless a mode is given.
+  if (args.enable_expert_distribution_metrics && self->args_.recorder_mode.empty()) self->args_.recorder_mode = "stat";
   self->top_k_ = static_cast<int>(cfg.num_experts_per_tok);
   PDSERVE_ASSIGN_OR_RETURN(self->dispatch_, moe::parse_dispatch_algorithm(args.ep_dispatch_algorithm));
   moe::ExpertLayout layout{static_cast<int>(cfg.num_hidden_layers), static_cast<int>(cfg.n_routed_experts),
@@ -179,6 +185,11 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
     ro.num_groups = eplb.num_groups;
     PDSERVE_ASSIGN_OR_RETURN(self->recorder_, moe::ExpertDistributionRecorder::create(std::move(ro)));
   }
+  if (args.enable_expert_distribution_metrics) {
+    self->metrics_ = std::make_unique<moe::ExpertBalanceMetrics>(layout, moe::balancedness_metric_from_env());
+    log::info("ExpertDistributionRecorder auto start record since enable_expert_distribution_metrics");
+    self->recorder_->start();
+  }
   if (args.enable_eplb) {
     moe::EplbManagerOptions mo;
     mo.rebalance_num_iterations = args.eplb_rebalance_num_iterations;
@@ -193,6 +204,7 @@ Result<std::shared_ptr<ExpertBalancing>> ExpertBalancing::create(const ExpertArg
 Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::shared_ptr<scheduler::ModelRunner> inner,
                                                                       int rank, bool ep_ranks) {
   if (!recorder_) return inner;
+  if (metrics_) metrics_->add_rank();
   const bool reports = counts_on_device() ? inner->set_expert_counts(nullptr) : inner->set_routing_trace(nullptr);
   if (!reports)
     return make_error(ErrorCode::kUnsupported,
@@ -201,6 +213,11 @@ Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::share
                       moe::recorder_mode_name(recorder_->options().mode));
   return std::shared_ptr<scheduler::ModelRunner>(
       std::make_shared<RecordingRunner>(std::move(inner), shared_from_this(), dispatch_, rank, top_k_, ep_ranks));
+}
+
+std::string ExpertBalancing::render_metrics(const std::string& labels) const {
+  return (eplb_ ? eplb_->render_metrics(labels) : std::string()) +
+         (metrics_ ? metrics_->render_metrics(labels) : std::string());
 }
 
 json expert_record_node_command(ExpertBalancing* experts, const json& args) {

@@ -17,6 +17,7 @@
 #include "http/server.h"
 #include "model/config.h"
 #include "moe/eplb_manager.h"
+#include "moe/expert_balance_metrics.h"
 #include "moe/expert_distribution.h"
 #include "moe/expert_location.h"
 #include "moe/expert_location_dispatch.h"
@@ -52,12 +53,17 @@ class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
   moe::DispatchAlgorithm dispatch_algorithm() const { return dispatch_; }
   // The online rebalancer; null without --enable-eplb.
   moe::EplbManager* eplb() const { return eplb_.get(); }
+  // The per-pass balancedness; null without --enable-expert-distribution-metrics.
+  moe::ExpertBalanceMetrics* balance_metrics() const { return metrics_.get(); }
+  // Prometheus lines of the rebalancer and the per-pass balancedness ("" when neither is on).
+  std::string render_metrics(const std::string& labels) const;
 
  private:
   ExpertArgs args_;
   std::shared_ptr<const moe::ExpertLocation> location_;  // the initial placement
   std::unique_ptr<moe::ExpertDistributionRecorder> recorder_;
   std::unique_ptr<moe::EplbManager> eplb_;  // after recorder_: destroyed first
+  std::unique_ptr<moe::ExpertBalanceMetrics> metrics_;
   moe::DispatchAlgorithm dispatch_ = moe::DispatchAlgorithm::kStatic;
   int top_k_ = 0;
 };

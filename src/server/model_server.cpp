@@ -264,8 +264,8 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
     s->metrics_ = std::make_unique<Metrics>(a.served_model_name, craw);
     s->tm_->set_metrics(s->metrics_.get());
     if (s->disagg_) s->metrics_->set_transfer_source([self] { return self->disagg_->drain_samples(); });
-    if (s->experts_ && s->experts_->eplb())
-      s->metrics_->set_extra_source([self](const std::string& labels) { return self->experts_->eplb()->render_metrics(labels); });
+    if (s->experts_ && (s->experts_->eplb() || s->experts_->balance_metrics()))
+      s->metrics_->set_extra_source([self](const std::string& labels) { return self->experts_->render_metrics(labels); });
   }
   http::ServerOptions ho;
   ho.host = a.host;

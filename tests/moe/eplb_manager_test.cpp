@@ -124,7 +124,7 @@ TEST(EplbManager, SkewedWindowChangesPlacementAndImprovesBalancedness) {
   for (int e = 0; e < 8; ++e) EXPECT_EQ(now->logical_of(1, ids[e]), e);
   const std::string m = w.manager->render_metrics("model_name=\"t\"");
   EXPECT_NE(m.find("sglang:eplb_rebalances_total{model_name=\"t\"} 1\n"), std::string::npos) << m;
-  EXPECT_NE(m.find("# TYPE sglang:eplb_balancedness gauge"), std::string::npos) << m;
+  EXPECT_NE(m.find("# TYPE sglang:eplb_window_balancedness gauge"), std::string::npos) << m;
 }
 
 // --eplb-min-rebalancing-utilization-threshold: the skewed window's balancedness under the trivial

@@ -76,7 +76,7 @@ TEST(EplbOnlineE2E, RebalancesDuringABenchmarkWithUnchangedOutput) {
   ASSERT_TRUE(std::regex_search(r->body, m, std::regex(R"(sglang:eplb_rebalances_total\{[^}]*\} ([0-9]+))"))) << r->body;
   std::printf("rebalances during the burst: %s\n", m[1].str().c_str());
   EXPECT_GE(std::stoi(m[1]), 1);
-  EXPECT_TRUE(std::regex_search(r->body, std::regex(R"(sglang:eplb_balancedness\{[^}]*\} [0-9.]+)"))) << r->body;
+  EXPECT_TRUE(std::regex_search(r->body, std::regex(R"(sglang:eplb_window_balancedness\{[^}]*\} [0-9.]+)"))) << r->body;
   EXPECT_EQ(s.terminate(), 0);
 }
 

@@ -99,6 +99,52 @@ TEST(ExpertDistributionE2E, RecordDumpPlaceRestart) {
   fs::remove_all(dir);
 }
 
+// --enable-expert-distribution-metrics: recording starts at startup without /start_..., and every
+// forward pass's balancedness is logged in SGLang's words (the counts: 12 prompt tokens x top-4 x 2
+// MoE layers = 96 for the prefill, 4 x 2 = 8 per decode step); with
+// SGLANG_ENABLE_EPLB_BALANCEDNESS_METRIC=1 the passes go to the sglang:eplb_balancedness summary of
+// /metrics instead, by forward mode.
+TEST(ExpertDistributionE2E, BalancednessMetricsEveryPass) {
+  json body = generate_body({5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
+  body["sampling_params"]["max_new_tokens"] = 4;
+  {
+    ServerProcess s({"--enable-expert-distribution-metrics", "--skip-server-warmup"}, "expert_metrics_log");
+    ASSERT_TRUE(s.wait_ready()) << s.log();
+    http::Client c;
+    auto r = c.request("POST", s.url("/generate"), body.dump(), json_headers(), std::chrono::seconds(120));
+    ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
+    const std::string log = s.log();
+    EXPECT_NE(log.find("ExpertDistributionRecorder auto start record since enable_expert_distribution_metrics"),
+              std::string::npos) << log;
+    const std::string num = R"([01]\.[0-9]{3})";
+    EXPECT_TRUE(std::regex_search(log, std::regex(R"(\[Expert Balancedness\] forward_pass_id=0 current_pass_balancedness=)" + num +
+                                                  " last_10_average_balancedness=" + num + " last_100_average_balancedness=" +
+                                                  num + " last_1000_average_balancedness=" + num +
+                                                  " gpu_physical_count_sum=96\n")))
+        << log;
+    EXPECT_TRUE(std::regex_search(log, std::regex(R"(forward_pass_id=3 current_pass_balancedness=.* gpu_physical_count_sum=8\n)")))
+        << log;
+    EXPECT_EQ(s.terminate(), 0);
+  }
+  ::setenv("SGLANG_ENABLE_EPLB_BALANCEDNESS_METRIC", "1", 1);  // inherited by the server
+  ServerProcess s({"--enable-expert-distribution-metrics", "--enable-metrics", "--skip-server-warmup"},
+                  "expert_metrics_summary");
+  ::unsetenv("SGLANG_ENABLE_EPLB_BALANCEDNESS_METRIC");
+  ASSERT_TRUE(s.wait_ready()) << s.log();
+  http::Client c;
+  auto r = c.request("POST", s.url("/generate"), body.dump(), json_headers(), std::chrono::seconds(120));
+  ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
+  auto m = c.request("GET", s.url("/metrics"), "", {}, std::chrono::seconds(30));
+  ASSERT_TRUE(m && m->status == 200);
+  EXPECT_NE(m->body.find("# TYPE sglang:eplb_balancedness summary"), std::string::npos) << m->body;
+  EXPECT_TRUE(std::regex_search(m->body, std::regex(R"(sglang:eplb_balancedness_count\{[^}]*forward_mode="extend"\} 1\n)")))
+      << m->body;
+  EXPECT_TRUE(std::regex_search(m->body, std::regex(R"(sglang:eplb_balancedness_count\{[^}]*forward_mode="decode"\} 3\n)")))
+      << m->body;
+  EXPECT_EQ(s.log().find("[Expert Balancedness] forward_pass_id"), std::string::npos) << s.log();
+  EXPECT_EQ(s.terminate(), 0);
+}
+
 TEST(ExpertDistributionE2E, BadPlacementStopsTheServerWithAReason) {
   ServerProcess s({"--init-expert-location", R"({"physical_to_logical_map": [[0, 1]]})", "--skip-server-warmup"},
                   "expert_bad");
