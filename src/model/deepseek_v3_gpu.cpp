@@ -1,3 +1,6 @@
+// DeepseekV3GpuModel: set-up (weights, memory planning, cache), the layers and eager passes, and the
+// public entry points. The decode CUDA graphs are in deepseek_v3_gpu_graphs.cpp; the state both
+// share is deepseek_v3_gpu_impl.h.
 #include "model/deepseek_v3_gpu.h"
 
 #include <algorithm>
@@ -7,21 +10,11 @@
 #include <functional>
 #include <map>
 
-#include <fmt/ranges.h>
-
 #include "base/logging.h"
 #include "base/trace_spans.h"
 
 #ifdef PDSERVE_HAVE_CUDA
-#include <cuda_runtime.h>
-
-#include "model/device_arena.h"
-#include "model/gpu_host_inputs.h"
-#include "model/gpu_row_sampler.h"
-#include "model/gpu_weights.h"
-#include "ops/attention.h"
-#include "ops/cuda/cuda_common.h"
-#include "ops/cuda/rope.h"
+#include "model/deepseek_v3_gpu_impl.h"
 #include "ops/elementwise.h"
 #include "ops/grouped_gemm.h"
 #include "ops/linear.h"
@@ -46,532 +39,297 @@ std::vector<int64_t> default_cuda_graph_bs(int64_t max_bs) {
 
 using ops::cuda::check;
 static constexpr float kMlaNormEps = 1e-6f;  // HF's default eps for q_a / kv_a layernorms
-static constexpr double kGiB = 1073741824.0;
 
 bool cuda_device_available() {
   int n = 0;
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
-namespace {
-
-double avail_gb() {
-  size_t free_b = 0, total_b = 0;
-  cudaMemGetInfo(&free_b, &total_b);
-  return static_cast<double>(free_b) / kGiB;
+auto DeepseekV3GpuModel::Impl::upload(const HostInputs& h, DeviceArena& a) -> Inputs {
+  std::vector<const std::vector<int32_t>*> parts = {&h.ids, &h.positions, &h.slots, &h.seq_lens, &h.page_table,
+                                                    &h.cu_q, &h.cu_kv, &h.kv_batch, &h.kv_pos, &h.last_rows};
+  std::vector<int32_t> flat;
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  for (const auto* p : parts) {
+    spans.push_back({static_cast<int64_t>(flat.size()), static_cast<int64_t>(p->size())});
+    flat.insert(flat.end(), p->begin(), p->end());
+  }
+  Tensor dev = a.take({std::max<int64_t>(1, static_cast<int64_t>(flat.size()))}, DType::kI32);
+  check(cudaMemcpyAsync(dev.raw_data(), flat.data(), flat.size() * 4, cudaMemcpyHostToDevice, stream), "upload inputs");
+  auto view = [&](size_t i) { return dev.slice(0, spans[i].first, spans[i].first + spans[i].second); };
+  Inputs in{view(0), view(1), view(2), view(3), view(4), view(5), view(6), view(7), view(8), view(9)};
+  const int64_t rows = static_cast<int64_t>(h.seq_lens.size());
+  in.page_table = in.page_table.reshape({rows, h.max_pages});
+  return in;
 }
 
-// Inside the model's forward, failures travel as exceptions (caught at the public entry points).
-void throw_if_failed(const Status& s) {
-  if (!s.has_value()) throw std::runtime_error(s.error().message());
+void DeepseekV3GpuModel::Impl::attention(int64_t l, const Tensor& x, const Inputs& in, const HostInputs& h, DeviceArena& a, bool decode, Tensor& residual) {
+  const auto& at = w.layers[static_cast<size_t>(l)].attn;
+  const int64_t T = x.size(0), H = dims.num_heads, qk = dims.qk_head_dim(), L = dims.kv_lora_rank;
+  Tensor q = a.take({T, H * qk}, act);
+  if (cfg->q_lora_rank) {
+    Tensor cq = a.take({T, *cfg->q_lora_rank}, act);
+    ops::linear(x, at.q_a_proj, cq);
+    ops::rms_norm(cq, at.q_a_layernorm, kMlaNormEps, cq);
+    ops::linear(cq, at.q_b_proj, q);
+  } else {
+    ops::linear(x, at.q_proj, q);
+  }
+  Tensor kv_a = a.take({T, dims.latent_dim()}, act);
+  ops::linear(x, at.kv_a_proj_with_mqa, kv_a);
+  Tensor latent = kv_a.slice(1, 0, L), k_pe = kv_a.slice(1, L, dims.latent_dim());
+  ops::rms_norm(latent, at.kv_a_layernorm, kMlaNormEps, latent);
+  Tensor q3 = q.reshape({T, H, qk}), pl = pool(l);
+  ops::cuda::rope_kv_write(q3, dims.qk_nope_head_dim, latent, k_pe, in.positions, rope, in.slots, pl);
+
+  Tensor out = a.take({T, H, dims.v_head_dim}, act);
+  if (decode) {
+    const int64_t bound = opts.context_length + 1;
+    Tensor ws = a.take({std::max<int64_t>(1, ops::mla_decode_workspace_bytes(T, dims, bound, act))}, DType::kF8E4M3);
+    ops::mla_decode_paged(q3, pl, in.page_table, in.seq_lens, at.w_uk, at.w_uv, dims, scale, out, bound, ws);
+  } else {
+    Tensor full = a.take({h.kv_tokens, dims.latent_dim()}, act);
+    ops::kv_gather_paged(pl, in.page_table, in.kv_batch, in.kv_pos, full);
+    Tensor ws = a.take({std::max<int64_t>(1, ops::mla_prefill_workspace_bytes(T, h.kv_tokens, dims, act, act))},
+                       DType::kF8E4M3);
+    ops::mla_prefill_varlen(q3, full, at.kv_b_proj, dims, in.cu_q, in.cu_kv, h.max_q, scale, out, ws);
+  }
+  Tensor o = a.take({T, cfg->hidden_size}, DType::kF32);
+  ops::linear(out.reshape({T, H * dims.v_head_dim}), at.o_proj, o);
+  ops::add_inplace(residual, o);
 }
 
-// An EP model's warm-up hook: sends nothing (the peers are not exchanging while ranks capture).
-struct NoExchange final : RoutedExperts {
-  Status forward(int64_t, const Tensor&, const Tensor&, const Tensor&, Tensor&) override { return ok_status(); }
-  void begin_step(int64_t, bool) override {}
-};
+bool DeepseekV3GpuModel::Impl::experts_fp8(const GpuLayerWeights& lw) {
+  return !lw.experts.gate.empty() && lw.experts.gate.front().is_block_fp8();
+}
 
-// The ops run on the calling thread's current stream; a forward sets the model's and restores the
-// caller's on the way out, so no thread keeps a handle the model may destroy.
-class StreamScope {
- public:
-  StreamScope() : saved_(ops::cuda::current_stream()) {}
-  ~StreamScope() { ops::cuda::set_current_stream(saved_); }
-  StreamScope(const StreamScope&) = delete;
-  StreamScope& operator=(const StreamScope&) = delete;
+void DeepseekV3GpuModel::Impl::mlp(const MlpWeights& m, const Tensor& x, DeviceArena& a, Tensor& residual) {
+  const int64_t T = x.size(0), inter = m.gate_proj.rows();
+  Tensor g = a.take({T, inter}, act), u = a.take({T, inter}, act);
+  ops::linear(x, m.gate_proj, g);
+  ops::linear(x, m.up_proj, u);
+  ops::silu_mul(g, u, g);
+  Tensor y = a.take({T, cfg->hidden_size}, DType::kF32);
+  ops::linear(g, m.down_proj, y);
+  ops::add_inplace(residual, y);
+}
 
- private:
-  cudaStream_t saved_;
-};
-
-}  // namespace
-
-struct DeepseekV3GpuModel::Impl {
-  std::shared_ptr<const DeepseekV3Model> host;
-  const ModelConfig* cfg = nullptr;
-  GpuModelOptions opts;
-  GpuWeights w;
-  ops::RopeTable rope;
-  ops::MlaDims dims;
-  float scale = 1.0f;
-  const DType act = DType::kBF16;  // activations between ops and the cache
-  int64_t num_pages = 0;
-  Tensor kv;  // [layers, pages, page_size, latent] bf16
-  cudaStream_t stream = nullptr, capture_stream = nullptr;
-  DeviceArena arena, graph_arena;
-  GpuMemoryReport mem;
-  bool used_graph = false;
-  // Expert parallelism: the hook of every forward without its own (set_routed_experts), and the
-  // one of the forward under way (nullptr: every expert is local).
-  std::shared_ptr<RoutedExperts> routed_default;
-  RoutedExperts* routed = nullptr;
-  Tensor idle_x, idle_out, idle_ids, idle_w;  // one-row device buffers; idle passes use zero rows
-  // Set by forward_sample for one call: the forward ends in ops::sample_batch on the device instead
-  // of copying the logits to the host.
-  const std::vector<RowSampling>* sampling = nullptr;
-  GpuRowSampler sampler;  // forward_sample's device buffers
-  // count_experts: [layers, n_routed_experts] i32, each MoE layer's row rewritten by every pass
-  // (dense layers' rows stay 0); at fixed addresses, so the graphs write it too.
-  Tensor expert_counts;
-
-  // Graph state: static inputs for the largest batch, one executable graph per captured size.
-  struct Static {
-    Tensor ids, positions, slots, seq_lens, page_table, logits;
-  } st;
-  int64_t table_width = 0;
-  std::map<int64_t, cudaGraphExec_t> graphs;
-  // Masked MoE layout per captured size: expert e's rows start at e * bs. Device constants made
-  // before capture (a capture cannot copy from pageable host memory).
-  std::map<int64_t, Tensor> masked_bases;
-
-  // Device views of one forward's inputs.
-  struct Inputs {
-    Tensor ids, positions, slots, seq_lens, page_table, cu_q, cu_kv, kv_batch, kv_pos, last_rows;
-  };
-
-  Tensor pool(int64_t l) const { return kv.select(l); }
-
-  Inputs upload(const HostInputs& h, DeviceArena& a) {
-    std::vector<const std::vector<int32_t>*> parts = {&h.ids, &h.positions, &h.slots, &h.seq_lens, &h.page_table,
-                                                      &h.cu_q, &h.cu_kv, &h.kv_batch, &h.kv_pos, &h.last_rows};
-    std::vector<int32_t> flat;
-    std::vector<std::pair<int64_t, int64_t>> spans;
-    for (const auto* p : parts) {
-      spans.push_back({static_cast<int64_t>(flat.size()), static_cast<int64_t>(p->size())});
-      flat.insert(flat.end(), p->begin(), p->end());
+void DeepseekV3GpuModel::Impl::moe(int64_t l, const Tensor& x, const Tensor& x_bf16, DeviceArena& a, bool masked, const Tensor& seq_lens, RoutingTrace* trace, Tensor& residual) {
+  const auto& lw = w.layers[static_cast<size_t>(l)];
+  const int64_t T = x.size(0), E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, hid = cfg->hidden_size;
+  const int64_t inter = cfg->moe_intermediate_size;
+  Tensor logits = a.take({T, E}, DType::kF32);
+  Tensor ids = a.take({T, k}, DType::kI32), wts = a.take({T, k}, DType::kF32);
+  {
+    trace::ScopedSpan span("moe_gate");
+    ops::linear(x, lw.router, logits);
+    ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
+    if (masked) ops::moe_drop_padding_rows(seq_lens, ids);
+    if (expert_counts.defined()) {
+      Tensor row = expert_counts.select(l);
+      ops::moe_count(ids, row);  // padding rows are -1 here: not counted
     }
-    Tensor dev = a.take({std::max<int64_t>(1, static_cast<int64_t>(flat.size()))}, DType::kI32);
-    check(cudaMemcpyAsync(dev.raw_data(), flat.data(), flat.size() * 4, cudaMemcpyHostToDevice, stream), "upload inputs");
-    auto view = [&](size_t i) { return dev.slice(0, spans[i].first, spans[i].first + spans[i].second); };
-    Inputs in{view(0), view(1), view(2), view(3), view(4), view(5), view(6), view(7), view(8), view(9)};
-    const int64_t rows = static_cast<int64_t>(h.seq_lens.size());
-    in.page_table = in.page_table.reshape({rows, h.max_pages});
-    return in;
   }
-
-  // ---- the layers --------------------------------------------------------------------------------
-
-  void attention(int64_t l, const Tensor& x, const Inputs& in, const HostInputs& h, DeviceArena& a, bool decode,
-                 Tensor& residual) {
-    const auto& at = w.layers[static_cast<size_t>(l)].attn;
-    const int64_t T = x.size(0), H = dims.num_heads, qk = dims.qk_head_dim(), L = dims.kv_lora_rank;
-    Tensor q = a.take({T, H * qk}, act);
-    if (cfg->q_lora_rank) {
-      Tensor cq = a.take({T, *cfg->q_lora_rank}, act);
-      ops::linear(x, at.q_a_proj, cq);
-      ops::rms_norm(cq, at.q_a_layernorm, kMlaNormEps, cq);
-      ops::linear(cq, at.q_b_proj, q);
-    } else {
-      ops::linear(x, at.q_proj, q);
-    }
-    Tensor kv_a = a.take({T, dims.latent_dim()}, act);
-    ops::linear(x, at.kv_a_proj_with_mqa, kv_a);
-    Tensor latent = kv_a.slice(1, 0, L), k_pe = kv_a.slice(1, L, dims.latent_dim());
-    ops::rms_norm(latent, at.kv_a_layernorm, kMlaNormEps, latent);
-    Tensor q3 = q.reshape({T, H, qk}), pl = pool(l);
-    ops::cuda::rope_kv_write(q3, dims.qk_nope_head_dim, latent, k_pe, in.positions, rope, in.slots, pl);
-
-    Tensor out = a.take({T, H, dims.v_head_dim}, act);
-    if (decode) {
-      const int64_t bound = opts.context_length + 1;
-      Tensor ws = a.take({std::max<int64_t>(1, ops::mla_decode_workspace_bytes(T, dims, bound, act))}, DType::kF8E4M3);
-      ops::mla_decode_paged(q3, pl, in.page_table, in.seq_lens, at.w_uk, at.w_uv, dims, scale, out, bound, ws);
-    } else {
-      Tensor full = a.take({h.kv_tokens, dims.latent_dim()}, act);
-      ops::kv_gather_paged(pl, in.page_table, in.kv_batch, in.kv_pos, full);
-      Tensor ws = a.take({std::max<int64_t>(1, ops::mla_prefill_workspace_bytes(T, h.kv_tokens, dims, act, act))},
-                         DType::kF8E4M3);
-      ops::mla_prefill_varlen(q3, full, at.kv_b_proj, dims, in.cu_q, in.cu_kv, h.max_q, scale, out, ws);
-    }
-    Tensor o = a.take({T, cfg->hidden_size}, DType::kF32);
-    ops::linear(out.reshape({T, H * dims.v_head_dim}), at.o_proj, o);
-    ops::add_inplace(residual, o);
+  if (lw.shared.gate_proj.weight.defined()) {
+    trace::ScopedSpan span("shared_experts");
+    mlp(lw.shared, x, a, residual);
   }
-
-  static bool experts_fp8(const GpuLayerWeights& lw) {
-    return !lw.experts.gate.empty() && lw.experts.gate.front().is_block_fp8();
-  }
-
-  void mlp(const MlpWeights& m, const Tensor& x, DeviceArena& a, Tensor& residual) {
-    const int64_t T = x.size(0), inter = m.gate_proj.rows();
-    Tensor g = a.take({T, inter}, act), u = a.take({T, inter}, act);
-    ops::linear(x, m.gate_proj, g);
-    ops::linear(x, m.up_proj, u);
-    ops::silu_mul(g, u, g);
-    Tensor y = a.take({T, cfg->hidden_size}, DType::kF32);
-    ops::linear(g, m.down_proj, y);
-    ops::add_inplace(residual, y);
-  }
-
-  // Routed experts. masked (graphs): every expert gets a block of T rows and the expert products
-  // read the counts on the device; otherwise the counts come to the host and the rows are packed.
-  // masked: a graph-shaped decode batch, whose padding rows (seq_lens 0) are routed nowhere.
-  void moe(int64_t l, const Tensor& x, const Tensor& x_bf16, DeviceArena& a, bool masked, const Tensor& seq_lens,
-           RoutingTrace* trace, Tensor& residual) {
-    const auto& lw = w.layers[static_cast<size_t>(l)];
-    const int64_t T = x.size(0), E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, hid = cfg->hidden_size;
-    const int64_t inter = cfg->moe_intermediate_size;
-    Tensor logits = a.take({T, E}, DType::kF32);
-    Tensor ids = a.take({T, k}, DType::kI32), wts = a.take({T, k}, DType::kF32);
-    {
-      trace::ScopedSpan span("moe_gate");
-      ops::linear(x, lw.router, logits);
-      ops::moe_gate(logits, lw.correction_bias, cfg->gate_params(), ids, wts);
-      if (masked) ops::moe_drop_padding_rows(seq_lens, ids);
-      if (expert_counts.defined()) {
-        Tensor row = expert_counts.select(l);
-        ops::moe_count(ids, row);  // padding rows are -1 here: not counted
-      }
-    }
-    if (lw.shared.gate_proj.weight.defined()) {
-      trace::ScopedSpan span("shared_experts");
-      mlp(lw.shared, x, a, residual);
-    }
-    // Routed experts uploaded by the EP ranks and no hook: only the warm-up at creation, which
-    // sizes the arena (the EP path takes nothing more from it).
-    if (!routed && lw.experts.gate.empty()) return;
-    trace::ScopedSpan routed_span("routed_experts");
-    if (routed) {
-      // Expert parallelism: the hook sends the bf16 rows to the experts' ranks, runs this rank's
-      // experts on what it receives, and adds the weighted results back into the residual.
-      throw_if_failed(routed->forward(l, x_bf16, ids, wts, residual));
-      if (trace) record_routing(l, ids, T, k, *trace);
-      return;
-    }
-
-    Tensor counts = a.take({E}, DType::kI32), slots = a.take({T, k}, DType::kI32);
-    Tensor base;                           // first row of each expert's block
-    std::vector<int64_t> offsets;          // packed layout only: host row offsets, E + 1 entries
-    int64_t rows = E * T;
-    if (masked) {
-      base = masked_bases.at(T);
-    } else {
-      ops::moe_count(ids, counts);
-      std::vector<int32_t> c(static_cast<size_t>(E) + 1);
-      check(cudaMemcpyAsync(c.data(), counts.raw_data(), E * 4, cudaMemcpyDeviceToHost, stream), "moe counts");
-      check(cudaStreamSynchronize(stream), "moe counts sync");
-      offsets.assign(static_cast<size_t>(E) + 1, 0);
-      for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + c[e];
-      for (int64_t e = 0; e < E; ++e) c[e] = static_cast<int32_t>(offsets[e]);  // c becomes the bases
-      rows = offsets[E];
-      base = a.take({E}, DType::kI32);
-      check(cudaMemcpyAsync(base.raw_data(), c.data(), E * 4, cudaMemcpyHostToDevice, stream), "moe bases");
-    }
-    // FP8 experts quantize their input rows per 128-group; from bf16 rows, as the EP dispatch
-    // sends them (and as SGLang and HF, whose activations are bf16, do), so one GPU and EP ranks
-    // compute the same products bit for bit. bf16 experts convert the f32 rows to bf16 anyway.
-    const Tensor& xe = experts_fp8(lw) ? x_bf16 : x;
-    Tensor xs = a.take({std::max<int64_t>(rows, 1), hid}, xe.dtype());
-    ops::moe_scatter(xe, ids, base, xs, slots, counts);
-    Tensor g = a.take({std::max<int64_t>(rows, 1), inter}, act), u = a.take(g.shape(), act);
-    Tensor y = a.take({std::max<int64_t>(rows, 1), hid}, act);
-    if (masked) {
-      Tensor g3 = g.reshape({E, T, inter}), u3 = u.reshape({E, T, inter}), y3 = y.reshape({E, T, hid});
-      // Decode sizes: a few rows per chosen expert. The GEMV reads only the chosen experts'
-      // weights; the masked GEMMs would run (and read) all E experts over all T rows.
-      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.gate, lw.experts.gate_table, g3);
-      ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.up, lw.experts.up_table, u3);
-      ops::silu_mul_masked(g3, u3, counts, g3);  // rows past the counts stay stale; nothing reads them
-      ops::grouped_gemv_masked(g3, counts, lw.experts.down, lw.experts.down_table, y3);
-    } else if (rows > 0) {
-      Tensor xr = xs.slice(0, 0, rows), gr = g.slice(0, 0, rows), ur = u.slice(0, 0, rows), yr = y.slice(0, 0, rows);
-      ops::grouped_linear_contiguous(xr, offsets, lw.experts.gate, gr);
-      ops::grouped_linear_contiguous(xr, offsets, lw.experts.up, ur);
-      ops::silu_mul(gr, ur, gr);
-      ops::grouped_linear_contiguous(gr, offsets, lw.experts.down, yr);
-    }
-    ops::moe_combine(y, slots, wts, residual);
+  // Routed experts uploaded by the EP ranks and no hook: only the warm-up at creation, which
+  // sizes the arena (the EP path takes nothing more from it).
+  if (!routed && lw.experts.gate.empty()) return;
+  trace::ScopedSpan routed_span("routed_experts");
+  if (routed) {
+    // Expert parallelism: the hook sends the bf16 rows to the experts' ranks, runs this rank's
+    // experts on what it receives, and adds the weighted results back into the residual.
+    throw_if_failed(routed->forward(l, x_bf16, ids, wts, residual));
     if (trace) record_routing(l, ids, T, k, *trace);
+    return;
   }
 
-  void record_routing(int64_t l, const Tensor& ids, int64_t T, int64_t k, RoutingTrace& trace) {
-    std::vector<int32_t> hid_ids(static_cast<size_t>(T * k));
-    check(cudaMemcpyAsync(hid_ids.data(), ids.raw_data(), hid_ids.size() * 4, cudaMemcpyDeviceToHost, stream), "trace");
-    check(cudaStreamSynchronize(stream), "trace sync");
-    auto& out = trace.experts[l];
-    for (int64_t t = 0; t < T; ++t) {
-      std::vector<int32_t> r(hid_ids.begin() + t * k, hid_ids.begin() + (t + 1) * k);
-      std::sort(r.begin(), r.end());
-      out.push_back(std::move(r));
-    }
+  Tensor counts = a.take({E}, DType::kI32), slots = a.take({T, k}, DType::kI32);
+  Tensor base;                           // first row of each expert's block
+  std::vector<int64_t> offsets;          // packed layout only: host row offsets, E + 1 entries
+  int64_t rows = E * T;
+  if (masked) {
+    base = masked_bases.at(T);
+  } else {
+    ops::moe_count(ids, counts);
+    std::vector<int32_t> c(static_cast<size_t>(E) + 1);
+    check(cudaMemcpyAsync(c.data(), counts.raw_data(), E * 4, cudaMemcpyDeviceToHost, stream), "moe counts");
+    check(cudaStreamSynchronize(stream), "moe counts sync");
+    offsets.assign(static_cast<size_t>(E) + 1, 0);
+    for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + c[e];
+    for (int64_t e = 0; e < E; ++e) c[e] = static_cast<int32_t>(offsets[e]);  // c becomes the bases
+    rows = offsets[E];
+    base = a.take({E}, DType::kI32);
+    check(cudaMemcpyAsync(base.raw_data(), c.data(), E * 4, cudaMemcpyHostToDevice, stream), "moe bases");
   }
+  // FP8 experts quantize their input rows per 128-group; from bf16 rows, as the EP dispatch
+  // sends them (and as SGLang and HF, whose activations are bf16, do), so one GPU and EP ranks
+  // compute the same products bit for bit. bf16 experts convert the f32 rows to bf16 anyway.
+  const Tensor& xe = experts_fp8(lw) ? x_bf16 : x;
+  Tensor xs = a.take({std::max<int64_t>(rows, 1), hid}, xe.dtype());
+  ops::moe_scatter(xe, ids, base, xs, slots, counts);
+  Tensor g = a.take({std::max<int64_t>(rows, 1), inter}, act), u = a.take(g.shape(), act);
+  Tensor y = a.take({std::max<int64_t>(rows, 1), hid}, act);
+  if (masked) {
+    Tensor g3 = g.reshape({E, T, inter}), u3 = u.reshape({E, T, inter}), y3 = y.reshape({E, T, hid});
+    // Decode sizes: a few rows per chosen expert. The GEMV reads only the chosen experts'
+    // weights; the masked GEMMs would run (and read) all E experts over all T rows.
+    ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.gate, lw.experts.gate_table, g3);
+    ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.up, lw.experts.up_table, u3);
+    ops::silu_mul_masked(g3, u3, counts, g3);  // rows past the counts stay stale; nothing reads them
+    ops::grouped_gemv_masked(g3, counts, lw.experts.down, lw.experts.down_table, y3);
+  } else if (rows > 0) {
+    Tensor xr = xs.slice(0, 0, rows), gr = g.slice(0, 0, rows), ur = u.slice(0, 0, rows), yr = y.slice(0, 0, rows);
+    ops::grouped_linear_contiguous(xr, offsets, lw.experts.gate, gr);
+    ops::grouped_linear_contiguous(xr, offsets, lw.experts.up, ur);
+    ops::silu_mul(gr, ur, gr);
+    ops::grouped_linear_contiguous(gr, offsets, lw.experts.down, yr);
+  }
+  ops::moe_combine(y, slots, wts, residual);
+  if (trace) record_routing(l, ids, T, k, *trace);
+}
 
-  // The whole network over uploaded inputs; logits [rows, vocab] f32 into `logits`.
-  void body(const Inputs& in, const HostInputs& h, DeviceArena& a, bool decode, bool masked, bool all_logits,
-            RoutingTrace* trace, Tensor& logits) {
-    const int64_t T = in.ids.size(0), hid = cfg->hidden_size;
-    const float eps = static_cast<float>(cfg->rms_norm_eps);
-    // CPU spans (base/trace_spans.h) time the launches on the host; the kernels' device times come
-    // from CUPTI. A replayed CUDA graph runs none of this code, so it has no layer spans.
-    Tensor resid = a.take({T, hid}, DType::kF32);
+void DeepseekV3GpuModel::Impl::record_routing(int64_t l, const Tensor& ids, int64_t T, int64_t k, RoutingTrace& trace) {
+  std::vector<int32_t> hid_ids(static_cast<size_t>(T * k));
+  check(cudaMemcpyAsync(hid_ids.data(), ids.raw_data(), hid_ids.size() * 4, cudaMemcpyDeviceToHost, stream), "trace");
+  check(cudaStreamSynchronize(stream), "trace sync");
+  auto& out = trace.experts[l];
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> r(hid_ids.begin() + t * k, hid_ids.begin() + (t + 1) * k);
+    std::sort(r.begin(), r.end());
+    out.push_back(std::move(r));
+  }
+}
+
+void DeepseekV3GpuModel::Impl::body(const Inputs& in, const HostInputs& h, DeviceArena& a, bool decode, bool masked, bool all_logits, RoutingTrace* trace, Tensor& logits) {
+  const int64_t T = in.ids.size(0), hid = cfg->hidden_size;
+  const float eps = static_cast<float>(cfg->rms_norm_eps);
+  // CPU spans (base/trace_spans.h) time the launches on the host; the kernels' device times come
+  // from CUPTI. A replayed CUDA graph runs none of this code, so it has no layer spans.
+  Tensor resid = a.take({T, hid}, DType::kF32);
+  {
+    trace::ScopedSpan span("embed_tokens");
+    ops::embedding(in.ids, w.embed_tokens, resid);
+  }
+  Tensor xb = a.take({T, hid}, act), xf = a.take({T, hid}, DType::kF32);
+  for (int64_t l = 0; l < cfg->num_hidden_layers; ++l) {
+    trace::ScopedSpan layer_span("layers", static_cast<int32_t>(l));
+    const auto& lw = w.layers[static_cast<size_t>(l)];
     {
-      trace::ScopedSpan span("embed_tokens");
-      ops::embedding(in.ids, w.embed_tokens, resid);
+      trace::ScopedSpan span("input_layernorm");
+      ops::rms_norm(resid, lw.input_layernorm, eps, xb);
     }
-    Tensor xb = a.take({T, hid}, act), xf = a.take({T, hid}, DType::kF32);
-    for (int64_t l = 0; l < cfg->num_hidden_layers; ++l) {
-      trace::ScopedSpan layer_span("layers", static_cast<int32_t>(l));
-      const auto& lw = w.layers[static_cast<size_t>(l)];
-      {
-        trace::ScopedSpan span("input_layernorm");
-        ops::rms_norm(resid, lw.input_layernorm, eps, xb);
-      }
-      {
-        trace::ScopedSpan span("self_attn");
-        attention(l, xb, in, h, a, decode, resid);
-      }
-      {
-        // f32 into the MLP: the router reads f32 like HF's gate does.
-        trace::ScopedSpan span("post_attention_layernorm");
-        ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
-        // The routed experts take bf16 rows when they are FP8 or live on EP ranks (xb is free
-        // again once the attention has run): see moe().
-        if (lw.is_moe && (routed || experts_fp8(lw))) ops::rms_norm(resid, lw.post_attention_layernorm, eps, xb);
-      }
-      trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
-      if (lw.is_moe)
-        moe(l, xf, xb, a, masked, in.seq_lens, trace, resid);
-      else
-        mlp(lw.dense, xf, a, resid);
-    }
-    Tensor rows = resid;
-    if (!all_logits && !decode) {
-      rows = a.take({static_cast<int64_t>(in.last_rows.size(0)), hid}, DType::kF32);
-      ops::embedding(in.last_rows, Weight{resid, Tensor()}, rows);
-    }
-    Tensor normed = a.take(rows.shape(), act);
     {
-      trace::ScopedSpan span("norm");
-      ops::rms_norm(rows, w.norm, eps, normed);
+      trace::ScopedSpan span("self_attn");
+      attention(l, xb, in, h, a, decode, resid);
     }
-    trace::ScopedSpan span("lm_head");
-    ops::linear(normed, w.lm_head, logits);
+    {
+      // f32 into the MLP: the router reads f32 like HF's gate does.
+      trace::ScopedSpan span("post_attention_layernorm");
+      ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
+      // The routed experts take bf16 rows when they are FP8 or live on EP ranks (xb is free
+      // again once the attention has run): see moe().
+      if (lw.is_moe && (routed || experts_fp8(lw))) ops::rms_norm(resid, lw.post_attention_layernorm, eps, xb);
+    }
+    trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
+    if (lw.is_moe)
+      moe(l, xf, xb, a, masked, in.seq_lens, trace, resid);
+    else
+      mlp(lw.dense, xf, a, resid);
   }
+  Tensor rows = resid;
+  if (!all_logits && !decode) {
+    rows = a.take({static_cast<int64_t>(in.last_rows.size(0)), hid}, DType::kF32);
+    ops::embedding(in.last_rows, Weight{resid, Tensor()}, rows);
+  }
+  Tensor normed = a.take(rows.shape(), act);
+  {
+    trace::ScopedSpan span("norm");
+    ops::rms_norm(rows, w.norm, eps, normed);
+  }
+  trace::ScopedSpan span("lm_head");
+  ops::linear(normed, w.lm_head, logits);
+}
 
-  // The forward's result from the device logits of its first `rows` rows: the host f32 logits, or,
-  // for forward_sample, the sampled ids ([rows] i32 on the host).
-  Tensor download(const Tensor& dev_logits, int64_t rows) {
-    if (sampling) return sampler.sample(dev_logits.slice(0, 0, rows), *sampling, stream);
-    Tensor out = Tensor::empty({rows, cfg->vocab_size}, DType::kF32);
+Tensor DeepseekV3GpuModel::Impl::download(const Tensor& dev_logits, int64_t rows) {
+  Tensor out;
+  if (sampling) {
+    out = sampler.sample(dev_logits.slice(0, 0, rows), *sampling, stream);
+  } else {
+    out = Tensor::empty({rows, cfg->vocab_size}, DType::kF32);
     check(cudaMemcpyAsync(out.raw_data(), dev_logits.raw_data(), out.nbytes(), cudaMemcpyDeviceToHost, stream), "logits");
     check(cudaStreamSynchronize(stream), "forward");
-    return out;
   }
+  if (counts_out) report_counts(*counts_out);
+  return out;
+}
 
-  // The last pass's counts into `out` (MoE layers only). After the pass's download, which
-  // synchronised the stream: the copy does not wait behind a replay (see run_graph).
-  void report_counts(ExpertCounts& out) {
-    const int64_t L = cfg->num_hidden_layers, E = cfg->n_routed_experts;
-    std::vector<int32_t> c(static_cast<size_t>(L * E));
-    check(cudaMemcpyAsync(c.data(), expert_counts.raw_data(), c.size() * 4, cudaMemcpyDeviceToHost, stream),
-          "expert counts");
-    check(cudaStreamSynchronize(stream), "expert counts");
-    out.per_layer.clear();
-    for (int64_t l = 0; l < L; ++l)
-      if (w.layers[static_cast<size_t>(l)].is_moe)
-        out.per_layer[l].assign(c.begin() + l * E, c.begin() + (l + 1) * E);
+void DeepseekV3GpuModel::Impl::report_counts(ExpertCounts& out) {
+  const int64_t L = cfg->num_hidden_layers, E = cfg->n_routed_experts;
+  std::vector<int32_t> c(static_cast<size_t>(L * E));
+  check(cudaMemcpyAsync(c.data(), expert_counts.raw_data(), c.size() * 4, cudaMemcpyDeviceToHost, stream),
+        "expert counts");
+  check(cudaStreamSynchronize(stream), "expert counts");
+  out.per_layer.clear();
+  for (int64_t l = 0; l < L; ++l)
+    if (w.layers[static_cast<size_t>(l)].is_moe)
+      out.per_layer[l].assign(c.begin() + l * E, c.begin() + (l + 1) * E);
+}
+
+void DeepseekV3GpuModel::Impl::warm_gemm_buckets(int64_t largest) {
+  for (int64_t b = 1; b < largest; b *= 2) {
+    std::vector<SequenceInput> batch(static_cast<size_t>(b));
+    for (auto& s : batch) {
+      s.tokens = {0};
+      s.page_table = {0};
+    }
+    run_eager(batch, {});
   }
+}
 
-  // EP ranks: one decode-shaped forward (b one-token sequences) per power of two b below
-  // `largest`, so every row bucket's GEMM kernels are loaded before the first EP pass (a kernel's
-  // first launch waits for all kernels on the GPU, the peers' spinning exchange included; linear.cu
-  // picks one algorithm per bucket). Against the one-page warm-up cache.
-  void warm_gemm_buckets(int64_t largest) {
-    for (int64_t b = 1; b < largest; b *= 2) {
-      std::vector<SequenceInput> batch(static_cast<size_t>(b));
-      for (auto& s : batch) {
-        s.tokens = {0};
-        s.page_table = {0};
-      }
-      run_eager(batch, {});
+void DeepseekV3GpuModel::Impl::reserve_ep_buffers() {
+  const int64_t hidden = cfg->hidden_size, k = cfg->num_experts_per_tok;
+  idle_x = Tensor::empty({1, hidden}, DType::kBF16, Device::kCuda);
+  idle_out = Tensor::empty({1, hidden}, DType::kF32, Device::kCuda);
+  idle_ids = Tensor::empty({1, k}, DType::kI32, Device::kCuda);
+  idle_w = Tensor::empty({1, k}, DType::kF32, Device::kCuda);
+  sampler.reserve(opts.max_forward_tokens, stream);
+}
+
+Tensor DeepseekV3GpuModel::Impl::run_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& o) {
+  ops::cuda::set_current_stream(stream);
+  const HostInputs h = flatten(batch, opts.page_size, 0, 0);
+  const int64_t rows = o.all_logits ? h.tokens : h.seqs;
+  for (;;) {
+    try {
+      arena.reset();
+      const Inputs in = upload(h, arena);
+      Tensor logits = arena.take({rows, cfg->vocab_size}, DType::kF32);
+      body(in, h, arena, h.decode && !o.all_logits, false, o.all_logits, o.routing, logits);
+      return download(logits, rows);
+    } catch (const ArenaFull& f) {
+      // Under EP a rerun would repeat exchanges the peers already finished (and growing frees
+      // memory while their kernels wait for ours): the warm-up at creation sizes the arena.
+      if (routed)
+        throw std::runtime_error(fmt::format("this EP pass needs {} B more activation memory than the startup warm-up "
+                                             "(a forward of --max-prefill-tokens tokens) reserved", f.needed));
+      check(cudaStreamSynchronize(stream), "arena growth");
+      const size_t want = std::max(f.needed * 2, arena.capacity() * 2);
+      log::info("Growing the activation arena to {:.2f} GB", want / kGiB);
+      arena.reserve(want);
+      if (o.routing) o.routing->experts.clear();
     }
   }
+}
 
-  // An EP rank allocates nothing while serving: a device allocation issued while a peer's
-  // dispatch spins may wait for it (CUDA lists allocations among the implicit synchronisations),
-  // and that peer waits for this rank. So the idle-pass rows and the sampling buffers for the
-  // largest forward are made at creation.
-  void reserve_ep_buffers() {
-    const int64_t hidden = cfg->hidden_size, k = cfg->num_experts_per_tok;
-    idle_x = Tensor::empty({1, hidden}, DType::kBF16, Device::kCuda);
-    idle_out = Tensor::empty({1, hidden}, DType::kF32, Device::kCuda);
-    idle_ids = Tensor::empty({1, k}, DType::kI32, Device::kCuda);
-    idle_w = Tensor::empty({1, k}, DType::kF32, Device::kCuda);
-    sampler.reserve(opts.max_forward_tokens, stream);
-  }
+DeepseekV3GpuModel::Impl::~Impl() {
+  for (auto& [bs, exec] : graphs) cudaGraphExecDestroy(exec);
+  if (stream) cudaStreamDestroy(stream);
+  if (capture_stream) cudaStreamDestroy(capture_stream);
+}
 
-  Tensor run_eager(const std::vector<SequenceInput>& batch, const ForwardOptions& o) {
-    ops::cuda::set_current_stream(stream);
-    const HostInputs h = flatten(batch, opts.page_size, 0, 0);
-    const int64_t rows = o.all_logits ? h.tokens : h.seqs;
-    for (;;) {
-      try {
-        arena.reset();
-        const Inputs in = upload(h, arena);
-        Tensor logits = arena.take({rows, cfg->vocab_size}, DType::kF32);
-        body(in, h, arena, h.decode && !o.all_logits, false, o.all_logits, o.routing, logits);
-        return download(logits, rows);
-      } catch (const ArenaFull& f) {
-        // Under EP a rerun would repeat exchanges the peers already finished (and growing frees
-        // memory while their kernels wait for ours): the warm-up at creation sizes the arena.
-        if (routed)
-          throw std::runtime_error(fmt::format("this EP pass needs {} B more activation memory than the startup warm-up "
-                                               "(a forward of --max-prefill-tokens tokens) reserved", f.needed));
-        check(cudaStreamSynchronize(stream), "arena growth");
-        const size_t want = std::max(f.needed * 2, arena.capacity() * 2);
-        log::info("Growing the activation arena to {:.2f} GB", want / kGiB);
-        arena.reserve(want);
-        if (o.routing) o.routing->experts.clear();
-      }
-    }
-  }
-
-  // Decode with bs rows (a real batch padded) on the static buffers; eager when capturing is false.
-  void static_decode(int64_t bs, DeviceArena& a) {
-    HostInputs h;
-    h.tokens = h.seqs = bs;
-    h.decode = true;
-    Inputs in;
-    in.ids = st.ids.slice(0, 0, bs);
-    in.positions = st.positions.slice(0, 0, bs);
-    in.slots = st.slots.slice(0, 0, bs);
-    in.seq_lens = st.seq_lens.slice(0, 0, bs);
-    in.page_table = st.page_table.slice(0, 0, bs);
-    Tensor logits = st.logits.slice(0, 0, bs);
-    a.reset();
-    body(in, h, a, true, true, false, nullptr, logits);
-  }
-
-  // The decode graphs of opts.cuda_graph_bs; `hook`: EP's routed experts, captured into them.
-  void capture_graphs(RoutedExperts* hook) {
-    NoExchange no_exchange;
-    struct Unset {
-      Impl* m;
-      ~Unset() { m->routed = nullptr; }
-    } unset{this};
-    routed = hook ? &no_exchange : nullptr;
-    const auto& bs_list = opts.cuda_graph_bs;
-    const int64_t max_bs = bs_list.back();
-    table_width = (opts.context_length + 1 + opts.page_size - 1) / opts.page_size + 1;
-    st.ids = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
-    st.positions = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
-    st.slots = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
-    st.seq_lens = Tensor::empty({max_bs}, DType::kI32, Device::kCuda);
-    st.page_table = Tensor::empty({max_bs, table_width}, DType::kI32, Device::kCuda);
-    st.logits = Tensor::empty({max_bs, cfg->vocab_size}, DType::kF32, Device::kCuda);
-    for (int64_t bs : bs_list) {
-      Tensor b = Tensor::empty({cfg->n_routed_experts}, DType::kI32);
-      for (int64_t e = 0; e < cfg->n_routed_experts; ++e) b.data<int32_t>()[e] = static_cast<int32_t>(e * bs);
-      masked_bases[bs] = b.to(Device::kCuda);
-    }
-    // Inputs of an empty batch: nothing is written to the cache, attention sees no context.
-    std::vector<SequenceInput> none;
-    fill_static(none, max_bs);
-    check(cudaStreamSynchronize(stream), "graph inputs");  // the warm-up runs on the other stream
-    ops::cuda::set_current_stream(capture_stream);
-    // Eager runs first, largest batch first: the arena and the GEMM scratch of the capture stream
-    // reach their final size before any capture sees their addresses.
-    for (;;) {
-      try {
-        static_decode(max_bs, graph_arena);
-        break;
-      } catch (const ArenaFull& f) {
-        check(cudaStreamSynchronize(capture_stream), "graph arena growth");
-        graph_arena.reserve(std::max(f.needed * 5 / 4, graph_arena.capacity() * 2));
-      }
-    }
-    for (auto it = bs_list.rbegin(); it != bs_list.rend(); ++it) static_decode(*it, graph_arena);
-    check(cudaStreamSynchronize(capture_stream), "graph warmup");
-    for (auto it = bs_list.rbegin(); it != bs_list.rend(); ++it) {
-      if (hook) {
-        hook->begin_capture(*it);  // a decode pass of one exchange round, as replays will be
-        if (!hook->graph_safe_pass())
-          throw std::runtime_error(fmt::format("decode batch {} does not fit one EP exchange (tokens per rank of "
-                                               "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK)", *it));
-        routed = hook;
-      }
-      cudaGraph_t g = nullptr;
-      check(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal), "begin capture");
-      try {
-        static_decode(*it, graph_arena);
-      } catch (...) {
-        cudaStreamEndCapture(capture_stream, &g);
-        if (g) cudaGraphDestroy(g);
-        throw;
-      }
-      check(cudaStreamEndCapture(capture_stream, &g), "end capture");
-      cudaGraphExec_t exec = nullptr;
-      check(cudaGraphInstantiate(&exec, g, 0), "graph instantiate");
-      cudaGraphDestroy(g);
-      // Uploaded now rather than at the first launch, which under EP may come while peers spin.
-      check(cudaGraphUpload(exec, capture_stream), "graph upload");
-      graphs[*it] = exec;
-    }
-    check(cudaStreamSynchronize(capture_stream), "graph upload");
-    ops::cuda::set_current_stream(stream);
-  }
-
-  void fill_static(const std::vector<SequenceInput>& batch, int64_t bs) {
-    const HostInputs h = flatten(batch, opts.page_size, bs, table_width);
-    auto put = [&](Tensor& t, const std::vector<int32_t>& v) {
-      check(cudaMemcpyAsync(t.raw_data(), v.data(), v.size() * 4, cudaMemcpyHostToDevice, stream), "graph inputs");
-    };
-    put(st.ids, h.ids);
-    put(st.positions, h.positions);
-    put(st.slots, h.slots);
-    put(st.seq_lens, h.seq_lens);
-    put(st.page_table, h.page_table);
-  }
-
-  // The captured size for this batch, or 0 when it must run eagerly.
-  int64_t graph_bs(const std::vector<SequenceInput>& batch, const ForwardOptions& o) const {
-    if (graphs.empty() || o.all_logits || o.routing || o.force_absorbed || (routed && !routed->graph_safe_pass())) return 0;
-    const int64_t n = static_cast<int64_t>(batch.size());
-    for (const auto& s : batch)
-      if (s.tokens.size() != 1 || s.prefix_len == 0 || static_cast<int64_t>(s.page_table.size()) > table_width ||
-          s.prefix_len + 1 > opts.context_length + 1)
-        return 0;
-    auto it = graphs.lower_bound(n);
-    return it == graphs.end() ? 0 : it->first;
-  }
-
-  Tensor run_graph(const std::vector<SequenceInput>& batch, int64_t bs) {
-    ops::cuda::set_current_stream(stream);
-    if (routed) throw_if_failed(routed->before_replay());
-    fill_static(batch, bs);
-    check(cudaGraphLaunch(graphs.at(bs), stream), "graph launch");
-    // EP: wait for the replay before any copy into pageable host memory (download's). Such a copy
-    // blocks inside the driver until the stream reaches it, and while it blocks a peer rank's
-    // launches can wait on the driver too; the replay's exchange waits for those launches: a
-    // deadlock until the exchange times out (seen on an H200 with two ranks replaying at once).
-    // The eager path synchronises after its last exchange for the same reason (GpuEpExperts).
-    if (routed) check(cudaStreamSynchronize(stream), "graph replay");
-    Tensor out = download(st.logits, static_cast<int64_t>(batch.size()));
-    if (routed) throw_if_failed(routed->after_replay());  // the stream is synchronised: the exchanges' report is final
-    return out;
-  }
-
-  // capture_graphs between SGLang's log lines.
-  void capture_logged(RoutedExperts* hook) {
-    const double before = avail_gb();
-    log::info("Capture cuda graph begin. This can take up to several minutes. avail mem={:.2f} GB", before);
-    log::info("Capture cuda graph bs [{}]", fmt::join(opts.cuda_graph_bs, ", "));
-    const auto t0 = std::chrono::steady_clock::now();
-    capture_graphs(hook);
-    const double after = avail_gb();
-    mem.graph_gb = before - after;
-    log::info("Capture cuda graph end. Time elapsed: {:.2f} s. mem usage={:.2f} GB. avail mem={:.2f} GB.",
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), mem.graph_gb, after);
-    mem.avail_gb = after;
-  }
-
-  ~Impl() {
-    for (auto& [bs, exec] : graphs) cudaGraphExecDestroy(exec);
-    if (stream) cudaStreamDestroy(stream);
-    if (capture_stream) cudaStreamDestroy(capture_stream);
-  }
-};
 
 DeepseekV3GpuModel::DeepseekV3GpuModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DeepseekV3GpuModel::~DeepseekV3GpuModel() = default;
@@ -675,10 +433,13 @@ Result<std::unique_ptr<DeepseekV3GpuModel>> DeepseekV3GpuModel::create(std::shar
 }
 
 namespace {
-// The hook of one forward, set on the model for the call's duration.
+// The hook and counts output of one forward, set on the model for the call's duration.
 struct RoutedScope {
   DeepseekV3GpuModel::Impl* impl;
-  ~RoutedScope() { impl->routed = nullptr; }
+  ~RoutedScope() {
+    impl->routed = nullptr;
+    impl->counts_out = nullptr;
+  }
 };
 }  // namespace
 
@@ -699,6 +460,7 @@ static Status begin_forward(DeepseekV3GpuModel& model, DeepseekV3GpuModel::Impl&
   if (opts.expert_counts && !m.expert_counts.defined())
     return make_error(ErrorCode::kInternal, "expert counts asked of a GPU model created without count_experts");
   m.routed = routed;
+  m.counts_out = opts.expert_counts;
   return ok_status();
 }
 
@@ -746,9 +508,7 @@ Result<Tensor> DeepseekV3GpuModel::forward(const std::vector<SequenceInput>& bat
     PDSERVE_RETURN_IF_ERROR(begin_forward(*this, *impl_, batch, opts));
     const int64_t bs = impl_->graph_bs(batch, opts);
     impl_->used_graph = bs > 0;
-    Tensor out = bs > 0 ? impl_->run_graph(batch, bs) : impl_->run_eager(batch, opts);
-    if (opts.expert_counts) impl_->report_counts(*opts.expert_counts);
-    return out;
+    return bs > 0 ? impl_->run_graph(batch, bs) : impl_->run_eager(batch, opts);
   } catch (const std::exception& e) {
     return make_error(ErrorCode::kInternal, "GPU forward failed: {}", e.what());
   }
@@ -786,13 +546,9 @@ Result<Tensor> DeepseekV3GpuModel::forward_eager(const std::vector<SequenceInput
       ops::cuda::set_current_stream(impl_->stream);
       impl_->fill_static(batch, bs);
       impl_->static_decode(bs, impl_->graph_arena);
-      Tensor out = impl_->download(impl_->st.logits, static_cast<int64_t>(batch.size()));
-      if (opts.expert_counts) impl_->report_counts(*opts.expert_counts);
-      return out;
+      return impl_->download(impl_->st.logits, static_cast<int64_t>(batch.size()));
     }
-    Tensor out = impl_->run_eager(batch, opts);
-    if (opts.expert_counts) impl_->report_counts(*opts.expert_counts);
-    return out;
+    return impl_->run_eager(batch, opts);
   } catch (const std::exception& e) {
     return make_error(ErrorCode::kInternal, "GPU forward failed: {}", e.what());
   }
