@@ -9,7 +9,10 @@
 #     decode CUDA graphs and eagerly (EP_MODES, default "graphs eager"), through
 #     scripts/gpu/serve_smoke.sh; the greedy ids of the sequential requests are compared;
 #  3. (EP_PLACEMENT=1, default) the EP server with --ep-num-redundant-experts 2, static and dynamic
-#     dispatch (EP_DISPATCH_ALGOS), ids compared with 2.
+#     dispatch (EP_DISPATCH_ALGOS), ids compared with 2;
+#  4. (EP_EPLB=1, default) the same with --enable-eplb rebalancing every 20 passes: decode must
+#     still replay CUDA graphs (the recorder counts experts inside them), rebalances must happen
+#     (weights reloaded into the slots), ids compared with 2.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/pdserve-gpu-out}
@@ -64,6 +67,23 @@ except Exception as e:
 print(f"EP with 2 redundant experts ({sys.argv[3]}) vs EP, sequential greedy requests: identical {sum(x == y for x, y in zip(a, b))}/{len(a)}")
 PY
   done
+fi
+if [[ ${EP_EPLB:-1} == 1 ]]; then
+  tag=-ep2-eplb
+  echo "== serve: two EP ranks, 2 redundant experts, --enable-eplb every 20 passes (graphs)"
+  PDSERVE_GPU_EP=1 SERVE_SKIP_GENERATE=1 SERVE_MODES=graphs SERVE_TAG=$tag \
+    SERVE_EXTRA="--tp-size 2 --dp-size 2 --enable-dp-attention --moe-a2a-backend deepep --watchdog-timeout ${EP_WATCHDOG:-40} --ep-num-redundant-experts 2 --enable-eplb --eplb-rebalance-num-iterations 20 ${EP_EXTRA:-}" \
+    scripts/gpu/serve_smoke.sh || rc=1
+  grep -E "EPLBManager\] rebalance (start|end)|Expert Balancedness|timed out|aborted|error" "$OUT/serve_mini_graphs$tag.log" | head -6 | cut -c1-300
+  grep -q "rebalance end" "$OUT/serve_mini_graphs$tag.log" || { echo "no online rebalance completed"; rc=1; }
+  python3 - "$OUT/serve_ids_graphs-ep2.json" "$OUT/serve_ids_graphs$tag.json" <<'PY' || rc=1
+import json, sys
+try:
+    a, b = (json.load(open(p))["sequential"] for p in sys.argv[1:3])
+except Exception as e:
+    print(f"no ids to compare: {e}"); sys.exit(1)
+print(f"EP with online EPLB vs EP, sequential greedy requests: identical {sum(x == y for x, y in zip(a, b))}/{len(a)}")
+PY
 fi
 python3 - "$OUT/serve_ids_eager-one.json" "$OUT/serve_ids_eager-ep2.json" <<'PY' || rc=1
 import json, sys

@@ -3,7 +3,9 @@
 # tool carries .devpack and the model folders' tokenizer files):
 #  1. `pdserve generate` on the tiny model, --device cuda against --device cpu (greedy ids);
 #  2. `pdserve serve` on mini-deepseek-v3 (DeepSeek-V3's real layer shapes, 4 layers, dummy FP8
-#     weights) on one GPU: concurrent /generate requests, and the log must show CUDA graphs in use.
+#     weights) on one GPU: concurrent /generate requests, and the log must show CUDA graphs in use;
+#     also while the expert distribution recorder records (graphs-metrics: the tok/s beside the
+#     graphs mode's is the cost of counting experts on the device).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/pdserve-gpu-out}
@@ -31,15 +33,17 @@ PY
 }
 
 # One server per mode: CUDA graphs with device sampling (the default), the same with sampling on
-# the host (PDSERVE_HOST_SAMPLING=1), then --disable-cuda-graph; SERVE_MODES picks a subset,
+# the host (PDSERVE_HOST_SAMPLING=1), the same with --enable-expert-distribution-metrics (recording
+# from startup, a balancedness line per pass), then --disable-cuda-graph; SERVE_MODES picks a subset,
 # SERVE_EXTRA adds server flags (e.g. "--page-size 64") and SERVE_TAG names that run's files. Each
 # mode writes the output ids of the 32 concurrent and 8 sequential requests to
 # $OUT/serve_ids_<mode><tag>.json.
 PORT=31555
-for mode in ${SERVE_MODES:-graphs graphs-host-sampling eager}; do
+for mode in ${SERVE_MODES:-graphs graphs-host-sampling graphs-metrics eager}; do
   echo "== serve: mini-deepseek-v3 on one GPU ($mode)"
   extra=""
   [[ $mode == eager ]] && extra="--disable-cuda-graph"
+  [[ $mode == graphs-metrics ]] && extra="--enable-expert-distribution-metrics"
   host_sampling=0
   [[ $mode == graphs-host-sampling ]] && host_sampling=1
   LOG="$OUT/serve_mini_$mode${SERVE_TAG:-}.log"
@@ -120,6 +124,10 @@ PY
   fi
   if [[ $mode != eager ]]; then
     grep -q "cuda graph: True" "$LOG" || { echo "no decode batch ran with a CUDA graph"; rc=1; }
+  fi
+  if [[ $mode == graphs-metrics ]]; then
+    grep "\[Expert Balancedness\] forward_pass_id" "$LOG" | tail -1 | cut -c1-240
+    grep -q "\[Expert Balancedness\] forward_pass_id" "$LOG" || { echo "no per-pass balancedness line"; rc=1; }
   fi
   kill -TERM $PID; wait $PID
   echo "serve exit code: $?"
