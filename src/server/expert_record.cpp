@@ -33,8 +33,23 @@ class RecordingRunner final : public scheduler::ModelRunner {
   bool last_forward_used_graph() const override { return inner_->last_forward_used_graph(); }
   bool set_routing_trace(model::RoutingTrace* trace) override { return inner_->set_routing_trace(trace); }
   bool set_expert_counts(model::ExpertCounts* counts) override { return inner_->set_expert_counts(counts); }
-  void begin_group_step(const scheduler::GroupStep& step) override { inner_->begin_group_step(step); }
-  Status idle_forward() override { return inner_->idle_forward(); }
+  void begin_group_step(const scheduler::GroupStep& step) override {
+    ++group_step_;
+    inner_->begin_group_step(step);
+  }
+  Status idle_forward() override {
+    Status s = inner_->idle_forward();
+    // An idle EP rank's share of the group's pass is nothing; reported, so that the pass's
+    // balancedness is complete now instead of after the metrics' lag.
+    if (s.has_value() && metrics_ && recorder_->recording()) {
+      moe::PassRouting idle;
+      idle.forward_pass_id = group_step_;
+      idle.rank = rank_;
+      idle.forward_mode = "idle";
+      if (auto m = metrics_->add(idle); !m.has_value()) log::warning("expert balancedness: {}", m.error().message());
+    }
+    return s;
+  }
 
   Result<Tensor> forward(const std::vector<model::SequenceInput>& batch, bool all_logits) override {
     return pass(batch, [&] { return inner_->forward(batch, all_logits); });
@@ -49,7 +64,11 @@ class RecordingRunner final : public scheduler::ModelRunner {
  private:
   template <typename Run>
   auto pass(const std::vector<model::SequenceInput>& batch, Run run) -> decltype(run()) {
-    const int64_t pass_id = forward_ct_++;
+    // EP ranks number their passes by group step, the same on every rank for the same pass (idle
+    // steps included), so the recorder and the metrics add up one pass of the whole group; other
+    // ranks count their own passes.
+    const int64_t pass_id = group_step_ >= 0 ? group_step_ : forward_ct_;
+    ++forward_ct_;
     placement_.sync();
     auto out = record_pass(batch, run, pass_id);
     if (eplb_) eplb_->on_forward_pass(pass_id);
@@ -112,6 +131,7 @@ class RecordingRunner final : public scheduler::ModelRunner {
   moe::RankExpertLocation placement_;
   int rank_, top_k_;
   int64_t forward_ct_ = 0;
+  int64_t group_step_ = -1;  // begin_group_step calls so far, minus one (EP ranks only)
 };
 
 }  // namespace

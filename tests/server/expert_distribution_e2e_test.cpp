@@ -126,6 +126,27 @@ TEST(ExpertDistributionE2E, BalancednessMetricsEveryPass) {
         << log;
     EXPECT_EQ(s.terminate(), 0);
   }
+  {
+    // Two EP ranks, one of them idle: passes are numbered by group step on both, the idle rank
+    // reports its empty share, so each pass is complete at once and holds both ranks' counts.
+    ServerProcess s({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--moe-a2a-backend", "deepep",
+                     "--enable-expert-distribution-metrics", "--skip-server-warmup"},
+                    "expert_metrics_ep");
+    ASSERT_TRUE(s.wait_ready()) << s.log();
+    http::Client c;
+    auto r = c.request("POST", s.url("/generate"), body.dump(), json_headers(), std::chrono::seconds(120));
+    ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
+    const std::string log = s.log();
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(log, m, std::regex(R"(forward_pass_id=(\d+) current_pass_balancedness=([01]\.[0-9]{3}) .* gpu_physical_count_sum=96\n)")))
+        << log;
+    const int64_t prefill = std::stoll(m[1]);
+    for (int64_t step = prefill + 1; step <= prefill + 3; ++step)
+      EXPECT_TRUE(std::regex_search(log, std::regex("forward_pass_id=" + std::to_string(step) +
+                                                    R"( current_pass_balancedness=.* gpu_physical_count_sum=8\n)")))
+          << "step " << step << "\n" << log;
+    EXPECT_EQ(s.terminate(), 0);
+  }
   ::setenv("SGLANG_ENABLE_EPLB_BALANCEDNESS_METRIC", "1", 1);  // inherited by the server
   ServerProcess s({"--enable-expert-distribution-metrics", "--enable-metrics", "--skip-server-warmup"},
                   "expert_metrics_summary");
