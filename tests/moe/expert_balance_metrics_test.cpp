@@ -1,8 +1,12 @@
 #include "moe/expert_balance_metrics.h"
 
+#include <barrier>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ostream_sink.h>
@@ -112,6 +116,37 @@ TEST(ExpertBalanceMetrics, LogsSGLangsLineOrObservesTheSummary) {
   EXPECT_NE(m.find("sglang:eplb_balancedness_count{model_name=\"x\",forward_mode=\"decode\"} 2"), std::string::npos) << m;
   EXPECT_NE(m.find("sglang:eplb_balancedness_sum{model_name=\"x\",forward_mode=\"decode\"} 1.75"), std::string::npos) << m;
   EXPECT_NE(m.find("sglang:eplb_balancedness_count{model_name=\"x\",forward_mode=\"extend\"} 1"), std::string::npos) << m;
+}
+
+// Rank threads report concurrently, each at its own pace: every pass completes exactly once, with
+// all four ranks' counts (no pass falls 8 behind here: the threads stay within a few passes of
+// each other through the barrier every 4 passes).
+TEST(ExpertBalanceMetrics, ConcurrentRanksCompleteEveryPassOnce) {
+  std::mutex mu;
+  std::map<int64_t, int64_t> sums;
+  int completions = 0;
+  ExpertBalanceMetrics m(kLayout, false, [&](const auto& r) {
+    std::lock_guard lock(mu);
+    ++completions;
+    sums[r.forward_pass_id] += r.count_sum;
+  });
+  constexpr int kRanks = 4, kPasses = 200;
+  for (int r = 0; r < kRanks; ++r) m.add_rank();
+  std::barrier sync(kRanks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRanks; ++r)
+    threads.emplace_back([&, r] {
+      for (int64_t id = 0; id < kPasses; ++id) {
+        std::vector<int64_t> row(6, 0);
+        row[static_cast<size_t>((id + r) % 6)] = r + 1;
+        EXPECT_TRUE(m.add(pass(id, r, row)).has_value());
+        if (id % 4 == 3) sync.arrive_and_wait();
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(completions, kPasses);
+  ASSERT_EQ(sums.size(), static_cast<size_t>(kPasses));
+  for (const auto& [id, sum] : sums) EXPECT_EQ(sum, 1 + 2 + 3 + 4) << "pass " << id;
 }
 
 TEST(ExpertBalanceMetrics, EnvironmentPicksTheSummary) {
