@@ -162,6 +162,11 @@ void Scheduler::handle(GenerateInput&& in) {
     error = "the prompt is empty";
   } else if (len >= cfg_.context_length) {
     error = "the prompt has " + std::to_string(len) + " tokens, the context length is " + std::to_string(cfg_.context_length);
+  } else if (len >= max_req_input_len()) {
+    // A prompt the whole KV cache cannot hold would wait forever (SGLang's bound and words).
+    error = fmt::format("Input length ({} tokens) exceeds the maximum allowed length ({} tokens): this rank's KV "
+                        "cache holds {} tokens; raise --max-total-tokens or --mem-fraction-static",
+                        len, max_req_input_len(), max_total_num_tokens());
   } else {
     for (int32_t id : r->in.input_ids)
       if (id < 0 || id >= runner_->vocab_size()) {

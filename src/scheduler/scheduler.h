@@ -125,6 +125,9 @@ class Scheduler {
   }
   const SchedulerConfig& config() const { return cfg_; }
   int64_t max_total_num_tokens() const { return cache_->accounting().total * runner_->page_size(); }
+  // SGLang's max_req_input_len as far as the cache bounds it: (max_total_num_tokens - 1) - 5; a
+  // prompt of this many tokens or more is refused (400), since it could never be admitted.
+  int64_t max_req_input_len() const { return max_total_num_tokens() - 6; }
   // Verifies page ownership (free + in requests + cached == total) page by page. For tests.
   Status audit_kv() const { return cache_->audit(); }
 

@@ -190,12 +190,16 @@ void Scheduler::process_decode_prealloc() {
       continue;
     }
     // SGLang's admission: the prompt plus num_reserved_decode_tokens must fit in what is left
-    // after reserving the same number of tokens for every request this rank already holds.
+    // after reserving the same number of tokens for every request this rank already holds. A rank
+    // holding nothing admits any prompt that fits: the reserve guards running requests' future
+    // tokens, and with none, waiting for room the reserve asks would wait forever on a cache
+    // smaller than prompt + reserve (SGLang stalls there; retraction covers a later shortage).
     const int64_t len = static_cast<int64_t>(r.in.input_ids.size());
     const int64_t held = static_cast<int64_t>(running_.size() + transfer_queue_.size() + waiting_.size());
     const int64_t allocatable = cache_->available_pages() * page - cfg_.num_reserved_decode_tokens * held;
     const bool room = static_cast<int64_t>(running_.size() + transfer_queue_.size()) < cfg_.max_running_requests;
-    if (!room || len + cfg_.num_reserved_decode_tokens > allocatable) {
+    const int64_t reserve = held == 0 ? 0 : cfg_.num_reserved_decode_tokens;
+    if (!room || len + reserve > allocatable) {
       blocked = true;
       ++it;
       continue;

@@ -402,7 +402,8 @@ nlohmann::json ModelServer::model_info() const {
 nlohmann::json ModelServer::server_info() {
   nlohmann::json j = args_.to_json();
   j["max_total_num_tokens"] = schedulers_[0]->max_total_num_tokens();
-  j["max_req_input_len"] = args_.context_length - 1;
+  j["max_req_input_len"] = std::min<int64_t>(args_.context_length - 1, schedulers_.empty() ? args_.context_length - 1
+                                                                                         : schedulers_[0]->max_req_input_len());
   j["internal_states"] = fan_out("internal_state", {});
   if (disagg_) j["disaggregation"] = disagg_->info();
   j["version"] = "pdserve 0.1.0";

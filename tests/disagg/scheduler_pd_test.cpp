@@ -141,6 +141,34 @@ TEST(SchedulerPd, DecodeAdmitsByKvWithReservedTokens) {
   EXPECT_TRUE(h.ep->rooms.at(2)->inited);  // memory came back: the next one is admitted
 }
 
+// A cache smaller than prompt + reserve: an empty rank admits the prompt anyway (waiting for the
+// reserve would wait forever: the PD warm-up hung on such a server); while it holds one, the next
+// waits for the reserve as usual. A prompt the whole cache cannot hold is refused with a 400.
+TEST(SchedulerPd, EmptyDecodeRankAdmitsAPromptSmallerThanItsReserve) {
+  Harness h(DisaggMode::kDecode, 16, 1, 64, /*reserved=*/512);
+  h.submit(1, 5);
+  h.submit(2, 5);
+  h.steps(1);
+  EXPECT_TRUE(h.ep->rooms.at(1)->inited);
+  EXPECT_FALSE(h.ep->rooms.at(2)->inited);
+  auto& first = *h.ep->rooms.at(1);
+  first.meta = TransferMetadata{9, 0, false, 0, {}};
+  first.status = KvPoll::kSuccess;
+  h.steps(12);
+  ASSERT_FALSE(h.outs.empty());
+  EXPECT_EQ(h.outs.front().rid, "r1");
+  EXPECT_TRUE(h.outs.back().finished);
+  EXPECT_TRUE(h.ep->rooms.at(2)->inited);  // the rank emptied: the second is admitted
+  h.submit(3, 10);                          // a 16-token cache admits prompts of at most 16 - 7 tokens
+  h.steps(1);
+  ASSERT_EQ(h.outs.back().rid, "r3");
+  EXPECT_EQ(h.outs.back().finish_reason->status_code, 400);
+  EXPECT_NE(h.outs.back().finish_reason->message.find("Input length (10 tokens) exceeds the maximum allowed length (10"),
+            std::string::npos)
+      << h.outs.back().finish_reason->message;
+  EXPECT_TRUE(h.s->audit_kv().has_value());
+}
+
 TEST(SchedulerPd, AbortInTheTransferQueueFreesThePagesAndTellsThePeer) {
   Harness h(DisaggMode::kDecode, 64, 1, 64);
   h.submit(1, 10);
