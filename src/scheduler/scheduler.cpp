@@ -402,7 +402,11 @@ bool Scheduler::run_prefill() {
     const int64_t reserve = static_cast<int64_t>(
         static_cast<double>(r->in.sampling.max_new_tokens - static_cast<int64_t>(r->output_ids.size())) * new_token_ratio_);
     const int64_t n = std::min({extend, rem_chunk, rem_prefill});
-    if (n + (n == extend ? reserve : 0) > kv_budget || !cache_->extend(adm->slot, n)) {
+    // With nothing else on this rank the reserve is not asked for: waiting for room that can never
+    // come (prompt + reserved output larger than the whole cache) would stall forever, as SGLang
+    // does; a request that then outgrows the cache ends with the single-request abort of decode.
+    const bool alone = running_.empty() && admitted.empty() && items.empty();
+    if (n + (n == extend && !alone ? reserve : 0) > kv_budget || !cache_->extend(adm->slot, n)) {
       cache_->retract(adm->slot);
       break;  // head of line waits for memory, as SGLang's FCFS does
     }

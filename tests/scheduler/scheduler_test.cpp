@@ -143,6 +143,33 @@ TEST(SchedulerTest, RetractionUnderMemoryPressureFinishesCorrectly) {
   EXPECT_GT(retracted_reqs, 0);
 }
 
+// A cache far smaller than prompt + max_new_tokens: the request is admitted (it used to wait
+// forever for its output's reserve), decodes until the cache is full, then ends with the
+// single-request out-of-memory abort; a prompt the cache can never hold is a 400 at once. Nothing
+// leaks either way.
+TEST(SchedulerTest, RequestsLargerThanTheCacheEndInsteadOfWaiting) {
+  SchedulerConfig cfg;
+  cfg.max_running_requests = 4;
+  Harness h(cfg, 64, 4);
+  const auto prompt = random_prompts(1, 9, 20, 20)[0];
+  h.submit("long-output", prompt, 200);
+  h.submit("long-prompt", random_prompts(1, 10, 58, 58)[0], 4);  // 64 - 6: SGLang's max_req_input_len
+  h.run(2, 3000);
+  const auto& big = h.finals["long-output"];
+  ASSERT_TRUE(big.finish_reason.has_value());
+  EXPECT_EQ(big.finish_reason->type, FinishReason::Type::kAbort);
+  EXPECT_NE(big.finish_reason->message.find("out of KV cache memory"), std::string::npos) << big.finish_reason->message;
+  EXPECT_GT(h.streamed["long-output"].size(), 30u);  // it ran until the cache was full
+  const auto want = alone(prompt, static_cast<int64_t>(h.streamed["long-output"].size()));
+  EXPECT_EQ(h.streamed["long-output"], want);
+  const auto& refused = h.finals["long-prompt"];
+  ASSERT_TRUE(refused.finish_reason.has_value());
+  EXPECT_EQ(refused.finish_reason->status_code, 400);
+  EXPECT_NE(refused.finish_reason->message.find("Input length (58 tokens) exceeds the maximum allowed length (58"),
+            std::string::npos)
+      << refused.finish_reason->message;
+}
+
 TEST(SchedulerTest, StopConditions) {
   SchedulerConfig cfg;
   cfg.eos_token_id = -1;  // set per case below through stop_token_ids / stop strings
