@@ -55,6 +55,31 @@ inline std::string read_file(const std::filesystem::path& p) {
   return s.str();
 }
 
+// Runs `promtool check metrics` on a /metrics body; false (with the reason in *skip) when promtool
+// is not installed. promtool parses the exposition (a syntax error is "error while linting", exit
+// 1) and then lints names; SGLang's metric names contain ':' (dashboards depend on them), which the
+// linter flags: every other finding fails the calling test.
+inline bool expect_promtool_clean(const std::string& body, std::string* skip) {
+  if (std::system("command -v promtool > /dev/null") != 0) {
+    *skip = "promtool not installed (scripts/setup.sh installs it)";
+    return false;
+  }
+  const auto file = std::filesystem::temp_directory_path() / ("pdserve_metrics_" + std::to_string(::getpid()) + ".txt");
+  std::ofstream(file) << body;
+  const std::string cmd = "promtool check metrics < " + file.string() + " > " + file.string() + ".out 2>&1";
+  const int rc = std::system(cmd.c_str());
+  const std::string report = read_file(file.string() + ".out");
+  EXPECT_TRUE(rc == 0 || WEXITSTATUS(rc) == 3) << report;
+  std::istringstream lines(report);
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) {
+      EXPECT_NE(line.find("metric names should not contain ':'"), std::string::npos) << line;
+    }
+  std::filesystem::remove(file);
+  std::filesystem::remove(file.string() + ".out");
+  return true;
+}
+
 class ServerProcess {
  public:
   // Starts `pdserve serve` on models/tiny-deepseek-v3 with dummy weights plus `extra` flags.
