@@ -38,6 +38,10 @@ PREFILL_PROMPTS=${PREFILL_PROMPTS:-$((NGPU * 16))}
 WORK=${WORK:-/tmp/wide-ep}
 OUT=${OUT:-$WORK}
 STEPS=${STEPS:-record decode prefill}
+# METRICS=1 (default): decode also runs --enable-expert-distribution-metrics, so `pdserve analyze`
+# reports the profiled steps' expert balancedness (what EPLB buys) beside the throughput; it costs
+# one count kernel per MoE layer and step on both runs alike.
+METRICS=${METRICS:-1}
 mkdir -p "$WORK" "$OUT"
 [[ $NGPU -ge 1 ]] || { echo "no GPUs (set NGPU)"; exit 2; }
 rc=0
@@ -109,7 +113,7 @@ if [[ " $STEPS " == *" decode "* ]]; then
       --profile-steps 5 --ready-timeout ${READY_TIMEOUT:-900} --fill-timeout ${FILL_TIMEOUT:-600} \
       --bench-timeout ${BENCH_TIMEOUT:-1800} \
       --prefill-extra-args "$EP_FLAGS --deepep-mode normal --max-total-tokens $((16 * INPUT)) --disable-cuda-graph $args" \
-      --decode-extra-args "$EP_FLAGS --deepep-mode low_latency --cuda-graph-bs $REQ_PER_GPU --max-running-requests $n --max-total-tokens $DECODE_TOKENS $args" \
+      --decode-extra-args "$EP_FLAGS --deepep-mode low_latency --cuda-graph-bs $REQ_PER_GPU --max-running-requests $n --max-total-tokens $DECODE_TOKENS $args $([[ $METRICS == 1 ]] && echo --enable-expert-distribution-metrics)" \
       > "$WORK/decode-$eplb.log" 2>&1 || { echo "repro failed:"; tail -5 "$WORK/decode-$eplb.log"; rc=1; }
     grep -E "^repro:.*(fill|profile|analysis)|tokens/s" "$WORK/decode-$eplb.log" | tail -4 | cut -c1-200
   done
@@ -139,7 +143,9 @@ row = []
 for eplb in ("off", "on"):
     try:
         w = json.load(open(f"{work}/decode-{eplb}/repro.json"))["report"]["windows"][0]
-        row.append(f"{w['tokens_per_s_per_gpu']:.0f} (batch {w['global_batch']:.0f}, step {w['step_time_s'] * 1e3:.1f} ms)")
+        bal = w.get("expert_balancedness")
+        row.append(f"{w['tokens_per_s_per_gpu']:.0f} (batch {w['global_batch']:.0f}, step {w['step_time_s'] * 1e3:.1f} ms"
+                   + (f", balancedness {bal:.3f})" if bal is not None else ")"))
     except Exception as e:
         row.append("n/a")
 print(f"| decode tokens/s per GPU ({req} req/GPU, input {inp}) | {row[0]} | {row[1]} |")

@@ -35,6 +35,9 @@ std::string format_text(const AnalyzeReport& r) {
     if (w.log_throughput_per_gpu)
       o += fmt::format("  cross-check from the log: {:.2f} tok/s in total = {:.2f} per GPU\n", *w.log_throughput_total,
                        *w.log_throughput_per_gpu);
+    if (w.expert_balancedness)
+      o += fmt::format("  expert balancedness: {:.3f} (mean of {} passes' [Expert Balancedness] lines)\n",
+                       *w.expert_balancedness, w.balancedness_passes);
     o += "\n";
   }
   for (const auto& wmsg : r.warnings) o += "warning: " + wmsg + "\n";
@@ -66,6 +69,8 @@ json to_json(const AnalyzeReport& r) {
                        {"log_throughput_total", optj(w.log_throughput_total)},
                        {"log_throughput_per_gpu", optj(w.log_throughput_per_gpu)},
                        {"step_periods_s", w.step_periods_s},
+                       {"expert_balancedness", optj(w.expert_balancedness)},
+                       {"balancedness_passes", w.balancedness_passes},
                        {"ranks", ranks}});
   }
   return {{"windows", windows}, {"warnings", r.warnings}};
@@ -95,6 +100,9 @@ std::string to_html(const AnalyzeReport& r) {
                        k.throughput_per_gpu, opt(k.log_throughput));
     o += fmt::format("<tr><th>total</th><th>{:.1f}</th><th></th><th>{:.2f}</th><th>{:.2f}</th><th>{}</th></tr></table>\n",
                      w.global_batch, w.step_time_s * 1000, w.tokens_per_s_per_gpu, opt(w.log_throughput_total));
+    if (w.expert_balancedness)
+      o += fmt::format("<p>Expert balancedness {:.3f} (mean of {} passes' <code>[Expert Balancedness]</code> lines).</p>\n",
+                       *w.expert_balancedness, w.balancedness_passes);
     bench::SvgFigure fig;
     std::vector<std::string> labels;
     std::vector<double> batches;

@@ -32,6 +32,7 @@ struct RankWindow {
   std::string dir, start_time;
   double start = 0;
   std::vector<Stat> stats;
+  std::vector<double> balancedness;  // per-pass lines inside the window
   std::optional<Stat> before;  // the last stat line before the window opened
   bool open = true;
 };
@@ -64,6 +65,10 @@ void analyze_role(const std::vector<ParsedLog>& logs, bool decode,
       if (is_profile_stop(l.message)) {
         if (open_id.count(dp)) windows[dp][open_id[dp]].open = false;
         open_id.erase(dp);
+        continue;
+      }
+      if (auto b = parse_pass_balancedness(l.message)) {
+        if (open_id.count(dp)) windows[dp][open_id[dp]].balancedness.push_back(*b);
         continue;
       }
       auto s = stat_of(l, decode);
@@ -158,7 +163,12 @@ void analyze_role(const std::vector<ParsedLog>& logs, bool decode,
       }
       wr.global_batch += rr.batch;
       wr.ranks.push_back(rr);
+      for (double b : w.balancedness) {
+        wr.expert_balancedness = wr.expert_balancedness.value_or(0) + b;
+        ++wr.balancedness_passes;
+      }
     }
+    if (wr.balancedness_passes > 0) *wr.expert_balancedness /= wr.balancedness_passes;
     if (trace_n > 0) {
       wr.step_time_s = trace_sum / trace_n;
       wr.step_time_source = fmt::format("trace ({} file{}, {} steps, {} spans)", trace_n, trace_n > 1 ? "s" : "",

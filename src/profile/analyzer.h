@@ -53,6 +53,10 @@ struct WindowResult {
   double tokens_per_s_per_gpu = 0;
   std::optional<double> log_throughput_total, log_throughput_per_gpu;
   std::vector<double> step_periods_s;  // all ranks' start-to-start gaps, for the distribution
+  // Mean of the per-pass "[Expert Balancedness]" lines logged inside the window (servers run with
+  // --enable-expert-distribution-metrics): what EPLB buys, beside the throughput.
+  std::optional<double> expert_balancedness;
+  int balancedness_passes = 0;
 };
 
 // Everything a rank logged over time, for the charts.

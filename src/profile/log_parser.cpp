@@ -129,6 +129,13 @@ std::optional<ProfileStart> parse_profile_start(std::string_view message) {
 
 bool is_profile_stop(std::string_view message) { return message.substr(0, 14) == "Stop profiling"; }
 
+std::optional<double> parse_pass_balancedness(std::string_view message) {
+  static const std::regex re(R"(^\[Expert Balancedness\] forward_pass_id=\d+ current_pass_balancedness=([0-9.]+))");
+  std::cmatch m;
+  if (!std::regex_search(message.data(), message.data() + message.size(), m, re)) return std::nullopt;
+  return to_double(m[1].str());
+}
+
 Result<std::vector<LogLine>> read_log_file(const std::string& path) {
   std::ifstream f(path);
   if (!f) return make_error(ErrorCode::kNotFound, "cannot open the log {}", path);

@@ -45,6 +45,10 @@ struct ProfileStart {
 std::optional<ProfileStart> parse_profile_start(std::string_view message);
 bool is_profile_stop(std::string_view message);  // "Stop profiling..." / "Stop profiling-DECODE..."
 
+// --enable-expert-distribution-metrics' per-pass line (SGLang's and pdserve's):
+// "[Expert Balancedness] forward_pass_id=N current_pass_balancedness=0.812 ..." -> 0.812.
+std::optional<double> parse_pass_balancedness(std::string_view message);
+
 // One log file's lines that have a prefix, in order.
 Result<std::vector<LogLine>> read_log_file(const std::string& path);
 

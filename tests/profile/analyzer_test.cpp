@@ -188,6 +188,52 @@ TEST(Analyzer, SyntheticDecodeAndPrefillAreExact) {
   fs::remove_all(dir);
 }
 
+// Decode logs of a server run with --enable-expert-distribution-metrics: the per-pass lines inside
+// the window are averaged (the ones before it are not), in every output form; a log without them
+// reports none.
+TEST(Analyzer, ExpertBalancednessOfTheWindow) {
+  const fs::path dir = fresh_dir("balancedness");
+  auto pass = [](int id, double b) {
+    return fmt::format("[2026-01-01 00:00:0{} DP0 TP0 EP0] [Expert Balancedness] forward_pass_id={} "
+                       "current_pass_balancedness={:.3f} last_10_average_balancedness=0.500 "
+                       "last_100_average_balancedness=0.500 last_1000_average_balancedness=0.500 "
+                       "gpu_physical_count_sum=2048\n",
+                       id % 10, id, b);
+  };
+  std::string log = pass(1, 0.2);  // before the window: not counted
+  log += "[2026-01-01 00:00:02 DP0 TP0 EP0] Profiling starts. Traces will be saved to: /t (with profile id: 5.5)\n";
+  log += "[2026-01-01 00:00:03 DP0 TP0 EP0] Decode batch, #running-req: 64, #token: 10, token usage: 0.01, "
+         "cuda graph: True, gen throughput (token/s): 640.00, #queue-req: 0, \n";
+  log += pass(3, 0.8) + pass(4, 0.9) + pass(5, 0.7);
+  log += "[2026-01-01 00:00:06 DP0 TP0 EP0] Stop profiling...\n";
+  log += pass(7, 0.1);  // after it: not counted
+  write_text(dir / "d.log", log);
+  AnalyzeOptions o;
+  o.decode_logs = {(dir / "d.log").string()};
+  o.trace_dir = dir.string();
+  auto r = analyze(o);
+  ASSERT_TRUE(r) << r.error().message();
+  ASSERT_EQ(r->windows.size(), 1u);
+  ASSERT_TRUE(r->windows[0].expert_balancedness.has_value());
+  EXPECT_NEAR(*r->windows[0].expert_balancedness, 0.8, 1e-9);
+  EXPECT_EQ(r->windows[0].balancedness_passes, 3);
+  EXPECT_EQ(r->windows[0].global_batch, 64);  // the per-pass lines are not statistics lines
+  EXPECT_NE(format_text(*r).find("expert balancedness: 0.800 (mean of 3 passes"), std::string::npos) << format_text(*r);
+  EXPECT_NEAR(to_json(*r)["windows"][0]["expert_balancedness"].get<double>(), 0.8, 1e-9);
+  EXPECT_NE(to_html(*r).find("Expert balancedness 0.800"), std::string::npos);
+  write_text(dir / "plain.log",
+             "[2026-01-01 00:00:02] Profiling starts. Traces will be saved to: /t (with profile id: 6.5)\n"
+             "[2026-01-01 00:00:03] Decode batch, #running-req: 8, #token: 10, token usage: 0.01, cuda graph: True, "
+             "gen throughput (token/s): 80.00, #queue-req: 0, \n"
+             "[2026-01-01 00:00:04] Stop profiling...\n");
+  o.decode_logs = {(dir / "plain.log").string()};
+  auto plain = analyze(o);
+  ASSERT_TRUE(plain);
+  EXPECT_FALSE(plain->windows[0].expert_balancedness.has_value());
+  EXPECT_TRUE(to_json(*plain)["windows"][0]["expert_balancedness"].is_null());
+  fs::remove_all(dir);
+}
+
 TEST(Analyzer, ClearErrors) {
   AnalyzeOptions o;
   auto r = analyze(o);
