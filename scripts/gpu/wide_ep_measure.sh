@@ -105,10 +105,14 @@ if [[ " $STEPS " == *" decode "* ]]; then
   for eplb in off on; do
     args=$(eplb_args $eplb) || { rc=1; continue; }
     echo "== decode: repro, EP$NGPU, $REQ_PER_GPU requests per GPU, input $INPUT, EPLB $eplb"
+    # Target: every rank's batch full. Requests go to ranks by bootstrap_room % DP (random), so
+    # half as many again are sent: each rank then gets at least its share (the rest wait, as the
+    # published runs' #queue-req does).
     n=$((NGPU * REQ_PER_GPU))
+    sent=$((n * 3 / 2))
     rm -rf "$WORK/decode-$eplb"
     "$BIN" repro "${COMMON[@]}" \
-      --output-dir "$WORK/decode-$eplb" --num-prompts $n --max-concurrency $n --target-running $n \
+      --output-dir "$WORK/decode-$eplb" --num-prompts $sent --max-concurrency $sent --target-running $n \
       --input-len "$INPUT" --output-len "$OUTPUT" --prefill-dp-size "$NGPU" --decode-dp-size "$NGPU" \
       --profile-steps 5 --ready-timeout ${READY_TIMEOUT:-900} --fill-timeout ${FILL_TIMEOUT:-600} \
       --bench-timeout ${BENCH_TIMEOUT:-1800} \
