@@ -7,7 +7,8 @@
 #         start-up, fixed-length load and scripts rather than to parsing or fault paths; run the
 #         default (all) before merging changes to parsers or memory ownership, and nightly.
 #   tsan: build-tsan/ with ThreadSanitizer, running the unit tests of the threaded modules:
-#         scheduler, http, parallel, and router/disagg where present.
+#         scheduler, http, parallel, moe (EP exchanges, the EPLB manager, recorder metrics), and
+#         router/disagg where present.
 # Each prints its wall time; a failing test or a sanitizer report fails the script.
 #
 #   scripts/sanitize.sh            # both
@@ -58,7 +59,7 @@ run_tsan() {
   local dir=build-tsan start=$SECONDS
   configure "$dir" "-fsanitize=thread"
   local tests=()
-  for m in ${TSAN_MODULES:-scheduler http parallel router disagg}; do
+  for m in ${TSAN_MODULES:-scheduler http parallel router disagg moe}; do
     compgen -G "tests/$m/*_test.cpp" >/dev/null && tests+=("${m}_tests")
   done
   cmake --build "$dir" -j "$JOBS" --target "${tests[@]}"
