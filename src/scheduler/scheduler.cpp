@@ -542,7 +542,15 @@ bool Scheduler::run_decode() {
     }
     if (ok) break;
     if (running_.size() == 1) {
-      finish(running_.front().get(), abort_reason("out of KV cache memory for a single request", 503), false);
+      // SGLang's retract_decode: the last request is aborted (500) with these words.
+      Request* last = running_.front().get();
+      log::warning("retract_decode: aborted last request {} due to OOM", last->in.rid);
+      finish(last,
+             abort_reason(fmt::format("Out of memory even after retracting all other requests in the decode batch. "
+                                      "Aborting the last request. (The KV cache holds {} tokens; it has {}.)",
+                                      max_total_num_tokens(), last->computed_tokens + 1),
+                          500),
+             false);
       return true;
     }
     retract_for_decode();
