@@ -19,7 +19,7 @@ class DeferredDeviceFrees {
   DeferredDeviceFrees& operator=(const DeferredDeviceFrees&) = delete;
 
  private:
-  bool active_ = false;
+  [[maybe_unused]] bool active_ = false;  // read only in CUDA builds
 };
 
 }  // namespace pdserve
