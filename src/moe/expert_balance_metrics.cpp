@@ -48,13 +48,16 @@ void ExpertBalanceMetrics::add_rank() {
   ++num_ranks_;
 }
 
-Status ExpertBalanceMetrics::add(const PassRouting& pass) {
-  PDSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> counts, physical_counts_of(pass, layout_));
+Status ExpertBalanceMetrics::add(const PassRouting& pass, std::span<const int64_t> physical) {
+  const size_t size = static_cast<size_t>(layout_.num_layers) * layout_.num_physical;
+  if (!physical.empty() && physical.size() != size)
+    return make_error(ErrorCode::kInvalidArgument, "expert balancedness: {} counts for {} layers x {} physical experts",
+                      physical.size(), layout_.num_layers, layout_.num_physical);
   std::lock_guard lock(mu_);
   if (pass.forward_pass_id <= newest_ - kLagPasses) return ok_status();  // its pass was completed without it
   Pending& p = pending_[pass.forward_pass_id];
-  if (p.physical.empty()) p.physical.assign(counts.size(), 0);
-  for (size_t i = 0; i < counts.size(); ++i) p.physical[i] += counts[i];
+  if (p.physical.empty()) p.physical.assign(size, 0);
+  for (size_t i = 0; i < physical.size(); ++i) p.physical[i] += physical[i];
   ++p.reported;
   if (pass.rank == 0) {
     p.forward_mode = pass.forward_mode;

@@ -53,9 +53,10 @@ class ExpertBalanceMetrics {
 
   // One more rank feeds this object (called once per wrapped rank runner at startup).
   void add_rank();
-  // A rank's recorded pass (its counts as the recorder takes them); thread safe. Bad counts are an
-  // error (the recorder's kInvalidArgument), nothing recorded.
-  Status add(const PassRouting& pass);
+  // A rank's recorded pass: its id, rank and forward mode from `pass`, its counts flattened as
+  // physical_counts_of(pass) makes them (the recorder's too: counted once); empty = nothing routed
+  // (an idle rank). Thread safe. Counts of another size are kInvalidArgument, nothing recorded.
+  Status add(const PassRouting& pass, std::span<const int64_t> physical);
 
   // sglang:eplb_balancedness summary lines (empty unless as_metric and something was observed).
   std::string render_metrics(const std::string& labels) const;

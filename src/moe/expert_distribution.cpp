@@ -101,13 +101,17 @@ Result<std::vector<int64_t>> physical_counts_of(const PassRouting& pass, const E
 }
 
 Status ExpertDistributionRecorder::record(const PassRouting& pass) {
-  const ExpertLayout& lay = opts_.layout;
-  {
-    std::lock_guard lock(mu_);
-    if (!recording_) return ok_status();
-  }
+  if (!recording()) return ok_status();
   // Count outside the lock: ranks record concurrently.
-  PDSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> counts, physical_counts_of(pass, lay));
+  PDSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> counts, physical_counts_of(pass, opts_.layout));
+  return record(pass, std::move(counts));
+}
+
+Status ExpertDistributionRecorder::record(const PassRouting& pass, std::vector<int64_t> counts) {
+  const ExpertLayout& lay = opts_.layout;
+  if (counts.size() != static_cast<size_t>(lay.num_layers) * lay.num_physical)
+    return make_error(ErrorCode::kInvalidArgument, "expert recorder: {} counts for {} layers x {} physical experts",
+                      counts.size(), lay.num_layers, lay.num_physical);
   nlohmann::json token_record;
   if (opts_.mode == RecorderMode::kPerToken) {
     // topk_ids_of_layer[layers][tokens][top_k]; layers without routing (dense) are -1.

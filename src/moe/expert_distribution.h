@@ -83,6 +83,9 @@ class ExpertDistributionRecorder {
   // outside [0, num_layers), count rows not of num_physical entries or with a negative count are
   // an error (kInvalidArgument), nothing of that pass is recorded.
   Status record(const PassRouting& pass);
+  // The same with the pass's counts already flattened (physical_counts_of(pass)), for a caller
+  // that shares them with the balancedness metrics instead of counting twice.
+  Status record(const PassRouting& pass, std::vector<int64_t> physical);
 
   // The dump object (see docs/eplb.md): logical_count, metadata, and per_pass / per_token records.
   // Clears the recording, as SGLang's dump does (recording itself goes on if it was on).

@@ -48,6 +48,7 @@ void ExpertDispatcher::to_physical(int layer, std::span<int32_t> ids) {
 
 void ExpertDispatcher::counts_to_physical(int layer, std::span<const int64_t> logical_counts,
                                           std::span<int64_t> physical_counts) {
+  std::vector<int> order;  // reused: this runs for every MoE layer of every recorded pass
   for (size_t e = 0; e < logical_counts.size(); ++e) {
     const int64_t c = logical_counts[e];
     if (c == 0) continue;
@@ -56,10 +57,14 @@ void ExpertDispatcher::counts_to_physical(int layer, std::span<const int64_t> lo
       continue;
     }
     const auto& copies = location_->replicas(layer, static_cast<int>(e));
+    if (copies.size() == 1) {
+      physical_counts[static_cast<size_t>(copies[0])] += c;
+      continue;
+    }
     const int64_t n = static_cast<int64_t>(copies.size()), each = c / n;
     for (int p : copies) physical_counts[static_cast<size_t>(p)] += each;
     // The remainder to distinct copies: a partial shuffle's first `c % n` entries.
-    std::vector<int> order(copies.begin(), copies.end());
+    order.assign(copies.begin(), copies.end());
     for (int64_t i = 0; i < c % n; ++i) {
       std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(i + static_cast<int64_t>(rng_() % (n - i)))]);
       physical_counts[static_cast<size_t>(order[static_cast<size_t>(i)])] += 1;

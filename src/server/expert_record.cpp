@@ -46,7 +46,7 @@ class RecordingRunner final : public scheduler::ModelRunner {
       idle.forward_pass_id = group_step_;
       idle.rank = rank_;
       idle.forward_mode = "idle";
-      if (auto m = metrics_->add(idle); !m.has_value()) log::warning("expert balancedness: {}", m.error().message());
+      if (auto m = metrics_->add(idle, {}); !m.has_value()) log::warning("expert balancedness: {}", m.error().message());
     }
     return s;
   }
@@ -112,11 +112,13 @@ class RecordingRunner final : public scheduler::ModelRunner {
       for (const auto& row : rows) ids.insert(ids.end(), row.begin(), row.end());
       dispatcher.to_physical(static_cast<int>(layer), ids);
     }
-    // Errors are bugs, not the request's fault: logged, the request goes on.
-    if (auto st = recorder_->record(pass); !st.has_value())
-      log::warning("expert distribution recorder: {}", st.error().message());
-    else if (metrics_)
-      if (auto m = metrics_->add(pass); !m.has_value()) log::warning("expert balancedness: {}", m.error().message());
+    // Counted once for the recorder and the metrics. Errors are bugs, not the request's fault:
+    // logged, the request goes on.
+    auto flat = moe::physical_counts_of(pass, recorder_->options().layout);
+    Status st = flat.has_value() ? ok_status() : Status(flat.error());
+    if (st.has_value() && metrics_) st = metrics_->add(pass, *flat);
+    if (st.has_value()) st = recorder_->record(pass, std::move(*flat));  // last: it takes the counts
+    if (!st.has_value()) log::warning("expert distribution recorder: {}", st.error().message());
     return out;
   }
 
@@ -225,7 +227,7 @@ Result<std::shared_ptr<scheduler::ModelRunner>> ExpertBalancing::wrap(std::share
                                                                       int rank, bool ep_ranks) {
   if (!recorder_) return inner;
   if (metrics_) metrics_->add_rank();
-  const bool reports = counts_on_device() ? inner->set_expert_counts(nullptr) : inner->set_routing_trace(nullptr);
+  const bool reports = needs_expert_counts() ? inner->set_expert_counts(nullptr) : inner->set_routing_trace(nullptr);
   if (!reports)
     return make_error(ErrorCode::kUnsupported,
                       "--expert-distribution-recorder-mode {} needs a backend that reports expert routing (the CPU "

@@ -47,7 +47,7 @@ class ExpertBalancing : public std::enable_shared_from_this<ExpertBalancing> {
   // Whether the runners must report per-layer expert counts (the recorder in stat or per_pass
   // mode): a GPU model then counts on the device, in its CUDA graphs too (count_experts).
   // per_token needs every token's experts instead, which GPU models report from eager passes.
-  bool counts_on_device() const { return recorder_ && recorder_->options().mode != moe::RecorderMode::kPerToken; }
+  bool needs_expert_counts() const { return recorder_ && recorder_->options().mode != moe::RecorderMode::kPerToken; }
   // The placement in effect now (online rebalancing replaces it; the snapshot itself never changes).
   std::shared_ptr<const moe::ExpertLocation> location() const { return eplb_ ? eplb_->location() : location_; }
   moe::DispatchAlgorithm dispatch_algorithm() const { return dispatch_; }

@@ -187,7 +187,7 @@ Result<std::unique_ptr<ModelServer>> ModelServer::create(ServerArgs args) {
   }
   std::vector<std::shared_ptr<scheduler::ModelRunner>> ep_gpu_runners;  // GPU EP: one per rank
   PDSERVE_ASSIGN_OR_RETURN(auto runner, make_runner(s->model_, args, s->ep_ranks_.get(),
-                                                    s->experts_ && s->experts_->counts_on_device(), ep_gpu_runners));
+                                                    s->experts_ && s->experts_->needs_expert_counts(), ep_gpu_runners));
   if (args.context_length > c.max_position_embeddings)
     log::warning("--context-length {} is longer than the model's max_position_embeddings {}", args.context_length,
                  c.max_position_embeddings);
@@ -402,8 +402,7 @@ nlohmann::json ModelServer::model_info() const {
 nlohmann::json ModelServer::server_info() {
   nlohmann::json j = args_.to_json();
   j["max_total_num_tokens"] = schedulers_[0]->max_total_num_tokens();
-  j["max_req_input_len"] = std::min<int64_t>(args_.context_length - 1, schedulers_.empty() ? args_.context_length - 1
-                                                                                         : schedulers_[0]->max_req_input_len());
+  j["max_req_input_len"] = std::min<int64_t>(args_.context_length - 1, schedulers_[0]->max_req_input_len());
   j["internal_states"] = fan_out("internal_state", {});
   if (disagg_) j["disaggregation"] = disagg_->info();
   j["version"] = "pdserve 0.1.0";

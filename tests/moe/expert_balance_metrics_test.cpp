@@ -28,6 +28,13 @@ PassRouting pass(int64_t id, int rank, std::vector<int64_t> layer1, std::string 
   return p;
 }
 
+// What the recording runner does: the pass's counts flattened once, then handed over.
+Status add(ExpertBalanceMetrics& m, const PassRouting& p) {
+  auto counts = physical_counts_of(p, kLayout);
+  if (!counts.has_value()) return counts.error();
+  return m.add(p, *counts);
+}
+
 TEST(ExpertBalanceMetrics, BalancednessIsSGLangsUtilizationRate) {
   // Layer 1: rank 0 serves 3 + 1 + 0 = 4, rank 1 serves 0 + 2 + 2 = 4: balanced. Layer 0 unused: 1.
   std::vector<int64_t> even = {0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 2, 2};
@@ -42,9 +49,9 @@ TEST(ExpertBalanceMetrics, APassCompletesWhenEveryRankReportedIt) {
   ExpertBalanceMetrics m(kLayout, false, [&](const auto& r) { got.push_back(r); });
   m.add_rank();
   m.add_rank();
-  ASSERT_TRUE(m.add(pass(0, 1, {0, 0, 0, 6, 0, 0}, "extend")).has_value());
+  ASSERT_TRUE(add(m, pass(0, 1, {0, 0, 0, 6, 0, 0}, "extend")).has_value());
   EXPECT_TRUE(got.empty());  // rank 0 has not reported pass 0
-  ASSERT_TRUE(m.add(pass(0, 0, {6, 0, 0, 0, 0, 0}, "decode")).has_value());
+  ASSERT_TRUE(add(m, pass(0, 0, {6, 0, 0, 0, 0, 0}, "decode")).has_value());
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].forward_pass_id, 0);
   EXPECT_EQ(got[0].count_sum, 12);
@@ -57,18 +64,22 @@ TEST(ExpertBalanceMetrics, ALaggingOrIdleRankDoesNotHoldPassesBack) {
   ExpertBalanceMetrics m(kLayout, false, [&](const auto& r) { got.push_back(r); });
   m.add_rank();
   m.add_rank();
-  for (int64_t id = 0; id < 10; ++id) ASSERT_TRUE(m.add(pass(id, 0, {0, 0, 0, 4, 0, 0})).has_value());
+  for (int64_t id = 0; id < 10; ++id) ASSERT_TRUE(add(m, pass(id, 0, {0, 0, 0, 4, 0, 0})).has_value());
   ASSERT_EQ(got.size(), 2u);  // passes 0 and 1 are 8 behind pass 9: complete with rank 0 alone
   EXPECT_EQ(got[0].forward_pass_id, 0);
   EXPECT_EQ(got[1].forward_pass_id, 1);
   EXPECT_EQ(got[1].count_sum, 4);
-  ASSERT_TRUE(m.add(pass(0, 1, {4, 0, 0, 0, 0, 0})).has_value());  // too late: not a new pass 0
+  ASSERT_TRUE(add(m, pass(0, 1, {4, 0, 0, 0, 0, 0})).has_value());  // too late: not a new pass 0
   EXPECT_EQ(got.size(), 2u);
-  ASSERT_TRUE(m.add(pass(2, 1, {4, 0, 0, 0, 0, 0})).has_value());  // completes pass 2 with both ranks
+  ASSERT_TRUE(add(m, pass(2, 1, {4, 0, 0, 0, 0, 0})).has_value());  // completes pass 2 with both ranks
   ASSERT_EQ(got.size(), 3u);
   EXPECT_EQ(got[2].forward_pass_id, 2);
   EXPECT_EQ(got[2].count_sum, 8);
-  EXPECT_FALSE(m.add(pass(3, 1, {1, 2, 3})).has_value());  // 3 counts for 6 physical experts
+  EXPECT_FALSE(m.add(pass(3, 1, {}), std::vector<int64_t>(5, 1)).has_value());  // 5 counts for 2 x 6
+  ASSERT_TRUE(m.add(pass(3, 1, {}), {}).has_value());  // an idle rank's empty share completes pass 3
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[3].forward_pass_id, 3);
+  EXPECT_EQ(got[3].count_sum, 4);  // rank 0's alone
 }
 
 TEST(ExpertBalanceMetrics, WindowsAverageTheLastPasses) {
@@ -77,7 +88,7 @@ TEST(ExpertBalanceMetrics, WindowsAverageTheLastPasses) {
   m.add_rank();
   // 20 balanced passes (1.0), then 10 with layer 1 all on one rank (0.75).
   for (int64_t id = 0; id < 30; ++id)
-    ASSERT_TRUE(m.add(pass(id, 0, id < 20 ? std::vector<int64_t>{3, 0, 0, 3, 0, 0} : std::vector<int64_t>{6, 0, 0, 0, 0, 0}))
+    ASSERT_TRUE(add(m, pass(id, 0, id < 20 ? std::vector<int64_t>{3, 0, 0, 3, 0, 0} : std::vector<int64_t>{6, 0, 0, 0, 0, 0}))
                     .has_value());
   ASSERT_EQ(got.size(), 30u);
   const auto& last = got.back();
@@ -96,7 +107,7 @@ TEST(ExpertBalanceMetrics, LogsSGLangsLineOrObservesTheSummary) {
   {
     ExpertBalanceMetrics logged(kLayout, false);
     logged.add_rank();
-    ASSERT_TRUE(logged.add(pass(7, 0, {0, 0, 0, 6, 0, 0})).has_value());
+    ASSERT_TRUE(add(logged, pass(7, 0, {0, 0, 0, 6, 0, 0})).has_value());
     EXPECT_EQ(logged.render_metrics("a=\"b\""), "");  // log lines, no summary
   }
   log::remove_sink(sink);
@@ -108,9 +119,9 @@ TEST(ExpertBalanceMetrics, LogsSGLangsLineOrObservesTheSummary) {
 
   ExpertBalanceMetrics summary(kLayout, true);
   summary.add_rank();
-  ASSERT_TRUE(summary.add(pass(0, 0, {0, 0, 0, 6, 0, 0}, "decode")).has_value());
-  ASSERT_TRUE(summary.add(pass(1, 0, {3, 0, 0, 3, 0, 0}, "decode")).has_value());
-  ASSERT_TRUE(summary.add(pass(2, 0, {3, 0, 0, 3, 0, 0}, "extend")).has_value());
+  ASSERT_TRUE(add(summary, pass(0, 0, {0, 0, 0, 6, 0, 0}, "decode")).has_value());
+  ASSERT_TRUE(add(summary, pass(1, 0, {3, 0, 0, 3, 0, 0}, "decode")).has_value());
+  ASSERT_TRUE(add(summary, pass(2, 0, {3, 0, 0, 3, 0, 0}, "extend")).has_value());
   const std::string m = summary.render_metrics("model_name=\"x\"");
   EXPECT_NE(m.find("# TYPE sglang:eplb_balancedness summary"), std::string::npos) << m;
   EXPECT_NE(m.find("sglang:eplb_balancedness_count{model_name=\"x\",forward_mode=\"decode\"} 2"), std::string::npos) << m;
@@ -139,7 +150,7 @@ TEST(ExpertBalanceMetrics, ConcurrentRanksCompleteEveryPassOnce) {
       for (int64_t id = 0; id < kPasses; ++id) {
         std::vector<int64_t> row(6, 0);
         row[static_cast<size_t>((id + r) % 6)] = r + 1;
-        EXPECT_TRUE(m.add(pass(id, r, row)).has_value());
+        EXPECT_TRUE(add(m, pass(id, r, row)).has_value());
         if (id % 4 == 3) sync.arrive_and_wait();
       }
     });

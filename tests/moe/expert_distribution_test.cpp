@@ -154,6 +154,7 @@ TEST(ExpertDistribution, CountsRecordAsTheIdsTheyCount) {
   bad.physical_counts.clear();
   bad.physical_counts[3] = std::vector<int64_t>(6, 0);  // layer 3 of 3
   EXPECT_FALSE(rec->record(bad).has_value());
+  EXPECT_FALSE(rec->record(PassRouting{}, std::vector<int64_t>(17, 1)).has_value());  // flattened: 3 x 6 wanted
   EXPECT_EQ(rec->num_passes(), 0);
 }
 
