@@ -211,8 +211,13 @@ void DecodeKvManager::handshake_loop() {
     std::shared_ptr<Room> room;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !handshakes_.empty(); });
+      cv_.wait_for(lock, kRegisterResend / 2, [&] { return stopping_ || !handshakes_.empty(); });
       if (stopping_) return;
+      if (handshakes_.empty()) {
+        lock.unlock();
+        resend_pending_registrations();
+        continue;
+      }
       room = handshakes_.front();
       handshakes_.pop_front();
       if (room->status != KvPoll::kBootstrapping) continue;
@@ -296,15 +301,39 @@ void DecodeKvManager::handshake(const std::shared_ptr<Room>& room) {
       auto& c = prefills_[addr].conns[{group, tp_rank}];
       c.state = ConnState::kPending;
       c.endpoint = endpoint;
+      c.registered_at = Clock::now();
     }
-    channel_.post(endpoint, {"REG", channel_.endpoint(), layout_.to_json().dump(), descriptor_},
-                  [this, addr, endpoint](const std::string& err) {
-                    lose_prefill(addr, fmt::format("cannot register with prefill rank {} (bootstrap_addr: {}): {}", endpoint,
-                                                   addr, err));
-                  });
+    post_registration(addr, endpoint);
   }
   std::lock_guard<std::mutex> lock(mu_);
   update_rooms_locked(addr);  // ready: now; pending: when the REGRs arrive
+}
+
+void DecodeKvManager::post_registration(const std::string& addr, const std::string& endpoint) {
+  channel_.post(endpoint, {"REG", channel_.endpoint(), layout_.to_json().dump(), descriptor_},
+                [this, addr, endpoint](const std::string& err) {
+                  lose_prefill(addr, fmt::format("cannot register with prefill rank {} (bootstrap_addr: {}): {}", endpoint,
+                                                 addr, err));
+                });
+}
+
+void DecodeKvManager::resend_pending_registrations() {
+  std::vector<std::pair<std::string, std::string>> resend;  // (bootstrap address, rank endpoint)
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = Clock::now();
+    for (auto& [addr, p] : prefills_)
+      for (auto& [key, c] : p.conns)
+        if (c.state == ConnState::kPending && !c.endpoint.empty() && now - c.registered_at >= kRegisterResend) {
+          c.registered_at = now;
+          resend.emplace_back(addr, c.endpoint);
+        }
+  }
+  for (const auto& [addr, endpoint] : resend) {
+    log::warning("No registration reply from prefill rank {} (bootstrap_addr: {}) after {} ms; registering again", endpoint,
+                 addr, kRegisterResend.count());
+    post_registration(addr, endpoint);
+  }
 }
 
 void DecodeKvManager::heartbeat_loop() {

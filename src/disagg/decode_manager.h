@@ -51,11 +51,13 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
 
  private:
   class Receiver;
+  static constexpr std::chrono::milliseconds kRegisterResend{3000};
   enum class ConnState { kPending, kReady, kFailed };
   struct Conn {  // one prefill rank, reached through one bootstrap address
     ConnState state = ConnState::kPending;
     std::string endpoint;  // the prefill rank's control socket
     std::string failure;
+    Clock::time_point registered_at;  // when REG was last sent (re-sent while no REGR comes)
   };
   struct Prefill {  // one bootstrap address
     int dp_size = 0, attn_tp_size = 0;
@@ -91,6 +93,11 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
   void handshake_loop();
   void heartbeat_loop();
   void handshake(const std::shared_ptr<Room>& room);
+  // A REG or its REGR can be lost (a connection dropped under the message); without a resend
+  // every room of that prefill rank would wait for its bootstrap deadline, and the next ones too.
+  // Registration is idempotent on the prefill, so a pending one is simply sent again.
+  void resend_pending_registrations();
+  void post_registration(const std::string& addr, const std::string& endpoint);
   void update_rooms_locked(const std::string& addr);
   // Posts the room's destination pages (XFER) to its prefill ranks and moves it to Transferring.
   void send_xfer_locked(const std::shared_ptr<Room>& room);

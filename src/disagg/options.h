@@ -50,6 +50,9 @@ struct DisaggOptions {
   // e2e tests pair different attention-TP sizes. A prefill of rank > 0 starts no bootstrap server
   // and registers with the one at --disaggregation-bootstrap-port (rank 0's).
   int test_attn_tp_size = 1, test_attn_tp_rank = 0;
+  // PDSERVE_DISAGGREGATION_TEST_DROP_REGISTRATIONS=N (test hook, prefill): the first N
+  // registrations from decodes are ignored, as if lost on the way, to show they are sent again.
+  int test_drop_registrations = 0;
 };
 
 // Reads the environment variables into `o` (flags already set). Errors name the variable.

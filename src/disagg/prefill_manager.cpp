@@ -175,6 +175,11 @@ void PrefillKvManager::on_message(Frames&& f) {
   const std::string& kind = f[0];
   if (kind == "REG" && f.size() >= 4) {
     const std::string& session = f[1];
+    if (dropped_registrations_ < opts_.test_drop_registrations) {
+      ++dropped_registrations_;
+      log::warning("Test hook: ignoring the registration of decode {}", session);
+      return;
+    }
     std::string result = "OK";
     auto layout = [&]() -> Result<KvLayout> {
       try {
@@ -195,7 +200,9 @@ void PrefillKvManager::on_message(Frames&& f) {
       std::lock_guard<std::mutex> lock(mu_);
       sessions_[session] = Session{!st.has_value(), st ? std::string() : result};
     }
-    (void)channel_.send_now(session, {"REGR", channel_.endpoint(), result});
+    // A decode that misses this answer registers again (DecodeKvManager::kRegisterResend).
+    if (auto sent = channel_.send_now(session, {"REGR", channel_.endpoint(), result}); !sent)
+      log::warning("Cannot answer the registration of decode {}: {}", session, sent.error().message());
     return;
   }
   if (f.size() < 3) return;

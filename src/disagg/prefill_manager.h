@@ -87,6 +87,7 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
   scheduler::KvPoll poll(Room& r);
 
   DisaggOptions opts_;
+  int dropped_registrations_ = 0;  // by the test hook; touched by the control thread only
   scheduler::KvBufferView kv_;
   KvLayout layout_;
   int dp_rank_, dp_size_;

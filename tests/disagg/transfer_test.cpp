@@ -108,6 +108,28 @@ TEST_F(TransferTest, PagesAndMetadataArriveAndBothSidesSucceed) {
   EXPECT_EQ(prefill_->stats().bytes(), 3 * kLayers * kPageSize * kFloatsPerToken * 4);
 }
 
+TEST_F(TransferTest, LostRegistrationIsSentAgain) {
+  // The prefill ignores the decode's first registration, as if the message were lost: the decode
+  // must register again on its own instead of leaving the room (and every later one of this
+  // prefill rank) waiting for the 300 s bootstrap deadline.
+  opts_.test_drop_registrations = 1;
+  start();
+  auto recv = decode_->make_receiver("r", info(78));
+  auto send = prefill_->make_sender("r", info(78), 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}, 15s), KvPoll::kWaitingForInput)
+      << recv->failure();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  recv->init({3});
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  scheduler::TransferMetadata meta;
+  meta.first_token = 7;
+  const std::vector<int32_t> src = {9};
+  send->send(std::span<const int32_t>(src.data(), 1), 0, true, &meta);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kSuccess, KvPoll::kFailed}), KvPoll::kSuccess) << recv->failure();
+  EXPECT_EQ(dkv_.page(1, 3), pkv_.page(1, 9));
+}
+
 TEST_F(TransferTest, LayoutMismatchIsRefusedNamingBothSides) {
   start(0, 32);
   auto recv = decode_->make_receiver("r", info(5));
