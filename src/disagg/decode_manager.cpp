@@ -386,8 +386,14 @@ void DecodeKvManager::on_message(Frames&& f) {
   if (!id) return;
   std::lock_guard<std::mutex> lock(mu_);
   auto it = rooms_.find(*id);
-  if (it == rooms_.end()) return;  // ended here already; the prefill was told (ABORT)
+  if (it == rooms_.end()) {
+    // Ended here already. A failed or aborted room's prefill was told (ABORT); a DONE arriving now
+    // is one the prefill sent again because our ACK was lost after the KV arrived: answer it.
+    if (kind == "DONE" && f.size() >= 4) acknowledge(f[1], f[3]);
+    return;
+  }
   Room& r = *it->second;
+  if (kind == "DONE" && r.status == KvPoll::kSuccess) return acknowledge(f[1], r.endpoint);  // a repeated DONE
   if (kind == "FAIL") {
     fail_locked(r, "the prefill reported: " + f[2], false);
     return;
@@ -417,8 +423,17 @@ void DecodeKvManager::on_message(Frames&& f) {
     r.meta = std::move(*meta);
     r.status = KvPoll::kSuccess;
     stats_.record(seconds(Clock::now() - r.init_time), r.bytes);
-    channel_.post(r.endpoint, {"ACK", f[1], channel_.endpoint()});
+    acknowledge(f[1], r.endpoint);
   }
+}
+
+void DecodeKvManager::acknowledge(const std::string& room, const std::string& prefill_endpoint) {
+  if (dropped_acks_ < opts_.test_drop_acks) {
+    ++dropped_acks_;
+    log::warning("Test hook: not acknowledging room {}", room);
+    return;
+  }
+  channel_.post(prefill_endpoint, {"ACK", room, channel_.endpoint()});
 }
 
 }  // namespace pdserve::disagg

@@ -90,6 +90,8 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
   };
 
   void on_message(Frames&& f);
+  // Tells the prefill rank the room's KV arrived (again, if it repeats DONE: see PrefillKvManager).
+  void acknowledge(const std::string& room, const std::string& prefill_endpoint);
   void handshake_loop();
   void heartbeat_loop();
   void handshake(const std::shared_ptr<Room>& room);
@@ -110,6 +112,7 @@ class DecodeKvManager final : public scheduler::DisaggEndpoints, public std::ena
   scheduler::KvPoll poll(Room& r);
 
   DisaggOptions opts_;
+  int dropped_acks_ = 0;  // by the test hook; touched by the control thread only
   scheduler::KvBufferView kv_;
   KvLayout layout_;
   int dp_rank_;

@@ -96,6 +96,9 @@ Status load_disagg_env(DisaggOptions& o) {
   double drop = 0;
   PDSERVE_RETURN_IF_ERROR(read_double("PDSERVE_DISAGGREGATION_TEST_DROP_REGISTRATIONS", drop, 0.0));
   o.test_drop_registrations = static_cast<int>(std::min(drop, 1e6));
+  drop = 0;
+  PDSERVE_RETURN_IF_ERROR(read_double("PDSERVE_DISAGGREGATION_TEST_DROP_ACKS", drop, 0.0));
+  o.test_drop_acks = static_cast<int>(std::min(drop, 1e6));
   if (const char* hold = std::getenv("PDSERVE_DISAGGREGATION_TEST_HOLD_RID_PREFIX"); hold && *hold) o.test_hold_rid_prefix = hold;
   if (const char* tp = std::getenv("PDSERVE_DISAGGREGATION_TEST_ATTN_TP"); tp && *tp) {
     int size = 0, rank = -1;

@@ -53,6 +53,9 @@ struct DisaggOptions {
   // PDSERVE_DISAGGREGATION_TEST_DROP_REGISTRATIONS=N (test hook, prefill): the first N
   // registrations from decodes are ignored, as if lost on the way, to show they are sent again.
   int test_drop_registrations = 0;
+  // PDSERVE_DISAGGREGATION_TEST_DROP_ACKS=N (test hook, decode): the first N acknowledgements of
+  // received KV are not sent, as if lost, to show the prefill asks again (a re-sent DONE).
+  int test_drop_acks = 0;
 };
 
 // Reads the environment variables into `o` (flags already set). Errors name the variable.

@@ -349,6 +349,7 @@ void PrefillKvManager::transfer(std::shared_ptr<Room> room, std::vector<int32_t>
     for (const auto& d : room->dests)
       if (d.session != session) channel_.post(d.session, {"FAIL", room_str, room->failure});
   };
+  const std::string done_metadata = last ? metadata_to_json(meta.value_or(scheduler::TransferMetadata{})) : std::string();
   for (const auto& [session, dst] : targets) {
     for (const auto& blocks : plan_chunks(merge_runs(src, dst), layout_, opts_.max_chunk_bytes)) {
       auto payload = backend_->write(session, blocks);
@@ -360,7 +361,7 @@ void PrefillKvManager::transfer(std::shared_ptr<Room> room, std::vector<int32_t>
       if (!st) return failed(session, st);
     }
     if (last) {
-      Status st = channel_.send_now(session, {"DONE", room_str, metadata_to_json(meta.value_or(scheduler::TransferMetadata{}))});
+      Status st = channel_.send_now(session, {"DONE", room_str, done_metadata, channel_.endpoint()});
       if (!st) return failed(session, st);
     }
   }
@@ -368,7 +369,22 @@ void PrefillKvManager::transfer(std::shared_ptr<Room> room, std::vector<int32_t>
   room->bytes += bytes;
   if (last) {
     room->last_sent = true;
-    room->last_send_done = Clock::now();
+    room->last_send_done = room->last_done_sent = Clock::now();
+    room->done_metadata = done_metadata;
+  }
+}
+
+void PrefillKvManager::resend_unacknowledged_done_locked(Clock::time_point now) {
+  for (auto& [id, slot] : rooms_) {
+    Room& r = *slot;
+    if (r.status != KvPoll::kTransferring || !r.last_sent || now - r.last_done_sent < kAckResend) continue;
+    r.last_done_sent = now;
+    for (const auto& d : r.dests) {
+      if (d.dummy || d.acked) continue;
+      log::warning("No acknowledgement of room {}'s KV from decode {} after {} ms; sending DONE again", r.room, d.session,
+                   kAckResend.count());
+      channel_.post(d.session, {"DONE", std::to_string(r.room), r.done_metadata, channel_.endpoint()});
+    }
   }
 }
 
@@ -379,6 +395,7 @@ void PrefillKvManager::on_tick() {
   // Collect rooms nobody will ask about again: their request ended, or the decode's info (or
   // abort) was never claimed by a request within the bootstrap timeout.
   std::lock_guard<std::mutex> lock(mu_);
+  resend_unacknowledged_done_locked(now);
   for (auto it = rooms_.begin(); it != rooms_.end();) {
     const Room& r = *it->second;
     const bool expired = seconds(now - r.created) > opts_.bootstrap_timeout_s;

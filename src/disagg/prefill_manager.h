@@ -71,14 +71,21 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
     int64_t num_pages = 0;
     int64_t bytes = 0;
     Clock::time_point created, first_send, last_send_done;
+    std::string done_metadata;        // the DONE frame's metadata, kept to send it again
+    Clock::time_point last_done_sent;  // DONE goes again to unacknowledged ranks every kAckResend
   };
   struct Session {
     bool failed = false;
     std::string failure;
   };
 
+  // An ACK (or the DONE it answers) can be lost; the room would then hold its pages until the
+  // waiting timeout and fail a request whose KV arrived. So DONE goes again to every decode rank
+  // that has not acknowledged after kAckResend; a decode answers a repeated DONE with an ACK.
+  static constexpr std::chrono::milliseconds kAckResend{3000};
   void on_message(Frames&& f);
   void on_tick();
+  void resend_unacknowledged_done_locked(Clock::time_point now);
   void fail_locked(Room& r, const std::string& why, bool tell_decode);
   void check_ready_locked(Room& r);  // Bootstrapping -> WaitingForInput once every decode rank asked
   static std::string sessions_of(const Room& r);

@@ -130,6 +130,32 @@ TEST_F(TransferTest, LostRegistrationIsSentAgain) {
   EXPECT_EQ(dkv_.page(1, 3), pkv_.page(1, 9));
 }
 
+TEST_F(TransferTest, LostAcknowledgementIsAskedForAgain) {
+  // The decode drops its first ACK: the prefill sends DONE again after 3 s; the decode's
+  // request has ended by then (receiver gone), and it must still answer, so the prefill's room
+  // succeeds (freeing its pages) long before the 300 s waiting timeout.
+  opts_.test_drop_acks = 1;
+  start();
+  auto recv = decode_->make_receiver("r", info(79));
+  auto send = prefill_->make_sender("r", info(79), 1);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
+      << recv->failure();
+  recv->init({4});
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  scheduler::TransferMetadata meta;
+  meta.first_token = 11;
+  const std::vector<int32_t> src = {8};
+  const auto t0 = std::chrono::steady_clock::now();
+  send->send(std::span<const int32_t>(src.data(), 1), 0, true, &meta);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kSuccess, KvPoll::kFailed}), KvPoll::kSuccess) << recv->failure();
+  EXPECT_EQ(recv->metadata().first_token, 11);
+  recv.reset();  // the decode's request ends before the repeated DONE comes
+  EXPECT_EQ(send->poll(), KvPoll::kTransferring);  // its ACK was lost
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kSuccess, KvPoll::kFailed}, 15s), KvPoll::kSuccess) << send->failure();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  EXPECT_EQ(dkv_.page(0, 4), pkv_.page(0, 8));
+}
+
 TEST_F(TransferTest, LayoutMismatchIsRefusedNamingBothSides) {
   start(0, 32);
   auto recv = decode_->make_receiver("r", info(5));
