@@ -1,0 +1,625 @@
+// One decode layer of one EP72 rank of DeepSeek-V3 (issue 5) on one GPU, in one run: the card's
+// ceilings, then the layer as the sequence of pdserve ops the GPU model's decode forward calls
+// (src/model/deepseek_v3_gpu.cpp: attention(), the post-attention norms of body(), moe(), mlp(); the
+// EP rank's experts as src/moe/cuda/ep_gpu_experts.cpp runs them), with real V3 shapes read from
+// models/deepseek-v3/config.json, FP8 block-scaled weights, bf16 activations and latent cache:
+// 256 requests at context 2000, 4 local experts x 512 tokens (balanced), the shared expert.
+//
+// Each op is timed alone (a CUDA graph of `reps` back-to-back calls, median of 15 replays, as
+// gemm_bench does), then each block and the whole layer are captured into ONE graph and replayed
+// (median of 60): that figure has no host launch gaps and no hand summing. A correctness check
+// compares the layer's output (the f32 residual) from an eager run and from the graph replay.
+//
+// Not run: dispatch and combine across GPUs (one GPU). The experts read a fixed [4, 512, 7168] bf16
+// slab standing in for the low-latency dispatch's recv_x; ops::moe_combine (the one-GPU model's
+// op) of their 2048 rows into the 256 tokens' residual stands in for the combine's weighted sum.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "ops/attention.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/linear.h"
+#include "ops/cuda/mla_kernels.h"
+#include "ops/cuda/rope.h"
+#include "ops/elementwise.h"
+#include "ops/grouped_gemm.h"
+#include "ops/linear.h"
+#include "ops/moe_dispatch.h"
+#include "ops/moe_gate.h"
+#include "ops/quant.h"
+#include "ops/rope.h"
+#include "tensor/tensor.h"
+
+namespace {
+
+using namespace pdserve;
+using ops::cuda::check;
+
+// The published deployment's per-rank work (LMSYS EP72 decode): 256 requests at context 2000,
+// 256 x top-8 = 2048 (token, expert) rows = 4 local experts x 512 with balanced routing.
+constexpr int64_t kTokens = 256, kContext = 2000, kPageSize = 64, kLocalExperts = 4, kRowsPerExpert = 512;
+constexpr int kSamples = 15, kLayerSamples = 60;
+constexpr double kGoalUs = 750.0, kSglangUs = 950.0;
+
+void fail(const std::string& what) { throw std::runtime_error(what); }
+
+// ---- device-side random fill (gemm_bench's: hash of the index, fast and reproducible) ----
+
+__device__ uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+__global__ void fill_kernel(void* p, size_t n, int kind, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = mix64(seed * 0x100000001B3ULL + i);
+    const float u = lo + (hi - lo) * static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
+    if (kind == 0) {
+      static_cast<float*>(p)[i] = u;
+    } else if (kind == 1) {
+      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(u);
+    } else {
+      const uint8_t b = static_cast<uint8_t>(h);
+      static_cast<uint8_t*>(p)[i] = (b & 0x7F) == 0x7F ? 0 : b;  // any e4m3 value but NaN
+    }
+  }
+}
+
+Tensor device_tensor(const Shape& shape, DType dt, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  if (dt != DType::kF32 && dt != DType::kBF16 && dt != DType::kF8E4M3) fail("device_tensor: f32, bf16 or fp8");
+  Tensor t = Tensor::empty(shape, dt, Device::kCuda);
+  const int kind = dt == DType::kF32 ? 0 : dt == DType::kBF16 ? 1 : 2;
+  if (t.numel() == 0) return t;
+  fill_kernel<<<2048, 256, 0, ops::cuda::current_stream()>>>(t.raw_data(), static_cast<size_t>(t.numel()), kind, seed, lo, hi);
+  ops::cuda::check_launch("fill");
+  return t;
+}
+
+// An [n, k] weight: fp8 e4m3 with 128x128 block scales (scaled so outputs stay O(1)), or bf16.
+Weight device_weight(int64_t n, int64_t k, DType dt, uint64_t seed) {
+  Weight w;
+  w.weight = device_tensor({n, k}, dt, seed, -0.05f, 0.05f);
+  if (dt == DType::kF8E4M3) w.scale_inv = device_tensor({(n + 127) / 128, (k + 127) / 128}, DType::kF32, seed + 1, 1e-4f, 2e-4f);
+  return w;
+}
+
+Tensor i32_device(const std::vector<int32_t>& v, const Shape& shape) {
+  Tensor h = Tensor::empty(shape, DType::kI32);
+  if (static_cast<int64_t>(v.size()) != h.numel()) fail("i32_device: size does not match the shape");
+  std::copy(v.begin(), v.end(), h.data<int32_t>());
+  return h.to(Device::kCuda);
+}
+
+// ---- timing ----
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Events {
+  cudaEvent_t a = nullptr, b = nullptr;
+  Events() {
+    check(cudaEventCreate(&a), "cudaEventCreate");
+    check(cudaEventCreate(&b), "cudaEventCreate");
+  }
+  ~Events() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  float ms() const {
+    float t = 0;
+    check(cudaEventSynchronize(b), "cudaEventSynchronize");
+    check(cudaEventElapsedTime(&t, a, b), "cudaEventElapsedTime");
+    return t;
+  }
+};
+
+// Milliseconds per call of f, launched eagerly from the host (events around each call).
+double time_eager(cudaStream_t s, int samples, const std::function<void()>& f) {
+  Events ev;
+  for (int i = 0; i < 3; ++i) f();
+  std::vector<double> t;
+  for (int i = 0; i < samples; ++i) {
+    check(cudaEventRecord(ev.a, s), "cudaEventRecord");
+    f();
+    check(cudaEventRecord(ev.b, s), "cudaEventRecord");
+    t.push_back(ev.ms());
+  }
+  return median(t);
+}
+
+// A captured graph, destroyed with its owner (after the last replay: nothing is freed while one runs).
+struct Graph {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  Graph() = default;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  ~Graph() {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+  }
+  // `reps` calls of f captured from s. f must have run once eagerly with these shapes: the GEMM
+  // scratch may only grow outside a capture (ops/cuda/linear.h), as a model warms up before capturing.
+  void capture(cudaStream_t s, int reps, const std::function<void()>& f) {
+    check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      for (int i = 0; i < reps; ++i) f();
+    } catch (...) {
+      cudaGraph_t g = nullptr;
+      cudaStreamEndCapture(s, &g);
+      if (g != nullptr) cudaGraphDestroy(g);
+      throw;
+    }
+    check(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
+    check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  }
+  void launch(cudaStream_t s) const { check(cudaGraphLaunch(exec, s), "cudaGraphLaunch"); }
+  // Milliseconds per replay: events around each launch, median of `samples` after 3 warm-ups.
+  double replay_ms(cudaStream_t s, int samples) const {
+    Events ev;
+    std::vector<double> t;
+    for (int i = 0; i < samples + 3; ++i) {
+      check(cudaEventRecord(ev.a, s), "cudaEventRecord");
+      launch(s);
+      check(cudaEventRecord(ev.b, s), "cudaEventRecord");
+      const double ms = ev.ms();
+      if (i >= 3) t.push_back(ms);
+    }
+    return median(t);
+  }
+  // (nodes, kernel nodes): how many launches one replay holds.
+  std::pair<size_t, size_t> nodes() const {
+    size_t n = 0;
+    check(cudaGraphGetNodes(graph, nullptr, &n), "cudaGraphGetNodes");
+    std::vector<cudaGraphNode_t> v(n);
+    if (n > 0) check(cudaGraphGetNodes(graph, v.data(), &n), "cudaGraphGetNodes");
+    size_t kernels = 0;
+    for (cudaGraphNode_t node : v) {
+      cudaGraphNodeType type{};
+      check(cudaGraphNodeGetType(node, &type), "cudaGraphNodeGetType");
+      kernels += type == cudaGraphNodeTypeKernel;
+    }
+    return {n, kernels};
+  }
+};
+
+// Milliseconds per call of f alone: one eager call, then a graph of `reps` back-to-back calls.
+double time_op(cudaStream_t s, int reps, const std::function<void()>& f) {
+  f();
+  check(cudaStreamSynchronize(s), "warm-up");
+  Graph g;
+  g.capture(s, reps, f);
+  return g.replay_ms(s, kSamples) / reps;
+}
+
+// ---- ceilings, measured in this run ----
+
+struct Ceilings {
+  double copy_tbs = 0, fp8_tflops = 0, bf16_tflops = 0;
+};
+
+Ceilings measure_ceilings(cudaStream_t s) {
+  Ceilings c;
+  {
+    const int64_t bytes = int64_t{1} << 30;
+    Tensor src = Tensor::empty({bytes}, DType::kF8E4M3, Device::kCuda), dst = Tensor::empty({bytes}, DType::kF8E4M3, Device::kCuda);
+    check(cudaMemsetAsync(src.raw_data(), 1, static_cast<size_t>(bytes), s), "cudaMemsetAsync");
+    const double ms = time_eager(s, kSamples, [&] {
+      check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
+    });
+    c.copy_tbs = 2.0 * bytes / (ms * 1e-3) / 1e12;  // read + write
+  }
+  // pdserve's own GEMM engine (ops/cuda/linear.h) at 8192^3: FP8 block-scaled on pre-quantized x
+  // (the ceiling of the FP8 rows), and BF16 (the ceiling of the bf16 router and the MLA core).
+  const int64_t m = 8192, n = 8192, k = 8192;
+  const double flops = 2.0 * m * n * k;
+  Tensor x = device_tensor({m, k}, DType::kBF16, 901), y = Tensor::empty({m, n}, DType::kBF16, Device::kCuda);
+  {
+    Tensor q = Tensor::empty({m, k}, DType::kF8E4M3, Device::kCuda), sc = Tensor::empty({k / 128, m}, DType::kF32, Device::kCuda);
+    ops::quantize_fp8_per_token_group(x, q, sc);
+    const Weight w = device_weight(n, k, DType::kF8E4M3, 902);
+    const ops::cuda::detail::Fp8Operand a{q.data<uint8_t>(), sc.data<float>(), m, k};
+    const double ms = time_eager(s, kSamples, [&] { ops::cuda::detail::fp8_gemm(a, w, y.raw_data(), DType::kBF16, n); });
+    c.fp8_tflops = flops / (ms * 1e-3) / 1e12;
+  }
+  {
+    const Weight w = device_weight(n, k, DType::kBF16, 903);
+    const double ms = time_eager(s, kSamples, [&] { ops::cuda::detail::dense_gemm(x.raw_data(), m, w, y.raw_data(), DType::kBF16, n); });
+    c.bf16_tflops = flops / (ms * 1e-3) / 1e12;
+  }
+  check(cudaStreamSynchronize(s), "ceilings");
+  return c;
+}
+
+// ---- the layer ----
+
+enum class Ceil { kFp8, kBf16, kMemory };
+
+struct Op {
+  std::string name, call, shape;
+  int block;  // 0 attention, 1 MoE, 2 reference (timed alone, not part of the layer)
+  double flops, bytes;
+  Ceil ceil;
+  int reps;
+  std::function<void()> f;
+};
+
+// FLOPs and minimum bytes of y[m, n] = x[m, k] W^T (fp8 W with its scales, or bf16 W).
+std::pair<double, double> gemm_cost(double m, double n, double k, double x_elem, double y_elem, bool fp8) {
+  const double w = fp8 ? n * k + std::ceil(n / 128) * std::ceil(k / 128) * 4 : 2 * n * k;
+  return {2 * m * n * k, w + m * k * x_elem + m * n * y_elem};
+}
+
+std::string dims(std::initializer_list<int64_t> v) {
+  std::string s;
+  for (int64_t x : v) s += (s.empty() ? "" : "x") + std::to_string(x);
+  return s;
+}
+
+struct Layer {
+  model::ModelConfig cfg;
+  ops::MlaDims d;
+  ops::RopeTable rope;
+  float scale = 0, eps = 0;
+  int64_t H = 0, QL = 0, inter = 0, pages = 0, pages_per_seq = 0;
+  // weights
+  Tensor ln_in, ln_post, q_a_ln, kv_a_ln, w_kv, w_uk, w_uv, bias;
+  Weight q_a, q_b, kv_a, o_proj, router, sh_gate, sh_up, sh_down;
+  std::vector<Weight> e_gate, e_up, e_down, e_gate_up;
+  Tensor t_gate, t_up, t_down;  // expert_pointer_table of each, for the GEMV reference
+  // cache and decode inputs
+  Tensor pool, table, lens, positions, slots;
+  // activations: resid0 is the layer's input, resid its in-place residual (the model's f32 stream)
+  Tensor resid0, resid, xb, xf, cq, q, kva, attn, o, ws, logits, ids, wts, sg, su, sy;
+  Tensor xe, counts, ge, ue, ye, gu, combine_slots;
+  std::vector<Op> ops;
+
+  explicit Layer(model::ModelConfig c) : cfg(std::move(c)) {}
+  void build();
+  void run_block(int block) const {
+    for (const Op& op : ops)
+      if (op.block == block) op.f();
+  }
+  void run_layer() const {
+    run_block(0);
+    run_block(1);
+  }
+};
+
+// The shapes this benchmark's per-rank accounting assumes; anything else is a wrong config file.
+void check_config(const model::ModelConfig& cfg) {
+  if (cfg.hidden_size != 7168 || !cfg.q_lora_rank || *cfg.q_lora_rank != 1536 || cfg.kv_lora_rank != 512 ||
+      cfg.qk_rope_head_dim != 64 || cfg.qk_nope_head_dim != 128 || cfg.v_head_dim != 128 || cfg.num_attention_heads != 128 ||
+      cfg.moe_intermediate_size != 2048 || cfg.n_routed_experts != 256 || cfg.num_experts_per_tok != 8 || cfg.n_group != 8 ||
+      cfg.topk_group != 4 || cfg.n_shared_experts != 1 || !cfg.quantization || cfg.quantization->block_rows != 128 ||
+      cfg.quantization->block_cols != 128)
+    fail("config is not DeepSeek-V3's (hidden 7168, q_lora 1536, kv_lora 512, 128 heads, 256 experts top-8, fp8 128x128)");
+  if (kTokens * cfg.num_experts_per_tok != kLocalExperts * kRowsPerExpert) fail("256 x top-8 must equal 4 x 512 rows");
+}
+
+void Layer::build() {
+  d = cfg.mla_dims();
+  rope = ops::make_rope_table(cfg.rope);
+  scale = cfg.softmax_scale();  // as the model: qk_head_dim^-0.5 x YaRN mscale^2
+  eps = static_cast<float>(cfg.rms_norm_eps);
+  const float mla_eps = 1e-6f;  // deepseek_v3_gpu.cpp's kMlaNormEps (q_a / kv_a layernorms)
+  H = cfg.hidden_size, QL = *cfg.q_lora_rank, inter = cfg.moe_intermediate_size;
+  const int64_t T = kTokens, NH = d.num_heads, qk = d.qk_head_dim(), L = d.kv_lora_rank, lat = d.latent_dim();
+  const int64_t E = cfg.n_routed_experts, K = cfg.num_experts_per_tok, G = kLocalExperts, M = kRowsPerExpert;
+  const DType f8 = DType::kF8E4M3, bf = DType::kBF16, f32 = DType::kF32, i32 = DType::kI32;
+  const Device dev = Device::kCuda;
+  uint64_t seed = 1;
+
+  // Weights in the forms gpu_weights.cpp uploads: fp8 block-scaled projections and experts, bf16
+  // norms and router (the checkpoint's gate.weight is bf16), f32 correction bias, and W_UK / W_UV
+  // as bf16 strided views of one [H, nope + v, r] tensor.
+  ln_in = device_tensor({H}, bf, seed++, 0.8f, 1.2f), ln_post = device_tensor({H}, bf, seed++, 0.8f, 1.2f);
+  q_a_ln = device_tensor({QL}, bf, seed++, 0.8f, 1.2f), kv_a_ln = device_tensor({L}, bf, seed++, 0.8f, 1.2f);
+  q_a = device_weight(QL, H, f8, seed += 2), q_b = device_weight(NH * qk, QL, f8, seed += 2);
+  kv_a = device_weight(lat, H, f8, seed += 2), o_proj = device_weight(H, NH * d.v_head_dim, f8, seed += 2);
+  w_kv = device_tensor({NH, d.qk_nope_head_dim + d.v_head_dim, L}, bf, seed++, -0.09f, 0.09f);
+  w_uk = w_kv.slice(1, 0, d.qk_nope_head_dim), w_uv = w_kv.slice(1, d.qk_nope_head_dim, d.qk_nope_head_dim + d.v_head_dim);
+  router = device_weight(E, H, bf, seed += 2), bias = device_tensor({E}, f32, seed++, -0.05f, 0.05f);
+  sh_gate = device_weight(inter, H, f8, seed += 2), sh_up = device_weight(inter, H, f8, seed += 2);
+  sh_down = device_weight(H, inter, f8, seed += 2);
+  for (int64_t g = 0; g < G; ++g) {
+    e_gate.push_back(device_weight(inter, H, f8, seed += 2));
+    e_up.push_back(device_weight(inter, H, f8, seed += 2));
+    e_down.push_back(device_weight(H, inter, f8, seed += 2));
+    e_gate_up.push_back(device_weight(2 * inter, H, f8, seed += 2));  // reference row only
+  }
+  t_gate = ops::expert_pointer_table(e_gate), t_up = ops::expert_pointer_table(e_up), t_down = ops::expert_pointer_table(e_down);
+
+  // Paged bf16 latent cache: 64-token pages (the TMA tile path of the wgmma decode core), each
+  // sequence's pages shuffled over the pool as a long-running server's would be.
+  pages_per_seq = (kContext + kPageSize - 1) / kPageSize;
+  pages = T * pages_per_seq;
+  std::vector<int32_t> perm(static_cast<size_t>(pages));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(1));
+  pool = device_tensor({pages, kPageSize, lat}, bf, seed++);
+  table = i32_device(perm, {T, pages_per_seq});
+  lens = i32_device(std::vector<int32_t>(static_cast<size_t>(T), static_cast<int32_t>(kContext)), {T});
+  // The new token of request b sits at position ctx - 1 (seq_lens counts it), in its last page.
+  const int64_t pos = kContext - 1;
+  std::vector<int32_t> slot_v(static_cast<size_t>(T));
+  for (int64_t b = 0; b < T; ++b)
+    slot_v[b] = static_cast<int32_t>(perm[b * pages_per_seq + pos / kPageSize] * kPageSize + pos % kPageSize);
+  positions = i32_device(std::vector<int32_t>(static_cast<size_t>(T), static_cast<int32_t>(pos)), {T});
+  slots = i32_device(slot_v, {T});
+
+  resid0 = device_tensor({T, H}, f32, seed++), resid = Tensor::empty({T, H}, f32, dev);
+  xb = Tensor::empty({T, H}, bf, dev), xf = Tensor::empty({T, H}, f32, dev);
+  cq = Tensor::empty({T, QL}, bf, dev), q = Tensor::empty({T, NH * qk}, bf, dev), kva = Tensor::empty({T, lat}, bf, dev);
+  attn = Tensor::empty({T, NH, d.v_head_dim}, bf, dev), o = Tensor::empty({T, H}, f32, dev);
+  ws = Tensor::empty({std::max<int64_t>(1, ops::mla_decode_workspace_bytes(T, d, kContext, bf))}, f8, dev);
+  logits = Tensor::empty({T, E}, f32, dev), ids = Tensor::empty({T, K}, i32, dev), wts = Tensor::empty({T, K}, f32, dev);
+  sg = Tensor::empty({T, inter}, bf, dev), su = Tensor::empty({T, inter}, bf, dev), sy = Tensor::empty({T, H}, f32, dev);
+  // Masked layout [local experts, rows, hidden] with the counts on the device: what the low-latency
+  // dispatch delivers and the decode graphs capture. max_m = count = 512 is the balanced best case.
+  xe = device_tensor({G, M, H}, bf, seed++);
+  counts = i32_device(std::vector<int32_t>(static_cast<size_t>(G), static_cast<int32_t>(M)), {G});
+  ge = Tensor::empty({G, M, inter}, bf, dev), ue = Tensor::empty({G, M, inter}, bf, dev), ye = Tensor::empty({G, M, H}, bf, dev);
+  gu = Tensor::empty({G, M, 2 * inter}, bf, dev);
+  // Token t's j-th choice -> row (t * 2 + j / 4) of local expert j % 4: a bijection of the 256 x 8
+  // choices onto the 4 x 512 rows, so the combine stand-in reads every expert row once.
+  std::vector<int32_t> cs(static_cast<size_t>(T * K));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < K; ++j) cs[t * K + j] = static_cast<int32_t>((j % G) * M + t * (K / G) + j / G);
+  combine_slots = i32_device(cs, {T, K});
+  check(cudaStreamSynchronize(ops::cuda::current_stream()), "set-up");
+
+  // Views the ops write through (non-const lvalues for the in-place calls).
+  Tensor latent = kva.slice(1, 0, L), k_pe = kva.slice(1, L, lat), q3 = q.reshape({T, NH, qk});
+  Tensor attn2 = attn.reshape({T, NH * d.v_head_dim}), ye2 = ye.reshape({G * M, H});
+  const double t = static_cast<double>(T), h = static_cast<double>(H), rows = static_cast<double>(G * M);
+  auto add = [&](const std::string& name, const std::string& call, const std::string& shape, int block,
+                 std::pair<double, double> cost, Ceil c, int reps, std::function<void()> f) {
+    ops.push_back({name, call, shape, block, cost.first, cost.second, c, reps, std::move(f)});
+  };
+  // x, w, y by value: views sharing the members' storage (some, e.g. attn2, are locals here).
+  auto lin = [&](const std::string& name, int block, Tensor x, Weight w, Tensor y) {
+    const bool fp8 = w.is_block_fp8();
+    add(name, "ops::linear", dims({x.size(0), w.rows(), w.cols()}), block,
+        gemm_cost(x.size(0), w.rows(), w.cols(), dtype_size(x.dtype()), dtype_size(y.dtype()), fp8),
+        fp8 ? Ceil::kFp8 : Ceil::kBf16, 20, [x, w, y]() mutable { ops::linear(x, w, y); });
+  };
+
+  // Attention block: DeepseekV3GpuModel::Impl::body's input_layernorm, then attention() decoding.
+  add("input_layernorm", "ops::rms_norm f32->bf16", dims({T, H}), 0, {0, t * h * 6 + h * 2}, Ceil::kMemory, 20,
+      [this] { ops::rms_norm(resid, ln_in, eps, xb); });
+  lin("q_a_proj", 0, xb, q_a, cq);
+  add("q_a_layernorm", "ops::rms_norm bf16 in place", dims({T, QL}), 0, {0, t * QL * 4.0}, Ceil::kMemory, 20,
+      [this, mla_eps] { ops::rms_norm(cq, q_a_ln, mla_eps, cq); });
+  lin("q_b_proj", 0, cq, q_b, q);
+  lin("kv_a_proj_with_mqa", 0, xb, kv_a, kva);
+  add("kv_a_layernorm", "ops::rms_norm bf16 in place", dims({T, L}), 0, {0, t * L * 4.0}, Ceil::kMemory, 20,
+      [this, latent, mla_eps]() mutable { ops::rms_norm(latent, kv_a_ln, mla_eps, latent); });
+  add("rope q,k_pe + KV write", "ops::cuda::rope_kv_write", "256 tok into pages", 0,
+      {0, t * NH * d.qk_rope_head_dim * 4.0 + t * lat * 4.0}, Ceil::kMemory, 20,
+      [this, q3, latent, k_pe]() mutable {
+        ops::cuda::rope_kv_write(q3, d.qk_nope_head_dim, latent, k_pe, positions, rope, slots, pool);
+      });
+  // The model passes max_seq_len = context_length + 1; at B = 256 both give one KV split.
+  const double core_flops = t * kContext * NH * 2.0 * (lat + L), bmm_flops = 4.0 * t * NH * d.qk_nope_head_dim * L;
+  const double mla_bytes = t * kContext * lat * 2.0 + 2.0 * NH * d.qk_nope_head_dim * L * 2 + t * NH * (qk + d.v_head_dim) * 2.0;
+  add("MLA decode (W_UK, core, W_UV)", "ops::mla_decode_paged", "B256 ctx2000 128h", 0, {core_flops + bmm_flops, mla_bytes},
+      Ceil::kBf16, 5, [this, q3]() mutable {
+        ops::mla_decode_paged(q3, pool, table, lens, w_uk, w_uv, d, scale, attn, kContext, ws);
+      });
+  lin("o_proj (f32 out)", 0, attn2, o_proj, o);
+  add("residual add", "ops::add_inplace f32", dims({T, H}), 0, {0, t * h * 12}, Ceil::kMemory, 20,
+      [this] { ops::add_inplace(resid, o); });
+
+  // MoE block: body()'s post_attention_layernorm (f32 for the router and shared expert, bf16 for
+  // the FP8 experts' dispatch), then moe(): router, gate, shared expert mlp(), routed experts.
+  add("post_attention_layernorm", "ops::rms_norm f32->f32", dims({T, H}), 1, {0, t * h * 8 + h * 2}, Ceil::kMemory, 20,
+      [this] { ops::rms_norm(resid, ln_post, eps, xf); });
+  add("  same, bf16 for dispatch", "ops::rms_norm f32->bf16", dims({T, H}), 1, {0, t * h * 6 + h * 2}, Ceil::kMemory, 20,
+      [this] { ops::rms_norm(resid, ln_post, eps, xb); });
+  lin("router (bf16 W, f32 x)", 1, xf, router, logits);
+  const ops::MoeGateParams gp = cfg.gate_params();
+  add("noaux_tc gate", "ops::moe_gate", "256x256 -> top8", 1, {0, t * E * 4.0 + E * 4.0 + t * K * 8.0}, Ceil::kMemory, 20,
+      [this, gp] { ops::moe_gate(logits, bias, gp, ids, wts); });
+  lin("shared gate_proj", 1, xf, sh_gate, sg);
+  lin("shared up_proj", 1, xf, sh_up, su);
+  add("shared silu*mul", "ops::silu_mul bf16", dims({T, inter}), 1, {0, t * inter * 6.0}, Ceil::kMemory, 20,
+      [this] { ops::silu_mul(sg, su, sg); });
+  lin("shared down_proj (f32 out)", 1, sg, sh_down, sy);
+  add("shared residual add", "ops::add_inplace f32", dims({T, H}), 1, {0, t * h * 12}, Ceil::kMemory, 20,
+      [this] { ops::add_inplace(resid, sy); });
+  // Routed experts as GpuEpExperts::run_experts on bf16 rows: gate and up as two masked GEMMs.
+  const std::string eshape = "4x" + std::to_string(M) + " x ";
+  add("experts gate_proj", "ops::grouped_linear_masked", eshape + dims({inter, H}), 1,
+      gemm_cost(rows, inter, h, 2, 2, true), Ceil::kFp8, 20, [this] { ops::grouped_linear_masked(xe, counts, e_gate, ge); });
+  add("experts up_proj", "ops::grouped_linear_masked", eshape + dims({inter, H}), 1,
+      gemm_cost(rows, inter, h, 2, 2, true), Ceil::kFp8, 20, [this] { ops::grouped_linear_masked(xe, counts, e_up, ue); });
+  add("experts silu*mul", "ops::silu_mul_masked bf16", eshape + std::to_string(inter), 1, {0, rows * inter * 6.0},
+      Ceil::kMemory, 20, [this] { ops::silu_mul_masked(ge, ue, counts, ge); });
+  add("experts down_proj", "ops::grouped_linear_masked", eshape + dims({H, inter}), 1,
+      gemm_cost(rows, h, inter, 2, 2, true), Ceil::kFp8, 20, [this] { ops::grouped_linear_masked(ge, counts, e_down, ye); });
+  add("combine stand-in (+ residual)", "ops::moe_combine", "2048 rows -> 256", 1, {0, rows * h * 2 + t * h * 8},
+      Ceil::kMemory, 20, [this, ye2]() mutable { ops::moe_combine(ye2, combine_slots, wts, resid); });
+
+  // References, timed alone: the fused gate|up GEMM the model does not use (gemm_bench's masked
+  // row), and the experts through the GEMV path GpuEpExperts::run_experts takes for every decode pass.
+  add("ref: experts gate|up fused", "ops::grouped_linear_masked", eshape + dims({2 * inter, H}), 2,
+      gemm_cost(rows, 2 * inter, h, 2, 2, true), Ceil::kFp8, 20, [this] { ops::grouped_linear_masked(xe, counts, e_gate_up, gu); });
+  add("ref: experts + silu via GEMV", "ops::grouped_gemv_masked x3", "4x512 (EP decode path)", 2,
+      gemm_cost(rows, 3 * inter, h, 2, 2, true), Ceil::kFp8, 1, [this] {
+        ops::grouped_gemv_masked(xe, counts, e_gate, t_gate, ge);
+        ops::grouped_gemv_masked(xe, counts, e_up, t_up, ue);
+        ops::silu_mul_masked(ge, ue, counts, ge);
+        ops::grouped_gemv_masked(ge, counts, e_down, t_down, ye);
+      });
+}
+
+// ---- report ----
+
+double bound_us(const Op& op, const Ceilings& c) {
+  const double tc = op.ceil == Ceil::kFp8 ? c.fp8_tflops : op.ceil == Ceil::kBf16 ? c.bf16_tflops : 0;
+  return std::max(tc > 0 ? op.flops / (tc * 1e6) : 0.0, op.bytes / (c.copy_tbs * 1e6));
+}
+
+// The layer's f32 residual on the host.
+std::vector<float> download(const Tensor& t, cudaStream_t s) {
+  check(cudaStreamSynchronize(s), "sync before download");
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  check(cudaMemcpy(v.data(), t.raw_data(), t.nbytes(), cudaMemcpyDeviceToHost), "download");
+  return v;
+}
+
+int run(const std::string& config_path) {
+  // The config first: a wrong path or file fails before any device work.
+  auto cfg = model::load_model_config(config_path);
+  if (!cfg.has_value()) fail(cfg.error().message());
+  check_config(cfg.value());
+  std::printf("layer_bench: one DeepSeek-V3 decode layer of one EP72 rank, one GPU (%s)\n", config_path.c_str());
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaDeviceProp p{};
+  check(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
+  std::printf("device: %s, %d SMs, %.1f GiB, L2 %d MiB\n", p.name, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0,
+              p.l2CacheSize >> 20);
+
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  ops::cuda::set_current_stream(s);
+
+  const Ceilings c = measure_ceilings(s);
+  std::printf("\n== ceilings (this run, median of %d)\n", kSamples);
+  std::printf("device-to-device copy, 1 GiB (read + write)   %8.2f TB/s\n", c.copy_tbs);
+  std::printf("FP8 block-scaled GEMM 8192^3 (pdserve engine)  %8.1f TFLOP/s\n", c.fp8_tflops);
+  std::printf("BF16 GEMM 8192^3 (pdserve engine)              %8.1f TFLOP/s  (attention_bench uses the 989 datasheet)\n",
+              c.bf16_tflops);
+
+  Layer l(std::move(cfg.value()));
+  l.build();
+  const int splits = ops::cuda::mla_decode_num_splits(kTokens, l.d, kContext, DType::kBF16);
+  std::printf("\n== work\n");
+  std::printf("decode, %lld requests at context %lld; bf16 latent cache [%lld pages, %lld, %lld], page size %lld, "
+              "pages shuffled; MLA core: %s, %d KV split(s)\n",
+              (long long)kTokens, (long long)kContext, (long long)l.pages, (long long)kPageSize, (long long)l.d.latent_dim(),
+              (long long)kPageSize,
+              ops::cuda::mla::decode_core_wgmma_supported() ? "wgmma ping-pong, TMA tile loads (64-token pages)" : "mma.sync",
+              splits);
+  std::printf("MoE: %lld local experts x %lld rows (balanced) in the masked layout [4, 512, 7168] bf16 with the counts on\n"
+              "the device (decode's layout: the low-latency dispatch's recv_x, capturable; max_m = count is the balanced\n"
+              "best case); shared expert over the 256 tokens\n", (long long)kLocalExperts, (long long)kRowsPerExpert);
+  std::printf("no dispatch/combine across GPUs (one GPU): the expert input is a fixed slab standing in for the\n"
+              "dispatch's recv_x; ops::moe_combine of the 2048 expert rows stands in for the combine\n");
+
+  // Warm-up: one eager layer sizes the GEMM scratch and makes the cuBLASLt plans (nothing may grow
+  // inside a capture), as the model's warm-up does before capturing its decode graphs.
+  const cudaMemcpyKind d2d = cudaMemcpyDeviceToDevice;
+  auto reset = [&] { check(cudaMemcpyAsync(l.resid.raw_data(), l.resid0.raw_data(), l.resid.nbytes(), d2d, s), "reset residual"); };
+  reset();
+  l.run_layer();
+  check(cudaStreamSynchronize(s), "eager warm-up layer");
+
+  Graph attn_g, moe_g, layer_g;
+  attn_g.capture(s, 1, [&] { l.run_block(0); });
+  moe_g.capture(s, 1, [&] { l.run_block(1); });
+  layer_g.capture(s, 1, [&] { l.run_layer(); });
+
+  // Correctness: the same input through the eager ops and through the graph replay.
+  reset();
+  l.run_layer();
+  const std::vector<float> eager = download(l.resid, s);
+  reset();
+  layer_g.launch(s);
+  const std::vector<float> graph = download(l.resid, s);
+  const std::vector<float> input = download(l.resid0, s);
+  double max_ref = 0, max_diff = 0, max_change = 0;
+  size_t nonfinite = 0;
+  for (size_t i = 0; i < eager.size(); ++i) {
+    if (!std::isfinite(eager[i]) || !std::isfinite(graph[i])) ++nonfinite;
+    max_ref = std::max(max_ref, static_cast<double>(std::fabs(eager[i])));
+    max_diff = std::max(max_diff, static_cast<double>(std::fabs(eager[i] - graph[i])));
+    max_change = std::max(max_change, static_cast<double>(std::fabs(eager[i] - input[i])));
+  }
+  const double rel = max_ref > 0 ? max_diff / max_ref : 0;
+  std::printf("\n== correctness: layer output (f32 residual [256, 7168]), eager ops vs one graph replay\n");
+  std::printf("max |eager - graph| / max |eager| = %.3g (max |eager| %.3g, max change by the layer %.3g, non-finite %zu)\n",
+              rel, max_ref, max_change, nonfinite);
+  if (nonfinite > 0 || rel > 1e-2 || !(max_change > 0)) fail("correctness check failed: graph replay differs from eager ops");
+
+  // Whole blocks: one graph each, and the eager launches of the same ops for comparison.
+  const double attn_graph = attn_g.replay_ms(s, kLayerSamples) * 1e3, moe_graph = moe_g.replay_ms(s, kLayerSamples) * 1e3;
+  const double layer_graph = layer_g.replay_ms(s, kLayerSamples) * 1e3;
+  const double attn_eager = time_eager(s, kSamples, [&] { l.run_block(0); }) * 1e3;
+  const double moe_eager = time_eager(s, kSamples, [&] { l.run_block(1); }) * 1e3;
+  const double layer_eager = time_eager(s, kSamples, [&] { l.run_layer(); }) * 1e3;
+  const auto [nodes, kernels] = layer_g.nodes();
+
+  // Each op alone. In-place ops repeated many times may drift their values; timing does not care,
+  // and the correctness check above ran first.
+  std::printf("\n== each op alone (graph of back-to-back calls, median of %d; inputs hot in L2)\n", kSamples);
+  std::printf("bound = max(FLOPs / tensor-core ceiling, bytes / copy TB/s); FP8 ops against FP8 block-scaled, "
+              "MLA and router against BF16\n\n");
+  std::printf("%-30s %-30s %-22s %9s %8s %8s %9s %7s\n", "op", "pdserve call", "shape", "time us", "GFLOP", "MB", "bound us",
+              "of bnd");
+  std::printf("%s\n", std::string(130, '-').c_str());
+  double sum[3] = {0, 0, 0};
+  bool failed = false;
+  const char* titles[3] = {"-- attention block", "-- MoE block", "-- references (not in the layer)"};
+  for (int b = 0; b < 3; ++b) {
+    std::printf("%s\n", titles[b]);
+    for (const Op& op : l.ops) {
+      if (op.block != b) continue;
+      try {
+        const double us = time_op(s, op.reps, op.f) * 1e3, bd = bound_us(op, c);
+        sum[b] += us;
+        std::printf("%-30s %-30s %-22s %9.1f %8.2f %8.2f %9.1f %6.0f%%\n", op.name.c_str(), op.call.c_str(), op.shape.c_str(), us,
+                    op.flops / 1e9, op.bytes / 1e6, bd, 100.0 * bd / us);
+      } catch (const std::exception& e) {
+        std::printf("%-30s FAILED: %s\n", op.name.c_str(), e.what());
+        failed = true;
+      }
+      std::fflush(stdout);
+    }
+  }
+
+  std::printf("\n== totals (us; graphs: median of %d replays)\n", kLayerSamples);
+  std::printf("%-18s %12s %16s %16s\n", "", "sum of ops", "one CUDA graph", "eager launches");
+  std::printf("%-18s %12.1f %16.1f %16.1f\n", "attention block", sum[0], attn_graph, attn_eager);
+  std::printf("%-18s %12.1f %16.1f %16.1f\n", "MoE block", sum[1], moe_graph, moe_eager);
+  std::printf("%-18s %12.1f %16.1f %16.1f\n", "layer", sum[0] + sum[1], layer_graph, layer_eager);
+  std::printf("layer graph: %zu nodes, %zu kernels; page size %lld\n", nodes, kernels, (long long)kPageSize);
+  std::printf("issue 5 goal: <= %.0f us per layer on an H100; SGLang published %.0f us decode compute per layer (EP72, H100)\n",
+              kGoalUs, kSglangUs);
+  std::printf("this card, one graph: %.2f x the goal, %.2f x SGLang's\n", layer_graph / kGoalUs, layer_graph / kSglangUs);
+
+  check(cudaStreamSynchronize(s), "final sync");
+  ops::cuda::set_current_stream(cudaStreamPerThread);
+  if (failed) fail("some ops failed (see above)");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc > 1 ? argv[1] : "models/deepseek-v3/config.json");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "layer_bench: %s\n", e.what());
+    return 1;
+  }
+}
