@@ -16,8 +16,9 @@ elapsed() { echo $(($(date +%s) - START)); }
 left() { local l=$((BUDGET_S - $(elapsed))); echo $((l > 5 ? l : 5)); }
 step() { echo "[$(elapsed) s] $*" | tee -a "$OUT/steps.log"; }
 pack() { tar -C "$(dirname "$OUT")" -czf "$DEST/acceptance.tgz" "$(basename "$OUT")"; }
-# Whatever happens, an archive exists shortly before the device tool's limit.
-(sleep $((BUDGET_S + 10)); pack) &
+# Whatever happens, an archive exists shortly before the device tool's limit. (The sleep's pid is
+# kept: killing only the subshell leaves the sleep running, and the device call waits for it.)
+(sleep $((BUDGET_S + 10)) & echo $! > "$OUT/.watchdog_sleep"; wait; pack) &
 WATCHDOG=$!
 
 TEST_TIMEOUT=${TEST_TIMEOUT:-150} scripts/gpu/run_gpu_checks.sh > "$OUT/checks.log" 2>&1
@@ -34,5 +35,7 @@ SERVE_MODES=${SERVE_MODES:-graphs eager graphs-metrics} SERVE_WAIT=150 timeout "
 step "serve smoke rc=$?"
 grep -vE '^\[ +(RUN|OK) ' "$OUT/serve.log" | tail -40
 kill $WATCHDOG 2>/dev/null
+kill "$(cat "$OUT/.watchdog_sleep" 2>/dev/null)" 2>/dev/null
+rm -f "$OUT/.watchdog_sleep"
 pack
 ls -la "$DEST"
