@@ -1,0 +1,205 @@
+// Masked grouped expert GEMMs of EP decode, one GPU: the tensor-core kernel
+// (ops::cuda::grouped_gemm_masked_tc, not yet used by the model) against the CUDA-core GEMV the EP
+// experts run today (ops::grouped_gemv_masked) and cuBLASLt's masked grouped GEMMs
+// (ops::grouped_linear_masked: every expert over all T_cap rows), at DeepSeek-V3's expert shapes:
+// gate|up fused (N = 4096, K = 7168) and down (N = 7168, K = 2048), fp8 e4m3 experts with 128x128
+// block scales, y bf16. Cases: 4 experts x 512 rows (T_cap 512: EP72, 256 tokens per rank), 32 x 64
+// and 32 x 8 (T_cap 2048: EP8 at 256 and 32 requests per GPU).
+//
+// x is fp8 with per-row 128-column scales for the tensor-core kernel and the GEMV (the low-latency
+// dispatch's layout); grouped_linear_masked takes bf16 x (it quantizes internally; that pass is in
+// its time). Each op is timed as a CUDA graph of back-to-back calls (cudaEvents around one graph
+// launch, median of 15 samples after warm-up), as gemm_bench's time_graph. TFLOP/s counts the rows
+// present (2 * rows * N * K); weight GB/s is the bytes of the experts' weights over the time (every
+// expert has rows here, so each weight is read at least once by every op).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/grouped_gemm.h"
+#include "ops/grouped_gemm.h"
+#include "tensor/tensor.h"
+
+namespace {
+
+using namespace pdserve;
+using ops::cuda::check;
+
+// ---- device-side random fill (gemm_bench's: a hash of the index) ----
+
+__device__ uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+__global__ void fill_kernel(void* p, size_t n, int kind, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = mix64(seed * 0x100000001B3ULL + i);
+    const float u = lo + (hi - lo) * static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
+    if (kind == 0) {
+      static_cast<float*>(p)[i] = u;
+    } else if (kind == 1) {
+      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(u);
+    } else {
+      const uint8_t b = static_cast<uint8_t>(h);
+      static_cast<uint8_t*>(p)[i] = (b & 0x7F) == 0x7F ? 0 : b;  // any e4m3 value but NaN
+    }
+  }
+}
+
+Tensor device_tensor(const Shape& shape, DType dt, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  Tensor t = Tensor::empty(shape, dt, Device::kCuda);
+  const int kind = dt == DType::kF32 ? 0 : dt == DType::kBF16 ? 1 : 2;
+  if (t.numel() > 0) {
+    fill_kernel<<<2048, 256, 0, ops::cuda::current_stream()>>>(t.raw_data(), static_cast<size_t>(t.numel()), kind, seed,
+                                                                lo, hi);
+    ops::cuda::check_launch("fill");
+  }
+  return t;
+}
+
+// ---- timing ----
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+constexpr int kSamples = 15;
+
+// Milliseconds per call of `f`, replayed from a CUDA graph of `reps` calls. The first, eager call
+// warms up (plans, scratch), as a model runner's warm-up does before capture.
+double time_graph(cudaStream_t s, int reps, const std::function<void()>& f) {
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the setup's fills and copies
+  f();
+  check(cudaStreamSynchronize(s), "warm-up");
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  try {
+    for (int i = 0; i < reps; ++i) f();
+  } catch (...) {
+    cudaStreamEndCapture(s, &graph);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    throw;
+  }
+  check(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  cudaEvent_t a = nullptr, b = nullptr;
+  check(cudaEventCreate(&a), "cudaEventCreate");
+  check(cudaEventCreate(&b), "cudaEventCreate");
+  std::vector<double> t;
+  for (int i = 0; i < kSamples + 2; ++i) {
+    check(cudaEventRecord(a, s), "cudaEventRecord");
+    check(cudaGraphLaunch(exec, s), "cudaGraphLaunch");
+    check(cudaEventRecord(b, s), "cudaEventRecord");
+    check(cudaEventSynchronize(b), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+    if (i >= 2) t.push_back(ms / reps);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return median(t);
+}
+
+// ---- cases ----
+
+struct Case {
+  int64_t groups, rows_each, t_cap;
+};
+struct GemmShape {
+  const char* name;
+  int64_t n, k;
+};
+
+void print_row(const char* op, double us, double flops, double weight_bytes) {
+  std::printf("  %-34s %12.1f us %9.1f TFLOP/s %9.1f GB/s weights\n", op, us, flops / (us * 1e-6) / 1e12,
+              weight_bytes / (us * 1e-6) / 1e9);
+  std::fflush(stdout);
+}
+
+void bench_case(cudaStream_t s, const Case& c, const GemmShape& sh) {
+  std::printf("\n%s: %lld experts x %lld rows (T_cap %lld), N %lld, K %lld\n", sh.name, static_cast<long long>(c.groups),
+              static_cast<long long>(c.rows_each), static_cast<long long>(c.t_cap), static_cast<long long>(sh.n),
+              static_cast<long long>(sh.k));
+  std::vector<Weight> experts;
+  for (int64_t g = 0; g < c.groups; ++g) {
+    Weight w;
+    w.weight = device_tensor({sh.n, sh.k}, DType::kF8E4M3, 100 + static_cast<uint64_t>(g));
+    w.scale_inv = device_tensor({sh.n / 128, sh.k / 128}, DType::kF32, 200 + static_cast<uint64_t>(g), 1e-4f, 2e-4f);
+    experts.push_back(w);
+  }
+  const Tensor table = ops::expert_pointer_table(experts);
+  const Tensor xq = device_tensor({c.groups, c.t_cap, sh.k}, DType::kF8E4M3, 1);
+  const Tensor xs = device_tensor({c.groups, sh.k / 128, c.t_cap}, DType::kF32, 2, 1e-3f, 2e-3f);
+  Tensor cnt = Tensor::empty({c.groups}, DType::kI32);
+  for (int64_t g = 0; g < c.groups; ++g) cnt.data<int32_t>()[g] = static_cast<int32_t>(c.rows_each);
+  const Tensor cd = cnt.to(Device::kCuda);
+  Tensor y = Tensor::empty({c.groups, c.t_cap, sh.n}, DType::kBF16, Device::kCuda);
+
+  const double rows = static_cast<double>(c.groups * c.rows_each);
+  const double flops = 2.0 * rows * static_cast<double>(sh.n) * static_cast<double>(sh.k);
+  const double wbytes = static_cast<double>(c.groups) * static_cast<double>(sh.n) * static_cast<double>(sh.k);
+  auto run = [&](const char* op, int reps, const std::function<void()>& f) {
+    try {
+      print_row(op, time_graph(s, reps, f) * 1e3, flops, wbytes);
+    } catch (const std::exception& e) {
+      std::printf("  %-34s FAILED: %s\n", op, e.what());
+      std::fflush(stdout);
+    }
+  };
+  run("grouped_gemm_masked_tc (fp8 x)", 10, [&] { ops::cuda::grouped_gemm_masked_tc(xq, cd, experts, table, y, xs); });
+  // Milliseconds to tens of milliseconds per GEMV call here: one call per graph.
+  run("grouped_gemv_masked (fp8 x)", 1, [&] { ops::grouped_gemv_masked(xq, cd, experts, table, y, xs); });
+  const Tensor xb = device_tensor({c.groups, c.t_cap, sh.k}, DType::kBF16, 3);
+  run("grouped_linear_masked (bf16 x)", 2, [&] { ops::grouped_linear_masked(xb, cd, experts, y); });
+}
+
+int run() {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaDeviceProp p{};
+  check(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
+  int rt = 0, drv = 0;
+  cudaRuntimeGetVersion(&rt);
+  cudaDriverGetVersion(&drv);
+  std::printf("device: %s, %d SMs, %.1f GiB, L2 %d MiB, CUDA runtime %d, driver %d\n", p.name, p.multiProcessorCount,
+              p.totalGlobalMem / 1073741824.0, p.l2CacheSize >> 20, rt, drv);
+  std::printf("median of %d CUDA-graph replays; y bf16; TFLOP/s over the rows present, GB/s over the experts' "
+              "weights\n",
+              kSamples);
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  ops::cuda::set_current_stream(s);
+  const std::vector<Case> cases = {{4, 512, 512}, {32, 64, 2048}, {32, 8, 2048}};
+  const std::vector<GemmShape> shapes = {{"experts gate|up", 4096, 7168}, {"experts down", 7168, 2048}};
+  for (const Case& c : cases)
+    for (const GemmShape& sh : shapes) bench_case(s, c, sh);
+  ops::cuda::set_current_stream(cudaStreamPerThread);
+  check(cudaStreamDestroy(s), "cudaStreamDestroy");
+  return 0;
+}
+
+}  // namespace
+
+int main() {
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "grouped_masked_bench: %s\n", e.what());
+    return 1;
+  }
+}
