@@ -24,131 +24,16 @@
 #include "ops/linear.h"
 #include "ops/quant.h"
 #include "tensor/tensor.h"
+#include "bench_util.cuh"
 
 namespace {
 
 using namespace pdserve;
 using ops::cuda::check;
+using namespace pdserve::bench;
 
 void check_lt(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string(what) + ": " + cublasLtGetStatusName(s));
-}
-
-// ---- device-side random fill (hash of the index: fast, reproducible) ----
-
-__device__ uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-__global__ void fill_kernel(void* p, size_t n, int kind, uint64_t seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const uint64_t h = mix64(seed * 0x100000001B3ULL + i);
-    const float u = lo + (hi - lo) * static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
-    if (kind == 0) {
-      static_cast<float*>(p)[i] = u;
-    } else if (kind == 1) {
-      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(u);
-    } else {
-      const uint8_t b = static_cast<uint8_t>(h);
-      static_cast<uint8_t*>(p)[i] = (b & 0x7F) == 0x7F ? 0 : b;  // any e4m3 value but NaN
-    }
-  }
-}
-
-void fill(Tensor& t, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
-  const int kind = t.dtype() == DType::kF32 ? 0 : t.dtype() == DType::kBF16 ? 1 : 2;
-  if (t.numel() == 0) return;
-  fill_kernel<<<2048, 256, 0, ops::cuda::current_stream()>>>(t.raw_data(), static_cast<size_t>(t.numel()), kind, seed, lo, hi);
-  ops::cuda::check_launch("fill");
-}
-
-Tensor device_tensor(const Shape& shape, DType dt, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
-  Tensor t = Tensor::empty(shape, dt, Device::kCuda);
-  fill(t, seed, lo, hi);
-  return t;
-}
-
-Weight device_weight(int64_t n, int64_t k, DType dt, uint64_t seed) {
-  Weight w;
-  w.weight = device_tensor({n, k}, dt, seed, -0.05f, 0.05f);
-  if (dt == DType::kF8E4M3) w.scale_inv = device_tensor({(n + 127) / 128, (k + 127) / 128}, DType::kF32, seed + 1, 1e-4f, 2e-4f);
-  return w;
-}
-
-// ---- timing ----
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-struct Events {
-  cudaEvent_t a = nullptr, b = nullptr;
-  Events() {
-    check(cudaEventCreate(&a), "cudaEventCreate");
-    check(cudaEventCreate(&b), "cudaEventCreate");
-  }
-  ~Events() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  float ms() const {
-    float t = 0;
-    check(cudaEventSynchronize(b), "cudaEventSynchronize");
-    check(cudaEventElapsedTime(&t, a, b), "cudaEventElapsedTime");
-    return t;
-  }
-};
-
-constexpr int kSamples = 15;
-
-// Milliseconds per call of `f`, eagerly: events around each call.
-double time_eager(cudaStream_t s, const std::function<void()>& f) {
-  Events ev;
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < kSamples; ++i) {
-    check(cudaEventRecord(ev.a, s), "cudaEventRecord");
-    f();
-    check(cudaEventRecord(ev.b, s), "cudaEventRecord");
-    t.push_back(ev.ms());
-  }
-  return median(t);
-}
-
-// Milliseconds per call of `f`, replayed from a CUDA graph of `reps` calls. The first, eager call
-// creates plans and scratch (as a model runner's warm-up does before capture).
-double time_graph(cudaStream_t s, int reps, const std::function<void()>& f) {
-  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // host-to-device copies of the setup
-  f();
-  check(cudaStreamSynchronize(s), "warm-up");
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-  try {
-    for (int i = 0; i < reps; ++i) f();
-  } catch (...) {
-    cudaStreamEndCapture(s, &graph);
-    if (graph != nullptr) cudaGraphDestroy(graph);
-    throw;
-  }
-  check(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
-  check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
-  Events ev;
-  std::vector<double> t;
-  for (int i = 0; i < kSamples + 2; ++i) {
-    check(cudaEventRecord(ev.a, s), "cudaEventRecord");
-    check(cudaGraphLaunch(exec, s), "cudaGraphLaunch");
-    check(cudaEventRecord(ev.b, s), "cudaEventRecord");
-    if (i >= 2) t.push_back(ev.ms() / reps);
-    else ev.ms();
-  }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  return median(t);
 }
 
 // ---- ceilings ----

@@ -27,93 +27,13 @@
 #include "ops/cuda/grouped_gemm.h"
 #include "ops/grouped_gemm.h"
 #include "tensor/tensor.h"
+#include "bench_util.cuh"
 
 namespace {
 
 using namespace pdserve;
 using ops::cuda::check;
-
-// ---- device-side random fill (gemm_bench's: a hash of the index) ----
-
-__device__ uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-__global__ void fill_kernel(void* p, size_t n, int kind, uint64_t seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const uint64_t h = mix64(seed * 0x100000001B3ULL + i);
-    const float u = lo + (hi - lo) * static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
-    if (kind == 0) {
-      static_cast<float*>(p)[i] = u;
-    } else if (kind == 1) {
-      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(u);
-    } else {
-      const uint8_t b = static_cast<uint8_t>(h);
-      static_cast<uint8_t*>(p)[i] = (b & 0x7F) == 0x7F ? 0 : b;  // any e4m3 value but NaN
-    }
-  }
-}
-
-Tensor device_tensor(const Shape& shape, DType dt, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
-  Tensor t = Tensor::empty(shape, dt, Device::kCuda);
-  const int kind = dt == DType::kF32 ? 0 : dt == DType::kBF16 ? 1 : 2;
-  if (t.numel() > 0) {
-    fill_kernel<<<2048, 256, 0, ops::cuda::current_stream()>>>(t.raw_data(), static_cast<size_t>(t.numel()), kind, seed,
-                                                                lo, hi);
-    ops::cuda::check_launch("fill");
-  }
-  return t;
-}
-
-// ---- timing ----
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-constexpr int kSamples = 15;
-
-// Milliseconds per call of `f`, replayed from a CUDA graph of `reps` calls. The first, eager call
-// warms up (plans, scratch), as a model runner's warm-up does before capture.
-double time_graph(cudaStream_t s, int reps, const std::function<void()>& f) {
-  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the setup's fills and copies
-  f();
-  check(cudaStreamSynchronize(s), "warm-up");
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-  try {
-    for (int i = 0; i < reps; ++i) f();
-  } catch (...) {
-    cudaStreamEndCapture(s, &graph);
-    if (graph != nullptr) cudaGraphDestroy(graph);
-    throw;
-  }
-  check(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
-  check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
-  cudaEvent_t a = nullptr, b = nullptr;
-  check(cudaEventCreate(&a), "cudaEventCreate");
-  check(cudaEventCreate(&b), "cudaEventCreate");
-  std::vector<double> t;
-  for (int i = 0; i < kSamples + 2; ++i) {
-    check(cudaEventRecord(a, s), "cudaEventRecord");
-    check(cudaGraphLaunch(exec, s), "cudaGraphLaunch");
-    check(cudaEventRecord(b, s), "cudaEventRecord");
-    check(cudaEventSynchronize(b), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
-    if (i >= 2) t.push_back(ms / reps);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  return median(t);
-}
+using namespace pdserve::bench;
 
 // ---- cases ----
 

@@ -42,61 +42,21 @@
 #include "ops/quant.h"
 #include "ops/rope.h"
 #include "tensor/tensor.h"
+#include "bench_util.cuh"
 
 namespace {
 
 using namespace pdserve;
 using ops::cuda::check;
+using namespace pdserve::bench;
 
 // The published deployment's per-rank work (LMSYS EP72 decode): 256 requests at context 2000,
 // 256 x top-8 = 2048 (token, expert) rows = 4 local experts x 512 with balanced routing.
 constexpr int64_t kTokens = 256, kContext = 2000, kPageSize = 64, kLocalExperts = 4, kRowsPerExpert = 512;
-constexpr int kSamples = 15, kLayerSamples = 60;
+constexpr int kLayerSamples = 60;  // kSamples (15): bench_util.cuh
 constexpr double kGoalUs = 750.0, kSglangUs = 950.0;
 
 void fail(const std::string& what) { throw std::runtime_error(what); }
-
-// ---- device-side random fill (gemm_bench's: hash of the index, fast and reproducible) ----
-
-__device__ uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-__global__ void fill_kernel(void* p, size_t n, int kind, uint64_t seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const uint64_t h = mix64(seed * 0x100000001B3ULL + i);
-    const float u = lo + (hi - lo) * static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
-    if (kind == 0) {
-      static_cast<float*>(p)[i] = u;
-    } else if (kind == 1) {
-      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(u);
-    } else {
-      const uint8_t b = static_cast<uint8_t>(h);
-      static_cast<uint8_t*>(p)[i] = (b & 0x7F) == 0x7F ? 0 : b;  // any e4m3 value but NaN
-    }
-  }
-}
-
-Tensor device_tensor(const Shape& shape, DType dt, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
-  if (dt != DType::kF32 && dt != DType::kBF16 && dt != DType::kF8E4M3) fail("device_tensor: f32, bf16 or fp8");
-  Tensor t = Tensor::empty(shape, dt, Device::kCuda);
-  const int kind = dt == DType::kF32 ? 0 : dt == DType::kBF16 ? 1 : 2;
-  if (t.numel() == 0) return t;
-  fill_kernel<<<2048, 256, 0, ops::cuda::current_stream()>>>(t.raw_data(), static_cast<size_t>(t.numel()), kind, seed, lo, hi);
-  ops::cuda::check_launch("fill");
-  return t;
-}
-
-// An [n, k] weight: fp8 e4m3 with 128x128 block scales (scaled so outputs stay O(1)), or bf16.
-Weight device_weight(int64_t n, int64_t k, DType dt, uint64_t seed) {
-  Weight w;
-  w.weight = device_tensor({n, k}, dt, seed, -0.05f, 0.05f);
-  if (dt == DType::kF8E4M3) w.scale_inv = device_tensor({(n + 127) / 128, (k + 127) / 128}, DType::kF32, seed + 1, 1e-4f, 2e-4f);
-  return w;
-}
 
 Tensor i32_device(const std::vector<int32_t>& v, const Shape& shape) {
   Tensor h = Tensor::empty(shape, DType::kI32);
@@ -105,44 +65,7 @@ Tensor i32_device(const std::vector<int32_t>& v, const Shape& shape) {
   return h.to(Device::kCuda);
 }
 
-// ---- timing ----
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-struct Events {
-  cudaEvent_t a = nullptr, b = nullptr;
-  Events() {
-    check(cudaEventCreate(&a), "cudaEventCreate");
-    check(cudaEventCreate(&b), "cudaEventCreate");
-  }
-  ~Events() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  float ms() const {
-    float t = 0;
-    check(cudaEventSynchronize(b), "cudaEventSynchronize");
-    check(cudaEventElapsedTime(&t, a, b), "cudaEventElapsedTime");
-    return t;
-  }
-};
-
-// Milliseconds per call of f, launched eagerly from the host (events around each call).
-double time_eager(cudaStream_t s, int samples, const std::function<void()>& f) {
-  Events ev;
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < samples; ++i) {
-    check(cudaEventRecord(ev.a, s), "cudaEventRecord");
-    f();
-    check(cudaEventRecord(ev.b, s), "cudaEventRecord");
-    t.push_back(ev.ms());
-  }
-  return median(t);
-}
+// ---- timing (bench_util.cuh: median, Events, time_eager) ----
 
 // A captured graph, destroyed with its owner (after the last replay: nothing is freed while one runs).
 struct Graph {
@@ -221,7 +144,7 @@ Ceilings measure_ceilings(cudaStream_t s) {
     const int64_t bytes = int64_t{1} << 30;
     Tensor src = Tensor::empty({bytes}, DType::kF8E4M3, Device::kCuda), dst = Tensor::empty({bytes}, DType::kF8E4M3, Device::kCuda);
     check(cudaMemsetAsync(src.raw_data(), 1, static_cast<size_t>(bytes), s), "cudaMemsetAsync");
-    const double ms = time_eager(s, kSamples, [&] {
+    const double ms = time_eager(s, [&] {
       check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
     });
     c.copy_tbs = 2.0 * bytes / (ms * 1e-3) / 1e12;  // read + write
@@ -236,12 +159,12 @@ Ceilings measure_ceilings(cudaStream_t s) {
     ops::quantize_fp8_per_token_group(x, q, sc);
     const Weight w = device_weight(n, k, DType::kF8E4M3, 902);
     const ops::cuda::detail::Fp8Operand a{q.data<uint8_t>(), sc.data<float>(), m, k};
-    const double ms = time_eager(s, kSamples, [&] { ops::cuda::detail::fp8_gemm(a, w, y.raw_data(), DType::kBF16, n); });
+    const double ms = time_eager(s, [&] { ops::cuda::detail::fp8_gemm(a, w, y.raw_data(), DType::kBF16, n); });
     c.fp8_tflops = flops / (ms * 1e-3) / 1e12;
   }
   {
     const Weight w = device_weight(n, k, DType::kBF16, 903);
-    const double ms = time_eager(s, kSamples, [&] { ops::cuda::detail::dense_gemm(x.raw_data(), m, w, y.raw_data(), DType::kBF16, n); });
+    const double ms = time_eager(s, [&] { ops::cuda::detail::dense_gemm(x.raw_data(), m, w, y.raw_data(), DType::kBF16, n); });
     c.bf16_tflops = flops / (ms * 1e-3) / 1e12;
   }
   check(cudaStreamSynchronize(s), "ceilings");
@@ -564,9 +487,9 @@ int run(const std::string& config_path) {
   // Whole blocks: one graph each, and the eager launches of the same ops for comparison.
   const double attn_graph = attn_g.replay_ms(s, kLayerSamples) * 1e3, moe_graph = moe_g.replay_ms(s, kLayerSamples) * 1e3;
   const double layer_graph = layer_g.replay_ms(s, kLayerSamples) * 1e3;
-  const double attn_eager = time_eager(s, kSamples, [&] { l.run_block(0); }) * 1e3;
-  const double moe_eager = time_eager(s, kSamples, [&] { l.run_block(1); }) * 1e3;
-  const double layer_eager = time_eager(s, kSamples, [&] { l.run_layer(); }) * 1e3;
+  const double attn_eager = time_eager(s, [&] { l.run_block(0); }) * 1e3;
+  const double moe_eager = time_eager(s, [&] { l.run_block(1); }) * 1e3;
+  const double layer_eager = time_eager(s, [&] { l.run_layer(); }) * 1e3;
   const auto [nodes, kernels] = layer_g.nodes();
 
   // Each op alone. In-place ops repeated many times may drift their values; timing does not care,
