@@ -211,13 +211,17 @@ void DecodeKvManager::handshake_loop() {
     std::shared_ptr<Room> room;
     {
       std::unique_lock<std::mutex> lock(mu_);
+      // Timed, so that pending registrations are looked at also while no handshake comes.
       cv_.wait_for(lock, kRegisterResend / 2, [&] { return stopping_ || !handshakes_.empty(); });
       if (stopping_) return;
-      if (handshakes_.empty()) {
-        lock.unlock();
-        resend_pending_registrations();
-        continue;
-      }
+    }
+    // Every turn, not only when idle: under a steady stream of handshakes an idle-only check
+    // would never run. Cheap (a scan of this decode's connections; each resends at most every
+    // kRegisterResend).
+    resend_pending_registrations();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (handshakes_.empty()) continue;
       room = handshakes_.front();
       handshakes_.pop_front();
       if (room->status != KvPoll::kBootstrapping) continue;

@@ -378,11 +378,16 @@ void PrefillKvManager::resend_unacknowledged_done_locked(Clock::time_point now) 
   for (auto& [id, slot] : rooms_) {
     Room& r = *slot;
     if (r.status != KvPoll::kTransferring || !r.last_sent || now - r.last_done_sent < kAckResend) continue;
+    // Warned once per room: a decode that is gone would otherwise log every kAckResend until the
+    // waiting timeout, for each of its rooms.
+    const bool first = r.last_done_sent == r.last_send_done;
     r.last_done_sent = now;
     for (const auto& d : r.dests) {
       if (d.dummy || d.acked) continue;
-      log::warning("No acknowledgement of room {}'s KV from decode {} after {} ms; sending DONE again", r.room, d.session,
-                   kAckResend.count());
+      if (first)
+        log::warning("No acknowledgement of room {}'s KV from decode {} after {} ms; sending DONE again every {} ms "
+                     "until it comes or the waiting timeout",
+                     r.room, d.session, kAckResend.count(), kAckResend.count());
       channel_.post(d.session, {"DONE", std::to_string(r.room), r.done_metadata, channel_.endpoint()});
     }
   }

@@ -130,6 +130,24 @@ TEST_F(TransferTest, LostRegistrationIsSentAgain) {
   EXPECT_EQ(dkv_.page(1, 3), pkv_.page(1, 9));
 }
 
+TEST_F(TransferTest, LostRegistrationIsSentAgainWhileHandshakesKeepComing) {
+  // As above, with a new request for the same prefill every 100 ms: the decode's handshake thread
+  // is never idle for the resend period, and the resend must still happen.
+  opts_.test_drop_registrations = 1;
+  start();
+  auto recv = decode_->make_receiver("r", info(80));
+  std::vector<std::unique_ptr<scheduler::KvReceiver>> others;
+  const auto t0 = std::chrono::steady_clock::now();
+  KvPoll p = recv->poll();
+  while (p != KvPoll::kWaitingForInput && p != KvPoll::kFailed && std::chrono::steady_clock::now() - t0 < 15s) {
+    others.push_back(decode_->make_receiver("o" + std::to_string(others.size()), info(1000 + others.size())));
+    std::this_thread::sleep_for(100ms);
+    p = recv->poll();
+  }
+  ASSERT_EQ(p, KvPoll::kWaitingForInput) << recv->failure();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+}
+
 TEST_F(TransferTest, LostAcknowledgementIsAskedForAgain) {
   // The decode drops its first ACK: the prefill sends DONE again after 3 s; the decode's
   // request has ended by then (receiver gone), and it must still answer, so the prefill's room
