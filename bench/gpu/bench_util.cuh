@@ -140,4 +140,16 @@ inline double time_graph(cudaStream_t s, int reps, const std::function<void()>& 
   return median(t);
 }
 
+// Device-to-device copy of 1 GiB: read + write TB/s, the bandwidth ceiling of memory-bound rows.
+inline double copy_tbs(cudaStream_t s) {
+  const size_t bytes = size_t{1} << 30;
+  Tensor src = Tensor::empty({static_cast<int64_t>(bytes)}, DType::kF8E4M3, Device::kCuda);
+  Tensor dst = Tensor::empty({static_cast<int64_t>(bytes)}, DType::kF8E4M3, Device::kCuda);
+  ops::cuda::check(cudaMemsetAsync(src.raw_data(), 1, bytes, s), "cudaMemsetAsync");
+  const double ms = time_eager(s, [&] {
+    ops::cuda::check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
+  });
+  return 2.0 * bytes / (ms * 1e-3) / 1e12;
+}
+
 }  // namespace pdserve::bench

@@ -38,16 +38,7 @@ void check_lt(cublasStatus_t s, const char* what) {
 
 // ---- ceilings ----
 
-double copy_tbs(cudaStream_t s) {
-  const size_t bytes = size_t{1} << 30;
-  Tensor src = Tensor::empty({static_cast<int64_t>(bytes)}, DType::kF8E4M3, Device::kCuda);
-  Tensor dst = Tensor::empty({static_cast<int64_t>(bytes)}, DType::kF8E4M3, Device::kCuda);
-  check(cudaMemsetAsync(src.raw_data(), 1, bytes, s), "cudaMemsetAsync");
-  const double ms = time_eager(s, [&] {
-    check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
-  });
-  return 2.0 * bytes / (ms * 1e-3) / 1e12;
-}
+// copy_tbs: bench_util.cuh
 
 enum class LtKind { kBf16, kFp8Tensor, kFp8Block };
 const char* lt_name(LtKind k) {

@@ -123,15 +123,6 @@ struct Graph {
   }
 };
 
-// Milliseconds per call of f alone: one eager call, then a graph of `reps` back-to-back calls.
-double time_op(cudaStream_t s, int reps, const std::function<void()>& f) {
-  f();
-  check(cudaStreamSynchronize(s), "warm-up");
-  Graph g;
-  g.capture(s, reps, f);
-  return g.replay_ms(s, kSamples) / reps;
-}
-
 // ---- ceilings, measured in this run ----
 
 struct Ceilings {
@@ -140,15 +131,7 @@ struct Ceilings {
 
 Ceilings measure_ceilings(cudaStream_t s) {
   Ceilings c;
-  {
-    const int64_t bytes = int64_t{1} << 30;
-    Tensor src = Tensor::empty({bytes}, DType::kF8E4M3, Device::kCuda), dst = Tensor::empty({bytes}, DType::kF8E4M3, Device::kCuda);
-    check(cudaMemsetAsync(src.raw_data(), 1, static_cast<size_t>(bytes), s), "cudaMemsetAsync");
-    const double ms = time_eager(s, [&] {
-      check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
-    });
-    c.copy_tbs = 2.0 * bytes / (ms * 1e-3) / 1e12;  // read + write
-  }
+  c.copy_tbs = copy_tbs(s);
   // pdserve's own GEMM engine (ops/cuda/linear.h) at 8192^3: FP8 block-scaled on pre-quantized x
   // (the ceiling of the FP8 rows), and BF16 (the ceiling of the bf16 router and the MLA core).
   const int64_t m = 8192, n = 8192, k = 8192;
@@ -508,7 +491,7 @@ int run(const std::string& config_path) {
     for (const Op& op : l.ops) {
       if (op.block != b) continue;
       try {
-        const double us = time_op(s, op.reps, op.f) * 1e3, bd = bound_us(op, c);
+        const double us = time_graph(s, op.reps, op.f) * 1e3, bd = bound_us(op, c);
         sum[b] += us;
         std::printf("%-30s %-30s %-22s %9.1f %8.2f %8.2f %9.1f %6.0f%%\n", op.name.c_str(), op.call.c_str(), op.shape.c_str(), us,
                     op.flops / 1e9, op.bytes / 1e6, bd, 100.0 * bd / us);

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tensor/dtype.h"
 #include "tensor/tensor.h"
 
 namespace pdserve::gpu_test {
@@ -47,6 +48,49 @@ inline double rel_l2(const float* a, const float* b, int64_t n) {
     den += static_cast<double>(b[i]) * b[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Fast uniform [-1, 1) (weights reach tens of millions of elements; std::normal_distribution is too
+// slow), and 64 raw bits per step.
+struct Lcg {
+  uint64_t s;
+  uint64_t next64() {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return s;
+  }
+  float next() { return static_cast<float>(static_cast<double>(next64() >> 40) / 8388608.0 - 1.0); }
+};
+
+// [rows, cols] f32 with a different magnitude in every 128x128 block (0.5 .. 2.5), so a scale
+// applied to the wrong block shows.
+inline Tensor master_weight(int64_t rows, int64_t cols, uint64_t seed) {
+  Tensor w = Tensor::empty({rows, cols}, DType::kF32);
+  Lcg rng{seed};
+  float* p = w.data<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) p[r * cols + c] = rng.next() * (0.5f + 0.5f * static_cast<float>((r / 128 * 7 + c / 128 * 3) % 5));
+  return w;
+}
+
+// DeepSeek's weight quantization: per 128x128 block, scale_inv = amax / 448, q = e4m3(w / s).
+inline Weight to_fp8_weight(const Tensor& w) {
+  const int64_t rows = w.size(0), cols = w.size(1), br = (rows + 127) / 128, bc = (cols + 127) / 128;
+  Weight out{Tensor::empty({rows, cols}, DType::kF8E4M3), Tensor::empty({br, bc}, DType::kF32)};
+  const float* src = w.data<float>();
+  uint8_t* q = out.weight.data<uint8_t>();
+  float* s = out.scale_inv.data<float>();
+  for (int64_t bi = 0; bi < br; ++bi)
+    for (int64_t bj = 0; bj < bc; ++bj) {
+      const int64_t r1 = std::min(rows, bi * 128 + 128), c1 = std::min(cols, bj * 128 + 128);
+      float amax = 0.0f;
+      for (int64_t r = bi * 128; r < r1; ++r)
+        for (int64_t c = bj * 128; c < c1; ++c) amax = std::max(amax, std::fabs(src[r * cols + c]));
+      const float sc = std::max(amax, 1e-12f) / kFp8E4M3Max;
+      s[bi * bc + bj] = sc;
+      for (int64_t r = bi * 128; r < r1; ++r)
+        for (int64_t c = bj * 128; c < c1; ++c) q[r * cols + c] = f32_to_fp8e4m3(src[r * cols + c] / sc);
+    }
+  return out;
 }
 
 }  // namespace pdserve::gpu_test

@@ -39,15 +39,6 @@ namespace {
 constexpr double kF32Bound = 1e-4;
 constexpr double kBf16Bound = 4e-3;
 
-struct Lcg {
-  uint64_t s;
-  uint64_t next64() {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return s;
-  }
-  float next() { return static_cast<float>(static_cast<double>(next64() >> 40) / 8388608.0 - 1.0); }  // [-1, 1)
-};
-
 // n random e4m3 bytes, any value but NaN (S.1111.111), 8 per step (the weights reach 940 MB).
 void random_fp8(uint8_t* p, size_t n, uint64_t seed) {
   Lcg rng{seed};
@@ -230,23 +221,7 @@ TEST(GroupedGemmMaskedTc, SmallShapesMatchCpu) {
   const int64_t groups = 3, t = 70, n = 256, k = 384;
   std::vector<Weight> host, dev;
   for (int64_t g = 0; g < groups; ++g) {
-    Tensor m = Tensor::empty({n, k}, DType::kF32);
-    Lcg rng{100 + static_cast<uint64_t>(g)};
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t c = 0; c < k; ++c)
-        m.data<float>()[r * k + c] = rng.next() * (0.5f + 0.5f * static_cast<float>((r / 128 * 7 + c / 128 * 3) % 5));
-    Weight w{Tensor::empty({n, k}, DType::kF8E4M3), Tensor::empty({n / 128, k / 128}, DType::kF32)};
-    for (int64_t bi = 0; bi < n / 128; ++bi)
-      for (int64_t bj = 0; bj < k / 128; ++bj) {
-        float amax = 0.0f;
-        for (int64_t r = bi * 128; r < bi * 128 + 128; ++r)
-          for (int64_t c = bj * 128; c < bj * 128 + 128; ++c) amax = std::max(amax, std::fabs(m.data<float>()[r * k + c]));
-        const float sc = std::max(amax, 1e-12f) / kFp8E4M3Max;
-        w.scale_inv.data<float>()[bi * (k / 128) + bj] = sc;
-        for (int64_t r = bi * 128; r < bi * 128 + 128; ++r)
-          for (int64_t c = bj * 128; c < bj * 128 + 128; ++c)
-            w.weight.data<uint8_t>()[r * k + c] = f32_to_fp8e4m3(m.data<float>()[r * k + c] / sc);
-      }
+    Weight w = to_fp8_weight(master_weight(n, k, 100 + static_cast<uint64_t>(g)));
     host.push_back(w);
     dev.push_back(w.to(Device::kCuda));
   }

@@ -35,25 +35,6 @@ constexpr double kBf16Bound = 1e-2;
 constexpr double kFp8EmulatedBound = 5e-3;
 constexpr double kFp8VsW8A16Bound = 6e-2;
 
-// Fast uniform [-1, 1) (the weights reach 37M elements; std::normal_distribution is too slow).
-struct Lcg {
-  uint64_t s;
-  float next() {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return static_cast<float>(static_cast<double>(s >> 40) / 8388608.0 - 1.0);
-  }
-};
-
-// [rows, cols] f32 with a different magnitude in every 128x128 block (0.5 .. 2.5).
-Tensor master_weight(int64_t rows, int64_t cols, uint64_t seed) {
-  Tensor w = Tensor::empty({rows, cols}, DType::kF32);
-  Lcg rng{seed};
-  float* p = w.data<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) p[r * cols + c] = rng.next() * (0.5f + 0.5f * static_cast<float>((r / 128 * 7 + c / 128 * 3) % 5));
-  return w;
-}
-
 // x [m, k]: rows and 128-groups of different magnitudes (2^-5 .. 2^5 times 1..3).
 Tensor varied_x(int64_t m, int64_t k, uint64_t seed) {
   Tensor x = Tensor::empty({m, k}, DType::kF32);
@@ -68,27 +49,6 @@ Tensor varied_x(int64_t m, int64_t k, uint64_t seed) {
 Weight to_bf16_weight(const Tensor& w) {
   Weight out{Tensor::empty(w.shape(), DType::kBF16), Tensor()};
   convert_from_f32(DType::kBF16, w.data<float>(), out.weight.raw_data(), static_cast<size_t>(w.numel()));
-  return out;
-}
-
-// DeepSeek's weight quantization: per 128x128 block, scale_inv = amax / 448, q = e4m3(w / s).
-Weight to_fp8_weight(const Tensor& w) {
-  const int64_t rows = w.size(0), cols = w.size(1), br = (rows + 127) / 128, bc = (cols + 127) / 128;
-  Weight out{Tensor::empty({rows, cols}, DType::kF8E4M3), Tensor::empty({br, bc}, DType::kF32)};
-  const float* src = w.data<float>();
-  uint8_t* q = out.weight.data<uint8_t>();
-  float* s = out.scale_inv.data<float>();
-  for (int64_t bi = 0; bi < br; ++bi)
-    for (int64_t bj = 0; bj < bc; ++bj) {
-      const int64_t r1 = std::min(rows, bi * 128 + 128), c1 = std::min(cols, bj * 128 + 128);
-      float amax = 0.0f;
-      for (int64_t r = bi * 128; r < r1; ++r)
-        for (int64_t c = bj * 128; c < c1; ++c) amax = std::max(amax, std::fabs(src[r * cols + c]));
-      const float sc = std::max(amax, 1e-12f) / kFp8E4M3Max;
-      s[bi * bc + bj] = sc;
-      for (int64_t r = bi * 128; r < r1; ++r)
-        for (int64_t c = bj * 128; c < c1; ++c) q[r * cols + c] = f32_to_fp8e4m3(src[r * cols + c] / sc);
-    }
   return out;
 }
 
