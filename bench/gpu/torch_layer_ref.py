@@ -8,7 +8,17 @@ Real shapes (hidden 7168, 128 heads, q_lora 1536, kv_lora 512 + rope 64, expert 
   prefill (EP32 rank): 16,384 tokens (4 prompts x 4,096, causal SDPA, expanded MLA);
            9 local experts x 14,563 tokens + the shared expert.
 Prints a table in milliseconds (median of 20 after warm-up), and the device name.
+
+--prefill: instead, the whole prefill layer of prefill_layer_bench.cu (EP32 rank) in eager BF16,
+timed as attention block, MoE block and layer: input RMSNorm, q_a/q_b and kv_a with their norms,
+RoPE, kv_b expansion, causal SDPA per prompt (4 x 4096; v zero-padded to the qk head dim 192 so
+that a flash kernel applies: with 192/128 SDPA falls back to its math path, 262 ms on an H100),
+o_proj, residual add; post-attention RMSNorm, f32 router and the noaux_tc gate (as HF), the
+shared expert and 9 local experts x 14,564 rows with gate|up fused, and a weighted combine of the
+expert rows into the residual (the stand-in for the cross-GPU combine, as the C++ benchmark's).
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -89,6 +99,97 @@ def moe(x_per_expert, experts, shared, x_shared):
     return out, mlp(x_shared, *shared)
 
 
+def rope_cos_sin(n, dim=RD, base=10000.0):
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=dev, dtype=torch.float32) / dim))
+    f = torch.outer(torch.arange(n, device=dev, dtype=torch.float32), inv)
+    e = torch.cat([f, f], dim=-1)
+    return e.cos().to(dt), e.sin().to(dt)
+
+
+def rotate(x, cos, sin):  # HF's rotate_half form on [..., S, (H,) RD]
+    x1, x2 = x[..., : RD // 2], x[..., RD // 2:]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def prefill_layer():
+    """The prefill layer of prefill_layer_bench.cu in PyTorch eager BF16; returns the timings."""
+    P, S, E, K, G, M = 4, 4096, 256, 8, 9, 14564
+    T = P * S
+    g_in, g_post = torch.ones(H, device=dev, dtype=dt), torch.ones(H, device=dev, dtype=dt)
+    attn = Attn()
+    cos, sin = rope_cos_sin(S)
+    cos_t, sin_t = cos.repeat(P, 1), sin.repeat(P, 1)  # positions 0..4095 of each prompt
+    router = torch.randn(E, H, device=dev, dtype=torch.float32) * 0.02
+    bias = torch.randn(E, device=dev, dtype=torch.float32) * 0.01
+    sh_gu, sh_d = w(2 * EI, H), w(H, EI)
+    experts = [(w(2 * EI, H), w(H, EI)) for _ in range(G)]
+    xe = torch.randn(G * M, H, device=dev, dtype=dt)  # the received rows, contiguous by expert
+    i = torch.arange(T * K, device=dev)
+    slots = ((i % G) * M + i // G).view(T, K)  # each token's 8 choices on 8 experts' rows
+    x0 = torch.randn(T, H, device=dev, dtype=dt)
+    state = {}
+
+    def attention_block(x):
+        h = rmsnorm(x, g_in)
+        q = F.linear(rmsnorm(F.linear(h, attn.q_a), attn.gq), attn.q_b).view(T, NH, ND + RD)
+        ckv = F.linear(h, attn.kv_a)
+        c = rmsnorm(ckv[:, :KL], attn.gkv)
+        q_pe = rotate(q[..., ND:], cos_t[:, None], sin_t[:, None])
+        k_pe = rotate(ckv[:, KL:], cos_t, sin_t)
+        kv = F.linear(c, attn.kv_b).view(T, NH, ND + VD)
+        qf = torch.cat([q[..., :ND], q_pe], dim=-1)
+        k = torch.cat([kv[..., :ND], k_pe[:, None].expand(T, NH, RD)], dim=-1)
+        v = F.pad(kv[..., ND:], (0, ND + RD - VD))  # v to 192 columns: the flash path
+        outs = []
+        for p in range(P):
+            r = slice(p * S, (p + 1) * S)
+            qs, ks, vs = (t[r].transpose(0, 1).unsqueeze(0) for t in (qf, k, v))
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=0.1352)
+            outs.append(o[0, :, :, :VD].transpose(0, 1))
+        return x + F.linear(torch.cat(outs).reshape(T, NH * VD), attn.o)
+
+    def mlp_fused(x, gu, d):
+        g, u = F.linear(x, gu).chunk(2, dim=-1)
+        return F.linear(F.silu(g) * u, d)
+
+    def moe_block(x):
+        h = rmsnorm(x, g_post)
+        logits = F.linear(h.float(), router)  # HF's gate: f32
+        scores = logits.sigmoid()
+        sc = scores + bias
+        grp = sc.view(T, 8, E // 8).topk(2, dim=-1)[0].sum(-1)
+        keep = torch.zeros_like(grp).scatter_(1, grp.topk(4, dim=-1)[1], 1.0)
+        sc = sc.masked_fill(keep.repeat_interleave(E // 8, dim=1) == 0, 0.0)
+        ids = sc.topk(K, dim=-1)[1]
+        wts = scores.gather(1, ids)
+        wts = wts / (wts.sum(-1, keepdim=True) + 1e-20) * 2.5
+        out = x + mlp_fused(h, sh_gu, sh_d)
+        ye = torch.cat([mlp_fused(xe[g * M:(g + 1) * M], *experts[g]) for g in range(G)])
+        state["ids"] = ids  # the routing is computed (and kept); the rows are the fixed slab's
+        return out + torch.einsum("tk,tkh->th", wts.to(dt), ye[slots])
+
+    a = timed(lambda: attention_block(x0), reps=10)
+    x1 = attention_block(x0)
+    m = timed(lambda: moe_block(x1), reps=10)
+    layer = timed(lambda: moe_block(attention_block(x0)), reps=10)
+    y = moe_block(attention_block(x0))
+    return a, m, layer, bool(torch.isfinite(y).all())
+
+
+def main_prefill():
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name()
+    a, m, layer, finite = prefill_layer()
+    print(f"PyTorch {torch.__version__} eager BF16 on {name}")
+    print("prefill layer, EP32 rank: 16384 tokens (4 x 4096 causal, SDPA with v padded to 192), "
+          "9 experts x 14564 rows + shared expert, gate|up fused, f32 router + noaux_tc gate")
+    print(f"{'block':20s} {'ms':>9s}")
+    print(f"{'attention block':20s} {a:9.2f}")
+    print(f"{'MoE block':20s} {m:9.2f}")
+    print(f"{'layer':20s} {layer:9.2f}")
+    print(f"output finite: {finite}; peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
 def main():
     torch.manual_seed(0)
     name = torch.cuda.get_device_name()
@@ -118,4 +219,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main_prefill() if "--prefill" in sys.argv[1:] else main()

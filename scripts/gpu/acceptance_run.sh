@@ -28,6 +28,10 @@ export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_P
 for b in ${BENCHES:-attention_bench gemm_bench small_ops_bench}; do
   timeout $(($(left) < 90 ? $(left) : 90)) /tmp/pdserve-gpu/bin/$b > "$OUT/$b.log" 2>&1
   step "$b rc=$?"
+  if [[ $b == prefill_layer_bench ]]; then  # its PyTorch eager counterpart, same card and run
+    timeout $(($(left) < 60 ? $(left) : 60)) python3 bench/gpu/torch_layer_ref.py --prefill > "$OUT/torch_prefill_layer_ref.log" 2>&1
+    step "torch prefill layer rc=$?"
+  fi
 done
 timeout $(($(left) < 60 ? $(left) : 60)) python3 bench/gpu/torch_layer_ref.py > "$OUT/torch_layer_ref.log" 2>&1
 step "torch baseline rc=$?"

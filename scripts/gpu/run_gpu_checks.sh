@@ -21,5 +21,10 @@ fi
 for bench in "$@"; do
   echo "== $bench"
   timeout ${BENCH_TIMEOUT:-150} /tmp/pdserve-gpu/bin/$bench 2>&1 | tee "$OUT/$bench.log" || rc=1
+  # The same prefill layer in PyTorch eager, on the same card in the same run.
+  if [[ $bench == prefill_layer_bench ]]; then
+    echo "== PyTorch eager prefill layer"
+    timeout ${BENCH_TIMEOUT:-150} python3 bench/gpu/torch_layer_ref.py --prefill 2>&1 | tee "$OUT/torch_prefill_layer_ref.log" || rc=1
+  fi
 done
 exit $rc

@@ -64,19 +64,24 @@ auto DeepseekV3GpuModel::Impl::upload(const HostInputs& h, DeviceArena& a) -> In
 }
 
 void DeepseekV3GpuModel::Impl::attention(int64_t l, const Tensor& x, const Inputs& in, const HostInputs& h, DeviceArena& a, bool decode, Tensor& residual) {
-  const auto& at = w.layers[static_cast<size_t>(l)].attn;
+  const auto& lw = w.layers[static_cast<size_t>(l)];
+  const auto& at = lw.attn;
   const int64_t T = x.size(0), H = dims.num_heads, qk = dims.qk_head_dim(), L = dims.kv_lora_rank;
   Tensor q = a.take({T, H * qk}, act);
+  Tensor kv_a;  // [T, latent_dim]: the latent then k_pe (rows may be strided)
   if (cfg->q_lora_rank) {
-    Tensor cq = a.take({T, *cfg->q_lora_rank}, act);
-    ops::linear(x, at.q_a_proj, cq);
-    ops::rms_norm(cq, at.q_a_layernorm, kMlaNormEps, cq);
+    // One GEMM for q_a and kv_a (GpuLayerWeights::qkv_a); q_a's norm writes a contiguous copy for q_b.
+    const int64_t ql = *cfg->q_lora_rank;
+    Tensor qkv = a.take({T, ql + dims.latent_dim()}, act), cq = a.take({T, ql}, act);
+    ops::linear(x, lw.qkv_a, qkv);
+    ops::rms_norm(qkv.slice(1, 0, ql), at.q_a_layernorm, kMlaNormEps, cq);
     ops::linear(cq, at.q_b_proj, q);
+    kv_a = qkv.slice(1, ql, ql + dims.latent_dim());
   } else {
     ops::linear(x, at.q_proj, q);
+    kv_a = a.take({T, dims.latent_dim()}, act);
+    ops::linear(x, at.kv_a_proj_with_mqa, kv_a);
   }
-  Tensor kv_a = a.take({T, dims.latent_dim()}, act);
-  ops::linear(x, at.kv_a_proj_with_mqa, kv_a);
   Tensor latent = kv_a.slice(1, 0, L), k_pe = kv_a.slice(1, L, dims.latent_dim());
   ops::rms_norm(latent, at.kv_a_layernorm, kMlaNormEps, latent);
   Tensor q3 = q.reshape({T, H, qk}), pl = pool(l);
@@ -100,17 +105,16 @@ void DeepseekV3GpuModel::Impl::attention(int64_t l, const Tensor& x, const Input
 }
 
 bool DeepseekV3GpuModel::Impl::experts_fp8(const GpuLayerWeights& lw) {
-  return !lw.experts.gate.empty() && lw.experts.gate.front().is_block_fp8();
+  return !lw.experts.empty() && lw.experts.gate_up.front().is_block_fp8();
 }
 
-void DeepseekV3GpuModel::Impl::mlp(const MlpWeights& m, const Tensor& x, DeviceArena& a, Tensor& residual) {
-  const int64_t T = x.size(0), inter = m.gate_proj.rows();
-  Tensor g = a.take({T, inter}, act), u = a.take({T, inter}, act);
-  ops::linear(x, m.gate_proj, g);
-  ops::linear(x, m.up_proj, u);
-  ops::silu_mul(g, u, g);
+void DeepseekV3GpuModel::Impl::mlp(const GpuMlp& m, const Tensor& x, DeviceArena& a, Tensor& residual) {
+  const int64_t T = x.size(0), inter = m.inter();
+  Tensor gu = a.take({T, 2 * inter}, act), h = a.take({T, inter}, act);
+  ops::linear(x, m.gate_up, gu);  // one GEMM: gate then up columns (GpuMlp)
+  ops::silu_mul(gu.slice(1, 0, inter), gu.slice(1, inter, 2 * inter), h);
   Tensor y = a.take({T, cfg->hidden_size}, DType::kF32);
-  ops::linear(g, m.down_proj, y);
+  ops::linear(h, m.down, y);
   ops::add_inplace(residual, y);
 }
 
@@ -130,13 +134,13 @@ void DeepseekV3GpuModel::Impl::moe(int64_t l, const Tensor& x, const Tensor& x_b
       ops::moe_count(ids, row);  // padding rows are -1 here: not counted
     }
   }
-  if (lw.shared.gate_proj.weight.defined()) {
+  if (lw.shared.defined()) {
     trace::ScopedSpan span("shared_experts");
     mlp(lw.shared, x, a, residual);
   }
   // Routed experts uploaded by the EP ranks and no hook: only the warm-up at creation, which
   // sizes the arena (the EP path takes nothing more from it).
-  if (!routed && lw.experts.gate.empty()) return;
+  if (!routed && lw.experts.empty()) return;
   trace::ScopedSpan routed_span("routed_experts");
   if (routed) {
     // Expert parallelism: the hook sends the bf16 rows to the experts' ranks, runs this rank's
@@ -170,22 +174,22 @@ void DeepseekV3GpuModel::Impl::moe(int64_t l, const Tensor& x, const Tensor& x_b
   const Tensor& xe = experts_fp8(lw) ? x_bf16 : x;
   Tensor xs = a.take({std::max<int64_t>(rows, 1), hid}, xe.dtype());
   ops::moe_scatter(xe, ids, base, xs, slots, counts);
-  Tensor g = a.take({std::max<int64_t>(rows, 1), inter}, act), u = a.take(g.shape(), act);
+  // gate|up rows [.., 2 * inter] (GpuExperts), their SiLU product h, the experts' outputs y.
+  Tensor gu = a.take({std::max<int64_t>(rows, 1), 2 * inter}, act), h = a.take({std::max<int64_t>(rows, 1), inter}, act);
   Tensor y = a.take({std::max<int64_t>(rows, 1), hid}, act);
   if (masked) {
-    Tensor g3 = g.reshape({E, T, inter}), u3 = u.reshape({E, T, inter}), y3 = y.reshape({E, T, hid});
-    // Decode sizes: a few rows per chosen expert. The GEMV reads only the chosen experts'
-    // weights; the masked GEMMs would run (and read) all E experts over all T rows.
-    ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.gate, lw.experts.gate_table, g3);
-    ops::grouped_gemv_masked(xs.reshape({E, T, hid}), counts, lw.experts.up, lw.experts.up_table, u3);
-    ops::silu_mul_masked(g3, u3, counts, g3);  // rows past the counts stay stale; nothing reads them
-    ops::grouped_gemv_masked(g3, counts, lw.experts.down, lw.experts.down_table, y3);
+    Tensor gu3 = gu.reshape({E, T, 2 * inter}), h3 = h.reshape({E, T, inter}), y3 = y.reshape({E, T, hid});
+    // Decode sizes: a few rows per chosen expert. The masked kernels read only the chosen
+    // experts' weights; the masked GEMMs would run (and read) all E experts over all T rows.
+    ops::grouped_masked_experts(xs.reshape({E, T, hid}), counts, lw.experts.gate_up, lw.experts.gate_up_table, gu3);
+    // rows past the counts stay stale; nothing reads them
+    ops::silu_mul_masked(gu3.slice(2, 0, inter), gu3.slice(2, inter, 2 * inter), counts, h3);
+    ops::grouped_masked_experts(h3, counts, lw.experts.down, lw.experts.down_table, y3);
   } else if (rows > 0) {
-    Tensor xr = xs.slice(0, 0, rows), gr = g.slice(0, 0, rows), ur = u.slice(0, 0, rows), yr = y.slice(0, 0, rows);
-    ops::grouped_linear_contiguous(xr, offsets, lw.experts.gate, gr);
-    ops::grouped_linear_contiguous(xr, offsets, lw.experts.up, ur);
-    ops::silu_mul(gr, ur, gr);
-    ops::grouped_linear_contiguous(gr, offsets, lw.experts.down, yr);
+    Tensor xr = xs.slice(0, 0, rows), gur = gu.slice(0, 0, rows), hr = h.slice(0, 0, rows), yr = y.slice(0, 0, rows);
+    ops::grouped_linear_contiguous(xr, offsets, lw.experts.gate_up, gur);
+    ops::silu_mul(gur.slice(1, 0, inter), gur.slice(1, inter, 2 * inter), hr);
+    ops::grouped_linear_contiguous(hr, offsets, lw.experts.down, yr);
   }
   ops::moe_combine(y, slots, wts, residual);
   if (trace) record_routing(l, ids, T, k, *trace);

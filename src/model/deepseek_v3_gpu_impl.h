@@ -109,7 +109,7 @@ struct DeepseekV3GpuModel::Impl {
 
   static bool experts_fp8(const GpuLayerWeights& lw);
 
-  void mlp(const MlpWeights& m, const Tensor& x, DeviceArena& a, Tensor& residual);
+  void mlp(const GpuMlp& m, const Tensor& x, DeviceArena& a, Tensor& residual);
 
   // Routed experts. masked (graphs): every expert gets a block of T rows and the expert products
   // read the counts on the device; otherwise the counts come to the host and the rows are packed.

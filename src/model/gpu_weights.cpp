@@ -1,6 +1,8 @@
 #include "model/gpu_weights.h"
 
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #if defined(PDSERVE_HAVE_CUDA)
 #include <cuda_runtime.h>
@@ -13,17 +15,28 @@
 namespace pdserve::model {
 namespace {
 
+Weight to_bf16(const Weight& w) {
+  Tensor f = w.to_f32();
+  Tensor b = Tensor::empty(f.shape(), DType::kBF16);
+  convert_from_f32(DType::kBF16, f.data<float>(), b.raw_data(), static_cast<size_t>(f.numel()));
+  return Weight{b, Tensor()};
+}
+
 // The host form of a weight as the device keeps it: cuBLASLt's block-scaled FP8 GEMM needs whole
 // 128-wide K blocks and N % 16 == 0 (real DeepSeek shapes always are); other fp8 weights (tiny
 // test models) run as bf16.
 Weight device_form(const Weight& w) {
-  if (w.is_block_fp8() && (w.cols() % 128 != 0 || w.rows() % 16 != 0)) {
-    Tensor f = w.to_f32();
-    Tensor b = Tensor::empty(f.shape(), DType::kBF16);
-    convert_from_f32(DType::kBF16, f.data<float>(), b.raw_data(), static_cast<size_t>(f.numel()));
-    return Weight{b, Tensor()};
-  }
+  if (w.is_block_fp8() && (w.cols() % 128 != 0 || w.rows() % 16 != 0)) return to_bf16(w);
   return w;
+}
+
+// [a; b] by rows (host tensors of one dtype and width).
+Tensor cat_rows(const Tensor& a, const Tensor& b) {
+  const Tensor ac = a.is_contiguous() ? a : a.clone(), bc = b.is_contiguous() ? b : b.clone();
+  Tensor out = Tensor::empty({a.size(0) + b.size(0), a.size(1)}, a.dtype());
+  std::memcpy(out.raw_data(), ac.raw_data(), ac.nbytes());
+  std::memcpy(static_cast<char*>(out.raw_data()) + ac.nbytes(), bc.raw_data(), bc.nbytes());
+  return out;
 }
 
 struct Uploader {
@@ -37,22 +50,40 @@ struct Uploader {
     const Weight d = device_form(w);
     return Weight{up(d.weight), up(d.scale_inv)};
   }
-  MlpWeights up(const MlpWeights& m) { return MlpWeights{up(m.gate_proj), up(m.up_proj), up(m.down_proj)}; }
+  GpuMlp up(const MlpWeights& m) {
+    if (!m.gate_proj.weight.defined()) return GpuMlp{};
+    const GpuMlp h = fused_host_mlp(m);
+    return GpuMlp{up(h.gate_up), up(h.down)};
+  }
 };
 
 }  // namespace
+
+Weight fused_rows(const Weight& top, const Weight& bottom, const char* what) {
+  Weight a = device_form(top), b = device_form(bottom);
+  const bool whole_blocks = a.rows() % Weight::kBlock == 0;
+  if (a.is_block_fp8() != b.is_block_fp8() || (a.is_block_fp8() && !whole_blocks)) {
+    a = a.is_block_fp8() ? to_bf16(a) : a;
+    b = b.is_block_fp8() ? to_bf16(b) : b;
+  }
+  if (a.weight.dtype() != b.weight.dtype() || a.cols() != b.cols())
+    throw std::invalid_argument(std::string(what) + ": the two weights differ in dtype or width");
+  return Weight{cat_rows(a.weight, b.weight), a.scale_inv.defined() ? cat_rows(a.scale_inv, b.scale_inv) : Tensor()};
+}
+
+GpuMlp fused_host_mlp(const MlpWeights& m) {
+  return GpuMlp{fused_rows(m.gate_proj, m.up_proj, "fused_host_mlp: gate_proj and up_proj"), device_form(m.down_proj)};
+}
 
 GpuExperts upload_experts(const MoeWeights& m, int64_t begin, int64_t end, size_t* bytes) {
   Uploader u;
   GpuExperts g;
   for (int64_t e = begin; e < end; ++e) {
-    const MlpWeights& x = m.experts.at(static_cast<size_t>(e));
-    g.gate.push_back(u.up(x.gate_proj));
-    g.up.push_back(u.up(x.up_proj));
-    g.down.push_back(u.up(x.down_proj));
+    GpuMlp x = u.up(m.experts.at(static_cast<size_t>(e)));
+    g.gate_up.push_back(std::move(x.gate_up));
+    g.down.push_back(std::move(x.down));
   }
-  g.gate_table = ops::expert_pointer_table(g.gate);
-  g.up_table = ops::expert_pointer_table(g.up);
+  g.gate_up_table = ops::expert_pointer_table(g.gate_up);
   g.down_table = ops::expert_pointer_table(g.down);
   if (bytes) *bytes += u.bytes;
   return g;
@@ -79,20 +110,24 @@ Status copy_to_device(const Tensor& host, Tensor& dev, const char* what) {
 namespace {
 
 Status overwrite_weight(const Weight& host, Weight& dev, const char* what) {
-  const Weight d = device_form(host);
-  PDSERVE_RETURN_IF_ERROR(copy_to_device(d.weight, dev.weight, what));
-  return copy_to_device(d.scale_inv, dev.scale_inv, what);
+  PDSERVE_RETURN_IF_ERROR(copy_to_device(host.weight, dev.weight, what));
+  return copy_to_device(host.scale_inv, dev.scale_inv, what);
 }
 
 }  // namespace
 
 Status overwrite_expert(GpuExperts& g, int64_t slot, const MlpWeights& host) {
-  if (slot < 0 || slot >= static_cast<int64_t>(g.gate.size()))
-    return make_error(ErrorCode::kInvalidArgument, "overwrite_expert: slot {} of {}", slot, g.gate.size());
+  if (slot < 0 || slot >= static_cast<int64_t>(g.gate_up.size()))
+    return make_error(ErrorCode::kInvalidArgument, "overwrite_expert: slot {} of {}", slot, g.gate_up.size());
   const auto i = static_cast<size_t>(slot);
-  PDSERVE_RETURN_IF_ERROR(overwrite_weight(host.gate_proj, g.gate[i], "gate_proj"));
-  PDSERVE_RETURN_IF_ERROR(overwrite_weight(host.up_proj, g.up[i], "up_proj"));
-  return overwrite_weight(host.down_proj, g.down[i], "down_proj");
+  GpuMlp h;
+  try {
+    h = fused_host_mlp(host);
+  } catch (const std::invalid_argument& e) {
+    return make_error(ErrorCode::kInvalidArgument, "overwrite_expert: {}", e.what());
+  }
+  PDSERVE_RETURN_IF_ERROR(overwrite_weight(h.gate_up, g.gate_up[i], "gate_up_proj"));
+  return overwrite_weight(h.down, g.down[i], "down_proj");
 }
 
 GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w, bool routed_experts) {
@@ -107,11 +142,13 @@ GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w, bool ro
     gl.input_layernorm = u.up(lw.input_layernorm);
     gl.post_attention_layernorm = u.up(lw.post_attention_layernorm);
     const AttentionWeights& a = lw.attn;
-    gl.attn.q_a_proj = u.up(a.q_a_proj);
+    if (a.q_a_proj.weight.defined())
+      gl.qkv_a = u.up(fused_rows(a.q_a_proj, a.kv_a_proj_with_mqa, "q_a_proj and kv_a_proj_with_mqa"));
+    else
+      gl.attn.kv_a_proj_with_mqa = u.up(a.kv_a_proj_with_mqa);
     gl.attn.q_a_layernorm = u.up(a.q_a_layernorm);
     gl.attn.q_b_proj = u.up(a.q_b_proj);
     gl.attn.q_proj = u.up(a.q_proj);
-    gl.attn.kv_a_proj_with_mqa = u.up(a.kv_a_proj_with_mqa);
     gl.attn.kv_a_layernorm = u.up(a.kv_a_layernorm);
     gl.attn.kv_b_proj = u.up(a.kv_b_proj);
     gl.attn.o_proj = u.up(a.o_proj);
@@ -136,7 +173,7 @@ GpuWeights upload_weights(const ModelConfig& cfg, const ModelWeights& w, bool ro
     gl.router = u.up(lw.moe.router);
     gl.correction_bias = u.up(lw.moe.correction_bias);
     if (routed_experts) gl.experts = upload_experts(lw.moe, 0, static_cast<int64_t>(lw.moe.experts.size()), &u.bytes);
-    if (lw.moe.shared.gate_proj.weight.defined()) gl.shared = u.up(lw.moe.shared);
+    gl.shared = u.up(lw.moe.shared);
   }
   g.bytes = u.bytes;
   return g;

@@ -22,18 +22,22 @@ void check_act(const char* op, const char* name, const Tensor& t) {
   detail::check_dtype(op, name, t, DType::kF32);
 }
 
-// The gated activation's operands: gate, up and out contiguous, of one activation dtype and one
-// shape of `rank` dimensions.
+// The gated activation's operands: of one activation dtype and one shape of `rank` dimensions; out
+// contiguous; gate and up with a contiguous last dimension and any strides above it, so they can
+// be the two halves of one fused gate|up GEMM output. out may alias gate only when gate is
+// contiguous too (a strided gate laid over a contiguous out would be overwritten before it is read).
 void check_gated(const char* op, const Tensor& gate, const Tensor& up, const Tensor& out, int rank) {
   check_act(op, "gate", gate);
   detail::check_rank(op, "gate", gate, rank);
-  detail::check_contiguous(op, "gate", gate);
+  detail::check_last_dim_contiguous(op, "gate", gate);
   detail::check_dtype(op, "up", up, gate.dtype());
   detail::check_shape(op, "up", up, gate.shape());
-  detail::check_contiguous(op, "up", up);
+  detail::check_last_dim_contiguous(op, "up", up);
   detail::check_dtype(op, "out", out, gate.dtype());
   detail::check_shape(op, "out", out, gate.shape());
   detail::check_contiguous(op, "out", out);
+  if (out.raw_data() == gate.raw_data() && !gate.is_contiguous())
+    fail(op, "out may alias gate only when gate is contiguous");
 }
 
 }  // namespace

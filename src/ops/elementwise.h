@@ -15,13 +15,17 @@ void embedding(const Tensor& ids, const Weight& table, Tensor& out);
 // weight: [d], any floating dtype.
 void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out);
 
-// out = silu(gate) * up, elementwise; all [m, n] f32 contiguous (out may alias gate).
+// out = silu(gate) * up, elementwise; all [m, n] f32 (device: f32 or bf16). out contiguous; gate
+// and up may have strided rows (strides()[0] >= n, last dim contiguous), e.g. the two halves
+// y.slice(1, 0, n) and y.slice(1, n, 2 * n) of one fused gate|up GEMM output y [m, 2n]. out may
+// alias gate when gate is contiguous.
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 
 // silu_mul over the first counts[g] rows of each group g (the masked expert layouts, where an
-// expert's block of M rows holds counts[g] received rows): gate, up, out [G, M, n] contiguous, f32
-// (device: f32 or bf16), out may alias gate; counts [G] i32 on the tensors' device, each clamped to
-// [0, M]. Rows past a group's count are left untouched.
+// expert's block of M rows holds counts[g] received rows): gate, up, out [G, M, n], f32 (device:
+// f32 or bf16); out contiguous, gate and up with a contiguous last dim and any strides above it (the
+// halves of a fused [G, M, 2n] gate|up output); out may alias gate when gate is contiguous; counts
+// [G] i32 on the tensors' device, each clamped to [0, M]. Rows past a group's count are left untouched.
 void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out);
 
 // y += x elementwise (same shape, f32 contiguous).

@@ -1,6 +1,7 @@
 #include "ops/grouped_gemm.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "ops/check.h"
@@ -139,6 +140,35 @@ void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vec
     if (c < max_m)
       std::memset(static_cast<char*>(yg.raw_data()) + c * n * sizeof(float), 0, static_cast<size_t>((max_m - c) * n) * sizeof(float));
   }
+}
+
+namespace {
+
+bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
+
+// What ops::cuda::grouped_gemm_masked_tc takes (its header): fp8 block-scaled experts with N and K
+// multiples of 128, x bf16 or fp8 with scales, y f32 or bf16, contiguous and 16-byte aligned.
+bool tensor_cores_take(const Tensor& x, const std::vector<Weight>& experts, const Tensor& y, const Tensor& x_scales) {
+  if (experts.empty() || x.device() != Device::kCuda) return false;
+  const Weight& w = experts.front();
+  if (!w.is_block_fp8() || !w.scale_inv.defined() || w.rows() % 128 != 0 || w.cols() % 128 != 0) return false;
+  const bool x_ok = x_scales.defined() ? x.dtype() == DType::kF8E4M3 : x.dtype() == DType::kBF16;
+  const bool y_ok = y.dtype() == DType::kF32 || y.dtype() == DType::kBF16;
+  return x_ok && y_ok && x.is_contiguous() && y.is_contiguous() && aligned16(x) && aligned16(y) &&
+         x.size(1) <= (int64_t{1} << 30) && experts.size() <= 65535;
+}
+
+}  // namespace
+
+void grouped_masked_experts(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
+                            Tensor& y, const Tensor& x_scales) {
+#ifdef PDSERVE_HAVE_CUDA
+  if (tensor_cores_take(x, experts, y, x_scales)) {
+    check_masked("grouped_masked_experts", x, counts, experts, y, table, x_scales);
+    return cuda::grouped_gemm_masked_tc(x, counts, experts, table, y, x_scales);
+  }
+#endif
+  grouped_gemv_masked(x, counts, experts, table, y, x_scales);
 }
 
 Tensor expert_pointer_table(const std::vector<Weight>& experts) {

@@ -41,6 +41,14 @@ void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vec
 // rows as they arrived, with no dequantization pass.
 void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
                          Tensor& y, const Tensor& x_scales = Tensor());
+// grouped_gemv_masked's contract, computed by the fastest kernel that takes the operands: on the
+// GPU the tensor-core kernel (ops/cuda/grouped_gemm.h, grouped_gemm_masked_tc: fp8 block-scaled
+// experts with N, K multiples of 128, x bf16 or fp8 with scales, y f32 or bf16), otherwise
+// grouped_gemv_masked. The GEMV multiplies on CUDA cores: an H100 measured it ~100x slower than the
+// tensor-core GEMMs at 512 rows per expert (docs/perf/kernels.md), so the model's masked expert
+// layers (decode, EP low-latency) call this one.
+void grouped_masked_experts(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
+                            Tensor& y, const Tensor& x_scales = Tensor());
 // i64 [2, G] on the experts' device: each expert's weight address, then its scale_inv address (0
 // when it has none). On the CPU an empty tensor (the reference reads `experts` directly).
 Tensor expert_pointer_table(const std::vector<Weight>& experts);

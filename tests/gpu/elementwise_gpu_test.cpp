@@ -55,6 +55,44 @@ TEST(ElementwiseGpu, SiluMulBf16MatchesCpu) {
   }
 }
 
+// A host f32 tensor of zeros.
+Tensor host_zeros(const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::kF32);
+  std::memset(t.raw_data(), 0, t.nbytes());
+  return t;
+}
+
+// gate and up as the two halves of one fused [m, 2n] (and masked [G, M, 2n]) gate|up output, as the
+// model's fused expert GEMMs write them; both dtypes, 16-byte aligned rows and not (n = 132 bf16).
+TEST(ElementwiseGpu, SiluMulTakesTheHalvesOfAFusedOutput) {
+  uint32_t seed = 40;
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    for (int64_t n : {int64_t{2048}, int64_t{132}, int64_t{3}}) {
+      const int64_t m = 37;
+      Tensor fused = round_bf16(random_host({m, 2 * n}, ++seed, 3.0f));
+      Tensor want = Tensor::empty({m, n}, DType::kF32);
+      ops::silu_mul(fused.slice(1, 0, n).clone(), fused.slice(1, n, 2 * n).clone(), want);
+      Tensor fd = as_dtype(fused, dt).to(Device::kCuda);
+      Tensor out = poisoned_device({m, n}, dt);
+      ops::silu_mul(fd.slice(1, 0, n), fd.slice(1, n, 2 * n), out);
+      const double bound = dt == DType::kF32 ? 1e-6 : 4e-3;
+      EXPECT_LT(rel_max_err(out.to(Device::kCpu).to_f32(), want), bound) << dtype_name(dt) << " n " << n;
+
+      const int64_t G = 3, M = 20;
+      const int32_t c[G] = {0, 7, 20};
+      Tensor counts = Tensor::empty({G}, DType::kI32);
+      std::memcpy(counts.data<int32_t>(), c, sizeof c);
+      Tensor f3 = round_bf16(random_host({G, M, 2 * n}, ++seed, 3.0f));
+      Tensor want3 = host_zeros({G, M, n});
+      ops::silu_mul_masked(f3.slice(2, 0, n).clone(), f3.slice(2, n, 2 * n).clone(), counts, want3);
+      Tensor f3d = as_dtype(f3, dt).to(Device::kCuda);
+      Tensor out3 = as_dtype(host_zeros({G, M, n}), dt).to(Device::kCuda);
+      ops::silu_mul_masked(f3d.slice(2, 0, n), f3d.slice(2, n, 2 * n), counts.to(Device::kCuda), out3);
+      EXPECT_LT(rel_max_err(out3.to(Device::kCpu).to_f32(), want3), bound) << dtype_name(dt) << " masked n " << n;
+    }
+  }
+}
+
 // Masked: the counted rows as the CPU op computes them (f32: 1e-6, bf16: one rounding), every other
 // row still holds the poison it was given.
 TEST(ElementwiseGpu, SiluMulMaskedMatchesCpuAndLeavesUncountedRows) {

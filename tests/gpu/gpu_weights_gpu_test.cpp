@@ -32,19 +32,19 @@ TEST(GpuWeights, OverwriteExpertLoadsASlotInPlace) {
     model::MoeWeights host;
     host.experts = model::make_dummy_experts(*cfg, 7, 2, 0, 4);
     model::GpuExperts g = model::upload_experts(host, 0, 3);  // slots hold experts 0, 1, 2
-    const void* slot1 = g.gate[1].weight.raw_data();
-    const Tensor table_before = g.gate_table.to(Device::kCpu);
+    const void* slot1 = g.gate_up[1].weight.raw_data();
+    const Tensor table_before = g.gate_up_table.to(Device::kCpu);
     ASSERT_TRUE(model::overwrite_expert(g, 1, host.experts[3]).has_value());
     const model::GpuExperts fresh = model::upload_experts(host, 3, 4);
-    EXPECT_EQ(g.gate[1].weight.raw_data(), slot1);  // same buffer
-    EXPECT_TRUE(same_bytes(g.gate[1].weight, fresh.gate[0].weight));
-    EXPECT_TRUE(same_bytes(g.up[1].weight, fresh.up[0].weight));
+    EXPECT_EQ(g.gate_up[1].weight.raw_data(), slot1);  // same buffer
+    EXPECT_TRUE(same_bytes(g.gate_up[1].weight, fresh.gate_up[0].weight));
+    EXPECT_TRUE(same_bytes(g.gate_up[1].scale_inv, fresh.gate_up[0].scale_inv));
     EXPECT_TRUE(same_bytes(g.down[1].weight, fresh.down[0].weight));
     EXPECT_TRUE(same_bytes(g.down[1].scale_inv, fresh.down[0].scale_inv));
-    EXPECT_TRUE(same_bytes(g.gate_table, table_before.to(Device::kCuda)));
+    EXPECT_TRUE(same_bytes(g.gate_up_table, table_before.to(Device::kCuda)));
     // The other slots are untouched.
     const model::GpuExperts first = model::upload_experts(host, 0, 1);
-    EXPECT_TRUE(same_bytes(g.gate[0].weight, first.gate[0].weight));
+    EXPECT_TRUE(same_bytes(g.gate_up[0].weight, first.gate_up[0].weight));
     EXPECT_FALSE(model::overwrite_expert(g, 3, host.experts[0]).has_value());  // no such slot
   }
 }

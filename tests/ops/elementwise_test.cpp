@@ -119,6 +119,38 @@ TEST(SiluMul, MatchesDirectFormulaAndMayAliasGate) {
   EXPECT_THROW(silu_mul(gate, rand_f32({7, 334}, rng), out), std::invalid_argument);
 }
 
+// A host f32 tensor of zeros.
+Tensor host_zeros(const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::kF32);
+  std::memset(t.raw_data(), 0, t.nbytes());
+  return t;
+}
+
+// The two halves of one fused gate|up output [m, 2n]: strided rows give what the contiguous copies give.
+TEST(SiluMul, TakesTheHalvesOfAFusedGateUpOutput) {
+  std::mt19937_64 rng(13);
+  const int64_t m = 5, n = 37;
+  Tensor fused = rand_f32({m, 2 * n}, rng, -8.0f, 8.0f);
+  Tensor gate = fused.slice(1, 0, n), up = fused.slice(1, n, 2 * n);
+  ASSERT_FALSE(gate.is_contiguous());
+  Tensor want = Tensor::empty({m, n}, DType::kF32), got = Tensor::empty({m, n}, DType::kF32);
+  silu_mul(gate.clone(), up.clone(), want);
+  silu_mul(gate, up, got);
+  for (int64_t i = 0; i < m * n; ++i) ASSERT_EQ(got.data<float>()[i], want.data<float>()[i]) << i;
+  // Masked: [G, M, 2n] halves.
+  const int64_t G = 3, M = 4;
+  Tensor fused3 = rand_f32({G, M, 2 * n}, rng, -8.0f, 8.0f);
+  Tensor counts = Tensor::empty({G}, DType::kI32);
+  const int32_t c[G] = {0, 2, 4};
+  std::memcpy(counts.data<int32_t>(), c, sizeof c);
+  Tensor want3 = host_zeros({G, M, n}), got3 = host_zeros({G, M, n});
+  silu_mul_masked(fused3.slice(2, 0, n).clone(), fused3.slice(2, n, 2 * n).clone(), counts, want3);
+  silu_mul_masked(fused3.slice(2, 0, n), fused3.slice(2, n, 2 * n), counts, got3);
+  for (int64_t i = 0; i < G * M * n; ++i) ASSERT_EQ(got3.data<float>()[i], want3.data<float>()[i]) << i;
+  // out laid over a strided gate would be overwritten before it is read: refused.
+  EXPECT_THROW(silu_mul(gate, up, gate), std::invalid_argument);
+}
+
 TEST(SiluMulMasked, ComputesTheCountedRowsAndLeavesTheRest) {
   std::mt19937_64 rng(12);
   const int64_t G = 4, M = 5, n = 37;

@@ -96,8 +96,8 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
       e->dispatch_seed_ = kDispatchSeed + static_cast<uint64_t>(rank.rank());
     }
     const int64_t slab = ranks * e->max_tokens_;
-    e->gate_ = Tensor::empty({e->local_, slab, e->inter_}, DType::kBF16, Device::kCuda);
-    e->up_ = Tensor::empty(e->gate_.shape(), DType::kBF16, Device::kCuda);
+    e->gate_up_ = Tensor::empty({e->local_, slab, 2 * e->inter_}, DType::kBF16, Device::kCuda);
+    e->act_ = Tensor::empty({e->local_, slab, e->inter_}, DType::kBF16, Device::kCuda);
     e->y_ = Tensor::empty({e->local_, slab, e->hidden_}, DType::kBF16, Device::kCuda);
     e->combined_ = Tensor::empty({std::max<int64_t>(e->max_tokens_, 1), e->hidden_}, DType::kF32, Device::kCuda);
     if (e->normal_) {
@@ -106,8 +106,8 @@ Result<std::unique_ptr<GpuEpExperts>> GpuEpExperts::create(std::shared_ptr<const
       const int64_t recv = ranks * e->normal_tokens_;
       e->contiguous_rows_ = opts.contiguous_rows > 0 ? opts.contiguous_rows : recv;
       e->xc_ = detail::device_zeros({e->contiguous_rows_, e->hidden_}, DType::kBF16);  // zeros: the warm-up reads them
-      e->gc_ = detail::device_zeros({e->contiguous_rows_, e->inter_}, DType::kBF16);
-      e->uc_ = Tensor::empty(e->gc_.shape(), DType::kBF16, Device::kCuda);
+      e->guc_ = Tensor::empty({e->contiguous_rows_, 2 * e->inter_}, DType::kBF16, Device::kCuda);
+      e->hc_ = detail::device_zeros({e->contiguous_rows_, e->inter_}, DType::kBF16);  // zeros: the warm-up reads them
       e->yc_ = Tensor::empty(e->xc_.shape(), DType::kBF16, Device::kCuda);
       e->slots_ = Tensor::empty({recv, c.num_experts_per_tok}, DType::kI32, Device::kCuda);
       e->partial_ = Tensor::empty({recv, e->hidden_}, DType::kF32, Device::kCuda);
@@ -210,36 +210,36 @@ Status GpuEpExperts::run_experts(const model::GpuExperts& e, bool decode) {
   const bool fp8_rows = x.dtype() == DType::kF8E4M3;
   // SiLU over the received rows only: a slab has R x max rows per expert (1,024 at EP8 with 128
   // tokens per rank), a decode step fills a few of them.
+  const int64_t inter = e.inter();
+  const Tensor gate = gate_up_.slice(2, 0, inter), up = gate_up_.slice(2, inter, 2 * inter);
   if (decode || fp8_rows) {
-    // A few rows per expert: the GEMV computes (and reads the weights of) only the rows received;
-    // rows past the counts stay stale, and combine reads none of them. FP8 rows go through the
-    // GEMV in every pass (it applies their scales as it reads them; the masked GEMMs take bf16):
-    // the low-latency exchange carries prefill passes only under --deepep-mode low_latency or
-    // without a normal group, and its rounds then compute the received rows only.
+    // A few rows per expert: the masked kernels compute (and read the weights of) only the rows
+    // received; rows past the counts stay stale, and combine reads none of them. FP8 rows go this
+    // way in every pass (the kernels apply their scales as they read them; the masked GEMMs take
+    // bf16): the low-latency exchange carries prefill passes only under --deepep-mode low_latency
+    // or without a normal group, and its rounds then compute the received rows only.
     const Tensor scales = fp8_rows ? rank_->recv_scales() : Tensor();
-    ops::grouped_gemv_masked(x, counts, e.gate, e.gate_table, gate_, scales);
-    ops::grouped_gemv_masked(x, counts, e.up, e.up_table, up_, scales);
-    ops::silu_mul_masked(gate_, up_, counts, gate_);
-    ops::grouped_gemv_masked(gate_, counts, e.down, e.down_table, y_);
+    ops::grouped_masked_experts(x, counts, e.gate_up, e.gate_up_table, gate_up_, scales);
+    ops::silu_mul_masked(gate, up, counts, act_);
+    ops::grouped_masked_experts(act_, counts, e.down, e.down_table, y_);
   } else {
-    ops::grouped_linear_masked(x, counts, e.gate, gate_);
-    ops::grouped_linear_masked(x, counts, e.up, up_);
-    ops::silu_mul_masked(gate_, up_, counts, gate_);
-    ops::grouped_linear_masked(gate_, counts, e.down, y_);
+    ops::grouped_linear_masked(x, counts, e.gate_up, gate_up_);
+    ops::silu_mul_masked(gate, up, counts, act_);
+    ops::grouped_linear_masked(act_, counts, e.down, y_);
   }
   return ok_status();
 }
 
 void GpuEpExperts::warm_normal_gemms(const model::GpuExperts& e) {
   // linear.cu picks a GEMM's algorithm per row bucket (m rounded up to a power of two), so one
-  // expert GEMM of each bucket up to the buffer loads every kernel a normal pass can launch (gate
-  // and up share a shape; down is the other).
+  // expert GEMM of each bucket up to the buffer loads every kernel a normal pass can launch (the
+  // fused gate|up shape and the down shape).
   for (int64_t b = 1;; b *= 2) {
     const int64_t rows = std::min(b, contiguous_rows_);
     const std::vector<int64_t> offsets = {0, rows};
-    Tensor xr = xc_.slice(0, 0, rows), gr = gc_.slice(0, 0, rows), yr = yc_.slice(0, 0, rows);
-    ops::grouped_linear_contiguous(xr, offsets, {e.gate.front()}, gr);
-    ops::grouped_linear_contiguous(gr, offsets, {e.down.front()}, yr);
+    Tensor xr = xc_.slice(0, 0, rows), gur = guc_.slice(0, 0, rows), hr = hc_.slice(0, 0, rows), yr = yc_.slice(0, 0, rows);
+    ops::grouped_linear_contiguous(xr, offsets, {e.gate_up.front()}, gur);
+    ops::grouped_linear_contiguous(hr, offsets, {e.down.front()}, yr);
     if (rows == contiguous_rows_) break;
   }
 }
@@ -294,11 +294,11 @@ Status GpuEpExperts::forward_normal(const Layer& layer, const Tensor& x, const T
     for (int64_t g = e0; g < e1; ++g) starts.push_back(std::clamp<int64_t>(offsets[g] - w0, 0, rows));
     starts.push_back(rows);
     auto part = [&](const std::vector<Weight>& all) { return std::vector<Weight>(all.begin() + e0, all.begin() + e1); };
-    Tensor xr = xc_.slice(0, 0, rows), gr = gc_.slice(0, 0, rows), ur = uc_.slice(0, 0, rows), yr = yc_.slice(0, 0, rows);
-    ops::grouped_linear_contiguous(xr, starts, part(e.gate), gr);
-    ops::grouped_linear_contiguous(xr, starts, part(e.up), ur);
-    ops::silu_mul(gr, ur, gr);
-    ops::grouped_linear_contiguous(gr, starts, part(e.down), yr);
+    Tensor xr = xc_.slice(0, 0, rows), gur = guc_.slice(0, 0, rows), hr = hc_.slice(0, 0, rows), yr = yc_.slice(0, 0, rows);
+    const int64_t inter = e.inter();
+    ops::grouped_linear_contiguous(xr, starts, part(e.gate_up), gur);
+    ops::silu_mul(gur.slice(1, 0, inter), gur.slice(1, inter, 2 * inter), hr);
+    ops::grouped_linear_contiguous(hr, starts, part(e.down), yr);
     ops::moe_combine(yr, slots, d.recv_topk_weights, partial);
   }
   Tensor partial_bf16 = (partial_bf16_.defined() ? partial_bf16_ : xc_).slice(0, 0, std::max<int64_t>(n, 1));

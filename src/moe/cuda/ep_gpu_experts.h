@@ -116,11 +116,11 @@ class GpuEpExperts final : public model::RoutedExperts {
   int64_t ranks_ = 1, local_ = 0, max_tokens_ = 0, hidden_ = 0, inter_ = 0, last_moe_layer_ = -1;
   std::map<int64_t, Layer> layers_;  // MoE layer -> this rank's experts
   // Low-latency mode.
-  Tensor gate_, up_, y_;  // bf16 [local, R * max, inter | inter | hidden]
+  Tensor gate_up_, act_, y_;  // bf16 [local, R * max, 2 * inter | inter | hidden]: gate|up, their SiLU product, out
   Tensor combined_;       // f32 [max, hidden]: one round's routed sums before they join the residual
   // Normal mode (when a normal rank is given).
   int64_t normal_tokens_ = 0, contiguous_rows_ = 0;
-  Tensor xc_, gc_, uc_, yc_;              // bf16 [contiguous_rows, hidden | inter | inter | hidden]
+  Tensor xc_, guc_, hc_, yc_;             // bf16 [contiguous_rows, hidden | 2 * inter | inter | hidden]
   Tensor slots_;                          // i32 [R * normal_tokens, top_k]
   Tensor partial_;                        // f32 [R * normal_tokens, hidden]
   Tensor partial_bf16_;                   // bf16, the same; only when xc_ is smaller (else xc_ holds them)

@@ -57,14 +57,16 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
 }
 
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
-  const int64_t n = gate.numel();
+  // [m, n] with rows of gate and up possibly strided (the halves of a fused gate|up output).
+  const int64_t m = gate.size(0), n = gate.size(1), ldg = gate.strides()[0], ldu = up.strides()[0];
   const float* g = gate.data<float>();
   const float* u = up.data<float>();
   float* o = out.data<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    const float gv = g[i];
-    o[i] = gv / (1.0f + std::exp(-gv)) * u[i];
-  }
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gv = g[r * ldg + i];
+      o[r * n + i] = gv / (1.0f + std::exp(-gv)) * u[r * ldu + i];
+    }
 }
 
 void add_inplace(Tensor& y, const Tensor& x) {

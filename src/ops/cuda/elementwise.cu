@@ -59,48 +59,49 @@ __device__ __forceinline__ void load4(const T* p, float (&v)[4]) {
 
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
+// Rows of gate and up may be strided (ldg, ldu elements apart: the halves of a fused gate|up
+// output); out is contiguous [rows, n]. With kVec every row holds whole 16-byte packs.
 template <typename T, bool kVec>
-__global__ void silu_mul_kernel(const T* g, const T* u, T* o, long long n) {
-  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-  long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+__device__ __forceinline__ void silu_mul_rows(const T* g, long long ldg, const T* u, long long ldu, T* o, long long rows,
+                                              long long n, long long first, long long stride) {
   if constexpr (kVec) {
     constexpr int P = kPack<T>;
-    for (; i < n / P; i += stride) {
+    const long long per_row = n / P;
+    for (long long i = first; i < rows * per_row; i += stride) {
+      const long long r = i / per_row, c = (i - r * per_row) * P;
       float a[P], b[P];
-      load_pack(g + i * P, a);
-      load_pack(u + i * P, b);
+      load_pack(g + r * ldg + c, a);
+      load_pack(u + r * ldu + c, b);
 #pragma unroll
       for (int j = 0; j < P; ++j) a[j] = silu_times(a[j], b[j]);
-      store_pack(o + i * P, a);
+      store_pack(o + r * n + c, a);
     }
   } else {
-    for (; i < n; i += stride) o[i] = from_f<T>(silu_times(to_f(g[i]), to_f(u[i])));
+    for (long long i = first; i < rows * n; i += stride) {
+      const long long r = i / n, c = i - r * n;
+      o[i] = from_f<T>(silu_times(to_f(g[r * ldg + c]), to_f(u[r * ldu + c])));
+    }
   }
+}
+
+template <typename T, bool kVec>
+__global__ void silu_mul_kernel(const T* g, long long ldg, const T* u, long long ldu, T* o, long long rows, long long n) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  silu_mul_rows<T, kVec>(g, ldg, u, ldu, o, rows, n, blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x,
+                         stride);
 }
 
 // One group per blockIdx.y; the blocks along x stride over the group's first counts[g] rows only
 // (a decode step's experts receive a few rows of their M-row blocks: the rest is never read).
+// gs*: group strides, ld*: row strides of gate and up; out is contiguous [G, M, n].
 template <typename T, bool kVec>
-__global__ void silu_mul_masked_kernel(const T* g, const T* u, T* o, const int32_t* counts, long long rows_per_group,
-                                       long long n) {
+__global__ void silu_mul_masked_kernel(const T* g, long long gsg, long long ldg, const T* u, long long gsu, long long ldu,
+                                       T* o, const int32_t* counts, long long rows_per_group, long long n) {
   const long long rows = min(max(static_cast<long long>(counts[blockIdx.y]), 0LL), rows_per_group);
-  const long long base = static_cast<long long>(blockIdx.y) * rows_per_group * n;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-  long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
-  if constexpr (kVec) {
-    constexpr int P = kPack<T>;
-    const long long packs = rows * n / P;
-    for (; i < packs; i += stride) {
-      float a[P], b[P];
-      load_pack(g + base + i * P, a);
-      load_pack(u + base + i * P, b);
-#pragma unroll
-      for (int j = 0; j < P; ++j) a[j] = silu_times(a[j], b[j]);
-      store_pack(o + base + i * P, a);
-    }
-  } else {
-    for (; i < rows * n; i += stride) o[base + i] = from_f<T>(silu_times(to_f(g[base + i]), to_f(u[base + i])));
-  }
+  const long long y = blockIdx.y;
+  silu_mul_rows<T, kVec>(g + y * gsg, ldg, u + y * gsu, ldu, o + y * rows_per_group * n, rows, n,
+                         blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x, stride);
 }
 
 template <typename T, bool kVec>
@@ -153,32 +154,47 @@ void require(bool ok, const char* op, const std::string& msg) {
 
 bool is_act(DType t) { return t == DType::kF32 || t == DType::kBF16; }
 
+// 16-byte packs when every row of every operand starts 16-byte aligned.
 template <typename T>
-void launch_silu_mul(const Tensor& gate, const Tensor& up, Tensor& out, long long n) {
+bool rows_vectorizable(const Tensor& gate, const Tensor& up, const Tensor& out) {
   constexpr int P = kPack<T>;
-  const bool vec = n % P == 0 && aligned(gate.raw_data(), 16) && aligned(up.raw_data(), 16) && aligned(out.raw_data(), 16);
+  const int r = gate.dim();
+  const long long n = gate.size(r - 1);
+  bool ok = n % P == 0 && aligned(gate.raw_data(), 16) && aligned(up.raw_data(), 16) && aligned(out.raw_data(), 16);
+  for (int d = 0; d + 1 < r; ++d) ok = ok && gate.strides()[d] % P == 0 && up.strides()[d] % P == 0;
+  return ok;
+}
+
+template <typename T>
+void launch_silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  constexpr int P = kPack<T>;
+  const long long rows = gate.size(0), n = gate.size(1), ldg = gate.strides()[0], ldu = up.strides()[0];
   const T* g = gate.data<T>();
   const T* u = up.data<T>();
   T* o = out.data<T>();
-  if (vec)
-    silu_mul_kernel<T, true><<<grid_for(n / P), 256, 0, current_stream()>>>(g, u, o, n);
+  if (rows_vectorizable<T>(gate, up, out))
+    silu_mul_kernel<T, true><<<grid_for(rows * n / P), 256, 0, current_stream()>>>(g, ldg, u, ldu, o, rows, n);
   else
-    silu_mul_kernel<T, false><<<grid_for(n), 256, 0, current_stream()>>>(g, u, o, n);
+    silu_mul_kernel<T, false><<<grid_for(rows * n), 256, 0, current_stream()>>>(g, ldg, u, ldu, o, rows, n);
 }
 
 template <typename T>
 void launch_silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out) {
   constexpr int P = kPack<T>;
   const long long groups = gate.size(0), M = gate.size(1), n = gate.size(2);
-  const bool vec = n % P == 0 && aligned(gate.raw_data(), 16) && aligned(up.raw_data(), 16) && aligned(out.raw_data(), 16);
+  const bool vec = rows_vectorizable<T>(gate, up, out);
   // Sized for a full group; blocks past a group's rows exit at once.
   const unsigned x = std::min(grid_for(vec ? M * n / P : M * n), 1024u);
   const dim3 grid(x, static_cast<unsigned>(groups));
   const int32_t* c = counts.data<int32_t>();
+  const auto& gs = gate.strides();
+  const auto& us = up.strides();
   if (vec)
-    silu_mul_masked_kernel<T, true><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), up.data<T>(), out.data<T>(), c, M, n);
+    silu_mul_masked_kernel<T, true><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), gs[0], gs[1], up.data<T>(), us[0],
+                                                                        us[1], out.data<T>(), c, M, n);
   else
-    silu_mul_masked_kernel<T, false><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), up.data<T>(), out.data<T>(), c, M, n);
+    silu_mul_masked_kernel<T, false><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), gs[0], gs[1], up.data<T>(), us[0],
+                                                                         us[1], out.data<T>(), c, M, n);
 }
 
 template <typename T>
@@ -214,12 +230,12 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   constexpr const char* op = "silu_mul";
   require(is_act(gate.dtype()) && up.dtype() == gate.dtype() && out.dtype() == gate.dtype(), op,
           "gate, up and out must all be f32 or all bf16 on the device");
-  const long long n = gate.numel();
-  if (n == 0) return;
+  require(gate.dim() == 2, op, "gate must be [m, n]");
+  if (gate.numel() == 0) return;
   if (gate.dtype() == DType::kF32)
-    launch_silu_mul<float>(gate, up, out, n);
+    launch_silu_mul<float>(gate, up, out);
   else
-    launch_silu_mul<bf16>(gate, up, out, n);
+    launch_silu_mul<bf16>(gate, up, out);
   check_launch(op);
 }
 

@@ -6,13 +6,15 @@
 
 namespace pdserve::ops::cuda {
 
-// out = silu(gate) * up; gate, up, out: [m, n] contiguous, all f32 or all bf16 (math in f32, one
-// rounding at the store). out may alias gate.
+// out = silu(gate) * up; gate, up, out: [m, n], all f32 or all bf16 (math in f32, one rounding at
+// the store). out contiguous; rows of gate and up may be strided (the halves of a fused gate|up
+// output). out may alias gate when gate is contiguous.
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 
 // silu_mul over the first counts[g] rows of each group (ops/elementwise.h): gate, up, out
-// [G, M, n] contiguous, all f32 or all bf16; counts [G] i32 on the device (read by the kernel, so
-// capturable in a CUDA graph). Rows past a count are not touched.
+// [G, M, n], all f32 or all bf16, out contiguous, gate and up with any strides above a contiguous
+// last dim; counts [G] i32 on the device (read by the kernel, so capturable in a CUDA graph). Rows
+// past a count are not touched.
 void silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out);
 
 // y += x; same shape, both contiguous, both f32 or both bf16 (sum in f32, rounded once).
