@@ -1,6 +1,7 @@
 // MLA attention on one GPU for the published DeepSeek-V3 deployments' per-rank work (issue 5):
 // - decode, EP72 rank: 256 requests at context 2000, 128 heads, bf16 latent cache in 64-token pages
-//   (shuffled), absorbed form: the attention core alone and with the W_UK / W_UV bmms;
+//   (shuffled), absorbed form: the attention core alone, the W_UK / W_UV bmms alone (gemm_bf16,
+//   used before, and absorb_bmm_bf16, used now), and the whole op with either;
 // - a small-batch long-context decode, where split-KV has to fill the SMs;
 // - prefill, EP32 rank: 4 prompts of 4096 tokens, causal: kv_b (fp8 block-scaled, dequantized to
 //   bf16) expansion + flash attention.
@@ -12,8 +13,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -183,16 +186,18 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
       // are then wrong).
       const std::pair<int, const char*> phases[] = {{1, "loads only"}, {2 | 4, "MMAs only"}, {1 | 2, "loads + QK"},
                                                     {1 | 4, "loads + PV"}};
-      for (const auto& [mask, what] : phases) {
+      for (const auto& ph : phases) {
+        const int mask = ph.first;  // a plain local: lambdas capture structured bindings only from C++20
         const double us = time_us([&] { mla::decode_core_wgmma_phases(c, s, mask); });
-        std::printf("|   wgmma core, %-30s | %9.1f |\n", what, us);
+        std::printf("|   wgmma core, %-30s | %9.1f |\n", ph.second, us);
       }
       const std::pair<int, const char*> pp_phases[] = {{2 | 4, "MMAs + softmax"}, {1, "loads + softmax"},
                                                        {1 | 2, "loads + QK"}, {1 | 4, "loads + PV"}, {2, "QK only"},
                                                        {0, "softmax + barriers only"}};
-      for (const auto& [mask, what] : pp_phases) {
+      for (const auto& ph : pp_phases) {
+        const int mask = ph.first;
         const double us = time_us([&] { mla::decode_core_pingpong_phases(c, s, mask); });
-        std::printf("|   ping-pong core, %-26s | %9.1f |\n", what, us);
+        std::printf("|   ping-pong core, %-26s | %9.1f |\n", ph.second, us);
       }
       // One head block instead of two: each sequence's KV is then read by one CTA, not two. If
       // the loads take half as long, the second block's read costs HBM bandwidth (no L2 reuse),
@@ -206,22 +211,55 @@ void bench_decode(double copy_gbs, int64_t batch, int64_t ctx, int64_t page_size
       std::printf("|   ping-pong core, 64 heads                    | %9.1f |\n", one_block_pp_us);
       std::printf("|   wgmma core, 64 heads, loads only            | %9.1f |\n", one_block_loads_us);
     }
+    // The two absorption bmms alone, each on the kernel mla_decode_paged used before (gemm_bf16, the
+    // q_pe copy a separate kernel not timed here) and on the one it uses now (absorb_bmm_bf16, the
+    // q_pe copy in the W_UK launch). Bytes: what each must move at least (operands read once,
+    // output written once); "of BW" is against the device copy rate measured in this run.
     const int b = static_cast<int>(batch), hh = static_cast<int>(h), r = static_cast<int>(d.kv_lora_rank);
     const int nope = static_cast<int>(d.qk_nope_head_dim), v = static_cast<int>(d.v_head_dim);
-    const double uk_us = time_us([&] {
-      mla::gemm_bf16({q.raw_data(), mla::Elem::kBF16, d.qk_head_dim(), h * d.qk_head_dim()},
-                     {w_uk.raw_data(), mla::Elem::kBF16, int64_t(nope) * r, r}, true,
-                     {q_abs.raw_data(), mla::Elem::kBF16, d.latent_dim(), h * d.latent_dim()}, b, r, nope, hh, s);
+    const int rope = static_cast<int>(d.qk_rope_head_dim);
+    const mla::Operand a_q{q.raw_data(), mla::Elem::kBF16, d.qk_head_dim(), h * d.qk_head_dim()};
+    const mla::Operand b_uk{w_uk.raw_data(), mla::Elem::kBF16, int64_t(nope) * r, r};
+    const mla::Output c_qabs{q_abs.raw_data(), mla::Elem::kBF16, d.latent_dim(), h * d.latent_dim()};
+    const mla::Operand a_lat{o_lat.raw_data(), mla::Elem::kBF16, r, int64_t(hh) * r};
+    const mla::Operand b_uv{w_uv.raw_data(), mla::Elem::kBF16, int64_t(v) * r, r};
+    const mla::Output c_out{out.raw_data(), mla::Elem::kBF16, v, int64_t(hh) * v};
+    const double uk_bytes = w_bytes / 2 + double(batch) * h * (nope + r) * 2;
+    const double qpe_bytes = 2.0 * batch * h * rope * 2;  // q_pe read + written into q_abs
+    const double uv_bytes = w_bytes / 2 + double(batch) * h * (r + v) * 2;
+    const double uk_old = time_us([&] { mla::gemm_bf16(a_q, b_uk, true, c_qabs, b, r, nope, hh, s); });
+    row(copy_gbs, "  W_UK bmm, gemm_bf16 (before; q_pe apart)", uk_old, bmm_flops / 2, uk_bytes);
+    const double uk_new = time_us([&] {
+      if (!mla::absorb_bmm_bf16(a_q, b_uk, true, c_qabs, b, r, nope, hh, rope, s))
+        throw std::runtime_error("absorb_bmm_bf16 declined W_UK");
     });
-    row(copy_gbs, "  W_UK bmm [B,128]x[128,512] x128 heads", uk_us, bmm_flops / 2,
-        w_bytes / 2 + double(batch) * h * (nope + r) * 2);
-    const double uv_us = time_us([&] {
-      mla::gemm_bf16({o_lat.raw_data(), mla::Elem::kBF16, r, int64_t(hh) * r},
-                     {w_uv.raw_data(), mla::Elem::kBF16, int64_t(v) * r, r}, false,
-                     {out.raw_data(), mla::Elem::kBF16, v, int64_t(hh) * v}, b, v, r, hh, s);
+    row(copy_gbs, "  W_UK bmm + q_pe, absorb_bmm_bf16 (now)", uk_new, bmm_flops / 2, uk_bytes + qpe_bytes);
+    const double uk_new_only = time_us([&] { mla::absorb_bmm_bf16(a_q, b_uk, true, c_qabs, b, r, nope, hh, 0, s); });
+    row(copy_gbs, "  W_UK bmm alone, absorb_bmm_bf16", uk_new_only, bmm_flops / 2, uk_bytes);
+    const double uv_old = time_us([&] { mla::gemm_bf16(a_lat, b_uv, false, c_out, b, v, r, hh, s); });
+    row(copy_gbs, "  W_UV bmm, gemm_bf16 (before)", uv_old, bmm_flops / 2, uv_bytes);
+    const double uv_new = time_us([&] {
+      if (!mla::absorb_bmm_bf16(a_lat, b_uv, false, c_out, b, v, r, hh, 0, s))
+        throw std::runtime_error("absorb_bmm_bf16 declined W_UV");
     });
-    row(copy_gbs, "  W_UV bmm [B,512]x[512,128] x128 heads", uv_us, bmm_flops / 2, w_bytes / 2 + double(batch) * h * (r + v) * 2);
+    row(copy_gbs, "  W_UV bmm, absorb_bmm_bf16 (now)", uv_new, bmm_flops / 2, uv_bytes);
+    const double both_us = time_us([&] {
+      mla::absorb_bmm_bf16(a_q, b_uk, true, c_qabs, b, r, nope, hh, rope, s);
+      mla::absorb_bmm_bf16(a_lat, b_uv, false, c_out, b, v, r, hh, 0, s);
+    });
+    row(copy_gbs, "  both bmms + q_pe, absorb_bmm_bf16", both_us, bmm_flops, uk_bytes + qpe_bytes + uv_bytes);
+    std::printf("|   bmms: before %.1f us (gemm_bf16, without the q_pe copy), now %.1f us (%.1f + %.1f) |\n",
+                uk_old + uv_old, uk_new + uv_new, uk_new, uv_new);
   }
+  // The whole op, bmms on gemm_bf16 + convert_rows (PDSERVE_MLA_BMM=gemm, read per call) and as it
+  // runs by default (absorb_bmm_bf16).
+  setenv("PDSERVE_MLA_BMM", "gemm", 1);
+  const double before_us = time_us([&] {
+    ops::mla_decode_paged(q, pool, table, lens, w_uk, w_uv, d, kScale, out, ctx, ws);
+  });
+  unsetenv("PDSERVE_MLA_BMM");
+  row(copy_gbs, "decode + old bmms (" + tag + ")", before_us, core_flops + bmm_flops,
+      kv_bytes + w_bytes + act_bytes);
   const double full_us = time_us([&] {
     ops::mla_decode_paged(q, pool, table, lens, w_uk, w_uv, d, kScale, out, ctx, ws);
   });

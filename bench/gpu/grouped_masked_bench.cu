@@ -1,17 +1,21 @@
-// Masked grouped expert GEMMs of EP decode, one GPU: the tensor-core kernel
-// (ops::cuda::grouped_gemm_masked_tc, not yet used by the model) against the CUDA-core GEMV the EP
-// experts run today (ops::grouped_gemv_masked) and cuBLASLt's masked grouped GEMMs
-// (ops::grouped_linear_masked: every expert over all T_cap rows), at DeepSeek-V3's expert shapes:
-// gate|up fused (N = 4096, K = 7168) and down (N = 7168, K = 2048), fp8 e4m3 experts with 128x128
-// block scales, y bf16. Cases: 4 experts x 512 rows (T_cap 512: EP72, 256 tokens per rank), 32 x 64
-// and 32 x 8 (T_cap 2048: EP8 at 256 and 32 requests per GPU).
+// Masked grouped expert GEMMs of EP decode, one GPU: the Hopper FP8 wgmma kernel
+// (ops::cuda::grouped_gemm_masked_wgmma, column tiles 128 and 256, alone on fp8 x and behind
+// ops::cuda::quantize_fp8_masked on bf16 x) and the mma.sync kernel (ops::cuda::grouped_gemm_masked_tc),
+// neither used by the model yet, against the CUDA-core GEMV the EP experts run today
+// (ops::grouped_gemv_masked) and cuBLASLt's masked grouped GEMMs (ops::grouped_linear_masked: every
+// expert over all T_cap rows), at DeepSeek-V3's expert shapes: gate|up fused (N = 4096, K = 7168)
+// and down (N = 7168, K = 2048), fp8 e4m3 experts with 128x128 block scales, y bf16. Cases: 4
+// experts x 512 rows (T_cap 512: EP72, 256 tokens per rank), 32 x 64 and 32 x 8 (T_cap 2048: EP8
+// at 256 and 32 requests per GPU).
 //
-// x is fp8 with per-row 128-column scales for the tensor-core kernel and the GEMV (the low-latency
-// dispatch's layout); grouped_linear_masked takes bf16 x (it quantizes internally; that pass is in
-// its time). Each op is timed as a CUDA graph of back-to-back calls (cudaEvents around one graph
-// launch, median of 15 samples after warm-up), as gemm_bench's time_graph. TFLOP/s counts the rows
-// present (2 * rows * N * K); weight GB/s is the bytes of the experts' weights over the time (every
-// expert has rows here, so each weight is read at least once by every op).
+// x is fp8 with per-row 128-column scales for the fp8 kernels and the GEMV (the low-latency
+// dispatch's layout); the "quantize + wgmma" row and grouped_linear_masked take bf16 x (the latter
+// quantizes internally; that pass is in its time). Each op is timed as a CUDA graph of back-to-back
+// calls (cudaEvents around one graph launch, median of 15 samples after warm-up), as gemm_bench's
+// time_graph. TFLOP/s counts the rows present (2 * rows * N * K); "of FP8" is that rate over the
+// FP8 ceiling measured in the same run (pdserve's block-scaled FP8 GEMM engine, cuBLASLt, at
+// 8192^3, as layer_bench measures it); weight GB/s is the bytes of the experts' weights over the
+// time (every expert has rows here, so each weight is read at least once by every op).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -25,7 +29,9 @@
 
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/grouped_gemm.h"
+#include "ops/cuda/linear.h"
 #include "ops/grouped_gemm.h"
+#include "ops/quant.h"
 #include "tensor/tensor.h"
 #include "bench_util.cuh"
 
@@ -45,10 +51,28 @@ struct GemmShape {
   int64_t n, k;
 };
 
+double g_fp8_ceiling_tflops = 0;  // measured at the start of the run
+
 void print_row(const char* op, double us, double flops, double weight_bytes) {
-  std::printf("  %-34s %12.1f us %9.1f TFLOP/s %9.1f GB/s weights\n", op, us, flops / (us * 1e-6) / 1e12,
-              weight_bytes / (us * 1e-6) / 1e9);
+  const double tflops = flops / (us * 1e-6) / 1e12;
+  std::printf("  %-40s %12.1f us %9.1f TFLOP/s %6.1f%% of FP8 %9.1f GB/s weights\n", op, us, tflops,
+              g_fp8_ceiling_tflops > 0 ? 100.0 * tflops / g_fp8_ceiling_tflops : 0.0, weight_bytes / (us * 1e-6) / 1e9);
   std::fflush(stdout);
+}
+
+// The FP8 ceiling: pdserve's block-scaled FP8 GEMM engine (cuBLASLt) at 8192^3 on pre-quantized x,
+// as layer_bench's measure_ceilings (the H100 of 2026-12-05 gave 1296.5 TFLOP/s).
+double fp8_ceiling_tflops(cudaStream_t s) {
+  const int64_t m = 8192, n = 8192, k = 8192;
+  const Tensor x = device_tensor({m, k}, DType::kBF16, 901);
+  Tensor y = Tensor::empty({m, n}, DType::kBF16, Device::kCuda);
+  Tensor q = Tensor::empty({m, k}, DType::kF8E4M3, Device::kCuda), sc = Tensor::empty({k / 128, m}, DType::kF32, Device::kCuda);
+  ops::quantize_fp8_per_token_group(x, q, sc);
+  const Weight w = device_weight(n, k, DType::kF8E4M3, 902);
+  const ops::cuda::detail::Fp8Operand a{q.data<uint8_t>(), sc.data<float>(), m, k};
+  const double ms = time_eager(s, [&] { ops::cuda::detail::fp8_gemm(a, w, y.raw_data(), DType::kBF16, n); });
+  check(cudaStreamSynchronize(s), "ceiling");
+  return 2.0 * m * n * k / (ms * 1e-3) / 1e12;
 }
 
 void bench_case(cudaStream_t s, const Case& c, const GemmShape& sh) {
@@ -77,10 +101,34 @@ void bench_case(cudaStream_t s, const Case& c, const GemmShape& sh) {
     try {
       print_row(op, time_graph(s, reps, f) * 1e3, flops, wbytes);
     } catch (const std::exception& e) {
-      std::printf("  %-34s FAILED: %s\n", op, e.what());
+      std::printf("  %-40s FAILED: %s\n", op, e.what());
       std::fflush(stdout);
     }
   };
+  run("grouped_gemm_masked_wgmma BN128 (fp8 x)", 10,
+      [&] { ops::cuda::grouped_gemm_masked_wgmma(xq, xs, cd, experts, table, y); });
+  run("grouped_gemm_masked_wgmma BN256 (fp8 x)", 10,
+      [&] { ops::cuda::detail::grouped_gemm_masked_wgmma_bn(xq, xs, cd, experts, table, y, 256); });
+  {
+    // bf16 rows of the same layout: quantize_fp8_masked (counted rows only), then the GEMM.
+    const Tensor xb = device_tensor({c.groups, c.t_cap, sh.k}, DType::kBF16, 4);
+    Tensor q = Tensor::empty({c.groups, c.t_cap, sh.k}, DType::kF8E4M3, Device::kCuda);
+    Tensor qs = Tensor::empty({c.groups, sh.k / 128, c.t_cap}, DType::kF32, Device::kCuda);
+    run("quantize_fp8_masked + wgmma BN128 (bf16)", 10, [&] {
+      ops::cuda::quantize_fp8_masked(xb, cd, q, qs);
+      ops::cuda::grouped_gemm_masked_wgmma(q, qs, cd, experts, table, y);
+    });
+    // The quantizer alone: memory-bound, so its row shows bytes (bf16 read, fp8 + scales written).
+    const double qbytes = rows * static_cast<double>(sh.k) * (2.0 + 1.0 + 4.0 / 128.0);
+    try {
+      const double us = time_graph(s, 10, [&] { ops::cuda::quantize_fp8_masked(xb, cd, q, qs); }) * 1e3;
+      std::printf("  %-40s %12.1f us %9.1f GB/s (bf16 in, fp8 + scales out)\n", "quantize_fp8_masked alone (bf16 x)", us,
+                  qbytes / (us * 1e-6) / 1e9);
+    } catch (const std::exception& e) {
+      std::printf("  %-40s FAILED: %s\n", "quantize_fp8_masked alone (bf16 x)", e.what());
+    }
+    std::fflush(stdout);
+  }
   run("grouped_gemm_masked_tc (fp8 x)", 10, [&] { ops::cuda::grouped_gemm_masked_tc(xq, cd, experts, table, y, xs); });
   // Milliseconds to tens of milliseconds per GEMV call here: one call per graph.
   run("grouped_gemv_masked (fp8 x)", 1, [&] { ops::grouped_gemv_masked(xq, cd, experts, table, y, xs); });
@@ -104,6 +152,8 @@ int run() {
   cudaStream_t s = nullptr;
   check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
   ops::cuda::set_current_stream(s);
+  g_fp8_ceiling_tflops = fp8_ceiling_tflops(s);
+  std::printf("FP8 ceiling (block-scaled FP8 GEMM 8192^3, pdserve engine, this run): %.1f TFLOP/s\n", g_fp8_ceiling_tflops);
   const std::vector<Case> cases = {{4, 512, 512}, {32, 64, 2048}, {32, 8, 2048}};
   const std::vector<GemmShape> shapes = {{"experts gate|up", 4096, 7168}, {"experts down", 7168, 2048}};
   for (const Case& c : cases)

@@ -21,13 +21,24 @@ pack() { tar -C "$(dirname "$OUT")" -czf "$DEST/acceptance.tgz" "$(basename "$OU
 (sleep $((BUDGET_S + 10)) & echo $! > "$OUT/.watchdog_sleep"; wait; pack) &
 WATCHDOG=$!
 
-TEST_TIMEOUT=${TEST_TIMEOUT:-150} scripts/gpu/run_gpu_checks.sh > "$OUT/checks.log" 2>&1
-step "gpu tests rc=$?"
-grep -E "^\[  (PASSED|FAILED) |tests from .* ran|H100|H200" "$OUT/checks.log" | head -20
+# TEST_GROUPS: gtest filters run one after another, each under its own timeout, so a kernel that
+# hangs in one group costs only that group (default: one group, every test).
+read -r -a groups <<< "${TEST_GROUPS:-*}"  # (read, not word splitting: no globbing of '*')
+i=0
+for f in "${groups[@]}"; do
+  i=$((i + 1))
+  GTEST_FILTER=$f TEST_TIMEOUT=${TEST_TIMEOUT:-150} scripts/gpu/run_gpu_checks.sh > "$OUT/checks$i.log" 2>&1
+  step "gpu tests group $i ($f) rc=$?"
+  grep -E "^\[  (PASSED|FAILED) |tests from .* ran|H100|H200" "$OUT/checks$i.log" | head -20
+done
 export LD_LIBRARY_PATH=/tmp/pdserve-gpu/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-for b in ${BENCHES:-attention_bench gemm_bench small_ops_bench}; do
-  timeout $(($(left) < 90 ? $(left) : 90)) /tmp/pdserve-gpu/bin/$b > "$OUT/$b.log" 2>&1
-  step "$b rc=$?"
+# A BENCHES entry VAR=value:bench runs the bench with that variable set (log bench-value.log).
+for entry in ${BENCHES:-attention_bench gemm_bench small_ops_bench}; do
+  b=${entry##*:}
+  log=$b
+  if [[ $entry == *=*:* ]]; then var=${entry%%:*}; log="$b-${var#*=}"; else var=""; fi
+  env $var timeout $(($(left) < 90 ? $(left) : 90)) /tmp/pdserve-gpu/bin/$b > "$OUT/$log.log" 2>&1
+  step "$log rc=$?"
   if [[ $b == prefill_layer_bench ]]; then  # its PyTorch eager counterpart, same card and run
     timeout $(($(left) < 60 ? $(left) : 60)) python3 bench/gpu/torch_layer_ref.py --prefill > "$OUT/torch_prefill_layer_ref.log" 2>&1
     step "torch prefill layer rc=$?"

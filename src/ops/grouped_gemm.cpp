@@ -2,12 +2,15 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "ops/check.h"
 #include "ops/linear.h"
 #ifdef PDSERVE_HAVE_CUDA
 #include "ops/cuda/grouped_gemm.h"
+#include "ops/cuda/linear.h"
 #endif
 
 namespace pdserve::ops {
@@ -160,11 +163,51 @@ bool tensor_cores_take(const Tensor& x, const std::vector<Weight>& experts, cons
 
 }  // namespace
 
+#ifdef PDSERVE_HAVE_CUDA
+namespace {
+
+// PDSERVE_MASKED_EXPERTS picks the kernel for FP8 experts of V3's shapes: "wgmma" (FP8 wgmma,
+// bf16 rows quantized first), "tc" (mma.sync, W8A16) or "gemv". Read on every call, so one
+// benchmark process can compare them.
+enum class MaskedKernel { kWgmma, kTensorCore, kGemv };
+
+MaskedKernel masked_kernel() {
+  const char* v = std::getenv("PDSERVE_MASKED_EXPERTS");
+  const std::string s = v ? v : "";
+  if (s == "wgmma") return MaskedKernel::kWgmma;
+  if (s == "gemv") return MaskedKernel::kGemv;
+  return MaskedKernel::kTensorCore;
+}
+
+Tensor borrowed(void* p, const Shape& shape, DType dtype) {
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  return Tensor::from_storage(Storage::borrow(p, bytes, nullptr, Device::kCuda), 0, shape, dtype);
+}
+
+// The FP8 wgmma kernel takes fp8 rows with their scales; bf16 rows (the bf16 dispatch, the SiLU
+// output) are quantized first into the calling thread's GEMM scratch (ops/cuda/linear.h: sized on
+// the warm-up pass, never grown inside a capture).
+void masked_wgmma(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table, Tensor& y,
+                  const Tensor& x_scales) {
+  if (x_scales.defined()) return cuda::grouped_gemm_masked_wgmma(x, x_scales, counts, experts, table, y);
+  const int64_t G = x.size(0), M = x.size(1), K = x.size(2);
+  const cuda::detail::InputScratch s =
+      cuda::detail::reserve_inputs(static_cast<size_t>(G * M * K), static_cast<size_t>(G * (K / 128) * M), 0);
+  Tensor q = borrowed(s.q, {G, M, K}, DType::kF8E4M3), sc = borrowed(s.s, {G, K / 128, M}, DType::kF32);
+  cuda::quantize_fp8_masked(x, counts, q, sc);
+  cuda::grouped_gemm_masked_wgmma(q, sc, counts, experts, table, y);
+}
+
+}  // namespace
+#endif
+
 void grouped_masked_experts(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
                             Tensor& y, const Tensor& x_scales) {
 #ifdef PDSERVE_HAVE_CUDA
-  if (tensor_cores_take(x, experts, y, x_scales)) {
+  const MaskedKernel k = masked_kernel();
+  if (k != MaskedKernel::kGemv && tensor_cores_take(x, experts, y, x_scales)) {
     check_masked("grouped_masked_experts", x, counts, experts, y, table, x_scales);
+    if (k == MaskedKernel::kWgmma) return masked_wgmma(x, counts, experts, table, y, x_scales);
     return cuda::grouped_gemm_masked_tc(x, counts, experts, table, y, x_scales);
   }
 #endif

@@ -6,6 +6,7 @@
 // values (widened exactly), so a bf16 cache differs only by the GPU's bf16 rounding of the absorbed
 // query, P and the latent output (2e-2); an f32 cache runs exact f32 kernels (1e-4).
 #include <algorithm>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <string>
@@ -234,6 +235,48 @@ TEST(MlaGpu, DecodeTensorCoresMatchCpuSmallConfigs) {
   // Fewer heads than one 64-head block (V2-Lite, TP-sharded V3) and a 3-block count with a remainder.
   run_decode_case({v3_dims(16), mixed_lens(5), 16, DType::kBF16, DType::kBF16, DType::kBF16, 2e-2}, 200);
   run_decode_case({v3_dims(160), mixed_lens(3), 64, DType::kBF16, DType::kBF16, DType::kF32, 2e-2}, 201);
+}
+
+TEST(MlaGpu, DecodeBf16ModelLayoutMatchesCpuOnBothBmmPaths) {
+  // The GPU model's decode: q, cache, out bf16, W_UK / W_UV head-strided views of one bf16
+  // [H, nope + v, r] kv_b, 256 tokens (the EP72 rank's batch: four full 64-row tiles of the
+  // absorption kernel) and a 70-token batch (a tail tile). The bmms run on absorb_bmm_bf16 (with
+  // q_pe copied in the W_UK launch) and, with PDSERVE_MLA_BMM=gemm, on gemm_bf16 + convert_rows:
+  // both must match the CPU, and each other exactly (same MMAs in the same k order).
+  const ops::MlaDims d = v3_dims();
+  uint64_t seed = 250;
+  for (int64_t batch : {256, 70}) {
+    std::vector<int64_t> lens(static_cast<size_t>(batch));
+    for (int64_t i = 0; i < batch; ++i) lens[i] = 1 + (i * 53) % 140;  // 1 .. 140: short, the CPU pays B x H
+    const DecodeCase c{d, lens, 64, DType::kBF16, DType::kBF16, DType::kBF16, 2e-2};
+    SCOPED_TRACE(describe(c));
+    const DecodeInputs in = decode_inputs(c, ++seed);
+    const Tensor kv_b = as_dtype(uniform_host({d.num_heads, d.qk_nope_head_dim + d.v_head_dim, d.kv_lora_rank}, ++seed,
+                                              0.09f),
+                                 DType::kBF16);
+    const Tensor uk = kv_b.slice(1, 0, d.qk_nope_head_dim);
+    const Tensor uv = kv_b.slice(1, d.qk_nope_head_dim, d.qk_nope_head_dim + d.v_head_dim);
+    Tensor want = Tensor::empty({batch, d.num_heads, d.v_head_dim}, DType::kF32);
+    ops::mla_decode_paged(in.q, in.pool, in.table, in.lens, uk, uv, d, kScale, want);
+    const Tensor kv_b_dev = dev(kv_b);
+    const Tensor uk_dev = kv_b_dev.slice(1, 0, d.qk_nope_head_dim);
+    const Tensor uv_dev = kv_b_dev.slice(1, d.qk_nope_head_dim, d.qk_nope_head_dim + d.v_head_dim);
+    const Tensor q = dev(in.q), pool = dev(in.pool), table = dev(in.table), lens_dev = dev(in.lens);
+    Tensor got[2];
+    for (int path = 0; path < 2; ++path) {
+      if (path == 1) setenv("PDSERVE_MLA_BMM", "gemm", 1);
+      got[path] = poisoned_device(want.shape(), DType::kBF16);
+      ops::mla_decode_paged(q, pool, table, lens_dev, uk_dev, uv_dev, d, kScale, got[path], 140);
+      unsetenv("PDSERVE_MLA_BMM");
+    }
+    const Tensor absorb = host_f32(got[0]), gemm = host_f32(got[1]);
+    const double err = rel_max_err(absorb, want);
+    EXPECT_LT(err, c.tol);
+    EXPECT_LT(rel_max_err(gemm, want), c.tol);
+    EXPECT_EQ(rel_max_err(absorb, gemm), 0.0);
+    std::printf("  decode, model layout, B %lld: rel err %.2e (absorb_bmm), %.2e (gemm_bf16)\n",
+                static_cast<long long>(batch), err, rel_max_err(gemm, want));
+  }
 }
 
 TEST(MlaGpu, DecodeExactPathMatchesCpu) {

@@ -13,6 +13,9 @@
 //   3. attention core over the pages, split-KV              (decode_core)
 //   4. merge splits -> o_lat                                 (decode_combine, only with splits)
 //   5. out = o_lat W_UV^T per head                           (gemm_bf16)
+// With q, the weights and out all bf16 (the GPU model), 1 + 2 are one absorb_bmm_bf16 launch and
+// 5 is absorb_bmm_bf16 too (mla_gemm.cu: weight slice resident in shared memory, 16-byte stores);
+// PDSERVE_MLA_BMM=gemm forces gemm_bf16 + convert_rows (read on every call: benchmark A/B).
 #include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
@@ -279,6 +282,12 @@ static bool use_wgmma_decode() {
   return use;
 }
 
+// The decode absorptions on absorb_bmm_bf16 where it applies, unless PDSERVE_MLA_BMM=gemm.
+static bool use_absorb_bmm() {
+  const char* v = std::getenv("PDSERVE_MLA_BMM");
+  return !(v && std::string_view(v) == "gemm");
+}
+
 int mla_decode_num_splits(int64_t batch, const MlaDims& d, int64_t max_seq_len, DType pool_dtype) {
   return decode_fast(d, pool_dtype) ? choose_splits(batch, d.num_heads, max_seq_len, num_sms()) : 1;
 }
@@ -341,10 +350,13 @@ void mla_decode_paged(const Tensor& q, const Tensor& pool, const Tensor& page_ta
   bf16* o_lat = carve.take<bf16>(int64_t(batch) * heads * rank);
   float* o_part = splits > 1 ? carve.take<float>(int64_t(batch) * splits * heads * rank) : nullptr;
   float* lse_part = splits > 1 ? carve.take<float>(int64_t(batch) * splits * heads) : nullptr;
-  convert_rows(qt, static_cast<const char*>(q.raw_data()) + nope * dtype_size(q.dtype()), qs0, qs1, heads,
-               Elem::kBF16, q_abs + rank, latent, rope, int64_t(batch) * heads, stream);
-  mla::gemm_bf16(a_q, b_uk, /*b_kn=*/true, mla::Output{q_abs, Elem::kBF16, latent, int64_t(heads) * latent}, batch,
-                 rank, nope, heads, stream);
+  const mla::Output c_q_abs{q_abs, Elem::kBF16, latent, int64_t(heads) * latent};
+  const bool absorb = use_absorb_bmm();
+  if (!absorb || !mla::absorb_bmm_bf16(a_q, b_uk, /*b_kn=*/true, c_q_abs, batch, rank, nope, heads, rope, stream)) {
+    convert_rows(qt, static_cast<const char*>(q.raw_data()) + nope * dtype_size(q.dtype()), qs0, qs1, heads,
+                 Elem::kBF16, q_abs + rank, latent, rope, int64_t(batch) * heads, stream);
+    mla::gemm_bf16(a_q, b_uk, /*b_kn=*/true, c_q_abs, batch, rank, nope, heads, stream);
+  }
   mla::DecodeCoreArgs c;
   c.q_abs = q_abs;
   c.pool = pool.raw_data();
@@ -363,8 +375,9 @@ void mla_decode_paged(const Tensor& q, const Tensor& pool, const Tensor& page_ta
   if (use_wgmma_decode()) mla::decode_core_wgmma(c, stream);
   else mla::decode_core(c, stream);
   if (splits > 1) mla::decode_combine(o_part, lse_part, o_lat, batch, heads, splits, stream);
-  mla::gemm_bf16(mla::Operand{o_lat, Elem::kBF16, rank, int64_t(heads) * rank}, b_uv, /*b_kn=*/false, c_out, batch,
-                 vdim, rank, heads, stream);
+  const mla::Operand a_lat{o_lat, Elem::kBF16, rank, int64_t(heads) * rank};
+  if (!absorb || !mla::absorb_bmm_bf16(a_lat, b_uv, /*b_kn=*/false, c_out, batch, vdim, rank, heads, 0, stream))
+    mla::gemm_bf16(a_lat, b_uv, /*b_kn=*/false, c_out, batch, vdim, rank, heads, stream);
 }
 
 // ---- prefill --------------------------------------------------------------------------------------

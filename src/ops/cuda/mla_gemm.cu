@@ -7,6 +7,17 @@
 // gemm_bf16: 128x128x32 tiles, 8 warps of 32x64, mma.sync m16n8k16 bf16 with f32 accumulation.
 // Global loads go through registers (conversion to bf16 there) into a double-buffered swizzled
 // shared tile. gemm_f32: a plain 64x64 SIMT tile, exact, for the f32 reference-accuracy path.
+//
+// absorb_bmm_bf16: the decode absorptions when A, B and C are all bf16 (the GPU model's case). One
+// CTA per (head, 128 output columns[, group of row tiles]) keeps its whole weight slice (k x 128,
+// 32 KiB for W_UK, 128 KiB for W_UV) in shared memory and streams the activation rows through in
+// 64 x 128 tiles (cp.async ring of 4-5 stages, crossing row-tile boundaries so the next tile's
+// loads are in flight during this tile's epilogue); each finished 64 x 128 output tile goes
+// through shared memory and leaves as whole 256-byte row pieces (16-byte stores). It can also
+// copy the A columns after the first k into the C columns after the first n (q_pe -> q_abs), which
+// saves decode a separate copy kernel. Same mma.sync m16n8k16 and the same k order as gemm_bf16,
+// so the two give bit-identical results.
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -323,6 +334,245 @@ void launch(const Operand& a, const Operand& b, bool b_kn, const Output& c, int 
 
 bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+// ---- absorb_bmm_bf16 ------------------------------------------------------------------------------
+
+namespace absorb {
+
+constexpr int kBM = 64;         // rows (tokens) per output tile
+constexpr int kBN = 128;        // output columns per CTA: its weight slice stays in shared memory
+constexpr int kAK = 128;        // A columns (k) per pipeline step: one 64 x 128 tile, 16 KiB
+constexpr int kThreads = 256;   // 8 warps, 2 (rows) x 4 (columns), each 32 x 32 of the tile
+constexpr int kMaxK = 512;      // weight slice <= 128 KiB
+constexpr int kMaxCopy = 2;     // 16-byte copy chunks per thread and row tile
+
+constexpr size_t smem_bytes(int stages, int k) {
+  return static_cast<size_t>(kBN * k + stages * kBM * kAK + kBM * kBN) * sizeof(bf16);
+}
+
+struct Params {
+  const bf16* a;
+  int64_t a_bs, a_rs;
+  const bf16* b;
+  int64_t b_bs, b_rs;
+  bf16* c;
+  int64_t c_bs, c_rs;
+  int m, n, k;
+  int tiles_per_cta;  // 64-row tiles per CTA; blockIdx.y picks the group
+  int copy_chunks;    // 16-byte chunks of A after column k copied to C after column n (0: none)
+};
+
+// Shared memory: the weight slice (KN: k rows of 16 chunks = the CTA's 128 columns; NK: 128 rows
+// of k / 8 chunks), kStages A tiles of 64 rows x 16 chunks, one 64 x 16-chunk output tile; every
+// row XOR-swizzled on 16-byte chunks (swz), so ldmatrix, cp.async and the output staging are free
+// of bank conflicts. Steps s = (row tile, 128-wide k piece) run through one cp.async ring: step s
+// waits for its group, then issues step s + kStages - 1 into the stage step s - 1 used.
+template <bool KN, int kStages>
+__global__ void __launch_bounds__(kThreads, 2) absorb_kernel(Params p) {
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  bf16* s_b = reinterpret_cast<bf16*>(smem_raw);
+  bf16* s_a = s_b + kBN * p.k;
+  bf16* s_c = s_a + kStages * kBM * kAK;
+  const int g = blockIdx.z, n0 = blockIdx.x * kBN;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;
+  const int m_tiles = (p.m + kBM - 1) / kBM;
+  const int tile0 = blockIdx.y * p.tiles_per_cta;
+  const int tiles = min(p.tiles_per_cta, m_tiles - tile0);
+  if (tiles <= 0) return;
+  const int ksteps = p.k / kAK, steps = tiles * ksteps, kchunks = p.k / 8;
+  const bf16* a = p.a + g * p.a_bs;
+  const bf16* b = p.b + g * p.b_bs;
+  bf16* c = p.c + g * p.c_bs;
+
+  // The weight slice's k rows [128 kk, 128 kk + 128): 128 x 16 chunks, in the group of step kk
+  // (the first row tile's), so the first MMAs wait for 32 KiB of it, not all of it.
+  auto load_b = [&](int kk) {
+#pragma unroll
+    for (int i = 0; i < kBN * kAK / 8 / kThreads; ++i) {
+      const int u = tid + i * kThreads;
+      if constexpr (KN) {
+        const int kr = kk * kAK + (u >> 4), ch = u & 15;
+        cp_async16(&s_b[swz(kr, ch, 16)], b + kr * p.b_rs + n0 + ch * 8, true);
+      } else {
+        const int nr = u >> 4, ch = kk * (kAK / 8) + (u & 15);
+        cp_async16(&s_b[swz(nr, ch, kchunks)], b + (n0 + nr) * p.b_rs + ch * 8, true);
+      }
+    }
+  };
+  auto load_a = [&](int step, int stage) {
+    const int tq = step / ksteps, kk = step - tq * ksteps, m0 = (tile0 + tq) * kBM;
+    if (step < ksteps) load_b(kk);
+    bf16* dst = s_a + stage * kBM * kAK;
+#pragma unroll
+    for (int i = 0; i < kBM * kAK / 8 / kThreads; ++i) {
+      const int u = tid + i * kThreads, r = u >> 4, ch = u & 15, m = m0 + r;
+      const bool ok = m < p.m;  // rows past m read nothing and hold zeros
+      cp_async16(&dst[swz(r, ch, 16)], ok ? a + m * p.a_rs + kk * kAK + ch * 8 : a, ok);
+    }
+  };
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+  auto compute = [&](int stage, int kk) {
+    const bf16* sa = s_a + stage * kBM * kAK;
+#pragma unroll
+    for (int ks = 0; ks < kAK / 16; ++ks) {
+      uint32_t af[2][4], bfr[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+        ldmatrix_x4(af[mt], &sa[swz(wm * 32 + mt * 16 + (lane & 15), ks * 2 + (lane >> 4), 16)]);
+      const int kg = kk * kAK + ks * 16;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        if constexpr (KN)
+          ldmatrix_x4_trans(bfr[j], &s_b[swz(kg + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                             (wn * 32 + j * 16) / 8 + (lane >> 4), 16)]);
+        else
+          ldmatrix_x4(bfr[j], &s_b[swz(wn * 32 + j * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                       kg / 8 + ((lane >> 3) & 1), kchunks)]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          mma_bf16(acc[mt][2 * j], af[mt], bfr[j][0], bfr[j][1]);
+          mma_bf16(acc[mt][2 * j + 1], af[mt], bfr[j][2], bfr[j][3]);
+        }
+    }
+  };
+
+  // The column copy: item i = (row r, chunk ch) of a row tile; this CTA (column block x) takes
+  // items x * kThreads + tid + j * gridDim.x * kThreads. Loaded one row tile ahead (the load's
+  // latency hides behind that tile's MMAs), stored after the tile's output.
+  uint4 cpv[kMaxCopy] = {};
+  auto copy_item = [&](int j, int t, int& m, int& ch) {
+    const int i = (blockIdx.x + j * gridDim.x) * kThreads + tid;
+    if (i >= kBM * p.copy_chunks) return false;
+    const int r = i / p.copy_chunks;
+    ch = i - r * p.copy_chunks;
+    m = t * kBM + r;
+    return m < p.m;
+  };
+  auto copy_load = [&](int t) {
+#pragma unroll
+    for (int j = 0; j < kMaxCopy; ++j) {
+      int m, ch;
+      if (copy_item(j, t, m, ch)) cpv[j] = *reinterpret_cast<const uint4*>(a + m * p.a_rs + p.k + ch * 8);
+    }
+  };
+  auto copy_store = [&](int t) {
+#pragma unroll
+    for (int j = 0; j < kMaxCopy; ++j) {
+      int m, ch;
+      if (copy_item(j, t, m, ch)) *reinterpret_cast<uint4*>(c + m * p.c_rs + p.n + ch * 8) = cpv[j];
+    }
+  };
+
+  load_a(0, 0);
+  cp_async_commit();  // group j: step j (and the weight slice's k quarter j while j < ksteps)
+#pragma unroll
+  for (int st = 1; st < kStages - 1; ++st) {
+    if (st < steps) load_a(st, st);
+    cp_async_commit();  // empty groups keep the wait count uniform
+  }
+  if (p.copy_chunks > 0) copy_load(tile0);
+
+  int kk = 0, t = tile0;
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // step s visible; everyone is done with the stage refilled below (step s - 1's)
+    if (s + kStages - 1 < steps) load_a(s + kStages - 1, (s + kStages - 1) % kStages);
+    cp_async_commit();
+    compute(s % kStages, kk);
+    if (++kk < ksteps) continue;
+    kk = 0;
+    // Row tile t done: accumulators -> bf16 output tile in shared memory -> 16-byte stores.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int r = wm * 32 + mt * 16 + (lane >> 2), col = wn * 32 + nt * 8 + 2 * (lane & 3);
+        *reinterpret_cast<uint32_t*>(&s_c[swz(r, col >> 3, 16) + (col & 7)]) =
+            pack_bf16(acc[mt][nt][0], acc[mt][nt][1]);
+        *reinterpret_cast<uint32_t*>(&s_c[swz(r + 8, col >> 3, 16) + (col & 7)]) =
+            pack_bf16(acc[mt][nt][2], acc[mt][nt][3]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+      }
+    __syncthreads();  // the output tile is whole (the next write to it is behind the next step's barrier)
+    const int m0 = t * kBM;
+#pragma unroll
+    for (int i = 0; i < kBM * kBN / 8 / kThreads; ++i) {
+      const int u = tid + i * kThreads, r = u >> 4, ch = u & 15;
+      const uint4 v = *reinterpret_cast<const uint4*>(&s_c[swz(r, ch, 16)]);
+      if (m0 + r < p.m) *reinterpret_cast<uint4*>(c + (m0 + r) * p.c_rs + n0 + ch * 8) = v;
+    }
+    if (p.copy_chunks > 0) {
+      copy_store(t);
+      if (t + 1 < tile0 + tiles) copy_load(t + 1);
+    }
+    ++t;
+  }
+}
+
+struct DeviceLimits {
+  int sms = 0, smem_per_sm = 0, smem_optin = 0, smem_reserved = 0;
+};
+
+DeviceLimits device_limits() {
+  DeviceLimits d;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&d.smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev),
+        "cudaDeviceGetAttribute");
+  return d;
+}
+
+// The ring depth and CTAs per SM for a weight slice of k rows: two CTAs per SM where two fit (W_UK,
+// k 128: 112 KiB each with 4 stages; one CTA's epilogue and MMAs then overlap the other's loads),
+// else one CTA with the deepest ring that fits (W_UV, k 512: 224 KiB with 5 stages).
+bool pick_config(const DeviceLimits& d, int k, int& stages, int& ctas_per_sm) {
+  for (int st : {4, 3}) {
+    const size_t bytes = smem_bytes(st, k);
+    if (bytes <= static_cast<size_t>(d.smem_optin) &&
+        2 * (bytes + d.smem_reserved) <= static_cast<size_t>(d.smem_per_sm)) {
+      stages = st, ctas_per_sm = 2;
+      return true;
+    }
+  }
+  for (int st : {5, 4, 3}) {
+    if (smem_bytes(st, k) <= static_cast<size_t>(d.smem_optin)) {
+      stages = st, ctas_per_sm = 1;
+      return true;
+    }
+  }
+  return false;
+}
+
+template <bool KN, int kStages>
+void launch(const Params& p, dim3 grid, cudaStream_t stream) {
+  auto kernel = absorb_kernel<KN, kStages>;
+  const int bytes = static_cast<int>(smem_bytes(kStages, p.k));
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        "cudaFuncSetAttribute(mla absorb_bmm)");
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared),
+        "cudaFuncSetAttribute(mla absorb_bmm)");
+  kernel<<<grid, kThreads, bytes, stream>>>(p);
+  check_launch("mla absorb_bmm_bf16");
+}
+
+}  // namespace absorb
+
 }  // namespace
 
 void gemm_bf16(const Operand& a, const Operand& b, bool b_kn, const Output& c, int m, int n, int k, int batch,
@@ -336,6 +586,44 @@ void gemm_bf16(const Operand& a, const Operand& b, bool b_kn, const Output& c, i
                                 " and all strides must be multiples of 8 elements with 16-byte aligned bases");
   if (b.type == Elem::kFP8 && batch != 1) throw std::invalid_argument("mla gemm_bf16: fp8 B only unbatched");
   launch<true>(a, b, b_kn, c, m, n, k, batch, stream);
+}
+
+bool absorb_bmm_bf16(const Operand& a, const Operand& b, bool b_kn, const Output& c, int m, int n, int k, int batch,
+                     int copy_cols, cudaStream_t stream) {
+  namespace ab = absorb;
+  if (a.type != Elem::kBF16 || b.type != Elem::kBF16 || c.type != Elem::kBF16) return false;
+  if (n <= 0 || n % ab::kBN != 0 || k <= 0 || k % ab::kAK != 0 || k > ab::kMaxK || copy_cols < 0 ||
+      copy_cols % 8 != 0)
+    return false;
+  const bool strides_ok = a.row_stride % 8 == 0 && a.batch_stride % 8 == 0 && b.row_stride % 8 == 0 &&
+                          b.batch_stride % 8 == 0 && c.row_stride % 8 == 0 && c.batch_stride % 8 == 0;
+  if (!strides_ok || !aligned(a.ptr, 16) || !aligned(b.ptr, 16) || !aligned(c.ptr, 16)) return false;
+  if (m <= 0 || batch <= 0) return true;  // nothing to compute
+  const int col_blocks = n / ab::kBN;
+  if (ab::kBM * (copy_cols / 8) > ab::kMaxCopy * col_blocks * ab::kThreads) return false;
+  const ab::DeviceLimits d = ab::device_limits();
+  int stages = 0, ctas_per_sm = 0;
+  if (!ab::pick_config(d, k, stages, ctas_per_sm)) return false;
+  // Row tiles are split over CTAs only where (column blocks x heads) CTAs leave SMs idle (few heads).
+  const int m_tiles = (m + ab::kBM - 1) / ab::kBM;
+  const long long slots = static_cast<long long>(d.sms) * ctas_per_sm, base = static_cast<long long>(col_blocks) * batch;
+  const int want = static_cast<int>(std::clamp<long long>(slots / base, 1, m_tiles));
+  const int per = (m_tiles + want - 1) / want, groups = (m_tiles + per - 1) / per;
+  const ab::Params p{static_cast<const bf16*>(a.ptr), a.batch_stride, a.row_stride,
+                     static_cast<const bf16*>(b.ptr), b.batch_stride, b.row_stride,
+                     static_cast<bf16*>(c.ptr),       c.batch_stride, c.row_stride,
+                     m, n, k, per, copy_cols / 8};
+  const dim3 grid(col_blocks, groups, batch);
+  if (b_kn) {
+    if (stages == 5) ab::launch<true, 5>(p, grid, stream);
+    else if (stages == 4) ab::launch<true, 4>(p, grid, stream);
+    else ab::launch<true, 3>(p, grid, stream);
+  } else {
+    if (stages == 5) ab::launch<false, 5>(p, grid, stream);
+    else if (stages == 4) ab::launch<false, 4>(p, grid, stream);
+    else ab::launch<false, 3>(p, grid, stream);
+  }
+  return true;
 }
 
 void gemm_f32(const Operand& a, const Operand& b, bool b_kn, const Output& c, int m, int n, int k, int batch,

@@ -41,6 +41,17 @@ void gemm_bf16(const Operand& a, const Operand& b, bool b_kn, const Output& c, i
 void gemm_f32(const Operand& a, const Operand& b, bool b_kn, const Output& c, int m, int n, int k, int batch,
               cudaStream_t stream);
 
+// The decode absorptions (W_UK: [B, 128] x [128, 512], W_UV: [B, 512] x [512, 128]^T per head) on
+// a kernel shaped for them: the same product as gemm_bf16 (bit-identical: same MMA, same k order),
+// each CTA keeping its head's k x 128 weight slice in shared memory while it streams 64-row tiles
+// of A, and writing C with 16-byte stores. copy_cols > 0 also sets C(m, n + j) = A(m, k + j) for
+// j < copy_cols (decode: q_pe into q_abs[:, :, 512:] in the same launch). Applies where a, b and c
+// are bf16, n is a multiple of 128, k a multiple of 128 up to 512, copy_cols a multiple of 8 (at
+// most 64 per 128 output columns), every stride a multiple of 8 and every base 16-byte aligned;
+// elsewhere it returns false and launches nothing (then use gemm_bf16).
+bool absorb_bmm_bf16(const Operand& a, const Operand& b, bool b_kn, const Output& c, int m, int n, int k, int batch,
+                     int copy_cols, cudaStream_t stream);
+
 // ---- decode ------------------------------------------------------------------------------------
 
 // The tensor-core decode core for kv_lora_rank 512 + rope 64 (DeepSeek-V2/V3/R1 latent layout).
