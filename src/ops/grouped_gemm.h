@@ -42,11 +42,13 @@ void grouped_linear_masked(const Tensor& x, const Tensor& counts, const std::vec
 void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
                          Tensor& y, const Tensor& x_scales = Tensor());
 // grouped_gemv_masked's contract, computed by the fastest kernel that takes the operands: on the
-// GPU the tensor-core kernel (ops/cuda/grouped_gemm.h, grouped_gemm_masked_tc: fp8 block-scaled
-// experts with N, K multiples of 128, x bf16 or fp8 with scales, y f32 or bf16), otherwise
-// grouped_gemv_masked. The GEMV multiplies on CUDA cores: an H100 measured it ~100x slower than the
-// tensor-core GEMMs at 512 rows per expert (docs/perf/kernels.md), so the model's masked expert
-// layers (decode, EP low-latency) call this one.
+// GPU, for fp8 block-scaled experts with N, K multiples of 128, x bf16 or fp8 with scales and y f32
+// or bf16, the FP8 wgmma kernel (ops/cuda/grouped_gemm.h, grouped_gemm_masked_wgmma; bf16 rows are
+// quantized per 128-group first, W8A8 like the dense layers); otherwise grouped_gemv_masked.
+// PDSERVE_MASKED_EXPERTS=tc|gemv forces the mma.sync kernel or the GEMV (comparisons). The GEMV
+// multiplies on CUDA cores: an H100 measured it ~100x slower than the wgmma kernel at 512 rows per
+// expert (docs/perf/kernels.md), so the model's masked expert layers (decode, EP low-latency) call
+// this one.
 void grouped_masked_experts(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
                             Tensor& y, const Tensor& x_scales = Tensor());
 // i64 [2, G] on the experts' device: each expert's weight address, then its scale_inv address (0

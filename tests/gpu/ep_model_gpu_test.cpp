@@ -124,21 +124,6 @@ GpuModelOptions options() {
   return o;
 }
 
-// tiny-deepseek-v3 with DeepSeek's FP8 block quantization (dummy weights) and a 128-wide latent,
-// so that every FP8 GEMM's K is a multiple of 128: the routed experts then run the FP8 paths
-// (masked GEMMs over the received slabs, the GEMV) that the real model's ranks run.
-std::string tiny_fp8_dir() {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "pdserve-ep-tiny-fp8";
-  std::filesystem::create_directories(dir);
-  std::ifstream in(kSrc + "/models/tiny-deepseek-v3/config.json");
-  nlohmann::json c = nlohmann::json::parse(in);
-  c["kv_lora_rank"] = 128;
-  c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
-                              {"weight_block_size", {128, 128}}};
-  std::ofstream(dir / "config.json") << c.dump(2);
-  return dir.string();
-}
-
 // The low-latency group of these tests: R ranks on GPU 0, bf16 rows, kMaxDispatch tokens per rank.
 // num_experts: the physical experts (0: the model's, no redundant copies).
 moe::gpu::LowLatencyGpuConfig ll_config(const ModelConfig& c, int R, int64_t num_experts = 0) {
@@ -331,7 +316,7 @@ void ranks_match_one_model(const EpCase& k) {
 TEST(EpModelGpu, TwoRanksMatchOneModelHoldingEveryExpert) { ranks_match_one_model({}); }
 
 TEST(EpModelGpu, TwoRanksWithFp8ExpertsMatchOneModelHoldingEveryExpert) {
-  ranks_match_one_model({.model_dir = tiny_fp8_dir(), .decode_bound = 0.5});
+  ranks_match_one_model({.model_dir = gpu_test::tiny_fp8_dir(), .decode_bound = 0.5});
 }
 
 TEST(EpModelGpu, TwoRanksWithNormalModePrefillMatchOneModel) { ranks_match_one_model({.normal = true}); }
@@ -343,7 +328,7 @@ TEST(EpModelGpu, NormalModePrefillInSmallWindowsMatchesOneModel) {
 }
 
 TEST(EpModelGpu, FourRanksWithNormalModePrefillAndFp8ExpertsMatchOneModel) {
-  ranks_match_one_model({.R = 4, .model_dir = tiny_fp8_dir(), .decode_bound = 0.5, .normal = true});
+  ranks_match_one_model({.R = 4, .model_dir = gpu_test::tiny_fp8_dir(), .decode_bound = 0.5, .normal = true});
 }
 
 // Four ranks on one GPU: first failed on 2026-12-04 (a rank's first launch of a cuBLASLt kernel

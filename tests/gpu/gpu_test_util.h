@@ -4,9 +4,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
+#include <string>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "tensor/dtype.h"
 #include "tensor/tensor.h"
@@ -91,6 +95,22 @@ inline Weight to_fp8_weight(const Tensor& w) {
         for (int64_t c = bj * 128; c < c1; ++c) q[r * cols + c] = f32_to_fp8e4m3(src[r * cols + c] / sc);
     }
   return out;
+}
+
+// tiny-deepseek-v3 with DeepSeek's FP8 block quantization (dummy weights) and a 128-wide latent,
+// so that every FP8 GEMM's K is a multiple of 128: the routed experts then run the FP8 paths (the
+// masked kernels over the received rows) that the real model runs. Written once per process into
+// the temp directory; returns that directory.
+inline std::string tiny_fp8_dir() {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "pdserve-tiny-fp8";
+  std::filesystem::create_directories(dir);
+  std::ifstream in(std::string(PDSERVE_SOURCE_DIR) + "/models/tiny-deepseek-v3/config.json");
+  nlohmann::json c = nlohmann::json::parse(in);
+  c["kv_lora_rank"] = 128;
+  c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+                              {"weight_block_size", {128, 128}}};
+  std::ofstream(dir / "config.json") << c.dump(2);
+  return dir.string();
 }
 
 }  // namespace pdserve::gpu_test

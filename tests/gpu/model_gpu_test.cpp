@@ -161,6 +161,15 @@ TEST(ModelGpu, TinyDummyMatchesCpuWithGraphs) {
   expect_bf16_agreement(compare_runs(p, random_prompts(5, p.cpu->config().vocab_size, 2), 8, true));
 }
 
+// FP8 experts of 128-multiple shapes: the decode graphs run the routed experts through the masked
+// FP8 kernels (ops::grouped_masked_experts), prefill through the contiguous GEMMs. Bounds as for
+// the W8A8 golden checkpoint (activations quantized to fp8 before every block-scaled GEMM).
+TEST(ModelGpu, TinyFp8MatchesCpuWithGraphs) {
+  Pair p = load_pair(gpu_test::tiny_fp8_dir(), LoadFormat::kDummy, {1, 2, 4, 8});
+  ASSERT_TRUE(p.gpu);
+  expect_bf16_agreement(compare_runs(p, random_prompts(7, p.cpu->config().vocab_size, 3), 8, true), 5.0);
+}
+
 TEST(ModelGpu, GraphReplayEqualsEagerOfTheSameBatch) {
   Pair p = load_pair(kSrc + "/models/tiny-deepseek-v3", LoadFormat::kDummy, {4});
   ASSERT_TRUE(p.gpu);

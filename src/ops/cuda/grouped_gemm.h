@@ -18,7 +18,8 @@ void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vecto
 // tiles on mma.sync; a tile starting at or past counts[g] exits at once. Narrower scope: experts fp8
 // e4m3 with 128x128 block scales, N and K positive multiples of 128, x bf16 or fp8 e4m3 with x_scales
 // f32 [G, K/128, max_m], y f32 or bf16, all 16-byte aligned; anything else throws
-// std::invalid_argument. Not yet used by the model (see grouped_gemm_masked_tc.cu).
+// std::invalid_argument. W8A16 on mma.sync: 3.5x slower than grouped_gemm_masked_wgmma at 4 x 512
+// rows on an H100; kept for PDSERVE_MASKED_EXPERTS=tc comparisons.
 void grouped_gemm_masked_tc(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts,
                             const Tensor& table, Tensor& out, const Tensor& x_scales = Tensor());
 // Hopper FP8 form of the same contract (sm_90a wgmma e4m3 x e4m3 -> f32, TMA, DeepSeek's 128-block
@@ -28,8 +29,8 @@ void grouped_gemm_masked_tc(const Tensor& x, const Tensor& counts, const std::ve
 // expert_pointer_table(experts) (the kernel reads the weight scales through it), y f32 or bf16
 // [G, max_m, N]; x, the weights and y 16-byte aligned. Only rows r < counts[g] of y are written;
 // counts stay on the device (graph-capturable; the weights' TMA maps are kernel parameters).
-// Anything else throws std::invalid_argument. Not yet used by the model
-// (see grouped_gemm_masked_wgmma.cu).
+// Anything else throws std::invalid_argument. Column tiles of 256 where N is a multiple of 256,
+// else 128. The model's masked expert layers use it (ops::grouped_masked_experts).
 void grouped_gemm_masked_wgmma(const Tensor& x, const Tensor& x_scales, const Tensor& counts,
                                const std::vector<Weight>& experts, const Tensor& table, Tensor& y);
 // The fp8 input of grouped_gemm_masked_wgmma from bf16 rows of the masked layout: for g < G and
