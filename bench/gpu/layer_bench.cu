@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <functional>
 #include <numeric>
@@ -37,6 +38,7 @@
 #include "ops/attention.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/grouped_gemm.h"
 #include "ops/cuda/linear.h"
 #include "ops/cuda/mla_kernels.h"
 #include "ops/cuda/rope.h"
@@ -204,7 +206,7 @@ struct Layer {
   Tensor pool, table, lens, positions, slots;
   // activations: resid0 is the layer's input, resid its in-place residual (the model's f32 stream)
   Tensor resid0, resid, xb, xf, qkv, cq, q, attn, o, ws, logits, ids, wts, sgu, sh, sy;
-  Tensor xe, counts, gue, he, ye, combine_slots;
+  Tensor xe, xe8, xe8_scales, xq, xq_scales, counts, gue, he, ye, combine_slots;
   std::vector<Op> ops;
 
   explicit Layer(model::ModelConfig c) : cfg(std::move(c)) {}
@@ -297,6 +299,12 @@ void Layer::build() {
   // dispatch delivers and the decode graphs capture. max_m = count = 512 is the balanced best case.
   xe = device_tensor({G, M, H}, bf, seed++);
   counts = i32_device(std::vector<int32_t>(static_cast<size_t>(G), static_cast<int32_t>(M)), {G});
+  // The same rows as the FP8 low-latency dispatch delivers them (its default: fp8 e4m3 with 1x128
+  // scales, [G, H/128, M]); the model's masked kernels read them as they arrived. xq: this rank's
+  // own 256 tokens cast to FP8, the dispatch kernel's cast done as a separate kernel here.
+  xe8 = Tensor::empty({G, M, H}, f8, dev), xe8_scales = Tensor::empty({G, H / 128, M}, f32, dev);
+  ops::cuda::quantize_fp8_masked(xe, counts, xe8, xe8_scales);
+  xq = Tensor::empty({T, H}, f8, dev), xq_scales = Tensor::empty({H / 128, T}, f32, dev);
   gue = Tensor::empty({G, M, 2 * inter}, bf, dev), he = Tensor::empty({G, M, inter}, bf, dev);
   ye = Tensor::empty({G, M, H}, bf, dev);
   // Token t's j-th choice -> row (t * 2 + j / 4) of local expert j % 4: a bijection of the 256 x 8
@@ -366,14 +374,18 @@ void Layer::build() {
   lin("shared down_proj (f32 out)", 1, sh, sh_down, sy);
   add("shared residual add", "ops::add_inplace f32", dims({T, H}), 1, {0, t * h * 12}, Ceil::kMemory, 20,
       [this] { ops::add_inplace(resid, sy); });
-  // Routed experts as GpuEpExperts::run_experts runs a decode pass on bf16 rows: the fused gate|up,
-  // SiLU over its halves, down. Block 3: the masked kernels the model calls (rows < counts only);
-  // block 4: cuBLASLt's masked GEMMs, which compute every slab row (here slab = count: their best case).
+  // Routed experts as GpuEpExperts::run_experts runs a decode pass: the fused gate|up, SiLU over its
+  // halves, down. Block 3: the masked kernels the model calls (rows < counts only) on the FP8 rows
+  // the default dispatch delivers, plus the cast of this rank's tokens that dispatch makes; block 4:
+  // cuBLASLt's masked GEMMs on bf16 rows (a bf16 dispatch), which compute every slab row (here
+  // slab = count: their best case).
   const std::string eshape = "4x" + std::to_string(M) + " x ";
   Tensor ge = gue.slice(2, 0, inter), ue = gue.slice(2, inter, 2 * inter);
-  add("experts gate|up_proj", "ops::grouped_masked_experts", eshape + dims({2 * inter, H}), 3,
-      gemm_cost(rows, 2 * inter, h, 2, 2, true), Ceil::kFp8, 5,
-      [this] { ops::grouped_masked_experts(xe, counts, e_gate_up, t_gate_up, gue); });
+  add("dispatch's FP8 cast (256 tok)", "ops::quantize_fp8_per_token_group", dims({T, H}), 3, {0, t * h * 3.0},
+      Ceil::kMemory, 20, [this] { ops::quantize_fp8_per_token_group(xb, xq, xq_scales); });
+  add("experts gate|up_proj (fp8 rows)", "ops::grouped_masked_experts", eshape + dims({2 * inter, H}), 3,
+      gemm_cost(rows, 2 * inter, h, 1, 2, true), Ceil::kFp8, 5,
+      [this] { ops::grouped_masked_experts(xe8, counts, e_gate_up, t_gate_up, gue, xe8_scales); });
   add("experts silu*mul", "ops::silu_mul_masked halves", eshape + std::to_string(inter), 3, {0, rows * inter * 6.0},
       Ceil::kMemory, 20, [this, ge, ue] { ops::silu_mul_masked(ge, ue, counts, he); });
   add("experts down_proj", "ops::grouped_masked_experts", eshape + dims({H, inter}), 3,
@@ -451,9 +463,12 @@ int run(const std::string& config_path) {
               (long long)kPageSize,
               ops::cuda::mla::decode_core_wgmma_supported() ? "wgmma ping-pong, TMA tile loads (64-token pages)" : "mma.sync",
               splits);
-  std::printf("MoE: %lld local experts x %lld rows (balanced) in the masked layout [4, 512, 7168] bf16 with the counts on\n"
+  std::printf("MoE: %lld local experts x %lld rows (balanced) in the masked layout [4, 512, 7168] with the counts on\n"
               "the device (decode's layout: the low-latency dispatch's recv_x, capturable; max_m = count is the balanced\n"
-              "best case); shared expert over the 256 tokens\n", (long long)kLocalExperts, (long long)kRowsPerExpert);
+              "best case): fp8 + scales (the FP8 dispatch) for the model's masked kernels, bf16 for cuBLASLt's;\n"
+              "shared expert over the 256 tokens; masked kernel: %s\n",
+              (long long)kLocalExperts, (long long)kRowsPerExpert,
+              std::getenv("PDSERVE_MASKED_EXPERTS") ? std::getenv("PDSERVE_MASKED_EXPERTS") : "wgmma (default)");
   std::printf("no dispatch/combine across GPUs (one GPU): the expert input is a fixed slab standing in for the\n"
               "dispatch's recv_x; ops::moe_combine of the 2048 expert rows stands in for the combine\n");
 
