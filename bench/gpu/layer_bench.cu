@@ -386,11 +386,9 @@ void Layer::build() {
   add("experts gate|up_proj (fp8 rows)", "ops::grouped_masked_experts", eshape + dims({2 * inter, H}), 3,
       gemm_cost(rows, 2 * inter, h, 1, 2, true), Ceil::kFp8, 5,
       [this] { ops::grouped_masked_experts(xe8, counts, e_gate_up, t_gate_up, gue, xe8_scales); });
-  add("experts silu*mul", "ops::silu_mul_masked halves", eshape + std::to_string(inter), 3, {0, rows * inter * 6.0},
-      Ceil::kMemory, 20, [this, ge, ue] { ops::silu_mul_masked(ge, ue, counts, he); });
-  add("experts down_proj", "ops::grouped_masked_experts", eshape + dims({H, inter}), 3,
+  add("experts silu*mul + down_proj", "ops::grouped_masked_silu_down", eshape + dims({H, inter}), 3,
       gemm_cost(rows, h, inter, 2, 2, true), Ceil::kFp8, 5,
-      [this] { ops::grouped_masked_experts(he, counts, e_down, t_down, ye); });
+      [this] { ops::grouped_masked_silu_down(gue, counts, e_down, t_down, he, ye); });
   add("experts gate|up_proj", "ops::grouped_linear_masked", eshape + dims({2 * inter, H}), 4,
       gemm_cost(rows, 2 * inter, h, 2, 2, true), Ceil::kFp8, 20,
       [this] { ops::grouped_linear_masked(xe, counts, e_gate_up, gue); });

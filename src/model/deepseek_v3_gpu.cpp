@@ -182,9 +182,9 @@ void DeepseekV3GpuModel::Impl::moe(int64_t l, const Tensor& x, const Tensor& x_b
     // Decode sizes: a few rows per chosen expert. The masked kernels read only the chosen
     // experts' weights; the masked GEMMs would run (and read) all E experts over all T rows.
     ops::grouped_masked_experts(xs.reshape({E, T, hid}), counts, lw.experts.gate_up, lw.experts.gate_up_table, gu3);
-    // rows past the counts stay stale; nothing reads them
-    ops::silu_mul_masked(gu3.slice(2, 0, inter), gu3.slice(2, inter, 2 * inter), counts, h3);
-    ops::grouped_masked_experts(h3, counts, lw.experts.down, lw.experts.down_table, y3);
+    // SiLU (straight to FP8 rows where the down kernel takes them), down; rows past the counts
+    // stay stale, nothing reads them.
+    ops::grouped_masked_silu_down(gu3, counts, lw.experts.down, lw.experts.down_table, h3, y3);
   } else if (rows > 0) {
     Tensor xr = xs.slice(0, 0, rows), gur = gu.slice(0, 0, rows), hr = h.slice(0, 0, rows), yr = y.slice(0, 0, rows);
     ops::grouped_linear_contiguous(xr, offsets, lw.experts.gate_up, gur);

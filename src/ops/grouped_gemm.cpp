@@ -7,8 +7,10 @@
 #include <string>
 
 #include "ops/check.h"
+#include "ops/elementwise.h"
 #include "ops/linear.h"
 #ifdef PDSERVE_HAVE_CUDA
+#include "ops/cuda/elementwise.h"
 #include "ops/cuda/grouped_gemm.h"
 #include "ops/cuda/linear.h"
 #endif
@@ -151,14 +153,17 @@ bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data(
 
 // What ops::cuda::grouped_gemm_masked_tc takes (its header): fp8 block-scaled experts with N and K
 // multiples of 128, x bf16 or fp8 with scales, y f32 or bf16, contiguous and 16-byte aligned.
-bool tensor_cores_take(const Tensor& x, const std::vector<Weight>& experts, const Tensor& y, const Tensor& x_scales) {
-  if (experts.empty() || x.device() != Device::kCuda) return false;
+bool experts_and_y_take_tensor_cores(const std::vector<Weight>& experts, const Tensor& y) {
+  if (experts.empty() || experts.size() > 65535 || y.device() != Device::kCuda) return false;
   const Weight& w = experts.front();
   if (!w.is_block_fp8() || !w.scale_inv.defined() || w.rows() % 128 != 0 || w.cols() % 128 != 0) return false;
+  return (y.dtype() == DType::kF32 || y.dtype() == DType::kBF16) && y.is_contiguous() && aligned16(y) &&
+         y.size(1) <= (int64_t{1} << 30);
+}
+
+bool tensor_cores_take(const Tensor& x, const std::vector<Weight>& experts, const Tensor& y, const Tensor& x_scales) {
   const bool x_ok = x_scales.defined() ? x.dtype() == DType::kF8E4M3 : x.dtype() == DType::kBF16;
-  const bool y_ok = y.dtype() == DType::kF32 || y.dtype() == DType::kBF16;
-  return x_ok && y_ok && x.is_contiguous() && y.is_contiguous() && aligned16(x) && aligned16(y) &&
-         x.size(1) <= (int64_t{1} << 30) && experts.size() <= 65535;
+  return x_ok && x.device() == Device::kCuda && x.is_contiguous() && aligned16(x) && experts_and_y_take_tensor_cores(experts, y);
 }
 
 }  // namespace
@@ -213,6 +218,31 @@ void grouped_masked_experts(const Tensor& x, const Tensor& counts, const std::ve
   }
 #endif
   grouped_gemv_masked(x, counts, experts, table, y, x_scales);
+}
+
+void grouped_masked_silu_down(const Tensor& gate_up, const Tensor& counts, const std::vector<Weight>& down,
+                              const Tensor& down_table, Tensor& act, Tensor& y) {
+  constexpr const char* op = "grouped_masked_silu_down";
+  if (down.empty()) fail(op, "no experts");
+  detail::check_rank(op, "gate_up", gate_up, 3);
+  const int64_t I = down.front().cols();
+  if (gate_up.size(2) != 2 * I)
+    fail(op, fmt::format("gate_up's last dim {} must be twice down's in-features {}", gate_up.size(2), I));
+  const Tensor gate = gate_up.slice(2, 0, I), up = gate_up.slice(2, I, 2 * I);
+#ifdef PDSERVE_HAVE_CUDA
+  // The FP8 path, where grouped_masked_experts would take fp8 rows (the scratch is aligned).
+  if (gate_up.device() == Device::kCuda && masked_kernel() == MaskedKernel::kWgmma &&
+      experts_and_y_take_tensor_cores(down, y)) {
+    const int64_t G = act.size(0), M = act.size(1);
+    const cuda::detail::InputScratch s =
+        cuda::detail::reserve_inputs(static_cast<size_t>(G * M * I), static_cast<size_t>(G * (I / 128) * M), 0);
+    Tensor q = borrowed(s.q, {G, M, I}, DType::kF8E4M3), sc = borrowed(s.s, {G, I / 128, M}, DType::kF32);
+    cuda::silu_mul_quant_fp8_masked(gate, up, counts, q, sc);
+    return grouped_masked_experts(q, counts, down, down_table, y, sc);
+  }
+#endif
+  silu_mul_masked(gate, up, counts, act);
+  grouped_masked_experts(act, counts, down, down_table, y);
 }
 
 Tensor expert_pointer_table(const std::vector<Weight>& experts) {

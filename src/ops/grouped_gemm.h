@@ -51,6 +51,15 @@ void grouped_gemv_masked(const Tensor& x, const Tensor& counts, const std::vecto
 // this one.
 void grouped_masked_experts(const Tensor& x, const Tensor& counts, const std::vector<Weight>& experts, const Tensor& table,
                             Tensor& y, const Tensor& x_scales = Tensor());
+// The second half of the routed experts' MLP over the masked layout: for r < counts[g],
+// y[g, r] = (silu(gate_up[g, r, :I]) * gate_up[g, r, I:]) @ down_g^T, with I = down's in-features.
+// gate_up [G, M, 2I] (the fused gate|up output), act [G, M, I] (the SiLU product's buffer, same
+// dtype as gate_up), y [G, M, N]. Where grouped_masked_experts takes the FP8 wgmma kernel the SiLU
+// product goes straight to FP8 rows (ops::cuda::silu_mul_quant_fp8_masked into the GEMM scratch)
+// and act is not written; otherwise act gets it in gate_up's dtype. Rows past the counts are not
+// written (y and act). Capturable.
+void grouped_masked_silu_down(const Tensor& gate_up, const Tensor& counts, const std::vector<Weight>& down,
+                              const Tensor& down_table, Tensor& act, Tensor& y);
 // i64 [2, G] on the experts' device: each expert's weight address, then its scale_inv address (0
 // when it has none). On the CPU an empty tensor (the reference reads `experts` directly).
 Tensor expert_pointer_table(const std::vector<Weight>& experts);

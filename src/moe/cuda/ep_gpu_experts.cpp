@@ -220,8 +220,7 @@ Status GpuEpExperts::run_experts(const model::GpuExperts& e, bool decode) {
     // or without a normal group, and its rounds then compute the received rows only.
     const Tensor scales = fp8_rows ? rank_->recv_scales() : Tensor();
     ops::grouped_masked_experts(x, counts, e.gate_up, e.gate_up_table, gate_up_, scales);
-    ops::silu_mul_masked(gate, up, counts, act_);
-    ops::grouped_masked_experts(act_, counts, e.down, e.down_table, y_);
+    ops::grouped_masked_silu_down(gate_up_, counts, e.down, e.down_table, act_, y_);
   } else {
     ops::grouped_linear_masked(x, counts, e.gate_up, gate_up_);
     ops::silu_mul_masked(gate, up, counts, act_);

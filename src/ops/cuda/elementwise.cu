@@ -144,6 +144,35 @@ __global__ void silu_mul_quant_kernel(const T* g, long long ldg, const T* u, lon
   quant_group(y, q + row * n + grp * 128, scales + grp * lds + row, lane);
 }
 
+// silu_mul_quant_kernel over the first counts[g] rows of group g = blockIdx.y (the masked expert
+// layout). gate and up: group strides gs*, row strides ld*; q [G, M, n] contiguous, scales
+// [G, n/128, M] contiguous. Warps stride over (row, 128-group) pairs, one pair per warp at a time.
+template <typename T, bool kVec>
+__global__ void silu_mul_quant_masked_kernel(const T* g, long long gsg, long long ldg, const T* u, long long gsu,
+                                             long long ldu, uint8_t* q, float* scales, const int32_t* counts, int M,
+                                             int n) {
+  const int groups = n / 128;
+  const long long rows = min(max(static_cast<long long>(counts[blockIdx.y]), 0LL), static_cast<long long>(M));
+  const long long y = blockIdx.y;
+  const T* gg = g + y * gsg;
+  const T* ug = u + y * gsu;
+  uint8_t* qg = q + y * M * static_cast<long long>(n);
+  float* sg = scales + y * groups * static_cast<long long>(M);
+  const int lane = threadIdx.x & 31;
+  const long long warps = static_cast<long long>(gridDim.x) * blockDim.x / 32;
+  for (long long w = (blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x) / 32; w < rows * groups; w += warps) {
+    const long long row = w / groups;
+    const int grp = static_cast<int>(w - row * groups);
+    const long long col = grp * 128 + lane * 4;
+    float gv[4], uv[4], v[4];
+    load4<kVec>(gg + row * ldg + col, gv);
+    load4<kVec>(ug + row * ldu + col, uv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = to_f(from_f<T>(silu_times(gv[j], uv[j])));  // rounded as silu_mul stores it
+    quant_group(v, qg + row * n + grp * 128, sg + static_cast<long long>(grp) * M + row, lane);
+  }
+}
+
 unsigned grid_for(long long n) { return n == 0 ? 1 : std::min(ceil_div(n, 256), 65535u * 8); }
 
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
@@ -222,6 +251,29 @@ void launch_silu_mul_quant(const Tensor& gate, const Tensor& up, Tensor& q, Tens
     silu_mul_quant_kernel<T, true><<<blocks, 256, 0, current_stream()>>>(gate.data<T>(), ldg, up.data<T>(), ldu, qp, sp, lds, m, n);
   else
     silu_mul_quant_kernel<T, false><<<blocks, 256, 0, current_stream()>>>(gate.data<T>(), ldg, up.data<T>(), ldu, qp, sp, lds, m, n);
+}
+
+template <typename T>
+void launch_silu_mul_quant_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& q, Tensor& scales) {
+  const int G = static_cast<int>(gate.size(0)), M = static_cast<int>(gate.size(1)), n = static_cast<int>(gate.size(2));
+  const auto& gs = gate.strides();
+  const auto& us = up.strides();
+  const size_t va = sizeof(T) * 4;
+  const bool vec = aligned(gate.raw_data(), va) && aligned(up.raw_data(), va) && gs[0] % 4 == 0 && gs[1] % 4 == 0 &&
+                   us[0] % 4 == 0 && us[1] % 4 == 0;
+  // Sized for a full group (8 warps a block), at most 1024 blocks a group; blocks past a group's
+  // rows exit at once.
+  const long long warps = static_cast<long long>(M) * (n / 128);
+  const dim3 grid(std::min<unsigned>(ceil_div(warps * 32, 256), 1024u), static_cast<unsigned>(G));
+  const int32_t* c = counts.data<int32_t>();
+  auto* qp = q.data<uint8_t>();
+  float* sp = scales.data<float>();
+  if (vec)
+    silu_mul_quant_masked_kernel<T, true><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), gs[0], gs[1], up.data<T>(),
+                                                                              us[0], us[1], qp, sp, c, M, n);
+  else
+    silu_mul_quant_masked_kernel<T, false><<<grid, 256, 0, current_stream()>>>(gate.data<T>(), gs[0], gs[1], up.data<T>(),
+                                                                               us[0], us[1], qp, sp, c, M, n);
 }
 
 }  // namespace
@@ -307,6 +359,31 @@ void silu_mul_quant_fp8(const Tensor& gate, const Tensor& up, Tensor& q, Tensor&
     launch_silu_mul_quant<float>(gate, up, q, scales);
   else
     launch_silu_mul_quant<bf16>(gate, up, q, scales);
+  check_launch(op);
+}
+
+void silu_mul_quant_fp8_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& q, Tensor& scales) {
+  constexpr const char* op = "silu_mul_quant_fp8_masked";
+  require(gate.defined() && up.defined() && counts.defined() && q.defined() && scales.defined(), op, "undefined argument");
+  const Tensor* all[] = {&gate, &up, &counts, &q, &scales};
+  for (const Tensor* t : all) require(t->device() == Device::kCuda, op, "all arguments must be device tensors");
+  require(is_act(gate.dtype()) && up.dtype() == gate.dtype(), op, "gate and up must both be f32 or both bf16");
+  require(gate.dim() == 3 && up.shape() == gate.shape(), op,
+          "gate and up must be [G, M, n] of one shape, got " + shape_to_string(gate.shape()) + " and " + shape_to_string(up.shape()));
+  require(gate.strides()[2] == 1 && up.strides()[2] == 1, op, "gate and up need a unit-stride last dim");
+  const int64_t G = gate.size(0), M = gate.size(1), n = gate.size(2);
+  require(n % 128 == 0 && n > 0, op, "n must be a positive multiple of 128, got " + std::to_string(n));
+  require(G <= 65535 && M < (1LL << 31) && M * n < (1LL << 40), op, "shape too large");
+  require(counts.dtype() == DType::kI32 && counts.shape() == Shape{G}, op, "counts must be i32 [G]");
+  require(q.dtype() == DType::kF8E4M3 && q.shape() == gate.shape() && q.is_contiguous() && aligned(q.raw_data(), 4), op,
+          "q must be contiguous, 4-byte aligned fp8 e4m3 " + shape_to_string(gate.shape()));
+  require(scales.dtype() == DType::kF32 && scales.shape() == Shape{G, n / 128, M} && scales.is_contiguous(), op,
+          "scales must be contiguous f32 " + shape_to_string({G, n / 128, M}) + ", got " + shape_to_string(scales.shape()));
+  if (G == 0 || M == 0) return;
+  if (gate.dtype() == DType::kF32)
+    launch_silu_mul_quant_masked<float>(gate, up, counts, q, scales);
+  else
+    launch_silu_mul_quant_masked<bf16>(gate, up, counts, q, scales);
   check_launch(op);
 }
 

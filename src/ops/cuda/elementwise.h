@@ -32,4 +32,12 @@ void cast(const Tensor& x, Tensor& out);
 // q: [m, n] fp8 e4m3 contiguous; scales: [n / 128, m] f32 (strides()[0] >= m allowed).
 void silu_mul_quant_fp8(const Tensor& gate, const Tensor& up, Tensor& q, Tensor& scales);
 
+// silu_mul_quant_fp8 over the first counts[g] rows of each group of the masked expert layout:
+// gate, up [G, M, n] (f32 or bf16, any strides above a unit-stride last dim: the halves of a fused
+// [G, M, 2n] gate|up output), counts i32 [G] on the device (clamped to [0, M]); q [G, M, n] fp8 e4m3
+// and scales f32 [G, n/128, M] contiguous: the x / x_scales layout of the masked expert kernels
+// (ops/cuda/grouped_gemm.h). Rows past the counts are neither read nor written. The bytes equal
+// silu_mul_masked into a buffer of the inputs' dtype followed by quantize_fp8_masked.
+void silu_mul_quant_fp8_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& q, Tensor& scales);
+
 }  // namespace pdserve::ops::cuda
