@@ -205,7 +205,7 @@ struct Layer {
   // cache and decode inputs
   Tensor pool, table, lens, positions, slots;
   // activations: resid0 is the layer's input, resid its in-place residual (the model's f32 stream)
-  Tensor resid0, resid, xb, xf, qkv, cq, q, attn, o, ws, logits, ids, wts, sgu, sh, sy;
+  Tensor resid0, resid, xb, qkv, cq, q, attn, o, ws, logits, ids, wts, sgu, sh, sy;
   Tensor xe, xe8, xe8_scales, xq, xq_scales, counts, gue, he, ye, combine_slots;
   std::vector<Op> ops;
 
@@ -288,7 +288,7 @@ void Layer::build() {
   slots = i32_device(slot_v, {T});
 
   resid0 = device_tensor({T, H}, f32, seed++), resid = Tensor::empty({T, H}, f32, dev);
-  xb = Tensor::empty({T, H}, bf, dev), xf = Tensor::empty({T, H}, f32, dev);
+  xb = Tensor::empty({T, H}, bf, dev);
   qkv = Tensor::empty({T, QL + lat}, bf, dev);
   cq = Tensor::empty({T, QL}, bf, dev), q = Tensor::empty({T, NH * qk}, bf, dev);
   attn = Tensor::empty({T, NH, d.v_head_dim}, bf, dev), o = Tensor::empty({T, H}, f32, dev);
@@ -357,18 +357,16 @@ void Layer::build() {
   add("residual add", "ops::add_inplace f32", dims({T, H}), 0, {0, t * h * 12}, Ceil::kMemory, 20,
       [this] { ops::add_inplace(resid, o); });
 
-  // MoE block: body()'s post_attention_layernorm (f32 for the router and shared expert, bf16 for
-  // the FP8 experts' dispatch), then moe(): router, gate, shared expert mlp(), routed experts.
-  add("post_attention_layernorm", "ops::rms_norm f32->f32", dims({T, H}), 1, {0, t * h * 8 + h * 2}, Ceil::kMemory, 20,
-      [this] { ops::rms_norm(resid, ln_post, eps, xf); });
-  add("  same, bf16 for dispatch", "ops::rms_norm f32->bf16", dims({T, H}), 1, {0, t * h * 6 + h * 2}, Ceil::kMemory, 20,
+  // MoE block: body()'s post_attention_layernorm, bf16 (FP8 experts: the router, the shared expert
+  // and the dispatch all read it), then moe(): router, gate, shared expert mlp(), routed experts.
+  add("post_attention_layernorm", "ops::rms_norm f32->bf16", dims({T, H}), 1, {0, t * h * 6 + h * 2}, Ceil::kMemory, 20,
       [this] { ops::rms_norm(resid, ln_post, eps, xb); });
-  lin("router (bf16 W, f32 x)", 1, xf, router, logits);
+  lin("router (bf16 W, bf16 x)", 1, xb, router, logits);
   const ops::MoeGateParams gp = cfg.gate_params();
   add("noaux_tc gate", "ops::moe_gate", "256x256 -> top8", 1, {0, t * E * 4.0 + E * 4.0 + t * K * 8.0}, Ceil::kMemory, 20,
       [this, gp] { ops::moe_gate(logits, bias, gp, ids, wts); });
   Tensor sg = sgu.slice(1, 0, inter), su = sgu.slice(1, inter, 2 * inter);
-  lin("shared gate|up_proj", 1, xf, sh_gate_up, sgu);
+  lin("shared gate|up_proj", 1, xb, sh_gate_up, sgu);
   add("shared silu*mul", "ops::silu_mul bf16 halves", dims({T, inter}), 1, {0, t * inter * 6.0}, Ceil::kMemory, 20,
       [this, sg, su] { ops::silu_mul(sg, su, sh); });
   lin("shared down_proj (f32 out)", 1, sh, sh_down, sy);

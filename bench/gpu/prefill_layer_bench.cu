@@ -177,7 +177,7 @@ struct Layer {
   // cache and prefill inputs (as gpu_host_inputs builds them for 4 fresh prompts)
   Tensor pool, table, positions, slots, kv_batch, kv_pos, cu;
   // activations: resid0 is the layer's input, resid its in-place residual (the model's f32 stream)
-  Tensor resid0, resid, xb, xf, qkv, cq, q, kva, full, ws, attn, o, logits, ids, wts, sgu, sh, sy;
+  Tensor resid0, resid, xb, qkv, cq, q, kva, full, ws, attn, o, logits, ids, wts, sgu, sh, sy;
   Tensor xe, egu, eh, ye, combine_slots, scatter_ids, row_base, scatter_slots, scatter_counts;
   std::vector<Op> ops;
 
@@ -265,7 +265,7 @@ void Layer::build() {
   kv_batch = T_(i32_device(batch_v, {T})), kv_pos = positions, cu = T_(i32_device(cu_v, {kPrompts + 1}));
 
   resid0 = T_(device_tensor({T, H}, f32, seed++)), resid = empty({T, H}, f32);
-  xb = empty({T, H}, bf), xf = empty({T, H}, f32);
+  xb = empty({T, H}, bf);
   qkv = empty({T, QL + lat}, bf), cq = empty({T, QL}, bf), q = empty({T, NH * qk}, bf), full = empty({T, lat}, bf);
   kva = empty({T, lat}, bf);  // the unfused reference row's kv_a output
   ws = empty({std::max<int64_t>(1, ops::mla_prefill_workspace_bytes(T, T, d, bf, bf))}, f8);
@@ -337,17 +337,16 @@ void Layer::build() {
   add("residual add", "ops::add_inplace f32", dims({T, H}), 0, {0, t * h * 12}, Ceil::kMemory,
       [this] { ops::add_inplace(resid, o); });
 
-  // MoE block: post_attention_layernorm (f32 for router and shared expert, bf16 for the dispatch),
-  // router, gate, shared expert, the local experts on the received slab, the combine stand-in.
-  add("post_attention_layernorm", "ops::rms_norm f32->f32", dims({T, H}), 1, {0, t * h * 8}, Ceil::kMemory,
-      [this] { ops::rms_norm(resid, ln_post, eps, xf); });
-  add("  same, bf16 for dispatch", "ops::rms_norm f32->bf16", dims({T, H}), 1, {0, t * h * 6}, Ceil::kMemory,
+  // MoE block: post_attention_layernorm in bf16 (FP8 experts: the router, the shared expert and the
+  // dispatch all read it, as body() does), router, gate, shared expert, the local experts on the
+  // received slab, the combine stand-in.
+  add("post_attention_layernorm", "ops::rms_norm f32->bf16", dims({T, H}), 1, {0, t * h * 6}, Ceil::kMemory,
       [this] { ops::rms_norm(resid, ln_post, eps, xb); });
-  lin("router (bf16 W, f32 x)", 1, xf, router, logits);
+  lin("router (bf16 W, bf16 x)", 1, xb, router, logits);
   const ops::MoeGateParams gp = cfg.gate_params();
   add("noaux_tc gate", "ops::moe_gate", "16384x256 -> top8", 1, {0, t * E * 4.0 + t * K * 8.0}, Ceil::kMemory,
       [this, gp] { ops::moe_gate(logits, bias, gp, ids, wts); });
-  lin("shared gate|up (fused)", 1, xf, sh_gate_up, sgu);
+  lin("shared gate|up (fused)", 1, xb, sh_gate_up, sgu);
   add("shared silu*mul (halves)", "ops::silu_mul bf16 strided", dims({T, inter}), 1, {0, t * inter * 6.0}, Ceil::kMemory,
       [this, sg, su] { ops::silu_mul(sg, su, sh); });
   lin("shared down_proj (f32 out)", 1, sh, sh_down, sy);

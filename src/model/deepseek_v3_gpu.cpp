@@ -229,17 +229,20 @@ void DeepseekV3GpuModel::Impl::body(const Inputs& in, const HostInputs& h, Devic
       trace::ScopedSpan span("self_attn");
       attention(l, xb, in, h, a, decode, resid);
     }
+    // The MoE's input in bf16 when its routed experts are FP8 or live on EP ranks: they take bf16
+    // rows (see moe()), and so do the router and the shared expert then, as in SGLang, whose
+    // activations are bf16. The router's GEMM is bf16 either way (its weight is bf16 and linear
+    // rounds f32 rows to bf16), and the norm's bf16 output is that rounding, so the logits are the
+    // ones an f32 input gives. Otherwise (bf16 experts of tiny test models, dense layers) f32, as
+    // the CPU backend computes. (xb is free again once the attention has run.)
+    const bool bf16_input = lw.is_moe && (routed || experts_fp8(lw));
     {
-      // f32 into the MLP: the router reads f32 like HF's gate does.
       trace::ScopedSpan span("post_attention_layernorm");
-      ops::rms_norm(resid, lw.post_attention_layernorm, eps, xf);
-      // The routed experts take bf16 rows when they are FP8 or live on EP ranks (xb is free
-      // again once the attention has run): see moe().
-      if (lw.is_moe && (routed || experts_fp8(lw))) ops::rms_norm(resid, lw.post_attention_layernorm, eps, xb);
+      ops::rms_norm(resid, lw.post_attention_layernorm, eps, bf16_input ? xb : xf);
     }
     trace::ScopedSpan span(lw.is_moe ? "moe" : "mlp");
     if (lw.is_moe)
-      moe(l, xf, xb, a, masked, in.seq_lens, trace, resid);
+      moe(l, bf16_input ? xb : xf, xb, a, masked, in.seq_lens, trace, resid);
     else
       mlp(lw.dense, xf, a, resid);
   }
