@@ -205,7 +205,7 @@ struct Layer {
   // cache and decode inputs
   Tensor pool, table, lens, positions, slots;
   // activations: resid0 is the layer's input, resid its in-place residual (the model's f32 stream)
-  Tensor resid0, resid, xb, qkv, cq, q, attn, o, ws, logits, ids, wts, sgu, sh, sy;
+  Tensor resid0, resid, xb, qkv, cq, q, attn, ws, logits, ids, wts, sgu, sh;
   Tensor xe, xe8, xe8_scales, xq, xq_scales, counts, gue, he, ye, combine_slots;
   std::vector<Op> ops;
 
@@ -291,10 +291,10 @@ void Layer::build() {
   xb = Tensor::empty({T, H}, bf, dev);
   qkv = Tensor::empty({T, QL + lat}, bf, dev);
   cq = Tensor::empty({T, QL}, bf, dev), q = Tensor::empty({T, NH * qk}, bf, dev);
-  attn = Tensor::empty({T, NH, d.v_head_dim}, bf, dev), o = Tensor::empty({T, H}, f32, dev);
+  attn = Tensor::empty({T, NH, d.v_head_dim}, bf, dev);
   ws = Tensor::empty({std::max<int64_t>(1, ops::mla_decode_workspace_bytes(T, d, kContext, bf))}, f8, dev);
   logits = Tensor::empty({T, E}, f32, dev), ids = Tensor::empty({T, K}, i32, dev), wts = Tensor::empty({T, K}, f32, dev);
-  sgu = Tensor::empty({T, 2 * inter}, bf, dev), sh = Tensor::empty({T, inter}, bf, dev), sy = Tensor::empty({T, H}, f32, dev);
+  sgu = Tensor::empty({T, 2 * inter}, bf, dev), sh = Tensor::empty({T, inter}, bf, dev);
   // Masked layout [local experts, rows, hidden] with the counts on the device: what the low-latency
   // dispatch delivers and the decode graphs capture. max_m = count = 512 is the balanced best case.
   xe = device_tensor({G, M, H}, bf, seed++);
@@ -331,6 +331,13 @@ void Layer::build() {
         gemm_cost(x.size(0), w.rows(), w.cols(), dtype_size(x.dtype()), dtype_size(y.dtype()), fp8),
         fp8 ? Ceil::kFp8 : Ceil::kBf16, 20, [x, w, y]() mutable { ops::linear(x, w, y); });
   };
+  // y += x W^T into the f32 residual (ops::linear_add: the GEMM's epilogue adds; y read and written).
+  auto lin_add = [&](const std::string& name, int block, Tensor x, Weight w, Tensor y) {
+    const bool fp8 = w.is_block_fp8();
+    auto cost = gemm_cost(x.size(0), w.rows(), w.cols(), dtype_size(x.dtype()), 8, fp8);
+    add(name, "ops::linear_add", dims({x.size(0), w.rows(), w.cols()}), block, cost, fp8 ? Ceil::kFp8 : Ceil::kBf16, 20,
+        [x, w, y]() mutable { ops::linear_add(x, w, y); });
+  };
 
   // Attention block: DeepseekV3GpuModel::Impl::body's input_layernorm, then attention() decoding.
   add("input_layernorm", "ops::rms_norm f32->bf16", dims({T, H}), 0, {0, t * h * 6 + h * 2}, Ceil::kMemory, 20,
@@ -353,9 +360,7 @@ void Layer::build() {
       Ceil::kBf16, 5, [this, q3]() mutable {
         ops::mla_decode_paged(q3, pool, table, lens, w_uk, w_uv, d, scale, attn, kContext, ws);
       });
-  lin("o_proj (f32 out)", 0, attn2, o_proj, o);
-  add("residual add", "ops::add_inplace f32", dims({T, H}), 0, {0, t * h * 12}, Ceil::kMemory, 20,
-      [this] { ops::add_inplace(resid, o); });
+  lin_add("o_proj (+= residual)", 0, attn2, o_proj, resid);
 
   // MoE block: body()'s post_attention_layernorm, bf16 (FP8 experts: the router, the shared expert
   // and the dispatch all read it), then moe(): router, gate, shared expert mlp(), routed experts.
@@ -369,9 +374,7 @@ void Layer::build() {
   lin("shared gate|up_proj", 1, xb, sh_gate_up, sgu);
   add("shared silu*mul", "ops::silu_mul bf16 halves", dims({T, inter}), 1, {0, t * inter * 6.0}, Ceil::kMemory, 20,
       [this, sg, su] { ops::silu_mul(sg, su, sh); });
-  lin("shared down_proj (f32 out)", 1, sh, sh_down, sy);
-  add("shared residual add", "ops::add_inplace f32", dims({T, H}), 1, {0, t * h * 12}, Ceil::kMemory, 20,
-      [this] { ops::add_inplace(resid, sy); });
+  lin_add("shared down_proj (+= residual)", 1, sh, sh_down, resid);
   // Routed experts as GpuEpExperts::run_experts runs a decode pass: the fused gate|up, SiLU over its
   // halves, down. Block 3: the masked kernels the model calls (rows < counts only) on the FP8 rows
   // the default dispatch delivers, plus the cast of this rank's tokens that dispatch makes; block 4:

@@ -177,7 +177,7 @@ struct Layer {
   // cache and prefill inputs (as gpu_host_inputs builds them for 4 fresh prompts)
   Tensor pool, table, positions, slots, kv_batch, kv_pos, cu;
   // activations: resid0 is the layer's input, resid its in-place residual (the model's f32 stream)
-  Tensor resid0, resid, xb, qkv, cq, q, kva, full, ws, attn, o, logits, ids, wts, sgu, sh, sy;
+  Tensor resid0, resid, xb, qkv, cq, q, kva, full, ws, attn, logits, ids, wts, sgu, sh;
   Tensor xe, egu, eh, ye, combine_slots, scatter_ids, row_base, scatter_slots, scatter_counts;
   std::vector<Op> ops;
 
@@ -269,9 +269,9 @@ void Layer::build() {
   qkv = empty({T, QL + lat}, bf), cq = empty({T, QL}, bf), q = empty({T, NH * qk}, bf), full = empty({T, lat}, bf);
   kva = empty({T, lat}, bf);  // the unfused reference row's kv_a output
   ws = empty({std::max<int64_t>(1, ops::mla_prefill_workspace_bytes(T, T, d, bf, bf))}, f8);
-  attn = empty({T, NH, d.v_head_dim}, bf), o = empty({T, H}, f32);
+  attn = empty({T, NH, d.v_head_dim}, bf);
   logits = empty({T, E}, f32), ids = empty({T, K}, i32), wts = empty({T, K}, f32);
-  sgu = empty({T, 2 * inter}, bf), sh = empty({T, inter}, bf), sy = empty({T, H}, f32);
+  sgu = empty({T, 2 * inter}, bf), sh = empty({T, inter}, bf);
   // The experts' rows, contiguous by expert (forward_normal's xc_ after its moe_scatter).
   xe = T_(device_tensor({rows, H}, bf, seed++));
   egu = empty({rows, 2 * inter}, bf), eh = empty({rows, inter}, bf), ye = empty({rows, H}, bf);
@@ -305,6 +305,13 @@ void Layer::build() {
         gemm_cost(x.size(0), w.rows(), w.cols(), dtype_size(x.dtype()), dtype_size(y.dtype()), fp8), fp8 ? Ceil::kFp8 : Ceil::kBf16,
         [x, w, y]() mutable { ops::linear(x, w, y); });
   };
+  // y += x W^T into the f32 residual (ops::linear_add: the GEMM's epilogue adds; y read and written).
+  auto lin_add = [&](const std::string& name, int block, Tensor x, Weight w, Tensor y) {
+    const bool fp8 = w.is_block_fp8();
+    auto cost = gemm_cost(x.size(0), w.rows(), w.cols(), dtype_size(x.dtype()), 8, fp8);
+    add(name, "ops::linear_add", dims({x.size(0), w.rows(), w.cols()}), block, cost, fp8 ? Ceil::kFp8 : Ceil::kBf16,
+        [x, w, y]() mutable { ops::linear_add(x, w, y); });
+  };
   auto experts = [&](const std::string& name, int block, Tensor x, const std::vector<Weight>* w, Tensor y) {
     const Weight& w0 = w->front();
     add(name, "ops::grouped_linear_contiguous", "9x" + std::to_string(M) + " x " + dims({w0.rows(), w0.cols()}), block,
@@ -333,9 +340,7 @@ void Layer::build() {
   const double mla_bytes = t * lat * 2.0 + kv_rows * L + 2 * t * kv_rows * 2.0 + t * NH * (qk + d.v_head_dim) * 2.0;
   add("MLA prefill (kv_b, flash)", "ops::mla_prefill_varlen", "4x4096 causal 128h", 0, {mla_flops, mla_bytes}, Ceil::kBf16,
       [this, q3]() mutable { ops::mla_prefill_varlen(q3, full, kv_b, d, cu, cu, kPromptLen, scale, attn, ws); });
-  lin("o_proj (f32 out)", 0, attn2, o_proj, o);
-  add("residual add", "ops::add_inplace f32", dims({T, H}), 0, {0, t * h * 12}, Ceil::kMemory,
-      [this] { ops::add_inplace(resid, o); });
+  lin_add("o_proj (+= residual)", 0, attn2, o_proj, resid);
 
   // MoE block: post_attention_layernorm in bf16 (FP8 experts: the router, the shared expert and the
   // dispatch all read it, as body() does), router, gate, shared expert, the local experts on the
@@ -349,9 +354,7 @@ void Layer::build() {
   lin("shared gate|up (fused)", 1, xb, sh_gate_up, sgu);
   add("shared silu*mul (halves)", "ops::silu_mul bf16 strided", dims({T, inter}), 1, {0, t * inter * 6.0}, Ceil::kMemory,
       [this, sg, su] { ops::silu_mul(sg, su, sh); });
-  lin("shared down_proj (f32 out)", 1, sh, sh_down, sy);
-  add("shared residual add", "ops::add_inplace f32", dims({T, H}), 1, {0, t * h * 12}, Ceil::kMemory,
-      [this] { ops::add_inplace(resid, sy); });
+  lin_add("shared down_proj (+= residual)", 1, sh, sh_down, resid);
   experts("experts gate|up (fused)", 1, xe, &e_gate_up, egu);
   add("experts silu*mul (halves)", "ops::silu_mul bf16 strided", dims({rows, inter}), 1, {0, r * inter * 6.0},
       Ceil::kMemory, [this, eg, eu] { ops::silu_mul(eg, eu, eh); });

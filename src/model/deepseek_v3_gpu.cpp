@@ -99,9 +99,7 @@ void DeepseekV3GpuModel::Impl::attention(int64_t l, const Tensor& x, const Input
                        DType::kF8E4M3);
     ops::mla_prefill_varlen(q3, full, at.kv_b_proj, dims, in.cu_q, in.cu_kv, h.max_q, scale, out, ws);
   }
-  Tensor o = a.take({T, cfg->hidden_size}, DType::kF32);
-  ops::linear(out.reshape({T, H * dims.v_head_dim}), at.o_proj, o);
-  ops::add_inplace(residual, o);
+  ops::linear_add(out.reshape({T, H * dims.v_head_dim}), at.o_proj, residual);  // the GEMM adds into the residual
 }
 
 bool DeepseekV3GpuModel::Impl::experts_fp8(const GpuLayerWeights& lw) {
@@ -113,9 +111,7 @@ void DeepseekV3GpuModel::Impl::mlp(const GpuMlp& m, const Tensor& x, DeviceArena
   Tensor gu = a.take({T, 2 * inter}, act), h = a.take({T, inter}, act);
   ops::linear(x, m.gate_up, gu);  // one GEMM: gate then up columns (GpuMlp)
   ops::silu_mul(gu.slice(1, 0, inter), gu.slice(1, inter, 2 * inter), h);
-  Tensor y = a.take({T, cfg->hidden_size}, DType::kF32);
-  ops::linear(h, m.down, y);
-  ops::add_inplace(residual, y);
+  ops::linear_add(h, m.down, residual);  // the GEMM adds into the residual
 }
 
 void DeepseekV3GpuModel::Impl::moe(int64_t l, const Tensor& x, const Tensor& x_bf16, DeviceArena& a, bool masked, const Tensor& seq_lens, RoutingTrace* trace, Tensor& residual) {

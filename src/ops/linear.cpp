@@ -12,8 +12,9 @@ namespace pdserve::ops {
 
 using detail::fail;
 
-void linear(const Tensor& x, const Weight& w, Tensor& y) {
-  constexpr const char* op = "linear";
+namespace {
+
+void check_linear(const char* op, const Tensor& x, const Weight& w, const Tensor& y) {
   detail::check_weight(op, "W", w);
   detail::check_rank(op, "x", x, 2);
   detail::check_contiguous(op, "x", x);
@@ -22,6 +23,34 @@ void linear(const Tensor& x, const Weight& w, Tensor& y) {
                          shape_to_string(w.weight.shape())));
   detail::check_shape(op, "y", y, {x.size(0), w.rows()});
   detail::check_contiguous(op, "y", y);
+}
+
+}  // namespace
+
+void linear_add(const Tensor& x, const Weight& w, Tensor& y) {
+  constexpr const char* op = "linear_add";
+  check_linear(op, x, w, y);
+  detail::check_dtype(op, "y", y, DType::kF32);
+  if (!detail::all_on_cpu(op, {&x, &w.weight, &w.scale_inv, &y})) {
+#ifdef PDSERVE_HAVE_CUDA
+    if (x.dtype() != DType::kF32 && x.dtype() != DType::kBF16)
+      fail(op, fmt::format("x must be f32 or bf16 on the GPU, got {}", dtype_name(x.dtype())));
+    return cuda::linear(x, w, y, /*accumulate=*/true);
+#else
+    detail::no_cuda(op);
+#endif
+  }
+  detail::check_dtype(op, "x", x, DType::kF32);
+  Tensor product = Tensor::empty(y.shape(), DType::kF32);
+  cpu::linear(x, w, product);
+  float* yp = y.data<float>();
+  const float* pp = product.data<float>();
+  for (int64_t i = 0; i < y.numel(); ++i) yp[i] += pp[i];
+}
+
+void linear(const Tensor& x, const Weight& w, Tensor& y) {
+  constexpr const char* op = "linear";
+  check_linear(op, x, w, y);
   if (!detail::all_on_cpu(op, {&x, &w.weight, &w.scale_inv, &y})) {
 #ifdef PDSERVE_HAVE_CUDA
     // The GPU path also takes bf16 activations (the GPU model keeps them in bf16).

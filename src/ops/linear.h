@@ -11,6 +11,11 @@ namespace pdserve::ops {
 // scratch buffer and multiplied with BLAS, so an fp8 model never needs a full f32 copy.
 void linear(const Tensor& x, const Weight& w, Tensor& y);
 
+// y += x[m, k] @ W[n, k]^T, y f32 [m, n] contiguous (the residual stream); x and W as linear takes
+// them. On the GPU the GEMM adds into y itself (cuBLASLt's beta = 1, f32 epilogue), so the product
+// is never written out and read back by a separate add: the same f32 sum, one pass less over y.
+void linear_add(const Tensor& x, const Weight& w, Tensor& y);
+
 // Batched per-head product used by MLA absorption: for each head h,
 //   out[t, h, :] = a[t, h, :] @ b[h]            (transpose_b = false; b[h] is [p, q], a is [.., p])
 //   out[t, h, :] = a[t, h, :] @ b[h]^T          (transpose_b = true;  b[h] is [q, p])

@@ -134,6 +134,34 @@ TEST(LinearGpu, DeepSeekV3Shapes) {
 // Shapes off the fast path: m not a multiple of 16 around the tail split, n not a multiple of 16
 // (staged output), K/128 not a multiple of 4 (padded weight scales: k = 256, 384), a partial last
 // 128-row weight block.
+// linear_add: y += x W^T on the device equals the CPU's product plus y, through the GEMMs that
+// write y directly (cuBLASLt beta = 1) and the staged 16-row tail (an adding copy): m 1, 7, 128,
+// 133, fp8 and bf16 weights, x f32 and bf16.
+TEST(LinearGpu, LinearAddAccumulatesIntoY) {
+  const int64_t n = 576, k = 1536;
+  const Tensor master = master_weight(n, k, 91);
+  const Weight wb = to_bf16_weight(master), wf = to_fp8_weight(master);
+  for (const Weight* w : {&wb, &wf}) {
+    const Weight wd = w->to(Device::kCuda);
+    for (int64_t m : {int64_t{1}, int64_t{7}, int64_t{128}, int64_t{133}}) {
+      for (DType xt : {DType::kF32, DType::kBF16}) {
+        const std::string what = std::string(dtype_name(w->weight.dtype())) + " W, m=" + std::to_string(m) + " x " + dtype_name(xt);
+        const Tensor x = as_dtype(varied_x(m, k, 92 + static_cast<uint64_t>(m)), xt);
+        const Tensor y0 = random_host({m, n}, 93, 4.0f);
+        // Reference: the GPU's own linear (checked against the CPU above) plus y0, in f32.
+        const Tensor prod = gpu_linear(x, DType::kF32, wd);
+        Tensor want = y0.clone();
+        for (int64_t i = 0; i < m * n; ++i) want.data<float>()[i] += prod.data<float>()[i];
+        Tensor yd = y0.to(Device::kCuda);
+        ops::linear_add(x.to(Device::kCuda), wd, yd);
+        EXPECT_LT(rel_max_err(yd.to(Device::kCpu), want), 1e-6) << what;
+      }
+    }
+    Tensor ybf = poisoned_device({4, n}, DType::kBF16);
+    EXPECT_THROW(ops::linear_add(as_dtype(varied_x(4, k, 1), DType::kF32).to(Device::kCuda), wd, ybf), std::invalid_argument);
+  }
+}
+
 TEST(LinearGpu, AwkwardShapes) {
   const std::vector<Case> cases = {{15, DType::kF32, DType::kF32}, {16, DType::kBF16, DType::kBF16},
                                    {17, DType::kBF16, DType::kF32}, {45, DType::kF32, DType::kBF16}};

@@ -48,6 +48,20 @@ INSTANTIATE_TEST_SUITE_P(AllWeightTypes, LinearDtypes,
                          ::testing::Values(DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+TEST(LinearAdd, AddsTheProductToY) {
+  std::mt19937_64 rng(77);
+  const int64_t m = 5, n = 300, k = 257;
+  Weight w = rand_weight(n, k, DType::kBF16, rng);
+  Tensor x = rand_f32({m, k}, rng), y = rand_f32({m, n}, rng);
+  const Tensor before = y.clone();
+  linear_add(x, w, y);
+  std::vector<double> want = ref_linear(x, w);
+  for (int64_t i = 0; i < m * n; ++i) want[static_cast<size_t>(i)] += before.data<float>()[i];
+  EXPECT_LT(rel_err(y.data<float>(), want), 1e-5);
+  Tensor y_bad = Tensor::empty({m, n + 1}, DType::kF32);
+  EXPECT_THROW(linear_add(x, w, y_bad), std::invalid_argument);
+}
+
 TEST(Linear, EmptyBatchIsANoOp) {
   std::mt19937_64 rng(1);
   Weight w = rand_weight(10, 20, DType::kBF16, rng);

@@ -311,13 +311,14 @@ Plan& required_plan(Context& c, const PlanKey& key) {
   return p;
 }
 
+// d = A B, or d += A B when accumulate (beta = 1 with C = D: cuBLASLt's epilogue adds in f32).
 void run(Context& c, Plan& p, const PlanKey& key, const void* a, const void* b, void* d, const float* a_scale,
-         const float* b_scale) {
+         const float* b_scale, bool accumulate = false) {
   if (key.kind == Kind::kFp8Block) {
     set_attr(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, static_cast<const void*>(a_scale), "A_SCALE_POINTER");
     set_attr(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(b_scale), "B_SCALE_POINTER");
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   void* ws = c.workspace.get(kWorkspaceBytes, c.stream, "workspace");
   if (!p.launched) debug_line("first launch of %s ...", key.describe().c_str());
   const cublasStatus_t st = cublasLtMatmul(c.lt, p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d, &p.algo, ws,
@@ -327,11 +328,11 @@ void run(Context& c, Plan& p, const PlanKey& key, const void* a, const void* b, 
   if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuBLASLt matmul (" + key.describe() + ") failed: " + lt_status(st));
 }
 
-// Copies (or converts bf16 -> f32) `rows` x `cols` from a staging buffer into y.
+// Copies (or converts bf16 -> f32) `rows` x `cols` from a staging buffer into y, or adds them to y.
 void finish_rows(Context& c, const void* src, DType src_dtype, int64_t src_ld, void* dst, DType dst_dtype,
-                 int64_t dst_ld, int64_t rows, int64_t cols) {
+                 int64_t dst_ld, int64_t rows, int64_t cols, bool accumulate) {
   if (rows == 0 || cols == 0) return;
-  if (src_dtype == dst_dtype) {
+  if (src_dtype == dst_dtype && !accumulate) {
     const size_t es = dtype_size(dst_dtype);
     check(cudaMemcpy2DAsync(dst, dst_ld * es, src, src_ld * es, cols * es, rows, cudaMemcpyDeviceToDevice, c.stream),
           "cudaMemcpy2DAsync (GEMM staging -> y)");
@@ -347,6 +348,7 @@ void finish_rows(Context& c, const void* src, DType src_dtype, int64_t src_ld, v
   j.cols = cols;
   j.rows = rows;
   j.rows_padded = rows;
+  j.accumulate = accumulate;
   detail::launch_convert_rows(j, c.stream);
 }
 
@@ -354,7 +356,7 @@ void finish_rows(Context& c, const void* src, DType src_dtype, int64_t src_ld, v
 // `valid_rows` rows into y. y f32 is produced directly when cuBLASLt's block-scaled kernels
 // accept an f32 output, else through a bf16 stage and a conversion.
 void fp8_staged(Context& c, const Fp8Operand& a, int64_t row0, int64_t rows, int64_t valid_rows, const float* a_scales,
-                const void* w, const float* w_scales, int64_t n, void* y, DType y_dtype, int64_t ldy) {
+                const void* w, const float* w_scales, int64_t n, void* y, DType y_dtype, int64_t ldy, bool accumulate) {
   const int64_t n_ld = round_up(n, 16);
   // Sized for the widest output so that the pointer (part of the plan key) is final before lookup.
   void* stage = c.stage.get(static_cast<size_t>(rows * n_ld) * dtype_size(y_dtype), c.stream, "output staging");
@@ -368,7 +370,7 @@ void fp8_staged(Context& c, const Fp8Operand& a, int64_t row0, int64_t rows, int
   if (!p->ok) throw std::runtime_error("cuBLASLt cannot run " + key.describe() + ": " + p->why);
   run(c, *p, key, w, q, stage, w_scales, a_scales);
   finish_rows(c, stage, key.out, n_ld, static_cast<char*>(y) + row0 * ldy * static_cast<int64_t>(dtype_size(y_dtype)),
-              y_dtype, ldy, valid_rows, n);
+              y_dtype, ldy, valid_rows, n, accumulate);
 }
 
 }  // namespace
@@ -384,7 +386,7 @@ InputScratch reserve_inputs(size_t q_bytes, size_t s_floats, size_t x_bytes) {
   return out;
 }
 
-void fp8_gemm(const Fp8Operand& a, const Weight& w, void* y, DType y_dtype, int64_t ldy) {
+void fp8_gemm(const Fp8Operand& a, const Weight& w, void* y, DType y_dtype, int64_t ldy, bool accumulate) {
   Context& c = context();
   const int64_t m = a.m, n = w.rows(), k = a.k;
   if (m == 0 || n == 0) return;
@@ -410,15 +412,16 @@ void fp8_gemm(const Fp8Operand& a, const Weight& w, void* y, DType y_dtype, int6
     const PlanKey key(Kind::kFp8Block, y_dtype, main, n, k, ldy, w.weight.raw_data(), a.q, y);
     Plan* p = direct ? &plan(c, key) : nullptr;
     if (p != nullptr && p->ok)
-      run(c, *p, key, w.weight.raw_data(), a.q, y, w_scales, a.s);
+      run(c, *p, key, w.weight.raw_data(), a.q, y, w_scales, a.s, accumulate);
     else
-      fp8_staged(c, a, 0, main, main, a.s, w.weight.raw_data(), w_scales, n, y, y_dtype, ldy);
+      fp8_staged(c, a, 0, main, main, a.s, w.weight.raw_data(), w_scales, n, y, y_dtype, ldy, accumulate);
   }
   if (tail > 0)
-    fp8_staged(c, a, main, kRowAlign, tail, a.s + kb * main, w.weight.raw_data(), w_scales, n, y, y_dtype, ldy);
+    fp8_staged(c, a, main, kRowAlign, tail, a.s + kb * main, w.weight.raw_data(), w_scales, n, y, y_dtype, ldy,
+               accumulate);
 }
 
-void dense_gemm(const void* x, int64_t m, const Weight& w, void* y, DType y_dtype, int64_t ldy) {
+void dense_gemm(const void* x, int64_t m, const Weight& w, void* y, DType y_dtype, int64_t ldy, bool accumulate) {
   Context& c = context();
   const int64_t n = w.rows(), k = w.cols();
   if (m == 0 || n == 0) return;
@@ -427,16 +430,18 @@ void dense_gemm(const void* x, int64_t m, const Weight& w, void* y, DType y_dtyp
     throw std::invalid_argument(std::string("dense GEMM: weight must be bf16 or f32, got ") + dtype_name(wt));
   if (wt == DType::kF32 && y_dtype != DType::kF32) throw std::invalid_argument("dense GEMM: f32 weights need an f32 output");
   const PlanKey key(wt == DType::kBF16 ? Kind::kBf16 : Kind::kF32, y_dtype, m, n, k, ldy, w.weight.raw_data(), x, y);
-  run(c, required_plan(c, key), key, w.weight.raw_data(), x, y, nullptr, nullptr);
+  run(c, required_plan(c, key), key, w.weight.raw_data(), x, y, nullptr, nullptr, accumulate);
 }
 
 }  // namespace detail
 
-void linear(const Tensor& x, const Weight& w, Tensor& y) {
+void linear(const Tensor& x, const Weight& w, Tensor& y, bool accumulate) {
   const int64_t m = x.size(0), k = x.size(1), n = w.rows();
   if (m == 0 || n == 0) return;
+  if (accumulate && y.dtype() != DType::kF32) throw std::invalid_argument("linear: accumulating needs an f32 y");
   const cudaStream_t stream = current_stream();
   if (k == 0) {
+    if (accumulate) return;  // y += 0
     check(cudaMemsetAsync(y.raw_data(), 0, y.nbytes(), stream), "cudaMemsetAsync (linear, k = 0)");
     return;
   }
@@ -464,7 +469,7 @@ void linear(const Tensor& x, const Weight& w, Tensor& y) {
       j.q = sc.q;
       j.s = sc.s;
       detail::launch_quantize(j, stream);
-      detail::fp8_gemm(Fp8Operand{sc.q, sc.s, m, k}, w, y.raw_data(), y.dtype(), n);
+      detail::fp8_gemm(Fp8Operand{sc.q, sc.s, m, k}, w, y.raw_data(), y.dtype(), n, accumulate);
       return;
     }
     case DType::kBF16:
@@ -488,7 +493,7 @@ void linear(const Tensor& x, const Weight& w, Tensor& y) {
         detail::launch_convert_rows(j, stream);
         xin = sc.x;
       }
-      detail::dense_gemm(xin, m, w, y.raw_data(), y.dtype(), n);
+      detail::dense_gemm(xin, m, w, y.raw_data(), y.dtype(), n, accumulate);
       return;
     }
     default:

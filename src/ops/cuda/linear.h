@@ -10,8 +10,9 @@ namespace pdserve::ops::cuda {
 
 // y[m, n] = x[m, k] @ W[n, k]^T. W bf16 (bf16 tensor cores, f32 accumulation), fp8 e4m3 with
 // 128x128 block scales (x quantized per token per 128 channels, W8A8 block-scaled FP8 GEMM) or
-// f32 (x and y f32 only). x, y: f32 or bf16, contiguous.
-void linear(const Tensor& x, const Weight& w, Tensor& y);
+// f32 (x and y f32 only). x, y: f32 or bf16, contiguous. accumulate: y += x @ W^T instead (y f32;
+// cuBLASLt's beta = 1 on the GEMMs that write y directly, an adding copy after the staged ones).
+void linear(const Tensor& x, const Weight& w, Tensor& y, bool accumulate = false);
 
 namespace detail {
 
@@ -45,10 +46,10 @@ struct InputScratch {
 InputScratch reserve_inputs(size_t q_bytes, size_t s_floats, size_t x_bytes);
 
 // y rows [0, a.m) (row stride ldy elements, y_dtype f32 or bf16) = dequant(a) @ W^T, W fp8.
-void fp8_gemm(const Fp8Operand& a, const Weight& w, void* y, DType y_dtype, int64_t ldy);
+void fp8_gemm(const Fp8Operand& a, const Weight& w, void* y, DType y_dtype, int64_t ldy, bool accumulate = false);
 // y rows [0, m) = x @ W^T with x and W of the same dtype (bf16, or f32 with y f32); row stride of
 // x is k elements, of y ldy elements.
-void dense_gemm(const void* x, int64_t m, const Weight& w, void* y, DType y_dtype, int64_t ldy);
+void dense_gemm(const void* x, int64_t m, const Weight& w, void* y, DType y_dtype, int64_t ldy, bool accumulate = false);
 
 }  // namespace detail
 }  // namespace pdserve::ops::cuda

@@ -114,7 +114,8 @@ __global__ void convert_rows_kernel(ConvertJob j) {
     for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < j.cols;
          c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const float v = r < valid ? dev::to_f(src[r * j.src_ld + c]) : 0.0f;
-      dst[r * j.dst_ld + c] = dev::from_f<To>(v);
+      To& d = dst[r * j.dst_ld + c];
+      d = dev::from_f<To>(j.accumulate ? dev::to_f(d) + v : v);
     }
   }
 }

@@ -53,6 +53,7 @@ struct ConvertJob {
   int64_t cols = 0, rows = 0, rows_padded = 0;
   const int32_t* counts = nullptr;
   int64_t groups = 1;
+  bool accumulate = false;  // dst += src (in f32, rounded once) instead of dst = src
 };
 void launch_convert_rows(const ConvertJob& job, cudaStream_t stream);
 
