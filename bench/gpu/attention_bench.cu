@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
@@ -330,8 +331,43 @@ void bench_prefill(double copy_gbs, int64_t seqs, int64_t len) {
   p.nope = 128;
   p.rope = 64;
   p.v = 128;
+  const double attn_bytes = t * kv_rows * 2.0 + t * h * (192 + 128) * 2.0;
   const double attn_us = time_us([&] { mla::prefill_flash(p, s); }, 5);
-  row(copy_gbs, "  flash attention (" + tag + ")", attn_us, attn_flops, t * kv_rows * 2.0 + t * h * (192 + 128) * 2.0);
+  row(copy_gbs, "  flash attention (" + tag + ")", attn_us, attn_flops, attn_bytes);
+  // The two prefill kernels side by side (prefill_flash above runs the one PDSERVE_MLA_PREFILL or
+  // the default picks): mma.sync FlashAttention-2 and the Hopper wgmma kernel, same inputs.
+  {
+    const double f2_us = time_us([&] { mla::prefill_flash2(p, s); }, 5);
+    row(copy_gbs, "  flash2 mma.sync (" + tag + ")", f2_us, attn_flops, attn_bytes);
+    Tensor out_f2 = Tensor::empty({t, h, d.v_head_dim}, DType::kBF16, Device::kCuda);
+    check(cudaMemcpyAsync(out_f2.raw_data(), out.raw_data(), out.nbytes(), cudaMemcpyDeviceToDevice, s), "copy");
+    if (mla::prefill_flash_wgmma_applies(p)) {
+      const double wg_us = time_us([&] { mla::prefill_flash_wgmma(p, s); }, 5);
+      row(copy_gbs, "  wgmma (" + tag + ")", wg_us, attn_flops, attn_bytes);
+      // Agreement on the last 256 tokens (the longest rows), all heads: max |wgmma - flash2| / max |flash2|.
+      const auto last_rows = [&](const Tensor& dev) {
+        Tensor host = Tensor::empty({256, h, d.v_head_dim}, DType::kBF16);
+        check(cudaMemcpy(host.raw_data(), static_cast<const char*>(dev.raw_data()) + (dev.nbytes() - host.nbytes()),
+                         host.nbytes(), cudaMemcpyDeviceToHost),
+              "cudaMemcpy");
+        return host.to_f32();
+      };
+      const Tensor a = last_rows(out), b = last_rows(out_f2);
+      double num = 0, den = 0;
+      bool nan = false;
+      for (int64_t i = 0; i < b.numel(); ++i) {
+        const double x = a.data<float>()[i], y = b.data<float>()[i];
+        nan = nan || std::isnan(x);
+        num = std::max(num, std::abs(x - y));
+        den = std::max(den, std::abs(y));
+      }
+      std::printf("|   wgmma / flash2: %.2fx faster; last 256 tokens max|diff|/max %.2e%s; default kernel: %s\n",
+                  f2_us / wg_us, num / std::max(den, 1e-30), nan ? " (NaN!)" : "",
+                  mla::kPrefillDefault == mla::PrefillKernel::kWgmma ? "wgmma" : "flash2");
+    } else {
+      std::printf("|   wgmma prefill kernel does not apply on this device\n");
+    }
+  }
 
   const double full_us = time_us([&] {
     ops::mla_prefill_varlen(q, latent, kv_b, d, cu_d, cu_d, len, kScale, out, ws);

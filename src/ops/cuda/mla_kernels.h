@@ -142,8 +142,23 @@ struct PrefillArgs {
   int nope = 0, rope = 0, v = 0;
 };
 // Tensor-core flash attention for nope 128 / rope 64 / v 128: q, kv, k_pe bf16 (k_pe_row multiple
-// of 8), out f32 or bf16.
+// of 8), out f32 or bf16. Dispatches (prefill_kernel_choice(), read on every call) to
+// prefill_flash_wgmma or prefill_flash2.
 void prefill_flash(const PrefillArgs& a, cudaStream_t stream);
+// The FlashAttention-2 kernel on mma.sync (mla_prefill.cu), any sm_80+ GPU.
+void prefill_flash2(const PrefillArgs& a, cudaStream_t stream);
+// The same contract on Hopper wgmma (mla_prefill_wgmma.cu, sm_90 only); falls back to
+// prefill_flash2 where it does not apply (prefill_flash_wgmma_applies: dims, dtypes, 16-byte
+// aligned q / kv / k_pe, an sm_90 device). prefill_flash_wgmma_launch launches it where it applies
+// and returns false, launching nothing, elsewhere.
+void prefill_flash_wgmma(const PrefillArgs& a, cudaStream_t stream);
+bool prefill_flash_wgmma_applies(const PrefillArgs& a);
+bool prefill_flash_wgmma_launch(const PrefillArgs& a, cudaStream_t stream);
+// Which kernel prefill_flash runs: environment PDSERVE_MLA_PREFILL=flash2 or =wgmma (read on every
+// call), else kPrefillDefault.
+enum class PrefillKernel : uint8_t { kFlash2, kWgmma };
+inline constexpr PrefillKernel kPrefillDefault = PrefillKernel::kFlash2;
+PrefillKernel prefill_kernel_choice();
 // Exact f32 (any dims): q f32/bf16, kv f32, k_pe f32/bf16, out f32/bf16.
 void prefill_generic(const PrefillArgs& a, cudaStream_t stream);
 

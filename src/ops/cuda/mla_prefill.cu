@@ -261,6 +261,12 @@ bool f32_or_bf16(Elem e) { return e == Elem::kF32 || e == Elem::kBF16; }
 }  // namespace
 
 void prefill_flash(const PrefillArgs& a, cudaStream_t stream) {
+  // The Hopper wgmma kernel (mla_prefill_wgmma.cu) where chosen and applicable, else the one below.
+  if (prefill_kernel_choice() == PrefillKernel::kWgmma && prefill_flash_wgmma_launch(a, stream)) return;
+  prefill_flash2(a, stream);
+}
+
+void prefill_flash2(const PrefillArgs& a, cudaStream_t stream) {
   if (a.num_seqs <= 0 || a.max_q_len <= 0) return;
   if (a.nope != kNope || a.rope != kRope || a.v != kDv || a.q_type != Elem::kBF16 || a.k_pe_type != Elem::kBF16 ||
       !f32_or_bf16(a.out_type) || a.q_row % 8 != 0 || a.q_head % 8 != 0 || a.k_pe_row % 8 != 0)
