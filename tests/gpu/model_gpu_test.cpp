@@ -162,12 +162,28 @@ TEST(ModelGpu, TinyDummyMatchesCpuWithGraphs) {
 }
 
 // FP8 experts of 128-multiple shapes: the decode graphs run the routed experts through the masked
-// FP8 kernels (ops::grouped_masked_experts), prefill through the contiguous GEMMs. Bounds as for
-// the W8A8 golden checkpoint (activations quantized to fp8 before every block-scaled GEMM).
-TEST(ModelGpu, TinyFp8MatchesCpuWithGraphs) {
-  Pair p = load_pair(gpu_test::tiny_fp8_dir(), LoadFormat::kDummy, {1, 2, 4, 8});
-  ASSERT_TRUE(p.gpu);
-  expect_bf16_agreement(compare_runs(p, random_prompts(7, p.cpu->config().vocab_size, 3), 8, true), 5.0);
+// FP8 kernels (ops::grouped_masked_experts, grouped_masked_silu_down), eager decode through the
+// contiguous cuBLASLt GEMMs; both are W8A8 with the same activation quantization. Against the CPU
+// (f32 activations) this dummy FP8 model differs by much more than the bf16 one (the first H100 run:
+// median row error 0.23 with graphs), since every GEMM's input is rounded to 3 mantissa bits and
+// routing ties flip; so the check is that the graphs' agreement with the CPU is as good as the
+// eager path's on the same prompts (a wrong masked kernel gives O(1) errors on every row), plus a
+// loose absolute bound.
+TEST(ModelGpu, TinyFp8GraphsAgreeWithCpuAsWellAsEager) {
+  Pair eager = load_pair(gpu_test::tiny_fp8_dir(), LoadFormat::kDummy);
+  Pair graphs = load_pair(gpu_test::tiny_fp8_dir(), LoadFormat::kDummy, {1, 2, 4, 8});
+  ASSERT_TRUE(eager.gpu && graphs.gpu);
+  const auto prompts = random_prompts(7, eager.cpu->config().vocab_size, 3);
+  auto median = [](std::vector<double> e) {
+    std::sort(e.begin(), e.end());
+    return e.empty() ? 1.0 : e[e.size() / 2];
+  };
+  const RunStats se = compare_runs(eager, prompts, 8, false), sg = compare_runs(graphs, prompts, 8, true);
+  const double me = median(se.errs), mg = median(sg.errs);
+  std::printf("tiny fp8: median row error eager %.3g, graphs %.3g\n", me, mg);
+  EXPECT_LT(mg, std::max(1.5 * me, 2e-2)) << "the masked FP8 expert kernels agree with the CPU worse than the eager GEMMs";
+  EXPECT_LT(mg, 0.5);
+  EXPECT_LT(me, 0.5);
 }
 
 TEST(ModelGpu, GraphReplayEqualsEagerOfTheSameBatch) {
