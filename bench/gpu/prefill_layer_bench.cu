@@ -51,6 +51,7 @@
 #include "tensor/dtype.h"
 #include "tensor/tensor.h"
 #include "bench_util.cuh"
+#include "layer_util.cuh"
 
 namespace {
 
@@ -65,78 +66,6 @@ constexpr int64_t kRowsPerExpert = (kTokens * 8 * kRanks + kSlots / 2) / kSlots;
 constexpr int kLayerSamples = 20;
 constexpr double kGoalMs = 25.0, kTorchMs = 34.7, kSglangMs = 42.8, kDeepSeekMs = 34.6;
 
-void fail(const std::string& what) { throw std::runtime_error(what); }
-
-Tensor i32_device(const std::vector<int32_t>& v, const Shape& shape) {
-  Tensor h = Tensor::empty(shape, DType::kI32);
-  if (static_cast<int64_t>(v.size()) != h.numel()) fail("i32_device: size does not match the shape");
-  std::copy(v.begin(), v.end(), h.data<int32_t>());
-  return h.to(Device::kCuda);
-}
-
-// A captured graph of one call of f (f ran eagerly before: GEMM scratch may only grow outside a
-// capture, ops/cuda/linear.h), destroyed with its owner after the last replay.
-struct Graph {
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  Graph() = default;
-  Graph(const Graph&) = delete;
-  Graph& operator=(const Graph&) = delete;
-  ~Graph() {
-    if (exec) cudaGraphExecDestroy(exec);
-    if (graph) cudaGraphDestroy(graph);
-  }
-  void capture(cudaStream_t s, const std::function<void()>& f) {
-    check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-    try {
-      f();
-    } catch (...) {
-      cudaGraph_t g = nullptr;
-      cudaStreamEndCapture(s, &g);
-      if (g != nullptr) cudaGraphDestroy(g);
-      throw;
-    }
-    check(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
-    check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
-  }
-  void launch(cudaStream_t s) const { check(cudaGraphLaunch(exec, s), "cudaGraphLaunch"); }
-  size_t nodes() const {
-    size_t n = 0;
-    check(cudaGraphGetNodes(graph, nullptr, &n), "cudaGraphGetNodes");
-    return n;
-  }
-};
-
-// ---- ceilings, measured in this run (as layer_bench measures them) ----
-
-struct Ceilings {
-  double copy_tbs = 0, fp8_tflops = 0, bf16_tflops = 0;
-};
-
-Ceilings measure_ceilings(cudaStream_t s) {
-  Ceilings c;
-  c.copy_tbs = copy_tbs(s);
-  // pdserve's GEMM engine at 8192^3: FP8 block-scaled on pre-quantized x, and BF16.
-  const int64_t m = 8192, n = 8192, k = 8192;
-  const double flops = 2.0 * m * n * k;
-  Tensor x = device_tensor({m, k}, DType::kBF16, 901), y = Tensor::empty({m, n}, DType::kBF16, Device::kCuda);
-  {
-    Tensor q = Tensor::empty({m, k}, DType::kF8E4M3, Device::kCuda), sc = Tensor::empty({k / 128, m}, DType::kF32, Device::kCuda);
-    ops::quantize_fp8_per_token_group(x, q, sc);
-    const Weight w = device_weight(n, k, DType::kF8E4M3, 902);
-    const ops::cuda::detail::Fp8Operand a{q.data<uint8_t>(), sc.data<float>(), m, k};
-    const double ms = time_eager(s, [&] { ops::cuda::detail::fp8_gemm(a, w, y.raw_data(), DType::kBF16, n); });
-    c.fp8_tflops = flops / (ms * 1e-3) / 1e12;
-  }
-  {
-    const Weight w = device_weight(n, k, DType::kBF16, 903);
-    const double ms = time_eager(s, [&] { ops::cuda::detail::dense_gemm(x.raw_data(), m, w, y.raw_data(), DType::kBF16, n); });
-    c.bf16_tflops = flops / (ms * 1e-3) / 1e12;
-  }
-  check(cudaStreamSynchronize(s), "ceilings");
-  return c;
-}
-
 // ---- the layer ----
 
 enum class Ceil { kFp8, kBf16, kMemory };
@@ -148,19 +77,6 @@ struct Op {
   Ceil ceil;
   std::function<void()> f;
 };
-
-// FLOPs and minimum bytes of y[m, n] = x[m, k] W^T over `groups` weights of [n, k] (fp8 with
-// their block scales, or bf16).
-std::pair<double, double> gemm_cost(double m, double n, double k, double x_elem, double y_elem, bool fp8, double groups = 1) {
-  const double w = fp8 ? n * k + std::ceil(n / 128) * std::ceil(k / 128) * 4 : 2 * n * k;
-  return {2 * m * n * k, groups * w + m * k * x_elem + m * n * y_elem};
-}
-
-std::string dims(std::initializer_list<int64_t> v) {
-  std::string s;
-  for (int64_t x : v) s += (s.empty() ? "" : "x") + std::to_string(x);
-  return s;
-}
 
 struct Layer {
   model::ModelConfig cfg;
@@ -473,9 +389,9 @@ int run(const std::string& config_path) {
               l.bytes / 1073741824.0, (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
 
   Graph attn_g, moe_g, layer_g;
-  attn_g.capture(s, [&] { l.run_block(0); });
-  moe_g.capture(s, [&] { l.run_block(1); });
-  layer_g.capture(s, [&] { l.run_layer(); });
+  attn_g.capture(s, 1, [&] { l.run_block(0); });
+  moe_g.capture(s, 1, [&] { l.run_block(1); });
+  layer_g.capture(s, 1, [&] { l.run_layer(); });
 
   // Correctness: the same input through the eager ops and through the graph replay; two rows of
   // expert 4 (one in its main GEMM, its last row in the GEMM's 16-row tail) on the CPU.
@@ -550,7 +466,7 @@ int run(const std::string& config_path) {
   std::printf("%-18s %12.2f %16.2f %16.2f\n", "attention block", sum[0] / 1e3, attn_graph / 1e3, attn_eager / 1e3);
   std::printf("%-18s %12.2f %16.2f %16.2f\n", "MoE block", sum[1] / 1e3, moe_graph / 1e3, moe_eager / 1e3);
   std::printf("%-18s %12.2f %16.2f %16.2f\n", "layer", (sum[0] + sum[1]) / 1e3, layer_graph / 1e3, layer_eager / 1e3);
-  std::printf("layer graph: %zu nodes\n", layer_g.nodes());
+  std::printf("layer graph: %zu nodes\n", layer_g.nodes().first);
   std::printf("goal: <= %.0f ms per prefill layer on an H100; references: PyTorch eager BF16 %.1f ms, SGLang %.1f ms, "
               "DeepSeek's profile %.1f ms\n", kGoalMs, kTorchMs, kSglangMs, kDeepSeekMs);
   std::printf("this card, one graph: %.2f x the goal, %.2f x PyTorch's, %.2f x SGLang's, %.2f x DeepSeek's\n",

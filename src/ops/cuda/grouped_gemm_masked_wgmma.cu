@@ -88,7 +88,6 @@
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -446,31 +445,15 @@ void need_device(const char* op, const std::string& name, const Tensor& t) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
 // A byte tensor of `rank` dimensions (dims innermost first, strides in bytes of dims 1..rank-1)
 // read in boxes whose innermost side is 128 bytes, with the 128-byte swizzle; zeros outside.
 void encode_u8_sw128(CUtensorMap* map, const void* base, uint32_t rank, const cuuint64_t* dims, const cuuint64_t* strides,
                      const cuuint32_t* box, const char* what) {
-  const auto fn = encode_fn();
-  if (fn == nullptr) throw std::runtime_error("grouped_gemm_masked_wgmma: the driver has no cuTensorMapEncodeTiled");
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, rank, const_cast<void*>(base), dims, strides, box, elem_strides,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
+  const int r = tma::encode_u8_sw128(map, base, rank, dims, strides, box);
+  if (r == -1) throw std::runtime_error("grouped_gemm_masked_wgmma: the driver has no cuTensorMapEncodeTiled");
+  if (r != 0)
     throw std::runtime_error(std::string("grouped_gemm_masked_wgmma: cuTensorMapEncodeTiled refused the ") + what +
-                             " map (error " + std::to_string(static_cast<int>(r)) + ")");
+                             " map (error " + std::to_string(r) + ")");
 }
 
 // The weight map of one expert ([n][k] bytes, boxes of block_n rows x 128), cached: encoding is a

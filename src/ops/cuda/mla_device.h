@@ -164,4 +164,20 @@ __device__ __forceinline__ void decode_write_empty_split(const DecodeCoreArgs& a
     if (h0 + r < a.heads) a.lse_part[(int64_t(b) * a.num_splits + split) * a.heads + h0 + r] = -INFINITY;
 }
 
+// One packed sequence of a prefill: its query rows [q_begin, q_begin + q_len) and KV rows
+// [kv_begin, kv_begin + kv_len), the first `prefix` of which are cached (the prefill kernels).
+struct SeqRange {
+  int q_begin, q_len, kv_begin, kv_len, prefix;
+};
+
+__device__ __forceinline__ SeqRange seq_range(const PrefillArgs& a, int seq) {
+  SeqRange r;
+  r.q_begin = a.cu_q[seq];
+  r.q_len = a.cu_q[seq + 1] - r.q_begin;
+  r.kv_begin = a.cu_kv[seq];
+  r.kv_len = a.cu_kv[seq + 1] - r.kv_begin;
+  r.prefix = r.kv_len - r.q_len;
+  return r;
+}
+
 }  // namespace pdserve::ops::cuda::mla

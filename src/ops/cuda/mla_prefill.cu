@@ -26,20 +26,6 @@ constexpr size_t kQBytes = size_t(kBM) * kDqk * 2, kKBytes = size_t(kBN) * kDqk 
 constexpr size_t kSmemBytes = kQBytes + 2 * (kKBytes + kVBytes);
 constexpr float kLog2e = 1.4426950408889634f;
 
-struct SeqRange {
-  int q_begin, q_len, kv_begin, kv_len, prefix;
-};
-
-__device__ __forceinline__ SeqRange seq_range(const PrefillArgs& a, int seq) {
-  SeqRange r;
-  r.q_begin = a.cu_q[seq];
-  r.q_len = a.cu_q[seq + 1] - r.q_begin;
-  r.kv_begin = a.cu_kv[seq];
-  r.kv_len = a.cu_kv[seq + 1] - r.kv_begin;
-  r.prefix = r.kv_len - r.q_len;
-  return r;
-}
-
 __device__ __forceinline__ void load_kv_tiles(bf16* s_k, bf16* s_v, const PrefillArgs& a, const SeqRange& sr, int h,
                                               int tile, int tid) {
   const bf16* kv = static_cast<const bf16*>(a.kv);

@@ -80,20 +80,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kSmemBytes <= 232448, "Q and the KV stages must fit Hopper's 227 KB");
 static_assert(kStages == 3, "the pipeline below loads tile t+2 into the stage of tile t-1");
 
-struct SeqRange {
-  int q_begin, q_len, kv_begin, kv_len, prefix;
-};
-
-__device__ __forceinline__ SeqRange seq_range(const PrefillArgs& a, int seq) {
-  SeqRange r;
-  r.q_begin = a.cu_q[seq];
-  r.q_len = a.cu_q[seq + 1] - r.q_begin;
-  r.kv_begin = a.cu_kv[seq];
-  r.kv_len = a.cu_kv[seq + 1] - r.kv_begin;
-  r.prefix = r.kv_len - r.q_len;
-  return r;
-}
-
 // Byte offset of 16-byte chunk `ci` of row `r` in a matrix stored as [rows][64] swizzled blocks of
 // `block_bytes` each (block ci / 8).
 __device__ __forceinline__ uint32_t chunk_off(int r, int ci, uint32_t block_bytes) {

@@ -50,5 +50,11 @@ __device__ __forceinline__ void load_2d(uint32_t dst, const CUtensorMap* map, in
 // columns with the 128-byte swizzle. False when the driver lacks the call or refuses the shape.
 bool encode_bf16_2d_sw128(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, uint64_t row_bytes,
                           uint32_t box_rows);
+// A byte tensor of `rank` (<= 5) dimensions, dims innermost first, strides in bytes of dims
+// 1..rank-1, read in boxes whose innermost side is 128 bytes, with the 128-byte swizzle and zeros
+// outside (the FP8 operands of the masked expert kernel). Returns the driver's CUresult (0 =
+// success), or -1 when the driver has no cuTensorMapEncodeTiled.
+int encode_u8_sw128(CUtensorMap* map, const void* base, uint32_t rank, const cuuint64_t* dims, const cuuint64_t* strides,
+                    const cuuint32_t* box);
 
 }  // namespace pdserve::ops::cuda::tma
