@@ -19,6 +19,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/attention.h"
@@ -342,7 +343,7 @@ void bench_prefill(double copy_gbs, int64_t seqs, int64_t len) {
     Tensor out_f2 = Tensor::empty({t, h, d.v_head_dim}, DType::kBF16, Device::kCuda);
     check(cudaMemcpyAsync(out_f2.raw_data(), out.raw_data(), out.nbytes(), cudaMemcpyDeviceToDevice, s), "copy");
     if (mla::prefill_flash_wgmma_applies(p)) {
-      const double wg_us = time_us([&] { mla::prefill_flash_wgmma(p, s); }, 5);
+      const double wg_us = time_us([&] { mla::prefill_flash_wgmma_launch_version(p, s, 1); }, 5);
       row(copy_gbs, "  wgmma (" + tag + ")", wg_us, attn_flops, attn_bytes);
       // Agreement on the last 256 tokens (the longest rows), all heads: max |wgmma - flash2| / max |flash2|.
       const auto last_rows = [&](const Tensor& dev) {
@@ -352,18 +353,46 @@ void bench_prefill(double copy_gbs, int64_t seqs, int64_t len) {
               "cudaMemcpy");
         return host.to_f32();
       };
-      const Tensor a = last_rows(out), b = last_rows(out_f2);
-      double num = 0, den = 0;
-      bool nan = false;
-      for (int64_t i = 0; i < b.numel(); ++i) {
-        const double x = a.data<float>()[i], y = b.data<float>()[i];
-        nan = nan || std::isnan(x);
-        num = std::max(num, std::abs(x - y));
-        den = std::max(den, std::abs(y));
+      const Tensor b = last_rows(out_f2);
+      const auto agreement = [&](const char* what, double us) {
+        const Tensor a = last_rows(out);
+        double num = 0, den = 0;
+        bool nan = false;
+        for (int64_t i = 0; i < b.numel(); ++i) {
+          const double x = a.data<float>()[i], y = b.data<float>()[i];
+          nan = nan || std::isnan(x);
+          num = std::max(num, std::abs(x - y));
+          den = std::max(den, std::abs(y));
+        }
+        std::printf("|   %s / flash2: %.2fx faster; last 256 tokens max|diff|/max %.2e%s; default kernel: %s v%d\n", what,
+                    f2_us / us, num / std::max(den, 1e-30), nan ? " (NaN!)" : "",
+                    mla::kPrefillDefault == mla::PrefillKernel::kWgmma ? "wgmma" : "flash2",
+                    mla::kPrefillWgmmaVersionDefault);
+      };
+      agreement("wgmma", wg_us);
+      // Version 2 (PDSERVE_MLA_PREFILL=wgmma2), then its changes alone and in part (flags of
+      // prefill_flash_wgmma_launch_flags: 1 Q in registers, 2 staggered warpgroups, 4 a fourth KV
+      // stage in Q's memory, 8 the L2-friendly CTA order), to see which ones pay.
+      const double v2_us = time_us([&] { mla::prefill_flash_wgmma_launch_version(p, s, 2); }, 5);
+      row(copy_gbs, "  wgmma2 (" + tag + ")", v2_us, attn_flops, attn_bytes);
+      agreement("wgmma2", v2_us);
+      const std::pair<int, const char*> pieces[] = {{1, "Q in regs"},
+                                                    {2, "stagger"},
+                                                    {8, "L2 order"},
+                                                    {3, "Q in regs + stagger"},
+                                                    {11, "Q in regs + stagger + L2 order"},
+                                                    {7, "Q regs + stagger + 4 stages"},
+                                                    {13, "Q regs + 4 stages + L2 order"},
+                                                    {9, "Q in regs + L2 order"},
+                                                    {15, "Q regs + stagger + 4 st + L2"},
+                                                    {21, "Q regs + 4 stages + S overlap"},
+                                                    {29, "Q regs + 4 st + S overlap + L2"}};
+      for (const auto& piece : pieces) {
+        const int flags = piece.first;
+        const char* what = piece.second;
+        const double us = time_us([&] { mla::prefill_flash_wgmma_launch_flags(p, s, flags); }, 5);
+        row(copy_gbs, "    flags " + std::to_string(flags) + ": " + what, us, attn_flops, attn_bytes);
       }
-      std::printf("|   wgmma / flash2: %.2fx faster; last 256 tokens max|diff|/max %.2e%s; default kernel: %s\n",
-                  f2_us / wg_us, num / std::max(den, 1e-30), nan ? " (NaN!)" : "",
-                  mla::kPrefillDefault == mla::PrefillKernel::kWgmma ? "wgmma" : "flash2");
     } else {
       std::printf("|   wgmma prefill kernel does not apply on this device\n");
     }

@@ -3,6 +3,8 @@
 // kernel reads (q [S, H, 192], the expanded kv [T, H * 256], k_pe [T, 64] inside a latent-like
 // [T, 576] buffer) and (b) the mma.sync kernel prefill_flash2 on the same device buffers; and the
 // PDSERVE_MLA_PREFILL switch end to end through ops::mla_prefill_varlen against the CPU op.
+// Every kernel case runs on both versions of the kernel (test parameter 1 and 2:
+// prefill_flash_wgmma_launch_version); version 2 is also compared with version 1.
 //
 // Tolerances, as max |got - want| / max |want|:
 //   vs the CPU reference, f32 out: 1e-2. Both kernels round P = exp2(s - m) to bf16 before P V
@@ -163,8 +165,9 @@ std::string describe(const Case& c) {
   return s;
 }
 
-void run_case(const Case& c, uint64_t seed, DType out_type = DType::kF32) {
-  const std::string what = describe(c) + (out_type == DType::kF32 ? " f32 out" : " bf16 out");
+void run_case(int version, const Case& c, uint64_t seed, DType out_type = DType::kF32) {
+  const std::string what =
+      fmt::format("v{} ", version) + describe(c) + (out_type == DType::kF32 ? " f32 out" : " bf16 out");
   SCOPED_TRACE(what);
   Inputs in = make_inputs(c, seed);
   const Tensor want = reference(in);
@@ -172,7 +175,12 @@ void run_case(const Case& c, uint64_t seed, DType out_type = DType::kF32) {
 
   Tensor got = poisoned_device(want.shape(), out_type);
   mla::PrefillArgs p = args_for(in, got);
-  ASSERT_TRUE(mla::prefill_flash_wgmma_launch(p, stream)) << "the wgmma kernel did not take this case";
+  ASSERT_TRUE(mla::prefill_flash_wgmma_launch_version(p, stream, version)) << "the wgmma kernel did not take this case";
+  Tensor v1 = poisoned_device(want.shape(), out_type);
+  if (version != 1) {
+    mla::PrefillArgs p_v1 = args_for(in, v1);
+    ASSERT_TRUE(mla::prefill_flash_wgmma_launch_version(p_v1, stream, 1));
+  }
   Tensor old = poisoned_device(want.shape(), out_type);
   mla::PrefillArgs p_old = args_for(in, old);
   mla::prefill_flash2(p_old, stream);
@@ -182,36 +190,48 @@ void run_case(const Case& c, uint64_t seed, DType out_type = DType::kF32) {
   const double err = rel_max_err(got_h, want), err_old = rel_max_err(old_h, want), diff = rel_max_err(got_h, old_h);
   EXPECT_LT(err, out_type == DType::kF32 ? 1e-2 : 1.5e-2);
   EXPECT_LT(diff, 1e-2);
-  std::printf("  %-60s vs CPU %.2e (flash2 %.2e), vs flash2 %.2e\n", what.c_str(), err, err_old, diff);
+  if (version != 1) {
+    const double diff_v1 = rel_max_err(got_h, host_f32(v1));
+    EXPECT_LT(diff_v1, 1e-2);
+    std::printf("  %-60s vs CPU %.2e (flash2 %.2e), vs flash2 %.2e, vs v1 %.2e\n", what.c_str(), err, err_old, diff,
+                diff_v1);
+  } else {
+    std::printf("  %-60s vs CPU %.2e (flash2 %.2e), vs flash2 %.2e\n", what.c_str(), err, err_old, diff);
+  }
 }
 
-TEST(MlaPrefillWgmma, SingleSequenceLengths) {
+// The kernel version under test (1, or 2 = PDSERVE_MLA_PREFILL=wgmma2).
+class MlaPrefillWgmma : public ::testing::TestWithParam<int> {};
+INSTANTIATE_TEST_SUITE_P(Version, MlaPrefillWgmma, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int>& i) { return fmt::format("v{}", i.param); });
+
+TEST_P(MlaPrefillWgmma, SingleSequenceLengths) {
   if (!wgmma_available()) GTEST_SKIP() << "not an sm_90 device";
   uint64_t seed = 100;
-  for (int len : {1, 63, 64, 65, 127, 128, 129, 1000}) run_case({3, {{0, len}}}, seed++);
-  for (int len : {1, 64, 129}) run_case({1, {{0, len}}}, seed++);
+  for (int len : {1, 63, 64, 65, 127, 128, 129, 1000}) run_case(GetParam(), {3, {{0, len}}}, seed++);
+  for (int len : {1, 64, 129}) run_case(GetParam(), {1, {{0, len}}}, seed++);
 }
 
-TEST(MlaPrefillWgmma, PackedSequencesWithPrefixes) {
+TEST_P(MlaPrefillWgmma, PackedSequencesWithPrefixes) {
   if (!wgmma_available()) GTEST_SKIP() << "not an sm_90 device";
   // Fresh prompts and extends after prefixes of 17 (mid-tile) and 300 (several tiles, mid-tile),
   // a single-token extend, lengths on and off the 64/128 boundaries.
-  run_case({3, {{0, 200}, {17, 77}, {300, 1}, {300, 129}, {0, 64}}}, 200);
-  run_case({1, {{17, 128}, {0, 1}, {300, 65}}}, 201);
-  run_case({3, {{300, 300}, {17, 17}}}, 202, DType::kBF16);
+  run_case(GetParam(), {3, {{0, 200}, {17, 77}, {300, 1}, {300, 129}, {0, 64}}}, 200);
+  run_case(GetParam(), {1, {{17, 128}, {0, 1}, {300, 65}}}, 201);
+  run_case(GetParam(), {3, {{300, 300}, {17, 17}}}, 202, DType::kBF16);
 }
 
-TEST(MlaPrefillWgmma, AllHeadsOfTheModel) {
+TEST_P(MlaPrefillWgmma, AllHeadsOfTheModel) {
   if (!wgmma_available()) GTEST_SKIP() << "not an sm_90 device";
-  run_case({128, {{0, 129}}}, 300);
-  run_case({128, {{0, 65}, {17, 130}, {300, 64}}}, 301);
-  run_case({128, {{17, 40}, {0, 1}}}, 302, DType::kBF16);
+  run_case(GetParam(), {128, {{0, 129}}}, 300);
+  run_case(GetParam(), {128, {{0, 65}, {17, 130}, {300, 64}}}, 301);
+  run_case(GetParam(), {128, {{17, 40}, {0, 1}}}, 302, DType::kBF16);
 }
 
 // Diagnosis aid for a failing run: V the same for every key (value column c = (c - 64) / 32), so
 // the output is exactly that row whatever S, the softmax or P's register layout do, as long as
 // P V reads V through the right (MN-major) descriptor: this isolates the V operand.
-TEST(MlaPrefillWgmma, ValueOperandLayoutProbe) {
+TEST_P(MlaPrefillWgmma, ValueOperandLayoutProbe) {
   if (!wgmma_available()) GTEST_SKIP() << "not an sm_90 device";
   Case c{3, {{17, 150}}};
   Inputs in = make_inputs(c, 450);
@@ -224,7 +244,7 @@ TEST(MlaPrefillWgmma, ValueOperandLayoutProbe) {
   in.kv_d = kv_h.to(Device::kCuda);
   Tensor got = poisoned_device({in.s, in.heads, kDv});
   mla::PrefillArgs p = args_for(in, got);
-  ASSERT_TRUE(mla::prefill_flash_wgmma_launch(p, ops::cuda::current_stream()));
+  ASSERT_TRUE(mla::prefill_flash_wgmma_launch_version(p, ops::cuda::current_stream(), GetParam()));
   const Tensor g = host_f32(got);
   double err = 0;
   for (int64_t i = 0; i < g.numel(); ++i) {
@@ -235,7 +255,7 @@ TEST(MlaPrefillWgmma, ValueOperandLayoutProbe) {
   EXPECT_LT(err, 1e-4);
 }
 
-TEST(MlaPrefillWgmma, DeclinesWhatItDoesNotCover) {
+TEST_P(MlaPrefillWgmma, DeclinesWhatItDoesNotCover) {
   if (!wgmma_available()) GTEST_SKIP() << "not an sm_90 device";
   Case c{1, {{0, 8}}};
   Inputs in = make_inputs(c, 400);
@@ -254,11 +274,12 @@ TEST(MlaPrefillWgmma, DeclinesWhatItDoesNotCover) {
   bad = p;
   bad.q_type = mla::Elem::kF32;
   EXPECT_FALSE(mla::prefill_flash_wgmma_applies(bad));
-  EXPECT_FALSE(mla::prefill_flash_wgmma_launch(bad, ops::cuda::current_stream()));
+  EXPECT_FALSE(mla::prefill_flash_wgmma_launch_version(bad, ops::cuda::current_stream(), GetParam()));
 }
 
-// The switch end to end: mla_prefill_varlen (bf16 latent, fp8 kv_b) under PDSERVE_MLA_PREFILL=wgmma
-// and =flash2 against the CPU op, with the bound of attention_gpu_test.cpp's bf16 prefill tests.
+// The switch end to end: mla_prefill_varlen (bf16 latent, fp8 kv_b) under PDSERVE_MLA_PREFILL=wgmma,
+// =wgmma2 and =flash2 against the CPU op, with the bound of attention_gpu_test.cpp's bf16 prefill
+// tests.
 TEST(MlaPrefillWgmma, SwitchThroughMlaPrefillVarlen) {
   if (!wgmma_available()) GTEST_SKIP() << "not an sm_90 device";
   const char* prev = std::getenv("PDSERVE_MLA_PREFILL");
@@ -287,10 +308,13 @@ TEST(MlaPrefillWgmma, SwitchThroughMlaPrefillVarlen) {
   const Tensor q_d = q.to(Device::kCuda), lat_d = latent.to(Device::kCuda), cq_d = cq.to(Device::kCuda),
                ck_d = ck.to(Device::kCuda);
   const Weight kv_b_d = kv_b.to(Device::kCuda);
-  Tensor outs[2];
-  const char* modes[2] = {"wgmma", "flash2"};
-  for (int m = 0; m < 2; ++m) {
+  Tensor outs[3];
+  const char* modes[3] = {"wgmma", "flash2", "wgmma2"};
+  for (int m = 0; m < 3; ++m) {
     setenv("PDSERVE_MLA_PREFILL", modes[m], 1);
+    if (m == 2) {
+      EXPECT_EQ(mla::prefill_wgmma_version(), 2);
+    }
     outs[m] = poisoned_device(want.shape());
     ops::mla_prefill_varlen(q_d, lat_d, kv_b_d, d, cq_d, ck_d, max_q, kScale, outs[m]);
     const double err = rel_max_err(host_f32(outs[m]), want);
@@ -300,6 +324,9 @@ TEST(MlaPrefillWgmma, SwitchThroughMlaPrefillVarlen) {
   const double diff = rel_max_err(host_f32(outs[0]), host_f32(outs[1]));
   EXPECT_LT(diff, 1e-2);
   std::printf("  mla_prefill_varlen wgmma vs flash2 %.2e\n", diff);
+  const double diff2 = rel_max_err(host_f32(outs[2]), host_f32(outs[0]));
+  EXPECT_LT(diff2, 1e-2);
+  std::printf("  mla_prefill_varlen wgmma2 vs wgmma %.2e\n", diff2);
   if (prev) setenv("PDSERVE_MLA_PREFILL", saved.c_str(), 1);
   else unsetenv("PDSERVE_MLA_PREFILL");
 }

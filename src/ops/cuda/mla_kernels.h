@@ -160,6 +160,20 @@ bool prefill_flash_wgmma_launch(const PrefillArgs& a, cudaStream_t stream);
 enum class PrefillKernel : uint8_t { kFlash2, kWgmma };
 inline constexpr PrefillKernel kPrefillDefault = PrefillKernel::kWgmma;
 PrefillKernel prefill_kernel_choice();
+// The wgmma kernel's versions (mla_prefill_wgmma.cu): 1 as above; 2 ("wgmma2") holds Q in
+// registers as the A operand of S, staggers the two warpgroups inside each tile (one's softmax
+// under the other's MMAs), adds a fourth KV stage in Q's freed shared memory and orders the CTAs so
+// that those resident at once share K and V in L2. prefill_flash_wgmma(_launch) run version
+// prefill_wgmma_version(): 2 when PDSERVE_MLA_PREFILL=wgmma2 (read on every call; then
+// prefill_kernel_choice() is kWgmma), 1 when =wgmma, else kPrefillWgmmaVersionDefault.
+inline constexpr int kPrefillWgmmaVersionDefault = 1;
+int prefill_wgmma_version();
+// Version 1 or 2 explicitly, where prefill_flash_wgmma_applies (else false, nothing launched).
+bool prefill_flash_wgmma_launch_version(const PrefillArgs& a, cudaStream_t stream, int version);
+// Benchmark only: version 2's changes alone (flags bit 1 Q in registers, 2 stagger, 4 four stages
+// (needs 1), 8 L2 order, 16 S(t+1) under the softmax of t (built as 21 and 29 only); 0 is version
+// 1, 15 version 2). Throws on a combination not built.
+bool prefill_flash_wgmma_launch_flags(const PrefillArgs& a, cudaStream_t stream, int flags);
 // Exact f32 (any dims): q f32/bf16, kv f32, k_pe f32/bf16, out f32/bf16.
 void prefill_generic(const PrefillArgs& a, cudaStream_t stream);
 

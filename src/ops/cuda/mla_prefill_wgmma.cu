@@ -38,10 +38,13 @@
 // none of a tile's keys (the upper half of the diagonal) skips that tile's MMAs (it still takes
 // part in the barriers); only tiles crossing its diagonal or the keys' end are masked.
 //
-// Not done (next steps, see docs/perf/kernels.md): a producer warpgroup with TMA loads and the
-// two consumer warpgroups in ping-pong (one's softmax under the other's MMAs), as FA3 does. In
-// this kernel the warpgroups run in step (one __syncthreads per tile), so the tensor cores idle
-// during the softmax.
+// Version 2 (PDSERVE_MLA_PREFILL=wgmma2, template flags below, same kernel): Q in registers as the
+// A operand of S (RS wgmma), the two warpgroups staggered inside each tile (named barrier: warpgroup
+// 1 issues S after warpgroup 0), a fourth KV stage in Q's freed shared memory, and a CTA order that
+// walks one (head, sequence)'s query blocks first (K/V shared in L2). Measured: ~4-6% faster only;
+// the overlap of S(t+1) with the softmax of t (kFlagOverlap, no ptxas serialization) did not pay.
+// So neither the softmax, shared-memory operand bandwidth nor K/V loads is the main limit; see
+// docs/perf/kernels.md for the next suspects (m64n64 S per tile, per-tile block barrier).
 //
 // Selection: prefill_flash (mla_prefill.cu) runs this kernel when PDSERVE_MLA_PREFILL=wgmma, the
 // old one when =flash2, else kPrefillDefault (mla_kernels.h); prefill_flash_wgmma runs this one
@@ -78,7 +81,7 @@ constexpr uint32_t kQOff = 0, kStageOff = kQBytes;
 constexpr size_t kSmemBytes = kQBytes + size_t(kStages) * kStageBytes + 1024;  // + alignment slack
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kSmemBytes <= 232448, "Q and the KV stages must fit Hopper's 227 KB");
-static_assert(kStages == 3, "the pipeline below loads tile t+2 into the stage of tile t-1");
+static_assert(kStages == 3, "version 1's pipeline loads tile t+2 into the stage of tile t-1");
 
 // Byte offset of 16-byte chunk `ci` of row `r` in a matrix stored as [rows][64] swizzled blocks of
 // `block_bytes` each (block ci / 8).
@@ -113,16 +116,44 @@ __device__ __forceinline__ void load_kv_tile(uint8_t* st, const PrefillArgs& a, 
   }
 }
 
-template <typename TO>
-__global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(const PrefillArgs a) {
+// Version 2's changes, each a flag (version 1 = 0, version 2 = kFlagQRegs | kFlagStagger; the
+// benchmark also times each alone).
+// kFlagStages4: a fourth KV stage in Q's shared memory, free once Q is in registers (tile t+3 loads
+// during tile t). kFlagL2Order is no template argument but a launch choice: the grid walks the query
+// blocks of one (head, sequence) first (heaviest first), so the CTAs resident at once share a few
+// heads' K and V in L2 instead of each reading its own head's from HBM.
+// kFlagOverlap (with Q in registers and four stages, without the stagger): each warpgroup issues S
+// of tile t+1 before the softmax of tile t (two S accumulators), so S's latency hides under the
+// softmax; the loop then waits for tile t+1 (not t) at its top.
+constexpr int kFlagQRegs = 1, kFlagStagger = 2, kFlagStages4 = 4, kFlagL2Order = 8, kFlagOverlap = 16;
+// Version 2: measured 2026-12-05 on one H100 (4 x 4096 causal, 128 heads, three runs of 5
+// iterations): 8.40-8.60 ms against version 1's 8.91-8.93 in the same runs; every flag alone, and
+// the overlap (21, 29), stayed within the runs' noise (about +-3%) of version 1. Bit-identical to it.
+constexpr int kFlagsV2 = kFlagQRegs | kFlagStagger | kFlagStages4 | kFlagL2Order;
+constexpr int kBarStagger = 1;  // named barrier id: warpgroup 0's S issued (0 is __syncthreads')
+
+template <typename TO, int kFlags>
+__global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(const PrefillArgs a, int l2_order) {
+  constexpr bool kQRegs = (kFlags & kFlagQRegs) != 0, kStagger = (kFlags & kFlagStagger) != 0;
+  constexpr bool kStages4 = (kFlags & kFlagStages4) != 0;
+  static_assert(!kStages4 || kQRegs, "the fourth stage is Q's shared memory: Q must live in registers");
+  constexpr bool kOverlap = (kFlags & kFlagOverlap) != 0;
+  static_assert(!kOverlap || (kStages4 && !kStagger), "the overlap needs four stages and no stagger");
+  constexpr int kSt = kStages4 ? 4 : kStages;  // tile t + kSt - 1 loads during tile t
+  // Stage i's shared memory: the three stages after Q, the fourth one Q's (48 KB >= 40 KB).
+  const auto stage_off = [](int i) { return i < kStages ? kStageOff + uint32_t(i) * kStageBytes : kQOff; };
   extern __shared__ uint8_t smem_raw[];
   // wgmma's swizzle works on absolute address bits: every block must start 1024-byte aligned.
   const uint32_t raw_addr = smem_addr(smem_raw);
   uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
   const uint32_t base = smem_addr(smem);
 
-  const int h = blockIdx.x, seq = blockIdx.y, qb = gridDim.z - 1 - blockIdx.z;
-  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int h = l2_order ? blockIdx.y : blockIdx.x, seq = l2_order ? blockIdx.z : blockIdx.y;
+  const int qb = l2_order ? gridDim.x - 1 - blockIdx.x : gridDim.z - 1 - blockIdx.z;
+  const int tid = threadIdx.x, warp = (tid >> 5) & 3, lane = tid & 31;
+  // Broadcast from lane 0 so the compiler knows the warpgroup is warp-uniform (no C7520 around the
+  // warpgroup-dependent branches before the wgmma below).
+  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
   const int g = lane >> 2, q4 = lane & 3;
   const SeqRange sr = seq_range(a, seq);
   if (qb * kBM >= sr.q_len) return;
@@ -146,8 +177,11 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(const Prefil
   }
   load_kv_tile(smem + kStageOff, a, sr, h, 0, tid);
   cp_async_commit();
-  if (n_tiles > 1) load_kv_tile(smem + kStageOff + kStageBytes, a, sr, h, 1, tid);
-  cp_async_commit();
+#pragma unroll
+  for (int i = 1; i < kSt - 1; ++i) {  // tiles 1 .. kSt-2 (never into the fourth stage, Q's)
+    if (i < n_tiles) load_kv_tile(smem + stage_off(i), a, sr, h, i, tid);
+    cp_async_commit();
+  }
 
   const float scale_log2 = a.scale * kLog2e;
   const int row_lo = wg_row0 + warp * 16 + g;  // local query index of accumulator rows (hi = 0; +8 for hi = 1)
@@ -157,22 +191,93 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(const Prefil
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   const uint32_t q_wg = base + kQOff + uint32_t(wg) * 64u * 128u;  // this warpgroup's 64 rows of each Q block
 
+  // Version 2: Q as the register A operand of S (12 k-steps x 4 registers), read once from shared
+  // memory; S's wgmma then reads only K there (half the bytes of the shared-memory form).
+  uint32_t qf[kQRegs ? kDqk / 16 : 1][4];
+  if constexpr (kQRegs) {
+    cp_async_wait<kSt - 2>();    // Q (and tile 0) landed, this thread's part
+    wgmma::fence_proxy_async();  // (tile 0 visible to wgmma: the overlap issues S(0) below)
+    __syncthreads();             // ... every thread's
+    const int r0 = wg * 64 + warp * 16 + g;
+#pragma unroll
+    for (int kk = 0; kk < kDqk / 16; ++kk) {
+      const uint8_t* blk = smem + kQOff + (kk >> 2) * kQBlockBytes;
+      const int c0 = (kk & 3) * 16 + 2 * q4;
+      qf[kk][0] = *reinterpret_cast<const uint32_t*>(blk + wgmma::sw128_offset(r0, c0));
+      qf[kk][1] = *reinterpret_cast<const uint32_t*>(blk + wgmma::sw128_offset(r0 + 8, c0));
+      qf[kk][2] = *reinterpret_cast<const uint32_t*>(blk + wgmma::sw128_offset(r0, c0 + 8));
+      qf[kk][3] = *reinterpret_cast<const uint32_t*>(blk + wgmma::sw128_offset(r0 + 8, c0 + 8));
+    }
+  }
+
+  // The overlap's second S accumulator: S of the next tile, in flight under this tile's softmax.
+  float s_next[kOverlap ? kBN / 2 : 1];
+#pragma unroll
+  for (int i = 0; i < (kOverlap ? kBN / 2 : 1); ++i) s_next[i] = 0.0f;
+  if constexpr (kOverlap) {
+    if (wg_tiles > 0) {  // S(0) now (stage 0), waited for: every iteration starts with S(t) done
+      wgmma::fence_operands(s_next);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kDqk / 16; ++kk)
+        wgmma::wgmma_m64n64k16_rs(
+            s_next, qf[kk], wgmma::make_desc(base + stage_off(0) + (kk >> 2) * kKvBlockBytes + (kk & 3) * 32u, 16, 1024),
+            kk > 0);
+      wgmma::commit();
+      wgmma::wait<0>();
+      wgmma::fence_operands(s_next);
+    }
+  }
+
   for (int t = 0; t < n_tiles; ++t) {
-    const int stage = t % kStages;
-    cp_async_wait<1>();          // tile t landed (tile t+1 may still be in flight)
+    const int stage = t % kSt;
+    // Tile t landed (tiles after it may still be in flight); with the overlap, tile t+1.
+    cp_async_wait<kOverlap ? 1 : kSt - 2>();
     wgmma::fence_proxy_async();  // this thread's cp.async writes, visible to wgmma
     __syncthreads();             // ... every thread's; and both warpgroups are done with tile t-1
     // Tile t+2 goes into the stage of tile t-1. One commit group per iteration, empty or not, so
     // that wait<1> above always means "all but the newest tile".
-    if (t + 2 < n_tiles) load_kv_tile(smem + kStageOff + ((t + 2) % kStages) * kStageBytes, a, sr, h, t + 2, tid);
+    // (Version 2, four stages: tile t+3 into the stage of tile t-1; at t = 0 that is Q's memory,
+    // which every thread has read into registers before this iteration's barrier.)
+    if (t + kSt - 1 < n_tiles)
+      load_kv_tile(smem + stage_off((t + kSt - 1) % kSt), a, sr, h, t + kSt - 1, tid);
     cp_async_commit();
-    if (t >= wg_tiles) continue;  // none of this warpgroup's rows sees these keys (warpgroup-uniform)
+    if (t >= wg_tiles) {  // none of this warpgroup's rows sees these keys (warpgroup-uniform)
+      if constexpr (kStagger) {  // the stagger barrier's one arrive and one wait per tile, all the same
+        if (wg == 0)
+          wgmma::named_arrive(kBarStagger, kThreads);
+        else
+          wgmma::named_barrier(kBarStagger, kThreads);
+      }
+      continue;
+    }
+    // Version 2: warpgroup 1 issues its S only once warpgroup 0's is issued, so the tensor cores
+    // run S0 then S1 and warpgroup 0's softmax overlaps S1, warpgroup 1's softmax overlaps P V of
+    // warpgroup 0 (in version 1 both softmaxes run at once with the tensor cores idle).
+    if constexpr (kStagger) {
+      if (wg == 1) wgmma::named_barrier(kBarStagger, kThreads);
+    }
 
-    const uint32_t k_st = base + kStageOff + stage * kStageBytes;
+    const uint32_t k_st = base + stage_off(stage);
     const uint32_t v_st = k_st + kKBytes;
 
     // ---- S = Q K^T: 64 rows x 64 keys ----
     float s[kBN / 2];
+    if constexpr (kOverlap) {
+      // S(t) is done (previous iteration); S(t+1) goes out now and runs under this softmax.
+#pragma unroll
+      for (int i = 0; i < kBN / 2; ++i) s[i] = s_next[i];
+      if (t + 1 < wg_tiles) {
+        const uint32_t kn_st = base + stage_off((t + 1) % kSt);
+        wgmma::fence_operands(s_next);
+        wgmma::fence();
+#pragma unroll
+        for (int kk = 0; kk < kDqk / 16; ++kk)
+          wgmma::wgmma_m64n64k16_rs(
+              s_next, qf[kk], wgmma::make_desc(kn_st + (kk >> 2) * kKvBlockBytes + (kk & 3) * 32u, 16, 1024), kk > 0);
+        wgmma::commit();
+      }
+    } else {
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) s[i] = 0.0f;
     wgmma::fence_operands(s);
@@ -180,12 +285,20 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(const Prefil
 #pragma unroll
     for (int kk = 0; kk < kDqk / 16; ++kk) {
       const uint32_t koff = (kk & 3) * 32u;  // k-step inside its 64-wide block
-      wgmma::wgmma_m64n64k16_ss(s, wgmma::make_desc(q_wg + (kk >> 2) * kQBlockBytes + koff, 16, 1024),
-                                wgmma::make_desc(k_st + (kk >> 2) * kKvBlockBytes + koff, 16, 1024), kk > 0);
+      const uint64_t kdesc = wgmma::make_desc(k_st + (kk >> 2) * kKvBlockBytes + koff, 16, 1024);
+      if constexpr (kQRegs)
+        wgmma::wgmma_m64n64k16_rs(s, qf[kk], kdesc, kk > 0);
+      else
+        wgmma::wgmma_m64n64k16_ss(s, wgmma::make_desc(q_wg + (kk >> 2) * kQBlockBytes + koff, 16, 1024), kdesc,
+                                  kk > 0);
     }
     wgmma::commit();
+    if constexpr (kStagger) {
+      if (wg == 0) wgmma::named_arrive(kBarStagger, kThreads);
+    }
     wgmma::wait<0>();
     wgmma::fence_operands(s);
+    }
 
     // ---- online softmax (running max in log2 units: raw score x scale_log2) ----
     const bool need_mask = (t + 1) * kBN - 1 > sr.prefix + wg_row0 || (t + 1) * kBN > sr.kv_len;
@@ -238,8 +351,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_wgmma_kernel(const Prefil
     for (int ks = 0; ks < kBN / 16; ++ks)
       wgmma::wgmma_m64n128k16_rs_tb(o, pa[ks], wgmma::make_desc(v_st + ks * 16 * 128, kKvBlockBytes, 1024), 1);
     wgmma::commit();
-    wgmma::wait<0>();
+    wgmma::wait<0>();  // (with the overlap, S(t+1) too)
     wgmma::fence_operands(o);
+    if constexpr (kOverlap) wgmma::fence_operands(s_next);
   }
 
   TO* out = static_cast<TO*>(a.out);
@@ -268,11 +382,33 @@ bool device_supported() {
   return ok;
 }
 
-template <typename TO>
-void launch(const PrefillArgs& a, dim3 grid, cudaStream_t stream) {
-  check(cudaFuncSetAttribute(prefill_wgmma_kernel<TO>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
+template <typename TO, int kFlags>
+void launch(const PrefillArgs& a, dim3 grid, cudaStream_t stream, int l2_order) {
+  check(cudaFuncSetAttribute(prefill_wgmma_kernel<TO, kFlags>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(kSmemBytes)),
         "cudaFuncSetAttribute(prefill_flash_wgmma)");
-  prefill_wgmma_kernel<TO><<<grid, kThreads, kSmemBytes, stream>>>(a);
+  prefill_wgmma_kernel<TO, kFlags><<<grid, kThreads, kSmemBytes, stream>>>(a, l2_order);
+}
+
+template <typename TO>
+void launch_flags(const PrefillArgs& a, cudaStream_t stream, int flags) {
+  const unsigned q_blocks = static_cast<unsigned>(ceil_div(a.max_q_len, kBM));
+  const int l2_order = (flags & kFlagL2Order) != 0 ? 1 : 0;
+  const dim3 grid = l2_order ? dim3(q_blocks, a.heads, a.num_seqs) : dim3(a.heads, a.num_seqs, q_blocks);
+  switch (flags & ~kFlagL2Order) {
+    case 0: launch<TO, 0>(a, grid, stream, l2_order); break;
+    case kFlagQRegs: launch<TO, kFlagQRegs>(a, grid, stream, l2_order); break;
+    case kFlagStagger: launch<TO, kFlagStagger>(a, grid, stream, l2_order); break;
+    case kFlagQRegs | kFlagStagger: launch<TO, kFlagQRegs | kFlagStagger>(a, grid, stream, l2_order); break;
+    case kFlagQRegs | kFlagStages4: launch<TO, kFlagQRegs | kFlagStages4>(a, grid, stream, l2_order); break;
+    case kFlagQRegs | kFlagStagger | kFlagStages4:
+      launch<TO, kFlagQRegs | kFlagStagger | kFlagStages4>(a, grid, stream, l2_order);
+      break;
+    case kFlagQRegs | kFlagStages4 | kFlagOverlap:
+      launch<TO, kFlagQRegs | kFlagStages4 | kFlagOverlap>(a, grid, stream, l2_order);
+      break;
+    default: throw std::invalid_argument("mla prefill_flash_wgmma: no such combination of flags");
+  }
 }
 
 }  // namespace
@@ -285,16 +421,26 @@ bool prefill_flash_wgmma_applies(const PrefillArgs& a) {
          ceil_div(a.max_q_len, kBM) <= 65535 && device_supported();
 }
 
-bool prefill_flash_wgmma_launch(const PrefillArgs& a, cudaStream_t stream) {
+bool prefill_flash_wgmma_launch_flags(const PrefillArgs& a, cudaStream_t stream, int flags) {
+  if (flags < 0 || flags > 31 || (flags & (kFlagStages4 | kFlagQRegs)) == kFlagStages4)
+    throw std::invalid_argument("mla prefill_flash_wgmma: no such combination of flags");
   if (a.num_seqs <= 0 || a.max_q_len <= 0) return true;
   if (!prefill_flash_wgmma_applies(a)) return false;
-  const dim3 grid(a.heads, a.num_seqs, static_cast<unsigned>(ceil_div(a.max_q_len, kBM)));
   if (a.out_type == Elem::kF32)
-    launch<float>(a, grid, stream);
+    launch_flags<float>(a, stream, flags);
   else
-    launch<bf16>(a, grid, stream);
+    launch_flags<bf16>(a, stream, flags);
   check_launch("mla prefill_flash_wgmma");
   return true;
+}
+
+bool prefill_flash_wgmma_launch_version(const PrefillArgs& a, cudaStream_t stream, int version) {
+  if (version != 1 && version != 2) throw std::invalid_argument("mla prefill_flash_wgmma: version must be 1 or 2");
+  return prefill_flash_wgmma_launch_flags(a, stream, version == 2 ? kFlagsV2 : 0);
+}
+
+bool prefill_flash_wgmma_launch(const PrefillArgs& a, cudaStream_t stream) {
+  return prefill_flash_wgmma_launch_version(a, stream, prefill_wgmma_version());
 }
 
 void prefill_flash_wgmma(const PrefillArgs& a, cudaStream_t stream) {
@@ -305,7 +451,17 @@ PrefillKernel prefill_kernel_choice() {
   const char* e = std::getenv("PDSERVE_MLA_PREFILL");
   if (e != nullptr && std::strcmp(e, "flash2") == 0) return PrefillKernel::kFlash2;
   if (e != nullptr && std::strcmp(e, "wgmma") == 0) return PrefillKernel::kWgmma;
+  // Version 2 runs behind the same kernel choice (prefill_flash calls prefill_flash_wgmma_launch,
+  // which picks the version by prefill_wgmma_version()).
+  if (e != nullptr && std::strcmp(e, "wgmma2") == 0) return PrefillKernel::kWgmma;
   return kPrefillDefault;
+}
+
+int prefill_wgmma_version() {
+  const char* e = std::getenv("PDSERVE_MLA_PREFILL");
+  if (e != nullptr && std::strcmp(e, "wgmma2") == 0) return 2;
+  if (e != nullptr && std::strcmp(e, "wgmma") == 0) return 1;
+  return kPrefillWgmmaVersionDefault;
 }
 
 }  // namespace pdserve::ops::cuda::mla
