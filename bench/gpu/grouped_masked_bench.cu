@@ -106,7 +106,7 @@ void bench_case(cudaStream_t s, const Case& c, const GemmShape& sh) {
     }
   };
   run("grouped_gemm_masked_wgmma BN128 (fp8 x)", 10,
-      [&] { ops::cuda::grouped_gemm_masked_wgmma(xq, xs, cd, experts, table, y); });
+      [&] { ops::cuda::detail::grouped_gemm_masked_wgmma_bn(xq, xs, cd, experts, table, y, 128); });
   run("grouped_gemm_masked_wgmma BN256 (fp8 x)", 10,
       [&] { ops::cuda::detail::grouped_gemm_masked_wgmma_bn(xq, xs, cd, experts, table, y, 256); });
   {
@@ -114,7 +114,7 @@ void bench_case(cudaStream_t s, const Case& c, const GemmShape& sh) {
     const Tensor xb = device_tensor({c.groups, c.t_cap, sh.k}, DType::kBF16, 4);
     Tensor q = Tensor::empty({c.groups, c.t_cap, sh.k}, DType::kF8E4M3, Device::kCuda);
     Tensor qs = Tensor::empty({c.groups, sh.k / 128, c.t_cap}, DType::kF32, Device::kCuda);
-    run("quantize_fp8_masked + wgmma BN128 (bf16)", 10, [&] {
+    run("quantize_fp8_masked + wgmma (public) (bf16)", 10, [&] {
       ops::cuda::quantize_fp8_masked(xb, cd, q, qs);
       ops::cuda::grouped_gemm_masked_wgmma(q, qs, cd, experts, table, y);
     });

@@ -216,8 +216,9 @@ std::string label(int64_t groups, int64_t t, int64_t n, int64_t k, DType y_dtype
          " y " + dtype_name(y_dtype) + " BN=" + std::to_string(block_n);
 }
 
+// block_n 128 or 256 explicitly, and 0 for the public call (which picks 256 where N allows).
 void run_gemm(const Tensor& x, const Tensor& s, const Tensor& counts, const Experts& ex, Tensor& y, int block_n) {
-  if (block_n == 128)
+  if (block_n == 0)
     ops::cuda::grouped_gemm_masked_wgmma(x, s, counts, ex.dev, ex.table, y);
   else
     ops::cuda::detail::grouped_gemm_masked_wgmma_bn(x, s, counts, ex.dev, ex.table, y, block_n);
