@@ -73,7 +73,8 @@ struct Op {
   std::string name, call, shape;
   // 0 attention, 1 MoE without the routed experts, 2 reference (timed alone, not in a layer), 3 the
   // routed experts as the model's EP decode runs them (ops::grouped_masked_experts), 4 the same
-  // experts through cuBLASLt's masked GEMMs (only right where every slab row is a received row).
+  // experts through cuBLASLt's masked GEMMs (only right where every slab row is a received row),
+  // 5 the combine (after either experts block).
   int block;
   double flops, bytes;
   Ceil ceil;
@@ -288,10 +289,9 @@ void Layer::build() {
       Ceil::kMemory, 20, [this, ge, ue] { ops::silu_mul_masked(ge, ue, counts, he); });
   add("experts down_proj", "ops::grouped_linear_masked", eshape + dims({H, inter}), 4,
       gemm_cost(rows, h, inter, 2, 2, true), Ceil::kFp8, 20, [this] { ops::grouped_linear_masked(he, counts, e_down, ye); });
-  add("combine stand-in (+ residual)", "ops::moe_combine", "2048 rows -> 256", 1, {0, rows * h * 2 + t * h * 8},
+  // Block 5: the combine runs after the experts (run_moe), not with the rest of block 1.
+  add("combine stand-in (+ residual)", "ops::moe_combine", "2048 rows -> 256", 5, {0, rows * h * 2 + t * h * 8},
       Ceil::kMemory, 20, [this, ye2]() mutable { ops::moe_combine(ye2, combine_slots, wts, resid); });
-  // The combine runs after the experts (run_moe), not with the rest of block 1.
-  ops.back().block = 5;
   combine = ops.back().f;
 
   // Reference, timed alone: the GEMV path run_experts took in every decode pass before the masked
