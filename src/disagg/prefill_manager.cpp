@@ -371,13 +371,14 @@ void PrefillKvManager::transfer(std::shared_ptr<Room> room, std::vector<int32_t>
     room->last_sent = true;
     room->last_send_done = room->last_done_sent = Clock::now();
     room->done_metadata = done_metadata;
+    room->done_sent = true;
   }
 }
 
 void PrefillKvManager::resend_unacknowledged_done_locked(Clock::time_point now) {
   for (auto& [id, slot] : rooms_) {
     Room& r = *slot;
-    if (r.status != KvPoll::kTransferring || !r.last_sent || now - r.last_done_sent < kAckResend) continue;
+    if (r.status != KvPoll::kTransferring || !r.done_sent || now - r.last_done_sent < kAckResend) continue;
     // Warned once per room: a decode that is gone would otherwise log every kAckResend until the
     // waiting timeout, for each of its rooms.
     const bool first = r.last_done_sent == r.last_send_done;

@@ -65,6 +65,7 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
     std::string failure;
     bool has_sender = false, owner_gone = false, info = false, last_sent = false;
     bool held = false;               // test hook: never send (DisaggOptions::test_hold_rid_prefix)
+    bool done_sent = false;          // DONE went out: only then may it go again (a held room never sent one)
     int required = 0;                // decode ranks to hear from (XFER's `required`; > 1 when the
                                      // decode's attention TP is larger)
     std::vector<Dest> dests;         // after XFER

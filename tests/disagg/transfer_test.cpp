@@ -174,6 +174,28 @@ TEST_F(TransferTest, LostAcknowledgementIsAskedForAgain) {
   EXPECT_EQ(dkv_.page(0, 4), pkv_.page(0, 8));
 }
 
+TEST_F(TransferTest, HeldRoomSendsNoDoneUntilItsKvIsSent) {
+  // The hold test hook keeps a room Transferring as if its last bytes were still on their way: no
+  // DONE has gone out, so none may go "again". A resend here once posted an empty metadata string,
+  // which the decode refused ("bad transfer metadata") and failed the request.
+  opts_.test_hold_rid_prefix = "held-";
+  start();
+  auto recv = decode_->make_receiver("held-r", info(81));
+  auto send = prefill_->make_sender("held-r", info(81), 1);
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
+      << recv->failure();
+  recv->init({6});
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  scheduler::TransferMetadata meta;
+  meta.first_token = 13;
+  const std::vector<int32_t> src = {2};
+  send->send(std::span<const int32_t>(src.data(), 1), 0, true, &meta);
+  // Past the 3 s resend period: both sides still wait for the held bytes.
+  EXPECT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kSuccess, KvPoll::kFailed}, 3500ms), KvPoll::kTransferring)
+      << recv->failure();
+  EXPECT_EQ(send->poll(), KvPoll::kTransferring) << send->failure();
+}
+
 TEST_F(TransferTest, LayoutMismatchIsRefusedNamingBothSides) {
   start(0, 32);
   auto recv = decode_->make_receiver("r", info(5));
