@@ -74,6 +74,12 @@ inline std::map<std::string, int> tcp_states(pid_t pid) {
   return out;
 }
 
+inline int total(const std::map<std::string, int>& by_state) {
+  int n = 0;
+  for (const auto& [state, count] : by_state) n += count;
+  return n;
+}
+
 inline std::string to_text(const std::map<std::string, int>& m) {
   std::string s;
   for (const auto& [k, v] : m) s += (s.empty() ? "" : " ") + k + "=" + std::to_string(v);
