@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/elementwise.h"
 #include "ops/cuda/grouped_gemm.h"
 #include "ops/cuda/linear.h"
 #include "ops/grouped_gemm.h"
@@ -105,10 +106,34 @@ void bench_case(cudaStream_t s, const Case& c, const GemmShape& sh) {
       std::fflush(stdout);
     }
   };
+  // Column tiles 128 and 256, each as one CTA per tile (the public call: BN256 where N allows)
+  // and as 2-CTA clusters that load one operand tile once per pair (TMA multicast): "pair-x"
+  // (two column tiles of the same rows share x) and "pair-w" (two row tiles of the same columns
+  // share the weight tile).
+  using ops::cuda::detail::MaskedShare;
   run("grouped_gemm_masked_wgmma BN128 (fp8 x)", 10,
       [&] { ops::cuda::detail::grouped_gemm_masked_wgmma_bn(xq, xs, cd, experts, table, y, 128); });
   run("grouped_gemm_masked_wgmma BN256 (fp8 x)", 10,
       [&] { ops::cuda::detail::grouped_gemm_masked_wgmma_bn(xq, xs, cd, experts, table, y, 256); });
+  run("wgmma BN128 pair-x (fp8 x)", 10, [&] {
+    ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, xs, cd, experts, table, y, 128, MaskedShare::kShareX);
+  });
+  run("wgmma BN128 pair-w (fp8 x)", 10, [&] {
+    ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, xs, cd, experts, table, y, 128, MaskedShare::kShareW);
+  });
+  run("wgmma BN256 pair-x (fp8 x)", 10, [&] {
+    ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, xs, cd, experts, table, y, 256, MaskedShare::kShareX);
+  });
+  run("wgmma BN256 pair-w (fp8 x)", 10, [&] {
+    ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, xs, cd, experts, table, y, 256, MaskedShare::kShareW);
+  });
+  // 4-CTA clusters on 2 x 2 tiles: x shared along the row, the weights along the column.
+  run("wgmma BN128 quad-xw (fp8 x)", 10, [&] {
+    ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, xs, cd, experts, table, y, 128, MaskedShare::kShareXW);
+  });
+  run("wgmma BN256 quad-xw (fp8 x)", 10, [&] {
+    ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, xs, cd, experts, table, y, 256, MaskedShare::kShareXW);
+  });
   {
     // bf16 rows of the same layout: quantize_fp8_masked (counted rows only), then the GEMM.
     const Tensor xb = device_tensor({c.groups, c.t_cap, sh.k}, DType::kBF16, 4);
@@ -128,6 +153,33 @@ void bench_case(cudaStream_t s, const Case& c, const GemmShape& sh) {
       std::printf("  %-40s FAILED: %s\n", "quantize_fp8_masked alone (bf16 x)", e.what());
     }
     std::fflush(stdout);
+  }
+  if (sh.n == 4096) {
+    // The activation between gate|up and down: SiLU(gate) * up of the [G, T_cap, N] bf16 gate|up
+    // output (halves of n = N / 2), quantized per 128 columns for the down GEMM. Fused
+    // (silu_mul_quant_fp8_masked) against silu_mul_masked into bf16 then quantize_fp8_masked.
+    // Memory-bound: bytes are bf16 gate|up read, fp8 + scales written (the fused op's traffic).
+    const int64_t half = sh.n / 2;
+    const Tensor fused = device_tensor({c.groups, c.t_cap, sh.n}, DType::kBF16, 5);
+    const Tensor gate = fused.slice(2, 0, half), up = fused.slice(2, half, sh.n);
+    Tensor act = Tensor::empty({c.groups, c.t_cap, half}, DType::kBF16, Device::kCuda);
+    Tensor q = Tensor::empty({c.groups, c.t_cap, half}, DType::kF8E4M3, Device::kCuda);
+    Tensor qs = Tensor::empty({c.groups, half / 128, c.t_cap}, DType::kF32, Device::kCuda);
+    const double abytes = rows * static_cast<double>(half) * (4.0 + 1.0 + 4.0 / 128.0);
+    auto run_bytes = [&](const char* op, const std::function<void()>& f) {
+      try {
+        const double us = time_graph(s, 10, f) * 1e3;
+        std::printf("  %-40s %12.1f us %9.1f GB/s (bf16 gate|up in, fp8 + scales out)\n", op, us, abytes / (us * 1e-6) / 1e9);
+      } catch (const std::exception& e) {
+        std::printf("  %-40s FAILED: %s\n", op, e.what());
+      }
+      std::fflush(stdout);
+    };
+    run_bytes("silu_mul_quant_fp8_masked (fused)", [&] { ops::cuda::silu_mul_quant_fp8_masked(gate, up, cd, q, qs); });
+    run_bytes("silu_mul_masked + quantize_fp8_masked", [&] {
+      ops::cuda::silu_mul_masked(gate, up, cd, act);
+      ops::cuda::quantize_fp8_masked(act, cd, q, qs);
+    });
   }
   run("grouped_gemm_masked_tc (fp8 x)", 10, [&] { ops::cuda::grouped_gemm_masked_tc(xq, cd, experts, table, y, xs); });
   // Milliseconds to tens of milliseconds per GEMV call here: one call per graph.
