@@ -108,6 +108,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -796,7 +797,15 @@ void grouped_gemm_masked_wgmma(const Tensor& x, const Tensor& x_scales, const Te
   // against 181 for V3's fused gate|up at 4 x 512 rows and 359 against 429 at 32 x 64; the down
   // projection was even (95 against 93 us, 199 against 209).
   const int64_t n = experts.empty() || !experts.front().weight.defined() ? 0 : experts.front().rows();
-  gemm_checked(x, x_scales, counts, experts, table, y, n > 0 && n % 256 == 0 ? 256 : 128, 0);
+  const int bn = n > 0 && n % 256 == 0 ? 256 : 128;
+  // PDSERVE_MASKED_WGMMA_SHARE=x|w|xw (read on every call, for comparisons in one process): the
+  // cluster variants sharing the x tile, the weight tile or both (detail::MaskedShare); a variant
+  // sharing x needs N to hold pairs of column tiles, else the call runs unshared.
+  const char* env = std::getenv("PDSERVE_MASKED_WGMMA_SHARE");
+  const std::string v = env ? env : "";
+  int share = v == "x" ? 1 : v == "w" ? 2 : v == "xw" ? 3 : 0;
+  if ((share & 1) != 0 && n % (2 * bn) != 0) share = 0;
+  gemm_checked(x, x_scales, counts, experts, table, y, bn, share);
 }
 
 namespace detail {
