@@ -27,7 +27,7 @@ read -r -a groups <<< "${TEST_GROUPS:-*}"  # (read, not word splitting: no globb
 i=0
 for f in "${groups[@]}"; do
   i=$((i + 1))
-  GTEST_FILTER=$f TEST_TIMEOUT=${TEST_TIMEOUT:-150} scripts/gpu/run_gpu_checks.sh > "$OUT/checks$i.log" 2>&1
+  GTEST_FILTER=$f TEST_TIMEOUT=${TEST_TIMEOUT:-300} scripts/gpu/run_gpu_checks.sh > "$OUT/checks$i.log" 2>&1
   step "gpu tests group $i ($f) rc=$?"
   grep -E "^\[  (PASSED|FAILED) |tests from .* ran|H100|H200" "$OUT/checks$i.log" | head -20
 done

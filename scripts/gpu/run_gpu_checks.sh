@@ -12,8 +12,13 @@ export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 rc=0
 # GPU_TEST_WRAPPER, e.g. "compute-sanitizer --tool memcheck --error-exitcode 7", runs the tests under it.
-timeout ${TEST_TIMEOUT:-240} ${GPU_TEST_WRAPPER:-} /tmp/pdserve-gpu/bin/gpu_tests ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} --gtest_output=xml:"$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | grep -vE '^\[ +(RUN|OK) ' || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+timeout ${TEST_TIMEOUT:-240} ${GPU_TEST_WRAPPER:-} /tmp/pdserve-gpu/bin/gpu_tests ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} --gtest_output=xml:"$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | grep -vE '^\[ +(RUN|OK) '
+# (PIPESTATUS read at once: after "|| true" it would be true's, and a timed-out run would pass.)
+test_status=${PIPESTATUS[0]}
+if [[ $test_status -ne 0 ]]; then
+  rc=1
+  [[ $test_status -eq 124 ]] && echo "gpu_tests: TIMED OUT after ${TEST_TIMEOUT:-240} s (the log above ends where it stopped)"
+fi
 if [[ ${RUN_TORCH:-0} == 1 ]]; then
   echo "== PyTorch eager baseline"
   timeout ${BENCH_TIMEOUT:-150} python3 bench/gpu/torch_layer_ref.py 2>&1 | tee "$OUT/torch_layer_ref.log" || rc=1

@@ -211,57 +211,33 @@ Err compare_cpu_sampled(const Tensor& got_host, const Inputs& in, const std::vec
   return err;
 }
 
-using ops::cuda::detail::MaskedShare;
-
-const char* share_name(MaskedShare sh) {
-  return sh == MaskedShare::kNone     ? "single"
-         : sh == MaskedShare::kShareX ? "pair-x"
-         : sh == MaskedShare::kShareW ? "pair-w"
-                                      : "quad-xw";
-}
-
-std::string label(int64_t groups, int64_t t, int64_t n, int64_t k, DType y_dtype, int block_n,
-                  MaskedShare sh = MaskedShare::kNone) {
+std::string label(int64_t groups, int64_t t, int64_t n, int64_t k, DType y_dtype, int block_n) {
   return "E=" + std::to_string(groups) + " T=" + std::to_string(t) + " N=" + std::to_string(n) + " K=" + std::to_string(k) +
-         " y " + dtype_name(y_dtype) + " BN=" + std::to_string(block_n) + " " + share_name(sh);
+         " y " + dtype_name(y_dtype) + " BN=" + std::to_string(block_n);
 }
 
-// The CTA clusterings a case covers: all four where N allows pairs of column tiles, else two.
-std::vector<MaskedShare> shares_for(int64_t n, int block_n) {
-  std::vector<MaskedShare> v = {MaskedShare::kNone, MaskedShare::kShareW};
-  if (n % (2 * block_n) == 0) {
-    v.push_back(MaskedShare::kShareX);
-    v.push_back(MaskedShare::kShareXW);
-  }
-  return v;
-}
-
-void run_gemm(const Tensor& x, const Tensor& s, const Tensor& counts, const Experts& ex, Tensor& y, int block_n,
-              MaskedShare sh = MaskedShare::kNone) {
-  if (sh != MaskedShare::kNone)
-    ops::cuda::detail::grouped_gemm_masked_wgmma_variant(x, s, counts, ex.dev, ex.table, y, block_n, sh);
+// block_n 128 or 256 explicitly, and 0 for the public call (which picks 256 where N allows).
+void run_gemm(const Tensor& x, const Tensor& s, const Tensor& counts, const Experts& ex, Tensor& y, int block_n) {
+  if (block_n == 0)
+    ops::cuda::grouped_gemm_masked_wgmma(x, s, counts, ex.dev, ex.table, y);
   else
     ops::cuda::detail::grouped_gemm_masked_wgmma_bn(x, s, counts, ex.dev, ex.table, y, block_n);
 }
 
-// One case: the kernel (each CTA pairing: shares_for) against the GEMV (every row) and the CPU
-// emulation (sampled); y poisoned before each run, so rows past the counts must stay poison.
+// One case: the kernel against the GEMV (every row) and the CPU emulation (sampled).
 void check_case(const Experts& ex, int64_t t, const std::vector<int32_t>& counts, DType y_dtype, int block_n, uint64_t seed) {
   const int64_t groups = static_cast<int64_t>(ex.dev.size()), n = ex.dev[0].rows(), k = ex.dev[0].cols();
+  const std::string what = label(groups, t, n, k, y_dtype, block_n);
   const Inputs in = make_inputs(groups, t, k, counts, seed);
   const Tensor xd = in.x.to(Device::kCuda), cd = in.counts.to(Device::kCuda), sd = in.scales.to(Device::kCuda);
   Tensor ref = poisoned_device({groups, t, n}, DType::kF32);
   ops::grouped_gemv_masked(xd, cd, ex.dev, ex.table, ref, sd);
-  const Tensor ref_h = ref.to(Device::kCpu);
-  for (MaskedShare sh : shares_for(n, block_n)) {
-    const std::string what = label(groups, t, n, k, y_dtype, block_n, sh);
-    Tensor y = poisoned_device({groups, t, n}, y_dtype);
-    run_gemm(xd, sd, cd, ex, y, block_n, sh);
-    ops::cuda::check(cudaDeviceSynchronize(), what.c_str());
-    const Tensor got = y.to(Device::kCpu);
-    compare_all(got, ref_h, in.counts).expect(bound_for(y_dtype), what + " vs GEMV");
-    compare_cpu_sampled(got, in, ex.host).expect(bound_for(y_dtype), what + " vs CPU W8A8");
-  }
+  Tensor y = poisoned_device({groups, t, n}, y_dtype);
+  run_gemm(xd, sd, cd, ex, y, block_n);
+  ops::cuda::check(cudaDeviceSynchronize(), what.c_str());
+  const Tensor got = y.to(Device::kCpu);
+  compare_all(got, ref.to(Device::kCpu), in.counts).expect(bound_for(y_dtype), what + " vs GEMV");
+  compare_cpu_sampled(got, in, ex.host).expect(bound_for(y_dtype), what + " vs CPU W8A8");
 }
 
 TEST(GroupedGemmMaskedWgmma, GateUpShape) {
@@ -379,13 +355,12 @@ TEST(GroupedGemmMaskedWgmma, QuantizedBf16RowsMatchCpu) {
 
   const Tensor xd = xb.to(Device::kCuda), cd = ch.to(Device::kCuda);
   for (int block_n : {128, 256})
-    for (MaskedShare sh : shares_for(n, block_n))
     for (DType y_dtype : {DType::kF32, DType::kBF16}) {
-      const std::string what = "CPU " + label(groups, t, n, k, y_dtype, block_n, sh);
+      const std::string what = "CPU " + label(groups, t, n, k, y_dtype, block_n);
       Tensor qd = poisoned_device({groups, t, k}, DType::kF8E4M3), sd = poisoned_device({groups, k / 128, t}, DType::kF32);
       ops::cuda::quantize_fp8_masked(xd, cd, qd, sd);
       Tensor y = poisoned_device({groups, t, n}, y_dtype);
-      run_gemm(qd, sd, cd, ex, y, block_n, sh);
+      run_gemm(qd, sd, cd, ex, y, block_n);
       ops::cuda::check(cudaDeviceSynchronize(), what.c_str());
       compare_all(y.to(Device::kCpu), ref, ch).expect(bound_for(y_dtype), what);
     }
@@ -467,9 +442,6 @@ TEST(GroupedGemmMaskedWgmma, ReplaysFromCudaGraphWithNewCounts) {
     convert_from_f32(DType::kBF16, x32.data<float>(), xb.raw_data(), static_cast<size_t>(x32.numel()));
     return xb;
   };
-  // The public call (BN 256 here), then each CTA pairing: a captured graph replays new counts.
-  for (MaskedShare sh : {MaskedShare::kNone, MaskedShare::kShareX, MaskedShare::kShareW, MaskedShare::kShareXW}) {
-  SCOPED_TRACE(share_name(sh));
   const std::vector<int32_t> first = {10, 0, 256, 64}, second = {256, 65, 1, 0};
   Tensor xd = bf16_rows(first, 42).to(Device::kCuda), cd = counts_tensor(first).to(Device::kCuda);
   Tensor qd = poisoned_device({groups, t, k}, DType::kF8E4M3), sd = poisoned_device({groups, k / 128, t}, DType::kF32);
@@ -478,10 +450,7 @@ TEST(GroupedGemmMaskedWgmma, ReplaysFromCudaGraphWithNewCounts) {
 
   auto forward = [&] {
     ops::cuda::quantize_fp8_masked(xd, cd, qd, sd);
-    if (sh == MaskedShare::kNone)
-      ops::cuda::grouped_gemm_masked_wgmma(qd, sd, cd, ex.dev, ex.table, y);
-    else
-      ops::cuda::detail::grouped_gemm_masked_wgmma_variant(qd, sd, cd, ex.dev, ex.table, y, 256, sh);
+    ops::cuda::grouped_gemm_masked_wgmma(qd, sd, cd, ex.dev, ex.table, y);
   };
   forward();  // warm-up (the tensor maps' cache), as a model runner does before capture
   ops::cuda::check(cudaStreamSynchronize(stream), "sync");
@@ -517,7 +486,6 @@ TEST(GroupedGemmMaskedWgmma, ReplaysFromCudaGraphWithNewCounts) {
 
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
-  }
   ops::cuda::set_current_stream(cudaStreamPerThread);
   cudaStreamDestroy(stream);
 }
@@ -590,16 +558,6 @@ TEST(GroupedGemmMaskedWgmma, RejectsWhatItDoesNotCover) {
     expect_invalid([&] { ops::cuda::detail::grouped_gemm_masked_wgmma_bn(xq, sc, cd, n384.dev, n384.table, y384, 256); }, op,
                    "BN 256 with N 384");
     expect_invalid([&] { ops::cuda::detail::grouped_gemm_masked_wgmma_bn(xq, sc, cd, ok.dev, ok.table, y, 192); }, op, "BN 192");
-    // CTA pairs sharing x need two column tiles: N 384 with BN 128 (3 tiles), N 256 with BN 256.
-    expect_invalid([&] { ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, sc, cd, n384.dev, n384.table, y384, 128,
-                                                                              ops::cuda::detail::MaskedShare::kShareX); },
-                   op, "pair-x BN 128 with N 384");
-    expect_invalid([&] { ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, sc, cd, ok.dev, ok.table, y, 256,
-                                                                              ops::cuda::detail::MaskedShare::kShareX); },
-                   op, "pair-x BN 256 with N 256");
-    expect_invalid([&] { ops::cuda::detail::grouped_gemm_masked_wgmma_variant(xq, sc, cd, ok.dev, ok.table, y, 256,
-                                                                              ops::cuda::detail::MaskedShare::kShareXW); },
-                   op, "quad-xw BN 256 with N 256");
   }
   // The quantizer.
   constexpr const char* qop = "quantize_fp8_masked";

@@ -46,18 +46,6 @@ namespace detail {
 // 256). For the tests and the benchmark.
 void grouped_gemm_masked_wgmma_bn(const Tensor& x, const Tensor& x_scales, const Tensor& counts,
                                   const std::vector<Weight>& experts, const Tensor& table, Tensor& y, int block_n);
-// CTA pairing of grouped_gemm_masked_wgmma (2-CTA clusters with TMA multicast; the same contract
-// and numerics, only the L2-to-SM traffic differs): kNone = one CTA per tile (what the public call
-// does); kShareX = the two CTAs of a pair take column tiles 2p and 2p + 1 of the same 128 rows and
-// the x tile is loaded once for both (N must be a multiple of 2 block_n); kShareW = they take row
-// tiles 2p and 2p + 1 of the same columns and the weight tile is loaded once for both (a pair
-// whose second row tile has no rows still loads its half of the weights); kShareXW = 4-CTA clusters
-// on 2 x 2 tiles, x shared along the row and the weights along the column (N a multiple of
-// 2 block_n).
-enum class MaskedShare { kNone = 0, kShareX = 1, kShareW = 2, kShareXW = 3 };
-void grouped_gemm_masked_wgmma_variant(const Tensor& x, const Tensor& x_scales, const Tensor& counts,
-                                       const std::vector<Weight>& experts, const Tensor& table, Tensor& y, int block_n,
-                                       MaskedShare share);
 }  // namespace detail
 
 }  // namespace pdserve::ops::cuda

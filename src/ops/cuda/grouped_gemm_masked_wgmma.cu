@@ -42,23 +42,6 @@
 // - Row scales and the weight scale are read from global memory (L2) by each consumer thread
 //   before it waits on the stage, so their latency hides behind the wait and the MMAs.
 // - Epilogue: straight from the accumulator fragment to y (f32 pairs or bf16x2), rows < c only.
-// - CTA pairs (detail::MaskedShare, NOT YET RUN, not the public default): the H100 numbers of
-//   2026-12-05 put every configuration at the same ~5 TB/s of L2-to-SM operand traffic (BN256
-//   4 x 512 gate|up: 256 tiles x 56 K blocks x 48 KiB = 688 MB in 140 us; BN128: 917 MB in 181 us;
-//   down BN128: 459 MB in 93 us), so the pairs cut that traffic: a 2-CTA cluster walks "units" of
-//   two tiles that share one operand, and each CTA loads half of the shared tile with TMA
-//   multicast into both CTAs' shared memory (same offsets, completing on both CTAs' full
-//   barriers). kShareW: row tiles 2p, 2p + 1 of the same column tile share the weight tile (the
-//   prefix counts 256-row units; a unit whose second row tile is empty still loads its half of
-//   the weights, its consumers only release the stages); kShareX: column tiles 2p, 2p + 1 of the
-//   same rows share the x tile; kShareXW: 4-CTA clusters on 2 x 2 tiles (rank = rm + 2 rn), x
-//   multicast to the CTAs of the same row tile, weights to those of the same column tile (half the
-//   single-CTA traffic). A stage is refilled only after the consumers of ALL CTAs of the cluster
-//   released it (lane r of each consumer warp arrives on CTA r's empty barrier: count 8 x the
-//   cluster size; over-synchronised for kShareXW, where only 3 of the 4 CTAs write into a stage), and a cluster barrier
-//   follows the barrier set-up and precedes the exit. The full barrier may see the partner's bytes
-//   land before its own producer's arrive.expect_tx: the phase still cannot complete early, as
-//   the producer's arrival is pending.
 //
 // Why TMA with one tensor map per expert: the experts' weights are separate allocations, so one
 // map cannot span them. The host encodes a 2-D map per expert weight (cached by address and shape:
@@ -108,7 +91,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -178,51 +160,6 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
-// ---- 2- and 4-CTA clusters (kShare != 0): an operand tile is loaded once per cluster and multicast ----
-// The same box into the same shared-memory offset of every CTA in `mask` (bit r = cluster rank r),
-// completing on the barrier at the same offset in each.
-__device__ __forceinline__ void tma_load_3d_mc(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar,
-                                               uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::
-          "r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(mask)
-      : "memory");
-}
-__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar, uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::
-          "r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
-      : "memory");
-}
-// One arrival on the barrier at shared offset `bar` of CTA `rank` of the cluster (itself included).
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
-}
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ uint32_t cluster_id_x() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ uint32_t nclusters_x() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
-  return r;
-}
-// Every thread of both CTAs: barrier initialisation before the partner's first remote arrival or
-// multicast, and no CTA exits while its partner may still arrive on its barriers.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
-}
-
 // Register reallocation between warpgroups (sm_90a): every warp of the warpgroup executes it.
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_dec() {
@@ -238,24 +175,6 @@ __device__ __forceinline__ void store2(bf16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
-// A consumer warp's release of a stage, called by lanes 0 .. kReleaseLanes - 1: lane 0 to its own
-// CTA's empty barrier, or with a CTA pair lane r to CTA r's (either CTA's producer refills the
-// stage in both). With pairs the two arrivals come from two lanes of ONE instruction, not one lane
-// twice in sequence: a lane delayed between two arrives could let the partner's arrival for the
-// stage's next use be counted in the current phase, and its own late one in the next.
-template <int kShare>
-constexpr int kClusterSize = kShare == 0 ? 1 : kShare == 3 ? 4 : 2;
-template <int kShare>
-constexpr int kReleaseLanes = kClusterSize<kShare>;
-template <int kShare>
-__device__ __forceinline__ void release_stage(uint32_t bar, int lane) {
-  if constexpr (kShare == 0) {
-    tma::mbar_arrive(bar);
-  } else {
-    mbar_arrive_cluster(bar, static_cast<uint32_t>(lane));
-  }
-}
-
 struct Tile {
   int e;       // expert inside the chunk
   int m0;      // first row
@@ -266,8 +185,7 @@ struct Tile {
 // Live tile t (0 <= t < pre[chunk] * n_tiles) -> expert, rows, columns. pre[e] = live row tiles of
 // the chunk's experts before e; expert e owns tiles pre[e] * n_tiles .. pre[e+1] * n_tiles - 1,
 // numbered n_tile * rows_e + row_tile (row tile fastest).
-// unit_m: rows per row unit (kBM, or 2 kBM when a CTA pair splits one unit's rows).
-__device__ __forceinline__ Tile decode_tile(int t, int n_tiles, int chunk, const int* pre, const int* cnt, int unit_m = kBM) {
+__device__ __forceinline__ Tile decode_tile(int t, int n_tiles, int chunk, const int* pre, const int* cnt) {
   const int q = t / n_tiles;  // pre[e] <= q < pre[e + 1] for the owning expert (which has a row tile)
   int lo = 0, hi = chunk;     // invariant: pre[lo] <= q < pre[hi] (pre[chunk] > q since t is live)
   while (hi - lo > 1) {
@@ -282,18 +200,12 @@ __device__ __forceinline__ Tile decode_tile(int t, int n_tiles, int chunk, const
   Tile tl;
   tl.e = lo;
   tl.n_tile = local / rows_e;
-  tl.m0 = (local - tl.n_tile * rows_e) * unit_m;
+  tl.m0 = (local - tl.n_tile * rows_e) * kBM;
   tl.cnt = cnt[lo];
   return tl;
 }
 
-// kShare (see detail::MaskedShare): 0 = one CTA per tile; 1 = CTA pairs (clusters of 2) on column
-// tiles 2p, 2p + 1 of the same rows, the x tile loaded once (each CTA one 64-row half) and
-// multicast; 2 = CTA pairs on row tiles 2p, 2p + 1 of the same columns, the weight tile loaded
-// once (each CTA kBN / 2 of its rows) and multicast. Either way each CTA's "empty" barrier counts
-// the consumer warps of BOTH CTAs (a stage may be refilled only when the partner, whose half
-// lands in it too, released it), and both CTAs walk the same unit sequence.
-template <int kBN, int kShare, typename YT>
+template <int kBN, typename YT>
 __global__ void __launch_bounds__(kThreads, 1)
     masked_wgmma_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ WeightMaps wmaps, const Args a) {
   using C = Cfg<kBN>;
@@ -311,27 +223,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   // divergent around wgmma serialises every wgmma in it, C7520; see mla_decode_pingpong.cu).
   const int warp = __shfl_sync(0xffffffffu, tid >> 5, 0);
   const int n_tiles = a.n / kBN, kblocks = a.k / kBK;
-  constexpr bool kPairM = kShare == 2 || kShare == 3;  // two row tiles per unit (the weight tile shared)
-  constexpr bool kPairN = kShare == 1 || kShare == 3;  // two column tiles per unit (the x tile shared)
-  constexpr int kUnitM = kPairM ? 2 * kBM : kBM;        // rows of one unit
-  const int n_units = kPairN ? n_tiles / 2 : n_tiles;  // column units
-  const int rank = kShare != 0 ? static_cast<int>(cluster_ctarank()) : 0;
-  // This CTA's row tile (rm) and column tile (rn) inside the unit: kShare 1 rn = rank, kShare 2
-  // rm = rank, kShare 3 (4 CTAs) rm = rank & 1, rn = rank >> 1. The weight tile is multicast to
-  // the CTAs of the same rn, the x tile to those of the same rm.
-  const int rm = kShare == 2 ? rank : kShare == 3 ? (rank & 1) : 0;
-  const int rn = kShare == 1 ? rank : kShare == 3 ? (rank >> 1) : 0;
-  const uint16_t w_mask = kShare == 3 ? static_cast<uint16_t>(3u << (2 * rn)) : static_cast<uint16_t>(3u);
-  const uint16_t x_mask = kShare == 3 ? static_cast<uint16_t>(5u << rm) : static_cast<uint16_t>(3u);
-  const int unit0 = kShare != 0 ? static_cast<int>(cluster_id_x()) : static_cast<int>(blockIdx.x);
-  const int unit_stride = kShare != 0 ? static_cast<int>(nclusters_x()) : static_cast<int>(gridDim.x);
 
   // ---- setup: the chunk's counts and the prefix of live row tiles (warp 0), the barriers ----
   if (warp == 0) {
     int c0 = 0, c1 = 0;
     if (lane < a.chunk) c0 = min(max(a.counts[a.e0 + lane], 0), a.max_m);
     if (lane + 32 < a.chunk) c1 = min(max(a.counts[a.e0 + lane + 32], 0), a.max_m);
-    int s0 = (c0 + kUnitM - 1) / kUnitM, s1 = (c1 + kUnitM - 1) / kUnitM;  // c <= max_m <= 2^30: no overflow
+    int s0 = (c0 + kBM - 1) / kBM, s1 = (c1 + kBM - 1) / kBM;  // c <= max_m <= 2^30: no overflow
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {  // inclusive scans of both halves
       const int u0 = __shfl_up_sync(0xffffffffu, s0, off), u1 = __shfl_up_sync(0xffffffffu, s1, off);
@@ -354,13 +252,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == kProducerWarp * 32) {
     for (int s = 0; s < C::kStages; ++s) {
       tma::mbar_init(full + 8 * s, 1);                   // the producer's arrive.expect_tx
-      tma::mbar_init(empty + 8 * s, kConsumerWarps * kClusterSize<kShare>);  // one arrival per consumer warp of the cluster
+      tma::mbar_init(empty + 8 * s, kConsumerWarps);     // one arrival per consumer warp
     }
     tma::fence_mbar_init();
   }
   __syncthreads();
-  if constexpr (kShare != 0) cluster_sync();      // the partner's barriers are initialised
-  const int total = s_pre[a.chunk] * n_units;  // live units (host checked the static count < 2^31)
+  const int total = s_pre[a.chunk] * n_tiles;  // live tiles (host checked the static count < 2^31)
 
   if (warp >= kProducerWarp) {
     // ---- producer: one lane walks the same tiles and K blocks as the consumers ----
@@ -369,13 +266,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kHalves == 2) setmaxnreg_dec<40>();
     if (warp == kProducerWarp && lane == 0) {
       uint32_t it = 0;  // K blocks issued so far: stage it % kStages, its use number it / kStages
-      for (int t = unit0; t < total; t += unit_stride) {
-        Tile tl = decode_tile(t, n_units, a.chunk, s_pre, s_cnt, kUnitM);
-        if constexpr (kPairN) tl.n_tile = 2 * tl.n_tile + rn;
-        if constexpr (kPairM) tl.m0 += kBM * rm;  // may be past the count: no x, no MMAs
-        const bool one_half = tl.m0 < tl.cnt;             // rows in the tile's first 64-row half
+      for (int t = blockIdx.x; t < total; t += gridDim.x) {
+        const Tile tl = decode_tile(t, n_tiles, a.chunk, s_pre, s_cnt);
         const bool two_halves = tl.m0 + kHalfM < tl.cnt;  // rows in the tile's second 64-row half
-        const uint32_t bytes = C::kBBytes + ((two_halves ? 1 : 0) + (one_half ? 1 : 0)) * kHalfABytes;
+        const uint32_t bytes = C::kBBytes + (two_halves ? 2 : 1) * kHalfABytes;
         const CUtensorMap* wmap = &wmaps.w[tl.e];
         const int ge = a.e0 + tl.e;
         for (int kb = 0; kb < kblocks; ++kb, ++it) {
@@ -385,32 +279,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (use > 0) tma::mbar_wait(empty + 8 * s, (use - 1) & 1);
           const uint32_t fb = full + 8 * s, sa = base + s * C::kStageBytes, sb = sa + kABytes;
           tma::mbar_arrive_expect_tx(fb, bytes);
-          if constexpr (kShare == 0) {
-            tma::load_2d(sb, wmap, kb * kBK, tl.n_tile * kBN, fb);
-            tma_load_3d(sa, &x_map, kb * kBK, tl.m0, ge, fb);
-            if (two_halves) tma_load_3d(sa + kHalfABytes, &x_map, kb * kBK, tl.m0 + kHalfM, ge, fb);
-          } else {
-            // Weights: shared along M (kPairM): CTA rm loads rows rm kBN/2 .. of the tile into the
-            // CTAs of its column tile (wmap's box is kBN / 2 rows then); else its own whole tile.
-            if constexpr (kPairM)
-              tma_load_2d_mc(sb + rm * (C::kBBytes / 2), wmap, kb * kBK, tl.n_tile * kBN + rm * (kBN / 2), fb, w_mask);
-            else
-              tma::load_2d(sb, wmap, kb * kBK, tl.n_tile * kBN, fb);
-            // x: shared along N (kPairN): CTA rn loads 64-row half rn into the CTAs of its row tile
-            // (half 1 only when it has rows; nothing when the row tile is empty); else its own.
-            if constexpr (kPairN) {
-              if (rn == 0 && one_half) tma_load_3d_mc(sa, &x_map, kb * kBK, tl.m0, ge, fb, x_mask);
-              if (rn == 1 && two_halves) tma_load_3d_mc(sa + kHalfABytes, &x_map, kb * kBK, tl.m0 + kHalfM, ge, fb, x_mask);
-            } else {
-              if (one_half) tma_load_3d(sa, &x_map, kb * kBK, tl.m0, ge, fb);
-              if (two_halves) tma_load_3d(sa + kHalfABytes, &x_map, kb * kBK, tl.m0 + kHalfM, ge, fb);
-            }
-          }
+          tma::load_2d(sb, wmap, kb * kBK, tl.n_tile * kBN, fb);
+          tma_load_3d(sa, &x_map, kb * kBK, tl.m0, ge, fb);
+          if (two_halves) tma_load_3d(sa + kHalfABytes, &x_map, kb * kBK, tl.m0 + kHalfM, ge, fb);
         }
       }
     }
-    if constexpr (kShare == 0) return;
-  } else {
+    return;
+  }
 
   // ---- consumers: warpgroup wg computes rows m0 + 64 wg .. + 63 of each tile ----
   if constexpr (kHalves == 2) setmaxnreg_inc<232>();
@@ -419,10 +295,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   float acc[kHalves][64];
   float part[64];
   uint32_t it = 0;
-  for (int t = unit0; t < total; t += unit_stride) {
-    Tile tl = decode_tile(t, n_units, a.chunk, s_pre, s_cnt, kUnitM);
-    if constexpr (kPairN) tl.n_tile = 2 * tl.n_tile + rn;
-    if constexpr (kPairM) tl.m0 += kBM * rm;
+  for (int t = blockIdx.x; t < total; t += gridDim.x) {
+    const Tile tl = decode_tile(t, n_tiles, a.chunk, s_pre, s_cnt);
     const int ge = a.e0 + tl.e;
     const int row_base = tl.m0 + kHalfM * wg;
     const bool live = row_base < tl.cnt;  // uniform over the warpgroup
@@ -464,7 +338,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (h == kHalves - 1) {
             // This warp's wgmmas on the stage are complete: release it to the producer.
             __syncwarp();
-            if (lane < kReleaseLanes<kShare>) release_stage<kShare>(empty + 8 * s, lane);
+            if (lane == 0) tma::mbar_arrive(empty + 8 * s);
           }
           // Promotion: acc += part * (x_scale[row] * w_scale).
           const float s0 = x0 * wsc[h], s1 = x1 * wsc[h];
@@ -481,7 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // this warp's release (the other warpgroup may be using it).
         tma::mbar_wait(full + 8 * s, use & 1);
         __syncwarp();
-        if (lane < kReleaseLanes<kShare>) release_stage<kShare>(empty + 8 * s, lane);
+        if (lane == 0) tma::mbar_arrive(empty + 8 * s);
       }
     }
 
@@ -499,8 +373,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
-  }  // consumers
-  if constexpr (kShare != 0) cluster_sync();  // the partner no longer arrives on this CTA's barriers
 }
 
 // ---- quantize_fp8_masked ----
@@ -612,40 +484,11 @@ int sm_count() {
 
 constexpr const char* kGemmOp = "grouped_gemm_masked_wgmma";
 
-// Co-resident 2-CTA clusters of this kernel (1 CTA per SM), at least 1; #SMs / 2 when the driver
-// cannot tell.
-template <typename K>
-int max_clusters(K kernel, int smem_bytes, int cluster) {
-  static std::mutex mu;
-  static std::map<const void*, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  const auto found = cache.find(reinterpret_cast<const void*>(kernel));
-  if (found != cache.end()) return found->second;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(cluster * (132 / cluster)), 1, 1);
-  cfg.blockDim = dim3(kThreads, 1, 1);
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters <= 0) {
-    (void)cudaGetLastError();  // the query's error is not sticky: clear it
-    clusters = std::max(sm_count() / cluster, 1);
-  }
-  cache.emplace(reinterpret_cast<const void*>(kernel), clusters);
-  return clusters;
-}
-
-template <int kBN, int kShare, typename YT>
+template <int kBN, typename YT>
 void launch_gemm(const Tensor& x, const Tensor& x_scales, const Tensor& counts, const std::vector<Weight>& experts,
                  const Tensor& table, Tensor& y, int64_t groups, int64_t max_m, int64_t n, int64_t k) {
   using C = Cfg<kBN>;
-  auto kernel = masked_wgmma_kernel<kBN, kShare, YT>;
+  auto kernel = masked_wgmma_kernel<kBN, YT>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
         "cudaFuncSetAttribute(grouped_gemm_masked_wgmma)");
   CUtensorMap x_map{};
@@ -660,9 +503,7 @@ void launch_gemm(const Tensor& x, const Tensor& x_scales, const Tensor& counts, 
   for (int64_t e0 = 0; e0 < groups; e0 += kMaxChunk) {
     const int64_t chunk = std::min<int64_t>(kMaxChunk, groups - e0);
     WeightMaps maps;
-    // With kShare 2 each CTA of a pair loads half of the weight tile's rows.
-    constexpr int kWBox = kShare == 2 || kShare == 3 ? kBN / 2 : kBN;
-    for (int64_t e = 0; e < chunk; ++e) maps.w[e] = weight_map(experts[static_cast<size_t>(e0 + e)].weight.raw_data(), n, k, kWBox);
+    for (int64_t e = 0; e < chunk; ++e) maps.w[e] = weight_map(experts[static_cast<size_t>(e0 + e)].weight.raw_data(), n, k, kBN);
     for (int64_t e = chunk; e < kMaxChunk; ++e) maps.w[e] = maps.w[0];  // never read
     Args a{};
     a.x_scales = x_scales.data<float>();
@@ -676,40 +517,16 @@ void launch_gemm(const Tensor& x, const Tensor& x_scales, const Tensor& counts, 
     a.n = static_cast<int>(n);
     a.k = static_cast<int>(k);
     const int64_t static_tiles = chunk * row_tiles * n_tiles;  // < 2^31, checked by the caller
-    if constexpr (kShare == 0) {
-      const unsigned grid = static_cast<unsigned>(std::min<int64_t>(sms, static_tiles));
-      kernel<<<grid, kThreads, C::kSmemBytes, current_stream()>>>(x_map, maps, a);
-    } else {
-      // Units of two tiles (two column tiles of the same rows, or two row tiles of the same
-      // columns) or of four (both), one cluster of kCl CTAs each.
-      constexpr int kCl = kClusterSize<kShare>;
-      const int64_t unit_rows = kShare == 1 ? row_tiles : (row_tiles + 1) / 2;
-      const int64_t unit_cols = kShare == 2 ? n_tiles : n_tiles / 2;
-      const int64_t units = chunk * unit_rows * unit_cols;
-      const int64_t clusters = std::min<int64_t>(max_clusters(kernel, C::kSmemBytes, kCl), units);
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3(static_cast<unsigned>(kCl * clusters), 1, 1);
-      cfg.blockDim = dim3(kThreads, 1, 1);
-      cfg.dynamicSmemBytes = static_cast<size_t>(C::kSmemBytes);
-      cfg.stream = current_stream();
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = kCl;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      check(cudaLaunchKernelEx(&cfg, kernel, x_map, maps, a), "cudaLaunchKernelEx(grouped_gemm_masked_wgmma)");
-    }
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(sms, static_tiles));
+    kernel<<<grid, kThreads, C::kSmemBytes, current_stream()>>>(x_map, maps, a);
     check_launch(kGemmOp);
   }
 }
 
 void gemm_checked(const Tensor& x, const Tensor& x_scales, const Tensor& counts, const std::vector<Weight>& experts,
-                  const Tensor& table, Tensor& y, int block_n, int share) {
+                  const Tensor& table, Tensor& y, int block_n) {
   const char* op = kGemmOp;
   if (block_n != 128 && block_n != 256) bad(op, "block_n must be 128 or 256, got " + std::to_string(block_n));
-  if (share < 0 || share > 3) bad(op, "unknown CTA-pair mode " + std::to_string(share));
   if (experts.empty()) bad(op, "no experts");
   const Weight& w0 = experts.front();
   if (!w0.weight.defined() || w0.weight.dim() != 2) bad(op, "expert weights must be 2-D [N, K]");
@@ -720,9 +537,6 @@ void gemm_checked(const Tensor& x, const Tensor& x_scales, const Tensor& counts,
   if (n <= 0 || k <= 0 || n % 128 != 0 || k % 128 != 0)
     bad(op, "expert weights " + describe(w0.weight) + ": N and K must be positive multiples of 128");
   if (n % block_n != 0) bad(op, "N = " + std::to_string(n) + " is not a multiple of the column tile " + std::to_string(block_n));
-  if ((share == 1 || share == 3) && n % (2 * block_n) != 0)
-    bad(op, "N = " + std::to_string(n) + " is not a multiple of two column tiles of " + std::to_string(block_n) +
-                " (CTA pairs sharing x)");
   const Shape scale_shape = {n / 128, k / 128};
   for (size_t i = 0; i < experts.size(); ++i) {
     const Weight& w = experts[i];
@@ -763,29 +577,16 @@ void gemm_checked(const Tensor& x, const Tensor& x_scales, const Tensor& counts,
   if (max_m == 0) return;
 
   const bool f32_out = y.dtype() == DType::kF32;
-  auto go = [&](auto bn, auto sh) {
-    constexpr int kBN = decltype(bn)::value, kSh = decltype(sh)::value;
-    if (f32_out)
-      launch_gemm<kBN, kSh, float>(x, x_scales, counts, experts, table, y, groups, max_m, n, k);
-    else
-      launch_gemm<kBN, kSh, bf16>(x, x_scales, counts, experts, table, y, groups, max_m, n, k);
-  };
-  using B128 = std::integral_constant<int, 128>;
-  using B256 = std::integral_constant<int, 256>;
-  using S0 = std::integral_constant<int, 0>;
-  using S1 = std::integral_constant<int, 1>;
-  using S2 = std::integral_constant<int, 2>;
-  using S3 = std::integral_constant<int, 3>;
   if (block_n == 128) {
-    if (share == 0) go(B128{}, S0{});
-    else if (share == 1) go(B128{}, S1{});
-    else if (share == 2) go(B128{}, S2{});
-    else go(B128{}, S3{});
+    if (f32_out)
+      launch_gemm<128, float>(x, x_scales, counts, experts, table, y, groups, max_m, n, k);
+    else
+      launch_gemm<128, bf16>(x, x_scales, counts, experts, table, y, groups, max_m, n, k);
   } else {
-    if (share == 0) go(B256{}, S0{});
-    else if (share == 1) go(B256{}, S1{});
-    else if (share == 2) go(B256{}, S2{});
-    else go(B256{}, S3{});
+    if (f32_out)
+      launch_gemm<256, float>(x, x_scales, counts, experts, table, y, groups, max_m, n, k);
+    else
+      launch_gemm<256, bf16>(x, x_scales, counts, experts, table, y, groups, max_m, n, k);
   }
 }
 
@@ -797,26 +598,13 @@ void grouped_gemm_masked_wgmma(const Tensor& x, const Tensor& x_scales, const Te
   // against 181 for V3's fused gate|up at 4 x 512 rows and 359 against 429 at 32 x 64; the down
   // projection was even (95 against 93 us, 199 against 209).
   const int64_t n = experts.empty() || !experts.front().weight.defined() ? 0 : experts.front().rows();
-  const int bn = n > 0 && n % 256 == 0 ? 256 : 128;
-  // PDSERVE_MASKED_WGMMA_SHARE=x|w|xw (read on every call, for comparisons in one process): the
-  // cluster variants sharing the x tile, the weight tile or both (detail::MaskedShare); a variant
-  // sharing x needs N to hold pairs of column tiles, else the call runs unshared.
-  const char* env = std::getenv("PDSERVE_MASKED_WGMMA_SHARE");
-  const std::string v = env ? env : "";
-  int share = v == "x" ? 1 : v == "w" ? 2 : v == "xw" ? 3 : 0;
-  if ((share & 1) != 0 && n % (2 * bn) != 0) share = 0;
-  gemm_checked(x, x_scales, counts, experts, table, y, bn, share);
+  gemm_checked(x, x_scales, counts, experts, table, y, n > 0 && n % 256 == 0 ? 256 : 128);
 }
 
 namespace detail {
 void grouped_gemm_masked_wgmma_bn(const Tensor& x, const Tensor& x_scales, const Tensor& counts,
                                   const std::vector<Weight>& experts, const Tensor& table, Tensor& y, int block_n) {
-  gemm_checked(x, x_scales, counts, experts, table, y, block_n, 0);
-}
-void grouped_gemm_masked_wgmma_variant(const Tensor& x, const Tensor& x_scales, const Tensor& counts,
-                                       const std::vector<Weight>& experts, const Tensor& table, Tensor& y, int block_n,
-                                       MaskedShare share) {
-  gemm_checked(x, x_scales, counts, experts, table, y, block_n, static_cast<int>(share));
+  gemm_checked(x, x_scales, counts, experts, table, y, block_n);
 }
 }  // namespace detail
 
