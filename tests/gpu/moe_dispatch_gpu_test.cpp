@@ -26,8 +26,9 @@ Tensor random_ids(int64_t T, int64_t k, int64_t E, uint32_t seed) {
 
 TEST(MoeDispatchGpu, ScatterAndCombineMatchCpu) {
   struct Case { int64_t T, k, E, K; bool masked; };
+  // Widths that are multiples of 8 take the 16-byte combine kernel, 100 and 36 the scalar one.
   for (const Case c : {Case{1, 8, 256, 7168, true}, Case{37, 4, 16, 256, false}, Case{300, 8, 64, 128, true},
-                       Case{1000, 8, 256, 64, false}}) {
+                       Case{1000, 8, 256, 64, false}, Case{5, 8, 16, 100, true}, Case{64, 2, 8, 36, false}}) {
     Tensor x = random_host({c.T, c.K}, 3), ids = random_ids(c.T, c.k, c.E, static_cast<uint32_t>(c.T));
     Tensor counts = Tensor::empty({c.E}, DType::kI32);
     ops::moe_count(ids, counts);
@@ -67,6 +68,14 @@ TEST(MoeDispatchGpu, ScatterAndCombineMatchCpu) {
     Tensor got_bf = acc.to(Device::kCuda);
     ops::moe_combine(out_bf.to(Device::kCuda), slots_d, w.to(Device::kCuda), got_bf);
     EXPECT_LT(rel_max_err(got_bf.to(Device::kCpu), want_bf), 1e-6) << c.T;
+    // Dropped entries (slot -1, a padding row's) and slots past y's rows add nothing.
+    Tensor holes = slots.clone();
+    for (int64_t i = 0; i < holes.numel(); i += 3) holes.data<int32_t>()[i] = i % 2 == 0 ? -1 : static_cast<int32_t>(rows + i);
+    Tensor want_h = acc.clone();
+    ops::moe_combine(out, holes, w, want_h);
+    Tensor got_h = acc.to(Device::kCuda);
+    ops::moe_combine(out_d, holes.to(Device::kCuda), w.to(Device::kCuda), got_h);
+    EXPECT_LT(rel_max_err(got_h.to(Device::kCpu), want_h), 1e-6) << c.T;
   }
 }
 

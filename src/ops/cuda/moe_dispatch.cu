@@ -118,6 +118,58 @@ __global__ void combine_kernel(const T* y, int64_t rows, int64_t n, const int32_
   }
 }
 
+// The same sum, 8 columns per thread with 16-byte loads and stores, and the token's slots and
+// weights read once into shared memory: the scalar kernel re-read them for every column and moved
+// 2- or 4-byte words, which left the decode layer's combine at ~half the copy rate (29.7 us for
+// 2048 bf16 rows of 7168 on an H100). Same order of accumulation, so the same floats.
+constexpr int kVec = 8, kMaxVecK = 32;
+
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* v) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x, v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const float* p, float* v) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+template <typename T>
+__global__ void combine_vec_kernel(const T* y, int64_t rows, int64_t n, const int32_t* slots, const float* weights, int k,
+                                   float* out) {
+  __shared__ int32_t s_slot[kMaxVecK];
+  __shared__ float s_w[kMaxVecK];
+  const int64_t t = blockIdx.x;
+  if (threadIdx.x < k) {
+    const int32_t sl = slots[t * k + threadIdx.x];
+    s_slot[threadIdx.x] = sl < 0 || sl >= rows ? -1 : sl;
+    s_w[threadIdx.x] = weights[t * k + threadIdx.x];
+  }
+  __syncthreads();
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * kVec; c < n; c += static_cast<int64_t>(blockDim.x) * kVec) {
+    float acc[kVec] = {};
+    for (int j = 0; j < k; ++j) {
+      const int32_t sl = s_slot[j];
+      if (sl < 0) continue;
+      float v[kVec];
+      load8(y + sl * n + c, v);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) acc[i] += s_w[j] * v[i];
+    }
+    float o[kVec];
+    load8(out + t * n + c, o);
+    float4* dst = reinterpret_cast<float4*>(out + t * n + c);
+    dst[0] = make_float4(o[0] + acc[0], o[1] + acc[1], o[2] + acc[2], o[3] + acc[3]);
+    dst[1] = make_float4(o[4] + acc[4], o[5] + acc[5], o[6] + acc[6], o[7] + acc[7]);
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 }  // namespace
 
 void moe_count(const Tensor& topk_ids, Tensor& counts) {
@@ -183,6 +235,18 @@ void moe_combine(const Tensor& y, const Tensor& slots, const Tensor& weights, Te
   const int64_t T = slots.size(0), n = y.size(1);
   if (T == 0) return;
   const int k = static_cast<int>(slots.size(1));
+  if (n % kVec == 0 && k <= kMaxVecK && aligned16(y.raw_data()) && aligned16(out.raw_data())) {
+    // 128 threads x 8 columns: 7 steps over V3's 7168, with k 16-byte loads in flight per step.
+    const unsigned threads = n >= 1024 ? 128 : 32;
+    if (y.dtype() == DType::kBF16)
+      combine_vec_kernel<<<static_cast<unsigned>(T), threads, 0, current_stream()>>>(
+          y.data<__nv_bfloat16>(), y.size(0), n, slots.data<int32_t>(), weights.data<float>(), k, out.data<float>());
+    else
+      combine_vec_kernel<<<static_cast<unsigned>(T), threads, 0, current_stream()>>>(
+          y.data<float>(), y.size(0), n, slots.data<int32_t>(), weights.data<float>(), k, out.data<float>());
+    check_launch("moe_combine");
+    return;
+  }
   const unsigned threads = n >= 1024 ? 512 : 128;
   if (y.dtype() == DType::kBF16)
     combine_kernel<<<static_cast<unsigned>(T), threads, 0, current_stream()>>>(
