@@ -1,7 +1,8 @@
 // grouped_gemm_masked_wgmma: the masked-layout expert GEMM of EP decode on Hopper's FP8 warpgroup
 // MMA, with DeepSeek's 128-block scaling, and quantize_fp8_masked, which turns bf16 rows of the
-// same layout into its fp8 input. NOT YET RUN: tests/gpu/grouped_gemm_masked_wgmma_test.cpp and
-// bench/gpu/grouped_masked_bench.cu validate it on an H100 before anything calls it.
+// same layout into its fp8 input. Checked against the GEMV and a CPU emulation by
+// tests/gpu/grouped_gemm_masked_wgmma_test.cpp; timed by bench/gpu/grouped_masked_bench.cu
+// (docs/perf/kernels.md: 66-68% of the FP8 ceiling at 4 x 512 gate|up on an H100).
 //
 // Contract (grouped_gemv_masked's, ops/grouped_gemm.h): x fp8 e4m3 [G, max_m, K] with x_scales f32
 // [G, K/128, max_m] (row r of expert g is x[g, r, c] * x_scales[g, c / 128, r], the low-latency
@@ -102,6 +103,7 @@
 #include "ops/cuda/async_copy.cuh"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/grouped_gemm.h"
+#include "ops/cuda/quant.h"
 #include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
 
@@ -375,61 +377,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// ---- quantize_fp8_masked ----
-
-// 16 lanes per (row, 128-column group), 8 bf16 each (one 16-byte load); a block of 256 threads
-// takes 16 consecutive rows of one K block at a time ("a chunk"). Block x of expert g walks the
-// chunks j = blockIdx.x, + gridDim.x, ... < ceil(c / 16) * (K / 128) (K-block-major, so a block's
-// 16 scale writes are contiguous in the M-major scales): the work follows the count, and rows past
-// it are neither read nor written.
-constexpr int kQThreads = 256, kQLanes = 16, kQRows = kQThreads / kQLanes, kQPer = 8;
-static_assert(kQLanes * kQPer == 128, "16 lanes x 8 elements cover one 128-column group");
-
-__global__ void __launch_bounds__(kQThreads) quantize_masked_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ counts,
-                                                                  uint8_t* __restrict__ q, float* __restrict__ scales,
-                                                                  int max_m, int k) {
-  const int grp = blockIdx.y;
-  const int cnt = min(max(counts[grp], 0), max_m);
-  const int kblocks = k / 128, row_chunks = (cnt + kQRows - 1) / kQRows;
-  const int items = row_chunks * kblocks;
-  const int lane = threadIdx.x % kQLanes, rl = threadIdx.x / kQLanes;
-  const int64_t gbase = static_cast<int64_t>(grp) * max_m;  // first row of the expert
-  for (int j = blockIdx.x; j < items; j += gridDim.x) {     // uniform over the block
-    const int kb = j / row_chunks, r = (j - kb * row_chunks) * kQRows + rl;
-    const bool live = r < cnt;
-    const int col = kb * 128 + lane * kQPer;
-    float v[kQPer] = {};
-    if (live) {
-      const uint4 u = *reinterpret_cast<const uint4*>(x + (gbase + r) * k + col);
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = __bfloat1622float2(h[i]);
-        v[2 * i] = f.x;
-        v[2 * i + 1] = f.y;
-      }
-    }
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kQPer; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    // All 32 lanes shuffle; xor offsets below 16 stay inside each 16-lane group.
-#pragma unroll
-    for (int off = kQLanes / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    // The quantizer's arithmetic (ops/quant.h, cuda/quant.cu): amax clamped to 1e-4, s = amax / 448
-    // and q = e4m3(x / s) with IEEE divisions, saturating: the same bytes as the CPU reference.
-    amax = fmaxf(amax, 1e-4f);
-    const float scale = __fdiv_rn(amax, 448.0f);
-    if (!live) continue;
-    uint32_t packed[2] = {0u, 0u};
-#pragma unroll
-    for (int i = 0; i < kQPer; ++i) {
-      const uint32_t b = static_cast<uint8_t>(__nv_cvt_float_to_fp8(__fdiv_rn(v[i], scale), __NV_SATFINITE, __NV_E4M3));
-      packed[i / 4] |= b << (8 * (i % 4));
-    }
-    *reinterpret_cast<uint2*>(q + (gbase + r) * k + col) = make_uint2(packed[0], packed[1]);
-    if (lane == 0) scales[(static_cast<int64_t>(grp) * kblocks + kb) * max_m + r] = scale;
-  }
-}
 
 // ---- host side ----
 
@@ -628,18 +575,25 @@ void quantize_fp8_masked(const Tensor& x, const Tensor& counts, Tensor& q, Tenso
     bad(op, "scales must be f32 " + shape_to_string(want_s) + ", got " + describe(scales));
   if (groups > 65535) bad(op, "at most 65535 experts");
   if (max_m > (int64_t{1} << 30) || k > (int64_t{1} << 30)) bad(op, "dimensions beyond 2^30");
-  if ((max_m + kQRows - 1) / kQRows * (k / 128) >= (int64_t{1} << 31)) bad(op, "too many 16-row chunks per expert");
   if (max_m == 0 || groups == 0) return;
-  // About two waves of 8 blocks per SM over all experts, but never more blocks than an expert with
-  // every row present has chunks.
-  const int64_t most_items = (max_m + kQRows - 1) / kQRows * (k / 128);
-  const int64_t per_group = std::max<int64_t>(1, (2 * 8 * static_cast<int64_t>(sm_count()) + groups - 1) / groups);
-  const dim3 grid(static_cast<unsigned>(std::min(most_items, per_group)), static_cast<unsigned>(groups));
-  quantize_masked_kernel<<<grid, kQThreads, 0, current_stream()>>>(static_cast<const bf16*>(x.raw_data()),
-                                                                    counts.data<int32_t>(), q.data<uint8_t>(),
-                                                                    scales.data<float>(), static_cast<int>(max_m),
-                                                                    static_cast<int>(k));
-  check_launch(op);
+  // cuda/quant.cu's quantizer in its count-following mode: rows past the counts are neither read
+  // nor written (the GEMM never reads them), scales [G][K/128][max_m] as the GEMM takes them.
+  detail::QuantJob j;
+  j.x = x.raw_data();
+  j.x_dtype = DType::kBF16;
+  j.x_group_stride = max_m * k;
+  j.k = k;
+  j.rows = max_m;
+  j.counts = counts.data<int32_t>();
+  j.rows_padded = max_m;
+  j.split = max_m;
+  j.q = q.data<uint8_t>();
+  j.q_group_stride = max_m * k;
+  j.s = scales.data<float>();
+  j.s_group_stride = (k / 128) * max_m;
+  j.groups = groups;
+  j.skip_rows_past_counts = true;
+  detail::launch_quantize(j, current_stream());
 }
 
 }  // namespace pdserve::ops::cuda

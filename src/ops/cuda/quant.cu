@@ -49,6 +49,47 @@ __device__ __forceinline__ void load8(const T* p, int64_t col0, int64_t k, float
   }
 }
 
+// The scale of a 128-column group from its 16 lanes' values. All 32 lanes of the warp must call
+// it (the shuffles); xor offsets below 16 stay inside each 16-lane group. DeepSeek's act_quant:
+// amax clamped to 1e-4, s = amax / 448.
+__device__ __forceinline__ float group_scale(const float (&v)[kPerThread]) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) amax = fmaxf(amax, fabsf(v[i]));
+#pragma unroll
+  for (int off = kLanesPerGroup / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  amax = fmaxf(amax, 1e-4f);
+  return __fdiv_rn(amax, 448.0f);
+}
+
+// q = e4m3(x / s), saturating, with an IEEE division (not x * (1/s)) so the bytes match the CPU
+// reference exactly; zeros for a row that is not live.
+template <bool kVec>
+__device__ __forceinline__ void store_q8(uint8_t* qrow, int64_t col0, int64_t k, const float (&v)[kPerThread], float scale,
+                                         bool live) {
+  uint32_t packed[2] = {0u, 0u};
+  uint8_t bytes[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    bytes[i] = live ? static_cast<uint8_t>(__nv_cvt_float_to_fp8(__fdiv_rn(v[i], scale), __NV_SATFINITE, __NV_E4M3)) : 0;
+    packed[i / 4] |= static_cast<uint32_t>(bytes[i]) << (8 * (i % 4));
+  }
+  if constexpr (kVec) {
+    *reinterpret_cast<uint2*>(qrow + col0) = make_uint2(packed[0], packed[1]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i)
+      if (col0 + i < k) qrow[col0 + i] = bytes[i];
+  }
+}
+
+__device__ __forceinline__ int64_t live_rows(const QuantJob& j, int64_t g) {
+  int64_t valid = j.rows;
+  if (j.counts != nullptr) valid = min(valid, static_cast<int64_t>(max(j.counts[g], 0)));
+  return valid;
+}
+
+// Every row of [0, rows_padded): rows past the count come out as zeros.
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) quantize_kernel(QuantJob j) {
   const int64_t g = blockIdx.y;
@@ -58,47 +99,44 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(QuantJob j) {
   const bool active = item < kb_count * j.rows_padded;
   const int64_t kb = active ? item / j.rows_padded : 0;
   const int64_t r = active ? item % j.rows_padded : 0;
-  int64_t valid = j.rows;
-  if (j.counts != nullptr) valid = min(valid, static_cast<int64_t>(max(j.counts[g], 0)));
-  const bool live = active && r < valid;
+  const bool live = active && r < live_rows(j, g);
   const int64_t col0 = kb * detail::kQuantGroup + lane * kPerThread;
 
   float v[kPerThread] = {};
   if (live && col0 < j.k)
     load8<T, kVec>(static_cast<const T*>(j.x) + g * j.x_group_stride + r * j.k + col0, col0, j.k, v);
-  float amax = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) amax = fmaxf(amax, fabsf(v[i]));
-  // All 32 lanes take part (no early exit before this point); xor offsets < 16 stay in the half warp.
-#pragma unroll
-  for (int off = kLanesPerGroup / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  // DeepSeek's act_quant: amax clamped to 1e-4, s = amax / 448, q = e4m3(x / s). IEEE division
-  // (not x * (1/s)) so the bytes match the CPU reference exactly.
-  amax = fmaxf(amax, 1e-4f);
-  const float scale = __fdiv_rn(amax, 448.0f);
+  const float scale = group_scale(v);  // all 32 lanes: no early exit before this point
   if (!active) return;
-
-  if (col0 < j.k) {
-    uint8_t* qrow = j.q + g * j.q_group_stride + r * j.k;
-    uint32_t packed[2] = {0u, 0u};
-    uint8_t bytes[kPerThread];
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      bytes[i] = live ? static_cast<uint8_t>(__nv_cvt_float_to_fp8(__fdiv_rn(v[i], scale), __NV_SATFINITE, __NV_E4M3)) : 0;
-      packed[i / 4] |= static_cast<uint32_t>(bytes[i]) << (8 * (i % 4));
-    }
-    if constexpr (kVec) {
-      *reinterpret_cast<uint2*>(qrow + col0) = make_uint2(packed[0], packed[1]);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i)
-        if (col0 + i < j.k) qrow[col0 + i] = bytes[i];
-    }
-  }
+  if (col0 < j.k) store_q8<kVec>(j.q + g * j.q_group_stride + r * j.k, col0, j.k, v, scale, live);
   if (lane == 0) {
     float* s = j.s + g * j.s_group_stride;
     const int64_t at = r < j.split ? kb * j.split + r : kb_count * j.split + kb * j.tail_ld + (r - j.split);
     s[at] = live ? scale : 0.0f;
+  }
+}
+
+// QuantJob::skip_rows_past_counts: the blocks of group g walk only the live rows, 16 at a time ("a
+// chunk": the 16 lane groups of a block), chunks j = blockIdx.x, + gridDim.x, ... < ceil(live /
+// 16) * kb_count, K-block-major (a block's 16 scale writes are contiguous in the M-major scales).
+// Rows past the count are neither read nor written, so a mostly empty slab (EP8 decode: ~64 rows
+// of 2048 per expert) costs what its rows cost.
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads) quantize_counted_kernel(QuantJob j) {
+  const int64_t g = blockIdx.y;
+  const int64_t kb_count = (j.k + detail::kQuantGroup - 1) / detail::kQuantGroup;
+  const int64_t live = live_rows(j, g);
+  const int64_t chunks = (live + kGroupsPerBlock - 1) / kGroupsPerBlock;
+  const int lane = threadIdx.x % kLanesPerGroup, rl = threadIdx.x / kLanesPerGroup;
+  const T* x = static_cast<const T*>(j.x) + g * j.x_group_stride;
+  for (int64_t it = blockIdx.x; it < chunks * kb_count; it += gridDim.x) {  // uniform over the block
+    const int64_t kb = it / chunks, r = (it - kb * chunks) * kGroupsPerBlock + rl;
+    const int64_t col0 = kb * detail::kQuantGroup + lane * kPerThread;
+    float v[kPerThread] = {};
+    if (r < live && col0 < j.k) load8<T, kVec>(x + r * j.k + col0, col0, j.k, v);
+    const float scale = group_scale(v);
+    if (r >= live) continue;
+    if (col0 < j.k) store_q8<kVec>(j.q + g * j.q_group_stride + r * j.k, col0, j.k, v, scale, true);
+    if (lane == 0) j.s[g * j.s_group_stride + kb * j.split + r] = scale;
   }
 }
 
@@ -127,13 +165,29 @@ void launch_quantize_t(const QuantJob& j, cudaStream_t stream) {
   const int64_t kb_count = (j.k + detail::kQuantGroup - 1) / detail::kQuantGroup;
   const int64_t blocks = (kb_count * j.rows_padded + kGroupsPerBlock - 1) / kGroupsPerBlock;
   if (blocks > 0x7fffffffLL || j.groups > 65535) throw std::invalid_argument("quantize_fp8: problem too large for one launch");
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(j.groups));
   const bool vec = j.k % kPerThread == 0 && aligned(j.x, 16) && aligned(j.q, 8) &&
                    (j.x_group_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 && j.q_group_stride % 8 == 0;
-  if (vec)
-    quantize_kernel<T, true><<<grid, kThreads, 0, stream>>>(j);
-  else
-    quantize_kernel<T, false><<<grid, kThreads, 0, stream>>>(j);
+  if (j.skip_rows_past_counts) {
+    if (j.split != j.rows_padded) throw std::invalid_argument("quantize_fp8: skip_rows_past_counts needs split == rows_padded");
+    // About two waves of 8 blocks per SM over all groups, but never more blocks than a group with
+    // every row live has chunks (the counts live on the device: the grid cannot follow them).
+    int dev = 0, sms = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    const int64_t per_group = std::max<int64_t>(1, (2 * 8 * static_cast<int64_t>(std::max(sms, 1)) + j.groups - 1) / j.groups);
+    const int64_t most = (j.rows_padded + kGroupsPerBlock - 1) / kGroupsPerBlock * kb_count;
+    const dim3 grid(static_cast<unsigned>(std::min(most, per_group)), static_cast<unsigned>(j.groups));
+    if (vec)
+      quantize_counted_kernel<T, true><<<grid, kThreads, 0, stream>>>(j);
+    else
+      quantize_counted_kernel<T, false><<<grid, kThreads, 0, stream>>>(j);
+  } else {
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(j.groups));
+    if (vec)
+      quantize_kernel<T, true><<<grid, kThreads, 0, stream>>>(j);
+    else
+      quantize_kernel<T, false><<<grid, kThreads, 0, stream>>>(j);
+  }
   check_launch("quantize_fp8_per_token_group");
 }
 

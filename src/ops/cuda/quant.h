@@ -20,7 +20,7 @@ inline constexpr int64_t kQuantGroup = 128;
 // One launch quantizes `groups` row blocks of the same shape. Block g reads x rows
 // [0, rows_padded) at x + g * x_group_stride (row stride k elements); rows at or beyond
 // min(rows, counts[g]) (counts may be null) are not read and come out as q = 0, scale = 0, so a
-// GEMM over them yields exact zeros. Scales are M-major: row r < split of group kb goes to
+// GEMM over them yields exact zeros (unless skip_rows_past_counts). Scales are M-major: row r < split of group kb goes to
 // s[kb * split + r]; rows r >= split go to a tail region s[kb_count * split + kb * tail_ld +
 // (r - split)]. q rows are k bytes apart.
 struct QuantJob {
@@ -38,6 +38,10 @@ struct QuantJob {
   float* s = nullptr;
   int64_t s_group_stride = 0;  // floats
   int64_t groups = 1;
+  // Rows at or beyond min(rows, counts[g]) are left as they are (neither read nor written) instead
+  // of zeroed, and the launch's blocks follow the counts: quantize_fp8_masked's mode, where the
+  // GEMM reads only counted rows. Needs split == rows_padded (no tail region).
+  bool skip_rows_past_counts = false;
 };
 void launch_quantize(const QuantJob& job, cudaStream_t stream);
 
