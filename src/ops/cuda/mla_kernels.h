@@ -165,8 +165,10 @@ PrefillKernel prefill_kernel_choice();
 // under the other's MMAs), adds a fourth KV stage in Q's freed shared memory and orders the CTAs so
 // that those resident at once share K and V in L2. prefill_flash_wgmma(_launch) run version
 // prefill_wgmma_version(): 2 when PDSERVE_MLA_PREFILL=wgmma2 (read on every call; then
-// prefill_kernel_choice() is kWgmma), 1 when =wgmma, else kPrefillWgmmaVersionDefault.
-inline constexpr int kPrefillWgmmaVersionDefault = 1;
+// prefill_kernel_choice() is kWgmma), 1 when =wgmma, else kPrefillWgmmaVersionDefault: 2 since
+// its first run by the lead (H100, 2026-12-05, attention_bench 4 x 4096 causal: 8.58 against 8.96
+// ms for version 1 in the same run; the prefill layer's MLA op 9.50 against 10.28 ms).
+inline constexpr int kPrefillWgmmaVersionDefault = 2;
 int prefill_wgmma_version();
 // Version 1 or 2 explicitly, where prefill_flash_wgmma_applies (else false, nothing launched).
 bool prefill_flash_wgmma_launch_version(const PrefillArgs& a, cudaStream_t stream, int version);

@@ -38,7 +38,8 @@
 // none of a tile's keys (the upper half of the diagonal) skips that tile's MMAs (it still takes
 // part in the barriers); only tiles crossing its diagonal or the keys' end are masked.
 //
-// Version 2 (PDSERVE_MLA_PREFILL=wgmma2, template flags below, same kernel): Q in registers as the
+// Version 2 (the default; PDSERVE_MLA_PREFILL=wgmma2, template flags below, same kernel; =wgmma runs
+// version 1): Q in registers as the
 // A operand of S (RS wgmma), the two warpgroups staggered inside each tile (named barrier: warpgroup
 // 1 issues S after warpgroup 0), a fourth KV stage in Q's freed shared memory, and a CTA order that
 // walks one (head, sequence)'s query blocks first (K/V shared in L2). Measured: ~4-6% faster only;
