@@ -272,14 +272,25 @@ void launch_silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
     silu_mul_kernel<T, false><<<grid_for(rows * n), 256, 0, current_stream()>>>(g, ldg, u, ldu, o, rows, n);
 }
 
+// Blocks per expert of a masked-layout launch whose kernel strides over the expert's live rows:
+// enough for a full expert (`needed`, at most 1024), but at most about two waves of 8 blocks per
+// SM over all experts. The counts live on the device, so the grid cannot follow them; a grid over
+// every slab row (EP8 decode: 32 x 2048 rows for ~64 live per expert) spent ~20 us on blocks
+// that exit at once.
+unsigned masked_blocks_per_group(long long needed, long long groups) {
+  int dev = 0, sms = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  const long long waves = (2LL * 8 * std::max(sms, 1) + std::max(groups, 1LL) - 1) / std::max(groups, 1LL);
+  return static_cast<unsigned>(std::max(1LL, std::min({needed, 1024LL, waves})));
+}
+
 template <typename T>
 void launch_silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out) {
   constexpr int P = kPack<T>;
   const long long groups = gate.size(0), M = gate.size(1), n = gate.size(2);
   const bool vec = rows_vectorizable<T>(gate, up, out);
-  // Sized for a full group; blocks past a group's rows exit at once.
-  const unsigned x = std::min(grid_for(vec ? M * n / P : M * n), 1024u);
-  const dim3 grid(x, static_cast<unsigned>(groups));
+  const dim3 grid(masked_blocks_per_group(grid_for(vec ? M * n / P : M * n), groups), static_cast<unsigned>(groups));
   const int32_t* c = counts.data<int32_t>();
   const auto& gs = gate.strides();
   const auto& us = up.strides();
@@ -329,11 +340,10 @@ void launch_silu_mul_quant_masked(const Tensor& gate, const Tensor& up, const Te
   // bf16 rows that start 16-byte aligned (8-element strides) and an 8-byte aligned q: kMode 2.
   const bool vec16 = sizeof(T) == 2 && aligned(gate.raw_data(), 16) && aligned(up.raw_data(), 16) && gs[0] % 8 == 0 &&
                      gs[1] % 8 == 0 && us[0] % 8 == 0 && us[1] % 8 == 0 && aligned(q.raw_data(), 8);
-  // Sized for a full group (8 warps a block), at most 1024 blocks a group; blocks past a group's
-  // rows exit at once. kMode 2: kQmItems (row, group) items a warp.
+  // kMode 2: kQmItems (row, group) items a warp.
   const long long items = static_cast<long long>(M) * (n / 128);
   const long long warps = vec16 ? (items + kQmItems - 1) / kQmItems : items;
-  const dim3 grid(std::min<unsigned>(ceil_div(warps * 32, 256), 1024u), static_cast<unsigned>(G));
+  const dim3 grid(masked_blocks_per_group(ceil_div(warps * 32, 256), G), static_cast<unsigned>(G));
   const int32_t* c = counts.data<int32_t>();
   auto* qp = q.data<uint8_t>();
   float* sp = scales.data<float>();
