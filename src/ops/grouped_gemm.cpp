@@ -185,10 +185,7 @@ MaskedKernel masked_kernel() {
   return MaskedKernel::kWgmma;
 }
 
-Tensor borrowed(void* p, const Shape& shape, DType dtype) {
-  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-  return Tensor::from_storage(Storage::borrow(p, bytes, nullptr, Device::kCuda), 0, shape, dtype);
-}
+Tensor borrowed(void* p, const Shape& shape, DType dtype) { return Tensor::borrow(p, shape, dtype, Device::kCuda); }
 
 // The FP8 wgmma kernel takes fp8 rows with their scales; bf16 rows (the bf16 dispatch, the SiLU
 // output) are quantized first into the calling thread's GEMM scratch (ops/cuda/linear.h: sized on

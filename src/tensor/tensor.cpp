@@ -94,6 +94,11 @@ Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, size_t byte_offset
   return t;
 }
 
+Tensor Tensor::borrow(void* data, const Shape& shape, DType dtype, Device device) {
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  return from_storage(Storage::borrow(data, bytes, nullptr, device), 0, shape, dtype);
+}
+
 bool Tensor::is_contiguous() const { return strides_ == row_major_strides(shape_); }
 
 Tensor Tensor::reshape(const Shape& shape) const {

@@ -56,6 +56,9 @@ class Tensor {
   // A view over existing storage at a byte offset, row-major.
   static Tensor from_storage(std::shared_ptr<Storage> storage, size_t byte_offset, const Shape& shape,
                              DType dtype);
+  // A row-major view over memory the caller owns and keeps alive for the view's life (workspace
+  // carvings handed to ops that take Tensors); nothing is freed when the view goes.
+  static Tensor borrow(void* data, const Shape& shape, DType dtype, Device device);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }

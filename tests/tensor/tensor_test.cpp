@@ -155,6 +155,14 @@ TEST(Tensor, FromStorageChecksBounds) {
   Tensor b = Tensor::from_storage(Storage::borrow(buf.data(), 24, keep), 0, {2, 3}, DType::kF32);
   EXPECT_EQ(keep.use_count(), 2);
   EXPECT_EQ(at(b, {1, 2}), 2.0f);
+  // Tensor::borrow: the caller's memory, as a row-major view; freeing the view frees nothing.
+  {
+    Tensor c = Tensor::borrow(buf.data(), {3, 2}, DType::kF32, Device::kCpu);
+    EXPECT_EQ(c.raw_data(), buf.data());
+    EXPECT_EQ(c.strides(), (Shape{2, 1}));
+    c.data<float>()[5] = 7.0f;
+  }
+  EXPECT_EQ(buf[5], 7.0f);
 }
 
 // fp8 weight [300, 200]: blocks of 128x128 -> scale_inv [3, 2], last block row and column partial.

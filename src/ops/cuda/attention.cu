@@ -133,10 +133,7 @@ void weight_to_bf16(const Weight& w, bf16* out, cudaStream_t s) {
 }
 
 // A tensor over device memory the caller owns (workspace carvings), for ops that take Tensors.
-Tensor device_view(void* p, const Shape& shape, DType dtype) {
-  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-  return Tensor::from_storage(Storage::borrow(p, bytes, nullptr, Device::kCuda), 0, shape, dtype);
-}
+Tensor device_view(void* p, const Shape& shape, DType dtype) { return Tensor::borrow(p, shape, dtype, Device::kCuda); }
 
 template <template <typename, typename> class K, typename... Args>
 void launch_pool_rows(Elem a, Elem b, int n, Args... args) {
@@ -205,13 +202,6 @@ struct Workspace {
     }
   }
 };
-
-int num_sms() {
-  int dev = 0, sms = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  return sms;
-}
 
 bool decode_fast(const MlaDims& d, DType pool_dtype) {
   return pool_dtype == DType::kBF16 && d.kv_lora_rank == mla::kDecodeValue &&
@@ -289,7 +279,7 @@ static bool use_absorb_bmm() {
 }
 
 int mla_decode_num_splits(int64_t batch, const MlaDims& d, int64_t max_seq_len, DType pool_dtype) {
-  return decode_fast(d, pool_dtype) ? choose_splits(batch, d.num_heads, max_seq_len, num_sms()) : 1;
+  return decode_fast(d, pool_dtype) ? choose_splits(batch, d.num_heads, max_seq_len, sm_count()) : 1;
 }
 
 int64_t mla_decode_workspace_bytes(int64_t batch, const MlaDims& d, int64_t max_seq_len, DType pool_dtype) {
@@ -307,7 +297,7 @@ void mla_decode_paged(const Tensor& q, const Tensor& pool, const Tensor& page_ta
   const int vdim = static_cast<int>(d.v_head_dim);
   if (max_seq_len <= 0) max_seq_len = page_table.size(1) * pool.size(1);
   const bool fast = decode_fast(d, pool.dtype());
-  const int splits = fast ? choose_splits(batch, heads, max_seq_len, num_sms()) : 1;
+  const int splits = fast ? choose_splits(batch, heads, max_seq_len, sm_count()) : 1;
   Workspace ws(workspace, decode_bytes(batch, d, splits, fast), "mla_decode_paged");
   Carver carve(ws.base);
   cudaStream_t stream = current_stream();

@@ -19,6 +19,9 @@ inline void check(cudaError_t e, const char* what) {
 cudaStream_t current_stream();
 void set_current_stream(cudaStream_t s);
 
+// Multiprocessors of the current device (at least 1), for grids sized in waves.
+int sm_count();
+
 // Checks the last launch (cheap: no synchronisation).
 inline void check_launch(const char* op) { check(cudaGetLastError(), op); }
 

@@ -20,6 +20,21 @@ __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
 
+// Eight consecutive values as f32 from one 16-byte load (bf16) or two (f32); p 16-byte aligned.
+__device__ __forceinline__ void load8(const bf16* p, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x, v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
 // One warp quantises one 128-wide group held as 4 values per lane (lane l: elements 4l .. 4l+3).
 // Math of model-spec §4.2 / ops/quant.h: s = max(amax, 1e-4) / 448, q = e4m3_satfinite(y / s).
 __device__ __forceinline__ void quant_group(const float (&y)[4], uint8_t* q_group, float* scale, int lane) {

@@ -278,10 +278,7 @@ void launch_silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 // every slab row (EP8 decode: 32 x 2048 rows for ~64 live per expert) spent ~20 us on blocks
 // that exit at once.
 unsigned masked_blocks_per_group(long long needed, long long groups) {
-  int dev = 0, sms = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  const long long waves = (2LL * 8 * std::max(sms, 1) + std::max(groups, 1LL) - 1) / std::max(groups, 1LL);
+  const long long waves = (2LL * 8 * sm_count() + std::max(groups, 1LL) - 1) / std::max(groups, 1LL);
   return static_cast<unsigned>(std::max(1LL, std::min({needed, 1024LL, waves})));
 }
 

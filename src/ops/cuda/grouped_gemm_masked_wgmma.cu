@@ -422,13 +422,6 @@ CUtensorMap weight_map(const void* w, int64_t n, int64_t k, int block_n) {
   return m;
 }
 
-int sm_count() {
-  int dev = 0, sms = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  return std::max(sms, 1);
-}
-
 constexpr const char* kGemmOp = "grouped_gemm_masked_wgmma";
 
 template <int kBN, typename YT>

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/moe_dispatch.h"
 #include "ops/replica_pick.h"
 
@@ -129,20 +130,6 @@ __global__ void combine_kernel(const T* y, int64_t rows, int64_t n, const int32_
 // decode combine. Accumulation in the same order (j ascending), so the same floats.
 constexpr int kVec = 8, kMaxVecK = 32, kRowsInFlight = 4;
 
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* v) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    v[2 * i] = f.x, v[2 * i + 1] = f.y;
-  }
-}
-__device__ __forceinline__ void load8(const float* p, float* v) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-
 template <typename T>
 __global__ void combine_vec_kernel(const T* y, int64_t rows, int64_t n, const int32_t* slots, const float* weights, int k,
                                    float* out) {
@@ -163,7 +150,7 @@ __global__ void combine_vec_kernel(const T* y, int64_t rows, int64_t n, const in
 #pragma unroll
     for (int u = 0; u < kRowsInFlight; ++u) {
       const int32_t sl = j0 + u < k ? s_slot[j0 + u] : -1;
-      if (sl >= 0) load8(y + sl * n + c, v[u]);
+      if (sl >= 0) dev::load8(y + sl * n + c, v[u]);
     }
 #pragma unroll
     for (int u = 0; u < kRowsInFlight; ++u) {
@@ -173,7 +160,7 @@ __global__ void combine_vec_kernel(const T* y, int64_t rows, int64_t n, const in
     }
   }
   float o[kVec];
-  load8(out + t * n + c, o);
+  dev::load8(out + t * n + c, o);
   float4* dst = reinterpret_cast<float4*>(out + t * n + c);
   dst[0] = make_float4(o[0] + acc[0], o[1] + acc[1], o[2] + acc[2], o[3] + acc[3]);
   dst[1] = make_float4(o[4] + acc[4], o[5] + acc[5], o[6] + acc[6], o[7] + acc[7]);

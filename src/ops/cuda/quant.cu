@@ -28,21 +28,11 @@ constexpr int kLanesPerGroup = 16;
 constexpr int kGroupsPerBlock = kThreads / kLanesPerGroup;
 static_assert(kLanesPerGroup * kPerThread == detail::kQuantGroup, "lanes x elements must cover one group");
 
-
+// A lane's 8 values: one vector load (dev::load8) or, unaligned or at a ragged end, one at a time.
 template <typename T, bool kVec>
 __device__ __forceinline__ void load8(const T* p, int64_t col0, int64_t k, float (&v)[kPerThread]) {
-  if constexpr (kVec && sizeof(T) == 4) {
-    const float4 a = reinterpret_cast<const float4*>(p)[0];
-    const float4 b = reinterpret_cast<const float4*>(p)[1];
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  } else if constexpr (kVec) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(h[i]);
-      v[2 * i] = f.x, v[2 * i + 1] = f.y;
-    }
+  if constexpr (kVec) {
+    dev::load8(p, v);
   } else {
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) v[i] = col0 + i < k ? dev::to_f(p[i]) : 0.0f;
@@ -171,10 +161,7 @@ void launch_quantize_t(const QuantJob& j, cudaStream_t stream) {
     if (j.split != j.rows_padded) throw std::invalid_argument("quantize_fp8: skip_rows_past_counts needs split == rows_padded");
     // About two waves of 8 blocks per SM over all groups, but never more blocks than a group with
     // every row live has chunks (the counts live on the device: the grid cannot follow them).
-    int dev = 0, sms = 0;
-    check(cudaGetDevice(&dev), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-    const int64_t per_group = std::max<int64_t>(1, (2 * 8 * static_cast<int64_t>(std::max(sms, 1)) + j.groups - 1) / j.groups);
+    const int64_t per_group = std::max<int64_t>(1, (2 * 8 * static_cast<int64_t>(sm_count()) + j.groups - 1) / j.groups);
     const int64_t most = (j.rows_padded + kGroupsPerBlock - 1) / kGroupsPerBlock * kb_count;
     const dim3 grid(static_cast<unsigned>(std::min(most, per_group)), static_cast<unsigned>(j.groups));
     if (vec)
