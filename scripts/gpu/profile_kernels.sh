@@ -21,7 +21,8 @@ if [[ -z $NCU ]]; then
   exit 1
 fi
 rc=0
-for entry in ${PROFILES:-masked_wgmma_bn256:grouped_masked_bench:masked_wgmma_kernel<256 mla_decode_pingpong:attention_bench:decode_core_pingpong_kernel<7>}; do
+# (Demangled template arguments read "<(int)256, ...": the regexes match the parentheses with ".".)
+for entry in ${PROFILES:-masked_wgmma_bn256:grouped_masked_bench:masked_wgmma_kernel<.int.256 mla_decode_pingpong:attention_bench:decode_core_pingpong_kernel<.int.7>}; do
   IFS=: read -r name bench regex skip <<< "$entry"
   log="$OUT/ncu-$name.log"
   timeout "${NCU_TIMEOUT:-150}" "$NCU" --clock-control none --kernel-name-base demangled -k "regex:$regex" \
@@ -29,8 +30,13 @@ for entry in ${PROFILES:-masked_wgmma_bn256:grouped_masked_bench:masked_wgmma_ke
     --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
     --section SchedulerStats "/tmp/pdserve-gpu/bin/$bench" > "$log" 2>&1
   status=$?
+  # ncu exits 0 when the regex matched nothing; that is a failure here.
+  if grep -q "No kernels were profiled" "$log"; then
+    status=3
+    echo "profile_kernels.sh: no kernel of $bench matched $regex (the log lists the available ones)" >&2
+  fi
   echo "== $name ($bench, $regex): rc=$status, $log"
   [[ $status -eq 0 ]] || rc=1
-  grep -E "^  [a-z_:<>, ()0-9]*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|Achieved Occupancy|Registers Per Thread|No Eligible|Issued Warp Per Scheduler|Warp Cycles Per Issued" "$log" | head -20
+  grep -E "^  [a-z].*\(CUtensorMap|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|Achieved Occupancy|Registers Per Thread|No Eligible|Issued Warp Per Scheduler|Warp Cycles Per Issued" "$log" | head -20
 done
 exit $rc
