@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/server_process.h"
+#include "test_time.h"
 
 namespace pdserve::test {
 
@@ -71,9 +72,11 @@ struct Reply {
   std::string error;  // transport error
 };
 
+// timeout_s stretches with PDSERVE_TEST_TIME_SCALE like the servers' own deadlines, so that a
+// slow (instrumented) server's clean error reaches the test instead of a client-side timeout.
 inline Reply post(const std::string& url, const json& body, int timeout_s = 120) {
   http::Client c;
-  auto r = c.post_json(url, body.dump(), std::chrono::seconds(timeout_s));
+  auto r = c.post_json(url, body.dump(), scaled(timeout_s));
   Reply out;
   if (!r) {
     out.error = r.error().message();
