@@ -32,14 +32,24 @@ class StubServer {
       }
       ++requests_;
       if (delay_.count() == 0) return answer(r, n);
+      ++answering_;
       std::thread([this, r, n] {
         std::this_thread::sleep_for(delay_);
         answer(r, n);
+        --answering_;
       }).detach();
     });
     (void)server_->start();
   }
-  ~StubServer() { server_->stop(std::chrono::milliseconds(100)); }
+  // A delayed answer's thread may still be ending its stream after the client saw [DONE]: wait for
+  // it (bounded) before the server goes, or its Responder would wake a session whose io_context
+  // is gone (ASan: heap-use-after-free in a strand's destructor, bench_tests).
+  ~StubServer() {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (answering_.load() > 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    server_->stop(std::chrono::milliseconds(100));
+  }
 
   std::string url() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
   int max_in_flight() const { return max_in_flight_; }
@@ -62,7 +72,7 @@ class StubServer {
 
   std::chrono::milliseconds delay_;
   std::unique_ptr<http::Server> server_;
-  std::atomic<int> in_flight_{0}, max_in_flight_{0}, requests_{0};
+  std::atomic<int> in_flight_{0}, max_in_flight_{0}, requests_{0}, answering_{0};
 };
 
 }  // namespace pdserve::bench::test
