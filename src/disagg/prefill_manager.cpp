@@ -106,6 +106,11 @@ std::unique_ptr<scheduler::KvSender> PrefillKvManager::make_sender(const std::st
     slot = std::make_shared<Room>();
     slot->room = b.room;
   }
+  if (slot->has_sender && slot->owner_gone) {
+    // The tombstone of an ended request: a new request with this room starts afresh.
+    slot = std::make_shared<Room>();
+    slot->room = b.room;
+  }
   Room& r = *slot;
   if (r.has_sender && !r.owner_gone) {
     // Two live requests with one room would mix their pages: refuse the newcomer only.
@@ -131,7 +136,12 @@ std::unique_ptr<scheduler::KvReceiver> PrefillKvManager::make_receiver(const std
 
 size_t PrefillKvManager::tracked_rooms() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return rooms_.size();
+  return static_cast<size_t>(std::count_if(rooms_.begin(), rooms_.end(), [](const auto& kv) { return !is_tombstone(*kv.second); }));
+}
+
+size_t PrefillKvManager::failed_room_tombstones() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<size_t>(std::count_if(rooms_.begin(), rooms_.end(), [](const auto& kv) { return is_tombstone(*kv.second); }));
 }
 
 KvPoll PrefillKvManager::poll(Room& r) {
@@ -150,6 +160,7 @@ void PrefillKvManager::fail_locked(Room& r, const std::string& why, bool tell_de
   if (terminal(r.status)) return;
   r.status = KvPoll::kFailed;
   r.failure = why;
+  r.failed_at = Clock::now();
   if (tell_decode)
     for (const auto& d : r.dests) channel_.post(d.session, {"FAIL", std::to_string(r.room), why});
 }
@@ -237,6 +248,9 @@ void PrefillKvManager::on_message(Frames&& f) {
     Room& r = *slot;
     if (r.status == KvPoll::kFailed) {
       // The prefill gave this room up before the decode's pages arrived: tell it now.
+      if (r.has_sender)
+        log::warning("Decode {} sent the pages of room {} after this prefill gave it up ({}); told it", session, r.room,
+                     r.failure);
       (void)channel_.send_now(session, {"FAIL", f[1], r.failure});
       return;
     }
@@ -267,6 +281,7 @@ void PrefillKvManager::on_message(Frames&& f) {
       r->created = Clock::now();
       r->status = KvPoll::kFailed;
       r->failure = why;
+      r->failed_at = r->created;
       rooms_[*room_id] = r;
     } else if (!terminal(it->second->status)) {
       // Not echoed to the decode rank that aborted; other decode ranks of this room are told.
@@ -399,13 +414,19 @@ void PrefillKvManager::on_tick() {
   if (now - last_gc_ < std::chrono::milliseconds(200)) return;
   last_gc_ = now;
   // Collect rooms nobody will ask about again: their request ended, or the decode's info (or
-  // abort) was never claimed by a request within the bootstrap timeout.
+  // abort) was never claimed by a request within the bootstrap timeout. Rooms that failed before
+  // the decode's pages came are kept as tombstones (header comment) for the retention time.
   std::lock_guard<std::mutex> lock(mu_);
   resend_unacknowledged_done_locked(now);
+  size_t tombstones = 0;
   for (auto it = rooms_.begin(); it != rooms_.end();) {
     const Room& r = *it->second;
     const bool expired = seconds(now - r.created) > opts_.bootstrap_timeout_s;
-    if ((r.owner_gone && (r.info || expired)) || (!r.has_sender && expired))
+    const bool collectable = (r.owner_gone && (r.info || expired)) || (!r.has_sender && expired);
+    const bool tombstone =
+        is_tombstone(r) && seconds(now - r.failed_at) < failed_room_retention_s() && tombstones < kMaxTombstones;
+    if (collectable && tombstone) ++tombstones;
+    if (collectable && !tombstone)
       it = rooms_.erase(it);
     else
       ++it;

@@ -10,8 +10,14 @@
 //                    waiting timeout
 //   Success | Failed terminal; a failure caused here is told to the decode (FAIL), one caused by
 //                    the decode (ABORT) is not echoed.
+//
+// A room that failed before the decode's pages arrived stays as a tombstone for
+// failed_room_retention(): a decode whose prealloc queue held the request past our bootstrap
+// timeout sends its XFER late, and is answered FAIL at once instead of waiting for KV that never
+// comes (its waiting timeout, 300 s by default).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -48,7 +54,8 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
 
   TransferStats& stats() { return stats_; }
   const std::string& endpoint() const { return channel_.endpoint(); }
-  size_t tracked_rooms() const;  // for tests: entries not yet collected
+  size_t tracked_rooms() const;         // rooms of live requests, or not yet collected (tombstones aside)
+  size_t failed_room_tombstones() const;
 
  private:
   class Sender;
@@ -72,6 +79,7 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
     int64_t num_pages = 0;
     int64_t bytes = 0;
     Clock::time_point created, first_send, last_send_done;
+    Clock::time_point failed_at;     // when status became kFailed
     std::string done_metadata;        // the DONE frame's metadata, kept to send it again
     Clock::time_point last_done_sent;  // DONE goes again to unacknowledged ranks every kAckResend
   };
@@ -84,6 +92,14 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
   // waiting timeout and fail a request whose KV arrived. So DONE goes again to every decode rank
   // that has not acknowledged after kAckResend; a decode answers a repeated DONE with an ACK.
   static constexpr std::chrono::milliseconds kAckResend{3000};
+  // Tombstones (see the header comment) are kept this long, and at most kMaxTombstones of them:
+  // a burst of failures must not grow the map without bound (~0.5 KB each).
+  static constexpr size_t kMaxTombstones = 16384;
+  double failed_room_retention_s() const { return std::max(2 * opts_.bootstrap_timeout_s, 120.0); }
+  // A room that failed before the decode's pages came, whose request is gone (or never came).
+  static bool is_tombstone(const Room& r) {
+    return r.status == scheduler::KvPoll::kFailed && !r.info && (r.owner_gone || !r.has_sender);
+  }
   void on_message(Frames&& f);
   void on_tick();
   void resend_unacknowledged_done_locked(Clock::time_point now);

@@ -522,7 +522,7 @@ void Connection::close() { impl_->close(); }
 
 // ---------------------------------------------------------------------------------------------
 
-struct AsyncClient::Pool {
+struct AsyncClient::Pool : std::enable_shared_from_this<AsyncClient::Pool> {
   asio::any_io_executor executor;
   ClientOptions options;
   mutable std::mutex mu;
@@ -563,8 +563,12 @@ struct AsyncClient::Pool {
     // sit in CLOSE-WAIT at the bottom of the LIFO stacks until a burst reaches them, or forever
     // for a host no longer used: drop them, at most once a second (one peek per idle socket).
     const auto now = Clock::now();
-    if (now < next_sweep) return;
-    next_sweep = now + std::chrono::seconds(1);
+    if (now >= next_sweep) sweep_locked(closed);
+    arm_sweep_timer_locked();
+  }
+
+  void sweep_locked(std::vector<std::unique_ptr<Connection>>& closed) {
+    next_sweep = Clock::now() + std::chrono::seconds(1);
     for (auto it = idle.begin(); it != idle.end();) {
       auto& conns = it->second;
       for (auto& x : conns)
@@ -572,6 +576,29 @@ struct AsyncClient::Pool {
       std::erase(conns, nullptr);
       it = conns.empty() ? idle.erase(it) : std::next(it);
     }
+  }
+
+  // The sweep above runs only when a request completes: after the last one of a burst, a peer
+  // that closes a pooled connection later (its keep-alive timeout, its death) would leave it in
+  // CLOSE-WAIT until traffic resumes. With options.idle_sweep_interval, a timer sweeps while any
+  // connection is idle. Its completion holds the pool weakly: a pool being destroyed cancels it.
+  std::optional<asio::steady_timer> sweep_timer;
+  bool sweep_armed = false;
+
+  void arm_sweep_timer_locked() {
+    if (options.idle_sweep_interval.count() <= 0 || sweep_armed || idle.empty()) return;
+    if (!sweep_timer) sweep_timer.emplace(executor);
+    sweep_armed = true;
+    sweep_timer->expires_after(options.idle_sweep_interval);
+    sweep_timer->async_wait([weak = weak_from_this()](const boost::system::error_code&) {
+      auto self = weak.lock();
+      if (!self) return;
+      std::vector<std::unique_ptr<Connection>> closed;  // destroyed after the lock is released
+      std::lock_guard lock(self->mu);
+      self->sweep_armed = false;
+      self->sweep_locked(closed);
+      self->arm_sweep_timer_locked();
+    });
   }
 
   // Runs one request on a pooled connection; the coroutine keeps the pool alive (`self`) and

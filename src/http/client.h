@@ -44,6 +44,10 @@ struct ClientOptions {
   std::chrono::milliseconds connect_timeout{5'000};  // also bounded by the request's timeout
   std::size_t max_response_bytes = 256u << 20;       // larger non-streamed bodies are an error
   std::size_t max_idle_per_host = 1024;              // AsyncClient pool size per host:port
+  // AsyncClient: how often a timer drops idle connections whose peer closed them, while any are
+  // idle; 0: only when a request completes (at most once a second). A timer keeps the executor's
+  // io_context busy, so only for a loop that runs until stopped (the router's), never Client's.
+  std::chrono::milliseconds idle_sweep_interval{0};
   std::string user_agent = "pdserve";
 };
 

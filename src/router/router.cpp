@@ -53,6 +53,8 @@ http::ClientOptions Router::upstream_client_options() const {
   http::ClientOptions co;
   co.user_agent = "pdserve-router";
   co.max_idle_per_host = 4096;
+  // Pooled connections to a worker that died or closed them go within a second, traffic or not.
+  co.idle_sweep_interval = std::chrono::seconds(1);
   return co;
 }
 

@@ -116,7 +116,7 @@ nlohmann::json DisaggSetup::info() const {
   nlohmann::json ranks = nlohmann::json::array();
   for (const auto& m : prefill_)
     ranks.push_back({{"endpoint", m->endpoint()}, {"transfers", m->stats().count()}, {"bytes", m->stats().bytes()},
-                     {"tracked_rooms", m->tracked_rooms()}});
+                     {"tracked_rooms", m->tracked_rooms()}, {"failed_room_tombstones", m->failed_room_tombstones()}});
   for (const auto& m : decode_)
     ranks.push_back({{"endpoint", m->endpoint()}, {"transfers", m->stats().count()}, {"bytes", m->stats().bytes()}});
   j["ranks"] = ranks;

@@ -73,6 +73,24 @@ class TransferTest : public ::testing::Test {
   }
   scheduler::BootstrapInfo info(uint64_t room) const { return {"127.0.0.1", bootstrap_->port(), room}; }
 
+  // A receiver and a sender of one room, paired: the decode's handshake done, its destination
+  // pages `dst` sent (XFER) and taken by the prefill, whose prompt needs `num_pages` (default
+  // dst.size()). Call as ASSERT_NO_FATAL_FAILURE(pair(...)).
+  struct Pair {
+    std::unique_ptr<scheduler::KvReceiver> recv;
+    std::unique_ptr<scheduler::KvSender> send;
+  };
+  void pair(const std::string& rid, uint64_t room, const std::vector<int32_t>& dst, Pair& out, int64_t num_pages = -1) {
+    out.recv = decode_->make_receiver(rid, info(room));
+    out.send = prefill_->make_sender(rid, info(room), num_pages < 0 ? static_cast<int64_t>(dst.size()) : num_pages);
+    ASSERT_EQ(wait_for([&] { return out.recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
+        << out.recv->failure();
+    out.recv->init(dst);
+    if (num_pages >= 0 && num_pages != static_cast<int64_t>(dst.size())) return;  // the caller checks the refusal
+    ASSERT_EQ(wait_for([&] { return out.send->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
+        << out.send->failure();
+  }
+
   DisaggOptions opts_;
   HostKv pkv_{1.0f}, dkv_{-1.0f};
   std::unique_ptr<BootstrapServer> bootstrap_;
@@ -154,12 +172,9 @@ TEST_F(TransferTest, LostAcknowledgementIsAskedForAgain) {
   // succeeds (freeing its pages) long before the 300 s waiting timeout.
   opts_.test_drop_acks = 1;
   start();
-  auto recv = decode_->make_receiver("r", info(79));
-  auto send = prefill_->make_sender("r", info(79), 1);
-  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
-      << recv->failure();
-  recv->init({4});
-  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(pair("r", 79, {4}, p));
+  auto& [recv, send] = p;
   scheduler::TransferMetadata meta;
   meta.first_token = 11;
   const std::vector<int32_t> src = {8};
@@ -180,12 +195,9 @@ TEST_F(TransferTest, HeldRoomSendsNoDoneUntilItsKvIsSent) {
   // which the decode refused ("bad transfer metadata") and failed the request.
   opts_.test_hold_rid_prefix = "held-";
   start();
-  auto recv = decode_->make_receiver("held-r", info(81));
-  auto send = prefill_->make_sender("held-r", info(81), 1);
-  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
-      << recv->failure();
-  recv->init({6});
-  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(pair("held-r", 81, {6}, p));
+  auto& [recv, send] = p;
   scheduler::TransferMetadata meta;
   meta.first_token = 13;
   const std::vector<int32_t> src = {2};
@@ -194,6 +206,35 @@ TEST_F(TransferTest, HeldRoomSendsNoDoneUntilItsKvIsSent) {
   EXPECT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kSuccess, KvPoll::kFailed}, 3500ms), KvPoll::kTransferring)
       << recv->failure();
   EXPECT_EQ(send->poll(), KvPoll::kTransferring) << send->failure();
+}
+
+TEST_F(TransferTest, LatePagesForARoomThePrefillGaveUpFailAtOnce) {
+  // A decode whose KV is full keeps the request in its prealloc queue past the prefill's bootstrap
+  // timeout; the prefill fails the room and its request ends. When the decode's pages finally
+  // come, the prefill must answer FAIL at once: before the tombstone, the room had been
+  // collected, the late XFER made a new one nobody would ever send, and the decode waited its
+  // whole waiting timeout (240 s under ASan in CI) for KV that never came.
+  opts_.bootstrap_timeout_s = 0.3;
+  opts_.waiting_timeout_s = 60;
+  start();
+  auto recv = decode_->make_receiver("r", info(82));
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput, KvPoll::kFailed}), KvPoll::kWaitingForInput)
+      << recv->failure();
+  auto send = prefill_->make_sender("r", info(82), 1);
+  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kFailed}, 2000ms), KvPoll::kFailed);
+  send.reset();  // the request ended on the prefill
+  std::this_thread::sleep_for(1000ms);  // several collection ticks, well past the bootstrap timeout
+  EXPECT_EQ(prefill_->tracked_rooms(), 0u);  // no live room left: the tombstone is not one
+  EXPECT_EQ(prefill_->failed_room_tombstones(), 1u);
+  const auto t0 = std::chrono::steady_clock::now();
+  recv->init({5});
+  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed, KvPoll::kSuccess}, 5000ms), KvPoll::kFailed);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  EXPECT_NE(recv->failure().find("the prefill reported"), std::string::npos) << recv->failure();
+  EXPECT_NE(recv->failure().find("KVPoll.Bootstrapping"), std::string::npos) << recv->failure();
+  // A new request with the same room starts afresh instead of inheriting the failure.
+  auto again = prefill_->make_sender("r2", info(82), 1);
+  EXPECT_EQ(again->poll(), KvPoll::kBootstrapping) << again->failure();
 }
 
 TEST_F(TransferTest, LayoutMismatchIsRefusedNamingBothSides) {
@@ -231,11 +272,9 @@ TEST_F(TransferTest, ReceiverTimesOutWhenTheKvNeverComes) {
 
 TEST_F(TransferTest, DecodeAbortReachesThePrefill) {
   start();
-  auto recv = decode_->make_receiver("r", info(11));
-  auto send = prefill_->make_sender("r", info(11), 1);
-  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
-  recv->init({3});
-  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(pair("r", 11, {3}, p));
+  auto& [recv, send] = p;
   recv->abort("client went away");
   ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
   EXPECT_NE(send->failure().find("Aborted by the decode"), std::string::npos) << send->failure();
@@ -243,11 +282,9 @@ TEST_F(TransferTest, DecodeAbortReachesThePrefill) {
 
 TEST_F(TransferTest, PrefillAbortReachesTheDecode) {
   start();
-  auto recv = decode_->make_receiver("r", info(12));
-  auto send = prefill_->make_sender("r", info(12), 1);
-  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
-  recv->init({3});
-  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(pair("r", 12, {3}, p));
+  auto& [recv, send] = p;
   send.reset();  // the request ended on the prefill (e.g. aborted while waiting for its forward)
   ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
   EXPECT_NE(recv->failure().find("the prefill reported"), std::string::npos) << recv->failure();
@@ -255,11 +292,9 @@ TEST_F(TransferTest, PrefillAbortReachesTheDecode) {
 
 TEST_F(TransferTest, InjectedFailuresFailBothSides) {
   start(1.0f);
-  auto recv = decode_->make_receiver("r", info(13));
-  auto send = prefill_->make_sender("r", info(13), 1);
-  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
-  recv->init({4});
-  ASSERT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(pair("r", 13, {4}, p));
+  auto& [recv, send] = p;
   scheduler::TransferMetadata meta;
   const std::vector<int32_t> src = {8};
   send->send(src, 0, true, &meta);
@@ -270,10 +305,9 @@ TEST_F(TransferTest, InjectedFailuresFailBothSides) {
 
 TEST_F(TransferTest, PageCountMismatchFailsInsteadOfWritingPastTheRequest) {
   start();
-  auto recv = decode_->make_receiver("r", info(14));
-  auto send = prefill_->make_sender("r", info(14), 3);
-  ASSERT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kWaitingForInput}), KvPoll::kWaitingForInput);
-  recv->init({1, 2});
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(pair("r", 14, {1, 2}, p, 3));
+  auto& [recv, send] = p;
   EXPECT_EQ(wait_for([&] { return send->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);
   EXPECT_NE(send->failure().find("allocated 2 pages, the prompt needs 3"), std::string::npos) << send->failure();
   EXPECT_EQ(wait_for([&] { return recv->poll(); }, {KvPoll::kFailed}), KvPoll::kFailed);

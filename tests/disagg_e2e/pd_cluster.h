@@ -3,6 +3,7 @@
 // server exposes in /server_info.
 #pragma once
 
+#include <algorithm>
 #include <cstdlib>
 #include <future>
 #include <map>
@@ -22,9 +23,14 @@ namespace pdserve::test {
 
 using nlohmann::json;
 
-// Every server of these tests: small KV, small chunks (so prompts > 64 tokens are chunked).
+// Every server of these tests: small KV, small chunks (so prompts > 64 tokens are chunked), unless
+// `extra` names the flag itself.
 inline std::vector<std::string> pd_flags(std::vector<std::string> extra) {
-  std::vector<std::string> f = {"--max-total-tokens", "16384", "--chunked-prefill-size", "64", "--decode-log-interval", "1000"};
+  const std::vector<std::pair<std::string, std::string>> defaults = {
+      {"--max-total-tokens", "16384"}, {"--chunked-prefill-size", "64"}, {"--decode-log-interval", "1000"}};
+  std::vector<std::string> f;
+  for (const auto& [flag, value] : defaults)
+    if (std::find(extra.begin(), extra.end(), flag) == extra.end()) f.insert(f.end(), {flag, value});
   f.insert(f.end(), extra.begin(), extra.end());
   return f;
 }
@@ -52,9 +58,9 @@ inline std::unique_ptr<ServerProcess> start_server(std::vector<std::string> flag
   return p;
 }
 
-// Waits until `s` is ready. free_port() hands out a port that another process (another server's
-// ephemeral ZeroMQ socket, with ten servers starting at once) may take before the server binds it:
-// such a server exits with "cannot listen on", and is started again on a fresh port, twice at most.
+// Waits until `s` is ready. free_port() keeps its ports below the ephemeral range and away from
+// other test processes, but a process outside the tests may still bind one first: such a server
+// exits with "cannot listen on", and is started again on a fresh port, twice at most.
 inline bool wait_ready_or_restart(std::unique_ptr<ServerProcess>& s) {
   for (int attempt = 0;; ++attempt) {
     if (s->wait_ready()) return true;

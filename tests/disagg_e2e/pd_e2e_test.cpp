@@ -120,7 +120,11 @@ class PdE2E : public ::testing::Test {
     p2 = start_server({"--disaggregation-mode", "prefill", "--tp-size", "2", "--dp-size", "2", "--enable-dp-attention",
                        "--disaggregation-bootstrap-port", std::to_string(b2)},
                       "pd_p2", with({{"SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", scaled_str(10)}, {"SGLANG_DISAGGREGATION_WAITING_TIMEOUT", scaled_str(10)}}));
-    d1 = start_server({"--disaggregation-mode", "decode"}, "pd_d1", kPdEnv);
+    // d1's KV holds all 64 prompts of the DP-2 equality test with SGLang's 512 reserved decode
+    // tokens each (~41k tokens). With 16k most of them waited in its prealloc queue, and under
+    // ASan on a loaded CI machine the last ones sent their pages after p2's 40 s bootstrap
+    // timeout: p2 failed those rooms (a clean 500) and the test with them.
+    d1 = start_server({"--disaggregation-mode", "decode", "--max-total-tokens", "65536"}, "pd_d1", kPdEnv);
     // 10% of p3's transfers fail at random (SGLang's test hook).
     p3 = start_server({"--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", std::to_string(b3), "--enable-metrics"},
                       "pd_p3",

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -13,6 +14,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -25,18 +28,54 @@
 
 namespace pdserve::test {
 
+// A loopback port for a test server, from below the kernel's ephemeral range: a port handed out by
+// bind(0) lies inside it, where any process's outgoing connection or bind(0) (ctest runs several
+// e2e suites at once, each with servers opening dozens of connections) may take it before the
+// server listens ("bind failed: Address already in use"). Below the range only explicit binds
+// compete, and those of other test processes are kept off by a lock file per port, held until this
+// process exits. Falls back to bind(0) when the range leaves no room below it.
 inline int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  const int port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
+  static std::mutex mu;
+  static std::vector<int> held;  // lock descriptors, open for the life of the process
+  static std::mt19937 rng(static_cast<uint32_t>(::getpid()) * 2654435761u ^
+                          static_cast<uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  auto can_bind = [](int port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    socklen_t len = sizeof(a);
+    const bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+                    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+    const int got = ok ? ntohs(a.sin_port) : 0;
+    if (fd >= 0) ::close(fd);
+    return got;
+  };
+  int ephemeral_low = 32768;
+  if (std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range"); range) range >> ephemeral_low;
+  const int lo = 15000, hi = ephemeral_low - 1;
+  if (hi - lo < 2000) return can_bind(0);
+  const auto dir = std::filesystem::temp_directory_path() / "pdserve-test-ports";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  std::filesystem::permissions(dir, std::filesystem::perms::all, ec);  // shared by every user's tests
+  std::lock_guard lock(mu);
+  for (int attempt = 0; attempt < 500; ++attempt) {
+    const int port = std::uniform_int_distribution<int>(lo, hi)(rng);
+    const int fd = ::open((dir / (std::to_string(port) + ".lock")).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd);  // another test process owns this port
+      continue;
+    }
+    if (can_bind(port) != port) {
+      if (fd >= 0) ::close(fd);
+      continue;
+    }
+    if (fd >= 0) held.push_back(fd);
+    return port;
+  }
+  return can_bind(0);
 }
 
 // In a forked child before exec: die with the test (SIGKILL when the forking thread ends), so a
