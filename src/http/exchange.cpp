@@ -228,8 +228,7 @@ void Exchange::finish() {
   completed_ = true;
   attached_ = false;
   on_close_ = nullptr;  // may hold references the handler wants released
-  // wake_ holds a strand of the server's io_context; a Responder may outlive the Server, so the
-  // strand must be released while the io_context still exists.
+  // Nothing more to write: a Responder that outlives the connection never wakes anything.
   wake_ = nullptr;
 }
 

@@ -4,8 +4,9 @@
 // Why a mutex-protected queue and not a post() per call: the queue gives queued_bytes() and call
 // order for free, lets the connection write a burst of chunks in one writev, and means a Responder
 // never touches the io_context once its connection is gone (wake_ is only called for an exchange
-// still attached), so a scheduler thread holding a Responder after the Server was destroyed is
-// harmless.
+// still attached). A wake-up already under way when the Server is destroyed is let through or
+// refused by the server's WakeGate (server_core.h), so a scheduler thread holding a Responder
+// while, or after, the Server goes is harmless.
 #pragma once
 
 #include <atomic>

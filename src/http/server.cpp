@@ -75,6 +75,9 @@ ServerCore::ServerCore(ServerOptions opts)
 ServerCore::~ServerCore() {
   stop(std::chrono::milliseconds(0));
   if (stopper_.joinable()) stopper_.join();
+  // A Responder held by another thread may be waking its connection right now: let it finish,
+  // and refuse later ones, before the io_context (destroyed with this object) goes.
+  wake_gate->close();
 }
 
 void ServerCore::dispatch(Request request, std::shared_ptr<Responder> responder) const {

@@ -32,6 +32,30 @@ namespace pdserve::http::detail {
 
 class ServerCore;
 
+// Lets a Responder's wake-up, called from any thread, touch the server's io_context only while it
+// exists. A waker enters the gate around its use of the io_context; ~ServerCore closes it, waiting
+// for those inside, before the io_context goes. Counting, not a lock: a wake-up on an I/O thread
+// may resume a connection inline whose handler wakes another one (nested entries).
+class WakeGate {
+ public:
+  // Sequentially consistent: either enter() sees the gate closed, or close() sees it entered.
+  bool enter() {
+    users_.fetch_add(1);
+    if (open_.load()) return true;
+    users_.fetch_sub(1);
+    return false;
+  }
+  void leave() { users_.fetch_sub(1); }
+  void close() {
+    open_.store(false);
+    while (users_.load() != 0) std::this_thread::yield();  // a post in progress: microseconds
+  }
+
+ private:
+  std::atomic<int> users_{0};
+  std::atomic<bool> open_{true};
+};
+
 // Beast's request parser filling a Request directly. Beast's own message parser keeps the fields
 // in a basic_fields (an allocation per field) that were then copied into the Request again.
 class RequestParser final : public boost::beast::http::basic_parser<true> {
@@ -176,6 +200,7 @@ class ServerCore {
   std::vector<std::pair<std::string, RouteEntry>> prefix_routes;  // longest prefix first
   std::atomic<std::uint16_t> port{0};
   std::atomic<bool> stopping{false};
+  const std::shared_ptr<WakeGate> wake_gate = std::make_shared<WakeGate>();  // shared with the wakers
 
  private:
   enum class RunState { kIdle, kRunning, kStopping, kStopped };

@@ -145,20 +145,25 @@ std::shared_ptr<const Exchange::Waker> Session::make_waker() {
     if (abort) s.close_socket();
     s.wake();  // last: the resumed coroutine may end, and the Session with it
   };
+  // The waker keeps no executor: a Responder may drop the last copy of it on its own thread after
+  // the Server is gone, and a strand's destructor touches its service inside the io_context. It
+  // reaches the io_context only through the core's gate (WakeGate), which ~ServerCore closes.
   return std::make_shared<const Exchange::Waker>(
-      [this, one_thread, act, io = core_.io_context.get_executor(), ex = stream_.get_executor(),
+      [this, one_thread, act, io = &core_.io_context, gate = core_.wake_gate,
        weak = weak_from_this()](Exchange::Wake why) {
+        if (!gate->enter()) return;  // the server is gone: no connection to write to
         const bool abort = why == Exchange::Wake::kAbort;
-        if (one_thread && why != Exchange::Wake::kMore && io.running_in_this_thread()) {
+        if (one_thread && why != Exchange::Wake::kMore && io->get_executor().running_in_this_thread()) {
           // `this` is alive: its exchange was attached when the caller released the exchange's
           // lock, nothing else ran since, and the session detaches it before it is destroyed,
           // on this same thread.
           act(*this, abort);
-          return;
+        } else if (auto self = weak.lock()) {
+          asio::post(self->get_executor(), [weak, abort, act] {
+            if (auto s = weak.lock()) act(*s, abort);
+          });
         }
-        asio::post(ex, [weak, abort, act] {
-          if (auto self = weak.lock()) act(*self, abort);
-        });
+        gate->leave();
       });
 }
 
