@@ -23,8 +23,26 @@ MODEL=models/tiny-deepseek-v3
 mkdir -p "$OUT"
 rm -f "$OUT"/bench.jsonl "$OUT"/bench-*.txt "$OUT"/rss.csv "$OUT"/server_info_*.json
 
-# Free loopback ports (the kernel's pick, released just before use).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Free loopback ports, from below the kernel's ephemeral range: a port bind(0) picks lies inside
+# it, where any process's outgoing connection may take it before the server listens (the ctest
+# suites beside this one open thousands). Same choice as the C++ tests' free_port().
+free_port() {
+  python3 - <<'PY'
+import random, socket
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(500):
+    p = random.randint(15000, lo - 1) if lo - 1 - 15000 >= 2000 else 0
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        print(s.getsockname()[1])
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+PY
+}
 PREFILL=$(free_port); BOOTSTRAP=$(free_port); DECODE=$(free_port); ROUTER=$(free_port)
 
 PIDS=()
