@@ -87,6 +87,7 @@ void Exchange::wake_unlocked(std::unique_lock<std::mutex>& lock, Wake why) {
   // A copy: once the lock is released, finish() or fail() on the connection's thread may drop wake_.
   std::shared_ptr<const Waker> wake = wake_;
   lock.unlock();
+  if (auto hook = wake_test_hook.load(std::memory_order_relaxed)) hook();
   (*wake)(why);
 }
 

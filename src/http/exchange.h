@@ -21,6 +21,11 @@
 
 namespace pdserve::http::detail {
 
+// Test hook, null in production: runs on a Responder's thread between taking the connection's
+// waker and calling it, the window in which the Server may be destroyed
+// (tests/http/server_lifetime_test.cpp holds a thread there).
+inline std::atomic<void (*)()> wake_test_hook{nullptr};
+
 // What the connection writes, in order. `head` is the serialized status line + fields (kFull,
 // kHead) or the chunk-size line (kChunk); `body` the payload.
 struct OutItem {

@@ -1,10 +1,11 @@
 // Responders held by other threads while the Server is destroyed, and after it: every call
 // returns (false once the connection is gone) and touches nothing freed. Before the server's
-// WakeGate, a wake-up copied under the exchange's lock just before the server went posted to, and
+// WakeGate, a wake-up taken under the exchange's lock just before the server went posted to, and
 // later destroyed, a strand of the destroyed io_context: a heap-use-after-free that ASan found in
-// CI (bench_tests' stub server answering from detached threads). The race is timing-dependent, so
-// the test repeats it; it is meant for the sanitizer builds, where a touch of freed memory fails it.
-// Both I/O paths: one thread (the io_context's executor) and two (strands).
+// CI (bench_tests' stub server answering from detached threads). The first test holds a thread in
+// exactly that window (detail::wake_test_hook) while the server is destroyed; the second races
+// many responders against the destruction. A touch of freed memory fails them in the sanitizer
+// builds. Both I/O paths: one thread (the io_context's executor) and two (strands).
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -14,6 +15,7 @@
 
 #include <gtest/gtest.h>
 
+#include "http/exchange.h"
 #include "http/server.h"
 #include "http/test_util.h"
 
@@ -25,6 +27,56 @@ using testing::eventually;
 using testing::RawSocket;
 
 class ServerLifetime : public ::testing::TestWithParam<int> {};
+
+// The hook holds the thread marked `held_here` (once) until released.
+std::atomic<bool> hook_armed{false}, hook_entered{false}, hook_release{false};
+thread_local bool held_here = false;
+void hold_in_wake() {
+  if (!held_here || !hook_armed.exchange(false)) return;
+  hook_entered = true;
+  while (!hook_release.load()) std::this_thread::sleep_for(1ms);
+}
+
+TEST_P(ServerLifetime, AWakeUpUnderWayWhileTheServerIsDestroyedTouchesNothingFreed) {
+  ServerOptions options;
+  options.io_threads = GetParam();
+  auto server = std::make_unique<Server>(options);
+  std::mutex mu;
+  std::shared_ptr<Responder> held;
+  server->route("GET", "/later", [&](Request, std::shared_ptr<Responder> r) {
+    std::lock_guard lock(mu);
+    held = std::move(r);
+  });
+  ASSERT_TRUE(server->start().has_value());
+  RawSocket client(server->port());
+  ASSERT_TRUE(client.send("GET /later HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lock(mu);
+    return held != nullptr;
+  }));
+  std::shared_ptr<Responder> r;
+  {
+    std::lock_guard lock(mu);
+    r = std::move(held);
+  }
+  hook_armed = true;
+  hook_entered = hook_release = false;
+  detail::wake_test_hook = &hold_in_wake;
+  // The answer is queued; the thread then stops between taking the waker and calling it.
+  std::thread answer([r = std::move(r)]() mutable {
+    held_here = true;
+    r->respond(200, "late", "text/plain");
+    r.reset();  // the last reference goes after the server
+  });
+  ASSERT_TRUE(eventually([] { return hook_entered.load(); }));
+  server.reset();       // closes the connection and destroys the io_context
+  hook_release = true;  // the wake-up goes on, with its server gone
+  answer.join();
+  detail::wake_test_hook = nullptr;
+  bool closed = false;
+  client.read_until_close(2s, &closed);
+  EXPECT_TRUE(closed);
+}
 
 TEST_P(ServerLifetime, RespondersRacingTheServersDestructionAreHarmless) {
   constexpr int kRounds = 5, kClients = 8;
