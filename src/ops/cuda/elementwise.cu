@@ -7,6 +7,7 @@
 #include <string>
 
 #include "ops/cuda/device_math.cuh"
+#include "ops/cuda/counted_grid.h"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/elementwise.h"
 
@@ -272,22 +273,12 @@ void launch_silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
     silu_mul_kernel<T, false><<<grid_for(rows * n), 256, 0, current_stream()>>>(g, ldg, u, ldu, o, rows, n);
 }
 
-// Blocks per expert of a masked-layout launch whose kernel strides over the expert's live rows:
-// enough for a full expert (`needed`, at most 1024), but at most about two waves of 8 blocks per
-// SM over all experts. The counts live on the device, so the grid cannot follow them; a grid over
-// every slab row (EP8 decode: 32 x 2048 rows for ~64 live per expert) spent ~20 us on blocks
-// that exit at once.
-unsigned masked_blocks_per_group(long long needed, long long groups) {
-  const long long waves = (2LL * 8 * sm_count() + std::max(groups, 1LL) - 1) / std::max(groups, 1LL);
-  return static_cast<unsigned>(std::max(1LL, std::min({needed, 1024LL, waves})));
-}
-
 template <typename T>
 void launch_silu_mul_masked(const Tensor& gate, const Tensor& up, const Tensor& counts, Tensor& out) {
   constexpr int P = kPack<T>;
   const long long groups = gate.size(0), M = gate.size(1), n = gate.size(2);
   const bool vec = rows_vectorizable<T>(gate, up, out);
-  const dim3 grid(masked_blocks_per_group(grid_for(vec ? M * n / P : M * n), groups), static_cast<unsigned>(groups));
+  const dim3 grid(blocks_per_counted_group(grid_for(vec ? M * n / P : M * n), groups, 1024), static_cast<unsigned>(groups));
   const int32_t* c = counts.data<int32_t>();
   const auto& gs = gate.strides();
   const auto& us = up.strides();
@@ -340,7 +331,7 @@ void launch_silu_mul_quant_masked(const Tensor& gate, const Tensor& up, const Te
   // kMode 2: kQmItems (row, group) items a warp.
   const long long items = static_cast<long long>(M) * (n / 128);
   const long long warps = vec16 ? (items + kQmItems - 1) / kQmItems : items;
-  const dim3 grid(masked_blocks_per_group(ceil_div(warps * 32, 256), G), static_cast<unsigned>(G));
+  const dim3 grid(blocks_per_counted_group(ceil_div(warps * 32, 256), G, 1024), static_cast<unsigned>(G));
   const int32_t* c = counts.data<int32_t>();
   auto* qp = q.data<uint8_t>();
   float* sp = scales.data<float>();

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "ops/cuda/device_math.cuh"
+#include "ops/cuda/counted_grid.h"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/quant.h"
 
@@ -159,11 +160,9 @@ void launch_quantize_t(const QuantJob& j, cudaStream_t stream) {
                    (j.x_group_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 && j.q_group_stride % 8 == 0;
   if (j.skip_rows_past_counts) {
     if (j.split != j.rows_padded) throw std::invalid_argument("quantize_fp8: skip_rows_past_counts needs split == rows_padded");
-    // About two waves of 8 blocks per SM over all groups, but never more blocks than a group with
-    // every row live has chunks (the counts live on the device: the grid cannot follow them).
-    const int64_t per_group = std::max<int64_t>(1, (2 * 8 * static_cast<int64_t>(sm_count()) + j.groups - 1) / j.groups);
+    // Never more blocks than a group with every row live has chunks.
     const int64_t most = (j.rows_padded + kGroupsPerBlock - 1) / kGroupsPerBlock * kb_count;
-    const dim3 grid(static_cast<unsigned>(std::min(most, per_group)), static_cast<unsigned>(j.groups));
+    const dim3 grid(blocks_per_counted_group(most, j.groups), static_cast<unsigned>(j.groups));
     if (vec)
       quantize_counted_kernel<T, true><<<grid, kThreads, 0, stream>>>(j);
     else
