@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "process.h"
+#include "test_time.h"
 
 namespace pdserve::test {
 namespace {
@@ -192,7 +193,7 @@ TEST_F(RouterE2E, WorkerKilledMidRunAndRestarted) {
     EXPECT_EQ(r->status, 200) << r->body;
   }
   bool down = false;
-  for (int i = 0; i < 50 && !down; ++i) {
+  for (int i = 0; i < 50 * time_scale() && !down; ++i) {
     for (const auto& w : workers_of(c, port))
       if (w["url"] == local(ports_[0]) && w["healthy"] == false) down = true;
     if (!down) std::this_thread::sleep_for(100ms);
@@ -204,7 +205,7 @@ TEST_F(RouterE2E, WorkerKilledMidRunAndRestarted) {
   workers_[0] = new Process(serve_args(ports_[0], {"--served-model-name", "pdserve-tiny", "--api-key", "sk-e2e"}), "worker0b");
   ASSERT_TRUE(workers_[0]->wait_http_ok(local(ports_[0], "/health"))) << workers_[0]->log();
   bool up = false;
-  for (int i = 0; i < 50 && !up; ++i) {
+  for (int i = 0; i < 50 * time_scale() && !up; ++i) {
     for (const auto& w : workers_of(c, port))
       if (w["url"] == local(ports_[0]) && w["healthy"] == true) up = true;
     if (!up) std::this_thread::sleep_for(100ms);

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "process.h"
+#include "test_time.h"
 
 namespace pdserve::test {
 namespace {
@@ -183,7 +184,7 @@ TEST_F(RouterPdE2E, ZDecodeKilledMidRunAndRestarted) {
     return json();
   };
   bool down = false;
-  for (int i = 0; i < 50 && !down; ++i) {
+  for (int i = 0; i < 50 * time_scale() && !down; ++i) {
     down = decode1_state("healthy") == false;
     if (!down) std::this_thread::sleep_for(100ms);
   }
@@ -194,7 +195,7 @@ TEST_F(RouterPdE2E, ZDecodeKilledMidRunAndRestarted) {
                           "pd_decode1b");
   ASSERT_TRUE(decode[1]->wait_http_ok(local(decode_ports[1], "/health"))) << decode[1]->log();
   bool up = false;
-  for (int i = 0; i < 50 && !up; ++i) {
+  for (int i = 0; i < 50 * time_scale() && !up; ++i) {
     up = decode1_state("healthy") == true;
     if (!up) std::this_thread::sleep_for(100ms);
   }
