@@ -67,9 +67,17 @@ Status ControlChannel::send_now(const std::string& peer, Frames frames) {
     zmq::socket_t& s = push_socket(peer);
     for (size_t i = 0; i < frames.size(); ++i) {
       const auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
-      // Zero copy: ZeroMQ takes the string's buffer and frees it once sent (KV chunks are MBs).
-      auto* owned = new std::string(std::move(frames[i]));
-      zmq::message_t msg(owned->data(), owned->size(), [](void*, void* hint) { delete static_cast<std::string*>(hint); }, owned);
+      // Large frames (KV chunks, MBs) zero copy: ZeroMQ takes the string's buffer and frees it
+      // once sent. Small ones (every control frame) are copied into ZeroMQ's own message: cheaper
+      // than a heap string plus a free callback, and nothing of ours is left behind in a message
+      // that libzmq 4.3.4 occasionally fails to release at shutdown (scripts/lsan.supp).
+      zmq::message_t msg;
+      if (frames[i].size() < kZeroCopyBytes) {
+        msg.rebuild(frames[i].data(), frames[i].size());
+      } else {
+        auto* owned = new std::string(std::move(frames[i]));
+        msg.rebuild(owned->data(), owned->size(), [](void*, void* hint) { delete static_cast<std::string*>(hint); }, owned);
+      }
       if (!s.send(msg, flags)) {
         // Nothing was handed over (ZeroMQ sends multipart messages atomically): the peer is down.
         drop_peer(peer);

@@ -32,6 +32,7 @@ using Frames = std::vector<std::string>;
 class ControlChannel {
  public:
   static constexpr std::chrono::milliseconds kSendTimeout{1000};
+  static constexpr size_t kZeroCopyBytes = 4096;  // frames this large go to ZeroMQ without a copy
   using MessageHandler = std::function<void(Frames&&)>;
   using ErrorHandler = std::function<void(const std::string& error)>;
 
