@@ -134,14 +134,18 @@ std::unique_ptr<scheduler::KvReceiver> PrefillKvManager::make_receiver(const std
   return std::make_unique<FakeReceiver>();  // never used: a prefill server has no receivers
 }
 
+size_t PrefillKvManager::tombstones_locked() const {
+  return static_cast<size_t>(std::count_if(rooms_.begin(), rooms_.end(), [](const auto& kv) { return is_tombstone(*kv.second); }));
+}
+
 size_t PrefillKvManager::tracked_rooms() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<size_t>(std::count_if(rooms_.begin(), rooms_.end(), [](const auto& kv) { return !is_tombstone(*kv.second); }));
+  return rooms_.size() - tombstones_locked();
 }
 
 size_t PrefillKvManager::failed_room_tombstones() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<size_t>(std::count_if(rooms_.begin(), rooms_.end(), [](const auto& kv) { return is_tombstone(*kv.second); }));
+  return tombstones_locked();
 }
 
 KvPoll PrefillKvManager::poll(Room& r) {

@@ -100,6 +100,7 @@ class PrefillKvManager final : public scheduler::DisaggEndpoints, public std::en
   static bool is_tombstone(const Room& r) {
     return r.status == scheduler::KvPoll::kFailed && !r.info && (r.owner_gone || !r.has_sender);
   }
+  size_t tombstones_locked() const;
   void on_message(Frames&& f);
   void on_tick();
   void resend_unacknowledged_done_locked(Clock::time_point now);

@@ -62,6 +62,12 @@ TEST_P(ServerLifetime, AWakeUpUnderWayWhileTheServerIsDestroyedTouchesNothingFre
   hook_armed = true;
   hook_entered = hook_release = false;
   detail::wake_test_hook = &hold_in_wake;
+  struct Unhook {  // also when an assertion below ends the test early
+    ~Unhook() {
+      hook_release = true;
+      detail::wake_test_hook = nullptr;
+    }
+  } unhook;
   // The answer is queued; the thread then stops between taking the waker and calling it.
   std::thread answer([r = std::move(r)]() mutable {
     held_here = true;
@@ -72,7 +78,6 @@ TEST_P(ServerLifetime, AWakeUpUnderWayWhileTheServerIsDestroyedTouchesNothingFre
   server.reset();       // closes the connection and destroys the io_context
   hook_release = true;  // the wake-up goes on, with its server gone
   answer.join();
-  detail::wake_test_hook = nullptr;
   bool closed = false;
   client.read_until_close(2s, &closed);
   EXPECT_TRUE(closed);
